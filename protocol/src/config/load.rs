@@ -1,0 +1,223 @@
+//! Loading: structure first, then every semantic problem with its place.
+
+use super::raw::{RawConfig, RawTask, Targets};
+use super::{Config, Limit, Task};
+use crate::pattern::Pattern;
+use crate::resource::{is_account_id, looks_like_region, ResourceType};
+use crate::template::Template;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// What an action tells config validation about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionInfo {
+    /// The resource types the action acts on.
+    pub targets: Vec<ResourceType>,
+    /// The fleet-wide limit the action takes a slot of, with its defaults.
+    pub limit: Option<LimitDefault>,
+}
+
+/// A limit an action uses, with what applies when the config has no `[limits.NAME]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitDefault {
+    /// The limit's name.
+    pub name: String,
+    /// The default maximum.
+    pub max: u32,
+    /// The default pool template.
+    pub pool: String,
+}
+
+/// The actions a build knows, for checking tasks' `action` and `params`.
+pub trait ActionCatalog {
+    /// Checks an action name and its params; the error is a one-line reason.
+    fn check(&self, action: &str, params: &Value) -> Result<ActionInfo, String>;
+}
+
+/// One problem in a config file, with its place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The 1-based line, when known.
+    pub line: Option<usize>,
+    /// Where in the config, such as `tasks[1] "nightly".pattern`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Every problem found in a config.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct ConfigError {
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+}
+
+pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        problems: vec![Problem {
+            line: e.span().map(|s| line_of(text, s.start)),
+            path: String::new(),
+            message: e.message().trim().to_owned(),
+        }],
+    })?;
+    let mut problems = Vec::new();
+    let fleet = raw.fleet;
+    let mut problem = |line: Option<usize>, path: String, message: String| problems.push(Problem { line, path, message });
+
+    if fleet.name.is_empty()
+        || fleet.name.len() > 40
+        || !fleet.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        problem(None, "fleet.name".into(), format!("`{}` must be 1-40 letters, digits, `-` or `_` (it prefixes queue names)", fleet.name));
+    }
+    if fleet.partitions.get() > 100 {
+        problem(None, "fleet.partitions".into(), format!("{} partitions is over the 100 supported", fleet.partitions));
+    }
+    for account in &fleet.allowed_accounts {
+        if !is_account_id(account) {
+            problem(None, "fleet.allowed_accounts".into(), format!("`{account}` is not a 12-digit account id"));
+        }
+    }
+    if let Some(role) = &fleet.member_role {
+        if !role.contains("{account}") {
+            problem(None, "fleet.member_role".into(), format!("`{role}` must contain `{{account}}`"));
+        }
+    }
+
+    let mut limits = BTreeMap::new();
+    for (name, spanned) in &raw.limits {
+        let line = Some(line_of(text, spanned.span().start));
+        let settings = spanned.get_ref();
+        match Template::parse(&settings.pool) {
+            Ok(pool) => {
+                limits.insert(name.clone(), Limit { name: name.clone(), max: settings.max.get(), pool });
+            }
+            Err(e) => problem(line, format!("limits.{name}.pool"), e),
+        }
+    }
+
+    let mut tasks = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (index, spanned) in raw.tasks.iter().enumerate() {
+        let line = line_of(text, spanned.span().start);
+        let task = spanned.get_ref();
+        let place = format!("tasks[{index}] \"{}\"", task.name);
+        let mut task_problem = |field: &str, message: String| {
+            let path = if field.is_empty() { place.clone() } else { format!("{place}.{field}") };
+            problem(Some(line), path, message);
+        };
+        if task.name.is_empty() || !task.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            task_problem("name", "a task name must be letters, digits, `-`, `_` or `.`".into());
+        } else if !seen.insert(task.name.clone()) {
+            task_problem("name", "another task has the same name".into());
+        }
+        let pattern = compile_pattern(&task.pattern).map_err(|e| task_problem("pattern", e)).ok();
+        if !task.params.is_object() {
+            task_problem("params", "params must be a table".into());
+        }
+        let info = match catalog {
+            Some(catalog) => catalog.check(&task.action, &task.params).map_err(|e| task_problem("action", e)).ok(),
+            None => None,
+        };
+        if let (Some(info), Targets::Discover(query)) = (&info, &task.targets) {
+            if !info.targets.contains(&query.kind) {
+                task_problem("targets", format!("action `{}` does not act on {}", task.action, query.kind));
+            }
+        }
+        if let Targets::Discover(query) = &task.targets {
+            for region in &query.regions {
+                if !looks_like_region(region) {
+                    task_problem("targets.regions", format!("`{region}` is not a region name"));
+                }
+            }
+            for account in &query.accounts {
+                if !is_account_id(account) {
+                    task_problem("targets.accounts", format!("`{account}` is not a 12-digit account id"));
+                }
+            }
+        }
+        let lock = Template::parse(task.lock.as_deref().unwrap_or("{resource}")).map_err(|e| task_problem("lock", e)).ok();
+        let limit = resolve_limit(task, info.as_ref(), &mut limits).map_err(|e| task_problem("limit", e)).ok().flatten();
+        if let Some(limit) = limit.as_ref().and_then(|name| limits.get(name)) {
+            for param in limit.pool.params() {
+                if task.params.get(param).is_none() {
+                    task_problem("params", format!("limit `{}` pools by `params.{param}`, which this task does not set", limit.name));
+                }
+            }
+        }
+        if let (Some(pattern), Some(lock)) = (pattern, lock) {
+            tasks.push(Task {
+                name: task.name.clone(),
+                pattern,
+                targets: task.targets.clone(),
+                action: task.action.clone(),
+                params: task.params.clone(),
+                max_concurrency: task.max_concurrency.map(|n| n.get()),
+                max_errors: task.max_errors,
+                lock,
+                limit,
+                retries: task.retries,
+                line,
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(Config { fleet, limits, tasks, router: raw.router, worker: raw.worker, metrics: raw.metrics })
+    } else {
+        problems.sort_by_key(|p| p.line.unwrap_or(0));
+        Err(ConfigError { problems })
+    }
+}
+
+fn compile_pattern(value: &Value) -> Result<Pattern, String> {
+    match value {
+        Value::String(json) => Pattern::from_json(json),
+        other => Pattern::from_value(other),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// The limit a task's jobs use: the task's `limit` (which must be configured), else its
+/// action's (configured, or added with the action's defaults).
+fn resolve_limit(
+    task: &RawTask,
+    info: Option<&ActionInfo>,
+    limits: &mut BTreeMap<String, Limit>,
+) -> Result<Option<String>, String> {
+    if let Some(name) = &task.limit {
+        return if limits.contains_key(name) {
+            Ok(Some(name.clone()))
+        } else {
+            Err(format!("no [limits.{name}] is configured"))
+        };
+    }
+    let Some(default) = info.and_then(|i| i.limit.as_ref()) else {
+        return Ok(None);
+    };
+    if !limits.contains_key(&default.name) {
+        let pool = Template::parse(&default.pool)?;
+        limits.insert(default.name.clone(), Limit { name: default.name.clone(), max: default.max, pool });
+    }
+    Ok(Some(default.name.clone()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,146 @@
+use super::*;
+
+const DESIGN_EXAMPLE: &str = r#"
+[fleet]
+name = "opsfleet"
+partitions = 4
+allowed_accounts = ["123456789012"]
+member_role = "arn:aws:iam::{account}:role/OpsFleetMember"
+external_id = "opsfleet"
+
+[limits.snapshot-copy]
+max = 5
+pool = "{params.destination_region}"
+
+[[tasks]]
+name = "snapshot-stopped-instance"
+pattern = { source = ["aws.ec2"], "detail-type" = ["EC2 Instance State-change Notification"], detail = { state = ["stopped"] } }
+targets = "event"
+action = "ebs-snapshot"
+params = { retain = 7 }
+
+[[tasks]]
+name = "nightly-volume-backup"
+pattern = { "detail-type" = ["Scheduled Event"], resources = [{ suffix = "rule/nightly" }] }
+targets = { type = "ec2:volume", tags = { Backup = "nightly" }, regions = ["us-east-1", "us-west-2"] }
+action = "ebs-snapshot"
+max_concurrency = 50
+max_errors = 5
+"#;
+
+#[test]
+fn design_example_loads() {
+    let config = super::super::Config::parse(DESIGN_EXAMPLE, None).expect("the DESIGN.md example is valid");
+    assert_eq!(config.fleet.partitions.get(), 4);
+    assert_eq!(config.tasks.len(), 2);
+    assert_eq!(config.tasks[1].max_errors, Some(5));
+    assert_eq!(config.tasks[0].line, 13);
+    match &config.tasks[1].targets {
+        Targets::Discover(q) => {
+            assert_eq!(q.kind, ResourceType::Volume);
+            assert_eq!(q.tags.get("Backup").map(String::as_str), Some("nightly"));
+        }
+        other => panic!("expected discovery, got {other:?}"),
+    }
+    assert_eq!(config.limits["snapshot-copy"].max, 5);
+}
+
+#[test]
+fn unknown_keys_are_errors_with_a_line() {
+    let text = DESIGN_EXAMPLE.replace("max_errors = 5", "max_errorz = 5");
+    let err = super::super::Config::parse(&text, None).unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert!(err.problems[0].message.contains("unknown field `max_errorz`"), "{err}");
+    assert_eq!(err.problems[0].line, Some(26));
+}
+
+#[test]
+fn every_semantic_problem_is_reported_with_its_place() {
+    let text = r#"
+[fleet]
+name = "f"
+allowed_accounts = ["12345"]
+
+[[tasks]]
+name = "a"
+pattern = { source = "aws.ec2" }
+targets = "event"
+action = "noop"
+lock = "{nope}"
+
+[[tasks]]
+name = "a"
+pattern = '''{"detail": {"x": [null]}}'''
+targets = { type = "ec2:volume", regions = ["mars"] }
+action = "noop"
+limit = "missing"
+"#;
+    let err = super::super::Config::parse(text, None).unwrap_err();
+    let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    let expect = [
+        "fleet.allowed_accounts: `12345` is not a 12-digit account id",
+        "line 6: tasks[0] \"a\".pattern: at `source`: a pattern value must be an array",
+        "line 6: tasks[0] \"a\".lock: unknown placeholder `{nope}`",
+        "line 13: tasks[1] \"a\".name: another task has the same name",
+        "line 13: tasks[1] \"a\".targets.regions: `mars` is not a region name",
+        "line 13: tasks[1] \"a\".limit: no [limits.missing] is configured",
+    ];
+    for e in expect {
+        assert!(lines.iter().any(|l| l.contains(e)), "missing `{e}` in {lines:#?}");
+    }
+    assert_eq!(lines.len(), expect.len(), "{lines:#?}");
+}
+
+#[test]
+fn bad_targets_keyword_is_named() {
+    let text = DESIGN_EXAMPLE.replace("targets = \"event\"", "targets = \"events\"");
+    let err = super::super::Config::parse(&text, None).unwrap_err().to_string();
+    assert!(err.contains("targets must be \"event\""), "{err}");
+}
+
+struct Catalog;
+
+impl ActionCatalog for Catalog {
+    fn check(&self, action: &str, params: &Value) -> Result<ActionInfo, String> {
+        match action {
+            "ebs-snapshot" => {
+                if params.get("bogus").is_some() {
+                    return Err("unknown param `bogus`".into());
+                }
+                Ok(ActionInfo { targets: vec![ResourceType::Instance], limit: None })
+            }
+            "copy" => Ok(ActionInfo {
+                targets: vec![ResourceType::Snapshot],
+                limit: Some(LimitDefault { name: "snapshot-copy".into(), max: 20, pool: "{params.destination_region}".into() }),
+            }),
+            other => Err(format!("unknown action `{other}`")),
+        }
+    }
+}
+
+#[test]
+fn catalog_checks_actions_params_and_target_types() {
+    let text = DESIGN_EXAMPLE.replace("params = { retain = 7 }", "params = { bogus = 1 }");
+    let err = super::super::Config::parse(&text, Some(&Catalog)).unwrap_err().to_string();
+    assert!(err.contains("tasks[0] \"snapshot-stopped-instance\".action: unknown param `bogus`"), "{err}");
+    assert!(err.contains("tasks[1] \"nightly-volume-backup\".targets: action `ebs-snapshot` does not act on ec2:volume"), "{err}");
+}
+
+#[test]
+fn action_limits_get_defaults_and_pool_params_are_required() {
+    let text = r#"
+[fleet]
+name = "f"
+[[tasks]]
+name = "c"
+pattern = { source = ["x"] }
+targets = "event"
+action = "copy"
+"#;
+    let err = super::super::Config::parse(text, Some(&Catalog)).unwrap_err().to_string();
+    assert!(err.contains("limit `snapshot-copy` pools by `params.destination_region`"), "{err}");
+    let ok = text.replace("action = \"copy\"", "action = \"copy\"\nparams = { destination_region = \"eu-west-1\" }");
+    let config = super::super::Config::parse(&ok, Some(&Catalog)).unwrap();
+    assert_eq!(config.tasks[0].limit.as_deref(), Some("snapshot-copy"));
+    assert_eq!(config.limits["snapshot-copy"].max, 20);
+}

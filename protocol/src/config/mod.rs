@@ -1,0 +1,85 @@
+//! The fleet configuration (TOML), the contract operators write: `[fleet]`, `[limits.NAME]`,
+//! `[[tasks]]`, and the optional `[router]`, `[worker]` and `[metrics]` tables.
+//!
+//! Loading is two steps: serde reads the structure (unknown keys are errors), then
+//! [`validate`](load) compiles patterns and templates and checks every task, collecting every
+//! problem with its place in the file.
+
+mod load;
+mod raw;
+
+pub use load::{ActionCatalog, ActionInfo, ConfigError, LimitDefault, Problem};
+pub use raw::{DiscoveryQuery, FleetSettings, LimitSettings, MetricsSettings, RouterSettings, Targets, WorkerSettings};
+
+use crate::pattern::Pattern;
+use crate::template::Template;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// A loaded, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `[fleet]`.
+    pub fleet: FleetSettings,
+    /// `[limits.NAME]`, compiled.
+    pub limits: BTreeMap<String, Limit>,
+    /// `[[tasks]]`, compiled, in file order.
+    pub tasks: Vec<Task>,
+    /// `[router]`.
+    pub router: RouterSettings,
+    /// `[worker]`.
+    pub worker: WorkerSettings,
+    /// `[metrics]`.
+    pub metrics: MetricsSettings,
+}
+
+/// A fleet-wide concurrency limit.
+#[derive(Debug, Clone)]
+pub struct Limit {
+    /// The limit's name (`[limits.NAME]`).
+    pub name: String,
+    /// The most concurrent holders per pool.
+    pub max: u32,
+    /// The pool template: holders are counted per rendered pool.
+    pub pool: Template,
+}
+
+/// One compiled task.
+#[derive(Debug, Clone)]
+pub struct Task {
+    /// The task's unique name.
+    pub name: String,
+    /// The event pattern.
+    pub pattern: Pattern,
+    /// What the task acts on.
+    pub targets: Targets,
+    /// The action's name.
+    pub action: String,
+    /// The action's params (a JSON object).
+    pub params: Value,
+    /// The most jobs of one run running at once.
+    pub max_concurrency: Option<u32>,
+    /// The failures of one run after which its remaining jobs are cancelled.
+    pub max_errors: Option<u32>,
+    /// The lock key template.
+    pub lock: Template,
+    /// The limit this task's jobs take a slot of, if any (the task's own or its action's).
+    pub limit: Option<String>,
+    /// Real failures a job may have before it is dead-lettered.
+    pub retries: u32,
+    /// The line of the task in the file.
+    pub line: usize,
+}
+
+impl Config {
+    /// Parses and validates a configuration, with an action catalog to check actions and
+    /// params against (`None` checks only what the protocol knows).
+    pub fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<Config, ConfigError> {
+        load::parse(text, catalog)
+    }
+
+    /// The task of a name.
+    pub fn task(&self, name: &str) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+}

@@ -1,0 +1,237 @@
+//! The configuration as written: serde types with `deny_unknown_fields`.
+
+use crate::resource::ResourceType;
+use serde::{Deserialize, Deserializer};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::num::NonZeroU32;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    pub fleet: FleetSettings,
+    #[serde(default)]
+    pub limits: BTreeMap<String, toml::Spanned<LimitSettings>>,
+    #[serde(default)]
+    pub tasks: Vec<toml::Spanned<RawTask>>,
+    #[serde(default)]
+    pub router: RouterSettings,
+    #[serde(default)]
+    pub worker: WorkerSettings,
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// `[fleet]`: the fleet's name, partitions and trust.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetSettings {
+    /// Prefix of the fleet's queues and its table name.
+    pub name: String,
+    /// Number of job queue partitions.
+    #[serde(default = "default_partitions")]
+    pub partitions: NonZeroU32,
+    /// Accounts whose events are accepted; empty accepts every account.
+    #[serde(default)]
+    pub allowed_accounts: Vec<String>,
+    /// Role to assume in member accounts; `{account}` is replaced by the account id.
+    #[serde(default)]
+    pub member_role: Option<String>,
+    /// External id passed when assuming `member_role`.
+    #[serde(default)]
+    pub external_id: Option<String>,
+    /// The most jobs one event may expand to; more rejects the event.
+    #[serde(default = "default_max_jobs_per_event")]
+    pub max_jobs_per_event: NonZeroU32,
+}
+
+fn default_partitions() -> NonZeroU32 {
+    NonZeroU32::new(4).unwrap_or(NonZeroU32::MIN)
+}
+
+fn default_max_jobs_per_event() -> NonZeroU32 {
+    NonZeroU32::new(10_000).unwrap_or(NonZeroU32::MIN)
+}
+
+/// `[limits.NAME]`: a fleet-wide concurrency limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    /// The most concurrent holders per pool.
+    pub max: NonZeroU32,
+    /// The pool template (default: one pool for the whole fleet).
+    #[serde(default = "default_pool")]
+    pub pool: String,
+}
+
+fn default_pool() -> String {
+    "global".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTask {
+    pub name: String,
+    pub pattern: Value,
+    pub targets: Targets,
+    pub action: String,
+    #[serde(default = "empty_object")]
+    pub params: Value,
+    #[serde(default)]
+    pub max_concurrency: Option<NonZeroU32>,
+    #[serde(default)]
+    pub max_errors: Option<u32>,
+    #[serde(default)]
+    pub lock: Option<String>,
+    #[serde(default)]
+    pub limit: Option<String>,
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+fn default_retries() -> u32 {
+    3
+}
+
+/// What a task acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Targets {
+    /// `"event"`: the resources the event names.
+    Event,
+    /// A discovery query run against EC2.
+    Discover(DiscoveryQuery),
+}
+
+/// `targets = { type, tags, regions, accounts }`: resources found by EC2 `Describe*` calls.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryQuery {
+    /// The resource type to find.
+    #[serde(rename = "type")]
+    pub kind: ResourceType,
+    /// Tags the resources must have (key = value).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Regions to search (default: the event's region).
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// Accounts to search (default: the event's account).
+    #[serde(default)]
+    pub accounts: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for Targets {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(deserializer)? {
+            Value::String(s) if s == "event" => Ok(Targets::Event),
+            Value::String(s) => Err(D::Error::custom(format!(
+                "targets must be \"event\" or a discovery table {{ type, tags, regions, accounts }}, not \"{s}\""
+            ))),
+            table @ Value::Object(_) => DiscoveryQuery::deserialize(table)
+                .map(Targets::Discover)
+                .map_err(|e| D::Error::custom(format!("targets: {e}"))),
+            _ => Err(D::Error::custom("targets must be \"event\" or a discovery table")),
+        }
+    }
+}
+
+/// `[router]`: ingest settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterSettings {
+    /// Concurrent long-poll loops on the events queue.
+    #[serde(default = "default_pollers")]
+    pub pollers: NonZeroU32,
+    /// Visibility timeout of a received event, in seconds.
+    #[serde(default = "default_event_visibility")]
+    pub visibility_secs: u32,
+}
+
+fn default_pollers() -> NonZeroU32 {
+    NonZeroU32::new(2).unwrap_or(NonZeroU32::MIN)
+}
+
+fn default_event_visibility() -> u32 {
+    60
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        RouterSettings { pollers: default_pollers(), visibility_secs: default_event_visibility() }
+    }
+}
+
+/// `[worker]`: execution settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    /// The most jobs running at once in one worker process.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: NonZeroU32,
+    /// How long running actions may finish after SIGTERM/SIGINT, in seconds.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace_secs: u32,
+    /// Lock and slot lease length, in seconds; heartbeats renew it at a third.
+    #[serde(default = "default_lease")]
+    pub lease_secs: u32,
+    /// Visibility timeout of a received job, in seconds; heartbeats extend it.
+    #[serde(default = "default_job_visibility")]
+    pub visibility_secs: u32,
+    /// Receives after which SQS dead-letters a job that crashes or hangs workers.
+    #[serde(default = "default_max_receive_count")]
+    pub max_receive_count: u32,
+    /// How long ledger items are kept, in days (DynamoDB TTL).
+    #[serde(default = "default_retention_days")]
+    pub ledger_retention_days: u32,
+}
+
+fn default_max_in_flight() -> NonZeroU32 {
+    NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN)
+}
+
+fn default_shutdown_grace() -> u32 {
+    25
+}
+
+fn default_lease() -> u32 {
+    60
+}
+
+fn default_job_visibility() -> u32 {
+    60
+}
+
+fn default_max_receive_count() -> u32 {
+    100
+}
+
+fn default_retention_days() -> u32 {
+    30
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            max_in_flight: default_max_in_flight(),
+            shutdown_grace_secs: default_shutdown_grace(),
+            lease_secs: default_lease(),
+            visibility_secs: default_job_visibility(),
+            max_receive_count: default_max_receive_count(),
+            ledger_retention_days: default_retention_days(),
+        }
+    }
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Address to serve `/metrics` on, such as `0.0.0.0:9090`; none serves nothing.
+    #[serde(default)]
+    pub address: Option<String>,
+}

@@ -1,0 +1,20 @@
+//! Pure types and logic of opsfleet, with no I/O: events in, tasks and config, EventBridge
+//! pattern matching, the resources an event names, jobs out, partitioning, and the ports
+//! (traits) through which the router and workers reach queues and the store.
+
+pub mod config;
+pub mod event;
+pub mod job;
+pub mod names;
+pub mod pattern;
+pub mod plan;
+pub mod ports;
+pub mod resource;
+pub mod template;
+
+pub use config::{Config, ConfigError, Problem};
+pub use event::{Event, EventError};
+pub use job::{Job, JobError};
+pub use pattern::{Pattern, PatternError};
+pub use plan::{Plan, PlanError, Planner};
+pub use resource::{Resource, ResourceType};

@@ -1,0 +1,111 @@
+//! EventBridge event patterns: parsed and validated once, then matched purely and quickly.
+//!
+//! The semantics follow EventBridge's documentation: every field of a pattern must match; a
+//! leaf is a list of matchers of which any may match; when the event holds an array, any
+//! element may match; a missing field matches only `{"exists": false}`; `$or` takes a list of
+//! alternative sub-patterns of which one must match, together with its sibling fields.
+
+mod matcher;
+mod parse;
+mod wildcard;
+
+pub use parse::PatternError;
+pub use wildcard::Wildcard;
+
+use serde_json::{Map, Value};
+
+/// A compiled, validated event pattern.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pattern {
+    root: ObjectPattern,
+}
+
+impl Pattern {
+    /// Compiles a pattern from its JSON value (an object).
+    pub fn from_value(value: &Value) -> Result<Self, PatternError> {
+        Ok(Pattern { root: parse::object(value, "")? })
+    }
+
+    /// Compiles a pattern from its JSON text, as the EventBridge console shows it.
+    pub fn from_json(text: &str) -> Result<Self, PatternError> {
+        let value: Value = serde_json::from_str(text).map_err(|e| PatternError::new("", format!("not JSON: {e}")))?;
+        Self::from_value(&value)
+    }
+
+    /// Whether an event document matches the pattern.
+    pub fn matches(&self, event: &Map<String, Value>) -> bool {
+        matcher::object_matches(&self.root, Some(event))
+    }
+}
+
+/// An object level of a pattern: fields that must all match, and `$or` groups of which one
+/// alternative each must match.
+#[derive(Debug, Clone, PartialEq)]
+struct ObjectPattern {
+    fields: Vec<(String, FieldPattern)>,
+    any_of: Vec<Vec<ObjectPattern>>,
+}
+
+/// What one field of a pattern requires.
+#[derive(Debug, Clone, PartialEq)]
+enum FieldPattern {
+    /// A list of matchers for a leaf value, of which any may match.
+    Leaf(Vec<Matcher>),
+    /// A nested object.
+    Object(ObjectPattern),
+}
+
+/// One matcher of a leaf list.
+#[derive(Debug, Clone, PartialEq)]
+enum Matcher {
+    /// An exact string.
+    Str(String),
+    /// An exact number.
+    Num(f64),
+    /// An exact boolean.
+    Bool(bool),
+    /// `null`.
+    Null,
+    /// `{"prefix": …}`, optionally ignoring case (text is lowercased when so).
+    Prefix { text: String, ignore_case: bool },
+    /// `{"suffix": …}`, optionally ignoring case (text is lowercased when so).
+    Suffix { text: String, ignore_case: bool },
+    /// `{"equals-ignore-case": …}` (lowercased).
+    EqualsIgnoreCase(String),
+    /// `{"wildcard": …}`.
+    Wildcard(Wildcard),
+    /// `{"numeric": [op, n, (op, n)]}`.
+    Numeric(Vec<(NumericOp, f64)>),
+    /// `{"exists": bool}`.
+    Exists(bool),
+    /// `{"anything-but": …}`.
+    AnythingBut(AnythingBut),
+}
+
+/// A comparison of `numeric`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum NumericOp {
+    Lt,
+    Le,
+    Eq,
+    Ge,
+    Gt,
+}
+
+/// What `anything-but` excludes.
+#[derive(Debug, Clone, PartialEq)]
+enum AnythingBut {
+    /// Exact strings and numbers.
+    Values(Vec<Matcher>),
+    /// Strings with this prefix.
+    Prefix(String),
+    /// Strings with this suffix.
+    Suffix(String),
+    /// These strings, ignoring case (lowercased).
+    EqualsIgnoreCase(Vec<String>),
+    /// Strings matching any of these wildcards.
+    Wildcard(Vec<Wildcard>),
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,197 @@
+//! Resources jobs act on, and parsing them out of ARNs.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// The kinds of resource opsfleet acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ResourceType {
+    /// An EC2 instance (`i-…`).
+    #[serde(rename = "ec2:instance")]
+    Instance,
+    /// An EBS volume (`vol-…`).
+    #[serde(rename = "ec2:volume")]
+    Volume,
+    /// An EBS snapshot (`snap-…`).
+    #[serde(rename = "ec2:snapshot")]
+    Snapshot,
+    /// An AMI (`ami-…`).
+    #[serde(rename = "ec2:image")]
+    Image,
+}
+
+impl ResourceType {
+    /// Every resource type, in a stable order.
+    pub const ALL: [ResourceType; 4] = [Self::Instance, Self::Volume, Self::Snapshot, Self::Image];
+
+    /// The name used in config and job JSON, such as `ec2:instance`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Instance => "ec2:instance",
+            Self::Volume => "ec2:volume",
+            Self::Snapshot => "ec2:snapshot",
+            Self::Image => "ec2:image",
+        }
+    }
+
+    /// The resource type of an EC2 ARN's resource part (`instance`, `volume`, …).
+    pub fn from_arn_kind(kind: &str) -> Option<Self> {
+        match kind {
+            "instance" => Some(Self::Instance),
+            "volume" => Some(Self::Volume),
+            "snapshot" => Some(Self::Snapshot),
+            "image" => Some(Self::Image),
+            _ => None,
+        }
+    }
+
+    /// The resource type an id's prefix implies (`i-`, `vol-`, `snap-`, `ami-`).
+    pub fn from_id(id: &str) -> Option<Self> {
+        let (prefix, _) = id.split_once('-')?;
+        match prefix {
+            "i" => Some(Self::Instance),
+            "vol" => Some(Self::Volume),
+            "snap" => Some(Self::Snapshot),
+            "ami" => Some(Self::Image),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One resource in one account and region: what a job acts on.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource {
+    /// The 12-digit account id that owns the resource.
+    pub account: String,
+    /// The region the resource lives in.
+    pub region: String,
+    /// The resource type.
+    #[serde(rename = "type")]
+    pub kind: ResourceType,
+    /// The resource id, such as `i-0123456789abcdef0`.
+    pub id: String,
+}
+
+impl Resource {
+    /// The stable key of the resource: `account/region/type/id`. It names the FIFO message
+    /// group, the default lock and the partition.
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}/{}", self.account, self.region, self.kind, self.id)
+    }
+}
+
+/// The parts of an ARN: `arn:partition:service:region:account:resource`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Arn<'a> {
+    /// `aws`, `aws-cn`, `aws-us-gov`.
+    pub partition: &'a str,
+    /// The service, such as `ec2`.
+    pub service: &'a str,
+    /// The region; empty for global resources.
+    pub region: &'a str,
+    /// The account; empty where the ARN names none.
+    pub account: &'a str,
+    /// The resource part, such as `instance/i-0123`.
+    pub resource: &'a str,
+}
+
+impl<'a> Arn<'a> {
+    /// Splits an ARN into its parts, or `None` when the text is not an ARN.
+    pub fn parse(text: &'a str) -> Option<Self> {
+        let mut parts = text.splitn(6, ':');
+        if parts.next()? != "arn" {
+            return None;
+        }
+        let arn = Arn {
+            partition: parts.next()?,
+            service: parts.next()?,
+            region: parts.next()?,
+            account: parts.next()?,
+            resource: parts.next()?,
+        };
+        (!arn.partition.is_empty() && !arn.service.is_empty()).then_some(arn)
+    }
+
+    /// The EC2 resource this ARN names, with account and region filled from the given
+    /// fallbacks where the ARN has none. EBS notifications write snapshot ARNs as
+    /// `arn:aws:ec2::REGION:snapshot/ID`, with the region in the account field: that form is
+    /// recognised. Returns `None` for ARNs of other services or resource types.
+    pub fn ec2_resource(&self) -> Option<(ResourceType, &'a str, Option<&'a str>, Option<&'a str>)> {
+        if self.service != "ec2" {
+            return None;
+        }
+        let (kind, id) = self.resource.split_once('/')?;
+        let kind = ResourceType::from_arn_kind(kind)?;
+        if id.is_empty() {
+            return None;
+        }
+        let (mut region, mut account) = (non_empty(self.region), non_empty(self.account));
+        if region.is_none() && account.is_some_and(looks_like_region) {
+            region = account.take();
+        }
+        Some((kind, id, account, region))
+    }
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+/// Whether a text has the shape of an AWS region name (`us-east-1`, `eu-central-2`).
+pub fn looks_like_region(s: &str) -> bool {
+    let mut parts = s.split('-');
+    let first_ok = parts.next().is_some_and(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_lowercase()));
+    let rest: Vec<&str> = parts.collect();
+    first_ok
+        && rest.len() >= 2
+        && rest[..rest.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && rest.last().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether a text is a 12-digit AWS account id.
+pub fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_instance_arn() {
+        let arn = Arn::parse("arn:aws:ec2:us-east-1:123456789012:instance/i-abc").unwrap();
+        let (kind, id, account, region) = arn.ec2_resource().unwrap();
+        assert_eq!((kind, id, account, region), (ResourceType::Instance, "i-abc", Some("123456789012"), Some("us-east-1")));
+    }
+
+    #[test]
+    fn snapshot_arn_with_region_in_account_field() {
+        let arn = Arn::parse("arn:aws:ec2::us-west-2:snapshot/snap-01234567").unwrap();
+        let (kind, id, account, region) = arn.ec2_resource().unwrap();
+        assert_eq!((kind, id, account, region), (ResourceType::Snapshot, "snap-01234567", None, Some("us-west-2")));
+    }
+
+    #[test]
+    fn other_services_and_non_arns_are_not_ec2_resources() {
+        assert!(Arn::parse("arn:aws:events:us-east-1:123456789012:rule/nightly").unwrap().ec2_resource().is_none());
+        assert!(Arn::parse("arn:aws:ec2:us-east-1:123456789012:security-group/sg-1").unwrap().ec2_resource().is_none());
+        assert!(Arn::parse("not-an-arn").is_none());
+    }
+
+    #[test]
+    fn region_and_account_shapes() {
+        assert!(looks_like_region("us-east-1"));
+        assert!(looks_like_region("us-gov-west-1"));
+        assert!(!looks_like_region("123456789012"));
+        assert!(!looks_like_region("us-east"));
+        assert!(is_account_id("123456789012"));
+        assert!(!is_account_id("12345678901a"));
+    }
+}
