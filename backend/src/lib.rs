@@ -1,1 +1,12 @@
-//! placeholder
+//! Adapters behind opsfleet's ports: SQS and DynamoDB through the official AWS SDK, and the
+//! embedded in-process queue and store with the same semantics (visibility, receive counts,
+//! redrive, FIFO groups and deduplication, delays, conditional writes) for `demo` and fast
+//! tests. One conformance suite ([`conformance`]) runs against both so they cannot drift.
+
+pub mod aws;
+pub mod conformance;
+pub mod embedded;
+pub mod setup;
+
+pub use aws::AwsBackend;
+pub use embedded::EmbeddedBackend;

@@ -1,1 +1,17 @@
-//! placeholder
+//! The router: events in, partitioned per-resource jobs out.
+//!
+//! It long-polls `<name>-events`, normalizes each body into an event, checks the account,
+//! matches every task, expands matched tasks into one job per resource (the resources the
+//! event names, or a discovery), and sends the jobs in batches to `<name>-jobs-<p>.fifo`
+//! (group id = resource key, deduplication id = job id). The input message is deleted only
+//! after every job of it was accepted. Bodies that are not events, and events the fleet must
+//! not act on, go to `<name>-events-dlq` at once with the reason as a message attribute.
+
+mod discovery;
+mod ingest;
+mod send;
+mod telemetry;
+
+pub use discovery::{Discover, DiscoveryError, NoDiscovery};
+pub use ingest::{Outcome, Router, RouterError};
+pub use send::{send_all, SendError};

@@ -6,6 +6,9 @@ mod alarm;
 mod normalize;
 mod targets;
 
+#[cfg(test)]
+mod fixtures_tests;
+
 pub use normalize::normalize;
 pub use targets::{named_resources, TargetError};
 

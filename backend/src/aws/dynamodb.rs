@@ -1,0 +1,333 @@
+//! The store port over Amazon DynamoDB: one table keyed by `pk` (hash) and `sk` (range),
+//! conditions as condition expressions, TTL on `expires_at`.
+
+use super::errors::{classify, ErrorClass};
+use async_trait::async_trait;
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TimeToLiveSpecification,
+};
+use aws_sdk_dynamodb::Client;
+use opsfleet_protocol::ports::{AttrValue, Attrs, Cond, Item, Key, Store, StoreError, Update};
+use std::collections::HashMap;
+
+/// The attribute DynamoDB's TTL reads (Unix seconds).
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+/// One DynamoDB table.
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+}
+
+fn error<E>(table: &str, operation: &'static str, err: &aws_sdk_dynamodb::error::SdkError<E, aws_sdk_dynamodb::config::http::HttpResponse>, key: Option<&Key>) -> StoreError
+where
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match classify(err) {
+        ErrorClass::ConditionFailed => StoreError::ConditionFailed {
+            pk: key.map(|k| k.pk.clone()).unwrap_or_default(),
+            sk: key.map(|k| k.sk.clone()).unwrap_or_default(),
+        },
+        ErrorClass::Missing(_) => StoreError::NotFound { table: table.to_owned() },
+        ErrorClass::Refused(message) => StoreError::Invalid { table: table.to_owned(), operation, message },
+        ErrorClass::Retry(message) => StoreError::Unavailable { table: table.to_owned(), operation, message },
+    }
+}
+
+fn to_av(value: &AttrValue) -> AttributeValue {
+    match value {
+        AttrValue::S(s) => AttributeValue::S(s.clone()),
+        AttrValue::N(n) => AttributeValue::N(n.to_string()),
+        AttrValue::Bool(b) => AttributeValue::Bool(*b),
+    }
+}
+
+fn from_av(value: &AttributeValue) -> Option<AttrValue> {
+    match value {
+        AttributeValue::S(s) => Some(AttrValue::S(s.clone())),
+        AttributeValue::N(n) => n.parse().ok().map(AttrValue::N),
+        AttributeValue::Bool(b) => Some(AttrValue::Bool(*b)),
+        _ => None,
+    }
+}
+
+fn key_map(key: &Key) -> HashMap<String, AttributeValue> {
+    HashMap::from([("pk".to_owned(), AttributeValue::S(key.pk.clone())), ("sk".to_owned(), AttributeValue::S(key.sk.clone()))])
+}
+
+fn to_item(map: &HashMap<String, AttributeValue>) -> Option<Item> {
+    let pk = map.get("pk")?.as_s().ok()?.clone();
+    let sk = map.get("sk")?.as_s().ok()?.clone();
+    let attrs: Attrs = map
+        .iter()
+        .filter(|(k, _)| k.as_str() != "pk" && k.as_str() != "sk")
+        .filter_map(|(k, v)| from_av(v).map(|v| (k.clone(), v)))
+        .collect();
+    Some(Item { key: Key { pk, sk }, attrs })
+}
+
+/// Builds expressions with `#nN` / `:vN` placeholders.
+#[derive(Default)]
+struct Expr {
+    names: HashMap<String, String>,
+    values: HashMap<String, AttributeValue>,
+}
+
+impl Expr {
+    fn name(&mut self, name: &str) -> String {
+        let placeholder = format!("#n{}", self.names.len());
+        if let Some((existing, _)) = self.names.iter().find(|(_, n)| n.as_str() == name) {
+            return existing.clone();
+        }
+        self.names.insert(placeholder.clone(), name.to_owned());
+        placeholder
+    }
+
+    fn value(&mut self, value: AttributeValue) -> String {
+        let placeholder = format!(":v{}", self.values.len());
+        self.values.insert(placeholder.clone(), value);
+        placeholder
+    }
+
+    fn cond(&mut self, cond: &Cond) -> Option<String> {
+        Some(match cond {
+            Cond::Always => return None,
+            Cond::NotExists => "attribute_not_exists(pk)".to_owned(),
+            Cond::Exists => "attribute_exists(pk)".to_owned(),
+            Cond::Has(name) => format!("attribute_exists({})", self.name(name)),
+            Cond::Lacks(name) => format!("attribute_not_exists({})", self.name(name)),
+            Cond::Eq(name, v) => format!("{} = {}", self.name(name), self.value(to_av(v))),
+            Cond::Lt(name, v) => format!("{} < {}", self.name(name), self.value(to_av(v))),
+            Cond::Le(name, v) => format!("{} <= {}", self.name(name), self.value(to_av(v))),
+            Cond::And(all) => self.join(all, " AND ", "attribute_exists(pk) OR attribute_not_exists(pk)")?,
+            Cond::Or(any) => self.join(any, " OR ", "attribute_exists(pk) AND attribute_not_exists(pk)")?,
+        })
+    }
+
+    fn join(&mut self, conds: &[Cond], sep: &str, empty: &str) -> Option<String> {
+        let parts: Vec<String> = conds
+            .iter()
+            .map(|c| self.cond(c).unwrap_or_else(|| "(attribute_exists(pk) OR attribute_not_exists(pk))".to_owned()))
+            .map(|c| format!("({c})"))
+            .collect();
+        Some(if parts.is_empty() { format!("({empty})") } else { parts.join(sep) })
+    }
+
+    fn update(&mut self, update: &Update) -> Option<String> {
+        let mut clauses = Vec::new();
+        let sets: Vec<String> = update
+            .set
+            .iter()
+            .map(|(n, v)| format!("{} = {}", self.name(n), self.value(to_av(v))))
+            .collect();
+        if !sets.is_empty() {
+            clauses.push(format!("SET {}", sets.join(", ")));
+        }
+        let removes: Vec<String> = update.remove.iter().map(|n| self.name(n)).collect();
+        if !removes.is_empty() {
+            clauses.push(format!("REMOVE {}", removes.join(", ")));
+        }
+        let adds: Vec<String> = update
+            .add
+            .iter()
+            .map(|(n, by)| format!("{} {}", self.name(n), self.value(AttributeValue::N(by.to_string()))))
+            .collect();
+        if !adds.is_empty() {
+            clauses.push(format!("ADD {}", adds.join(", ")));
+        }
+        (!clauses.is_empty()).then(|| clauses.join(" "))
+    }
+
+    fn names(&self) -> Option<HashMap<String, String>> {
+        (!self.names.is_empty()).then(|| self.names.clone())
+    }
+
+    fn values(&self) -> Option<HashMap<String, AttributeValue>> {
+        (!self.values.is_empty()).then(|| self.values.clone())
+    }
+}
+
+impl DynamoStore {
+    /// Opens a table, checking that it exists.
+    pub async fn open(client: Client, table: &str) -> Result<Self, StoreError> {
+        client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| error(table, "DescribeTable", &e, None))?;
+        Ok(DynamoStore { client, table: table.to_owned() })
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key_map(key)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| error(&self.table, "GetItem", &e, Some(key)))?;
+        Ok(out.item.as_ref().and_then(to_item))
+    }
+
+    async fn put(&self, item: Item, cond: Cond) -> Result<(), StoreError> {
+        let mut expr = Expr::default();
+        let condition = expr.cond(&cond);
+        let mut map = key_map(&item.key);
+        for (name, value) in &item.attrs {
+            map.insert(name.clone(), to_av(value));
+        }
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .set_item(Some(map))
+            .set_condition_expression(condition)
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .send()
+            .await
+            .map_err(|e| error(&self.table, "PutItem", &e, Some(&item.key)))?;
+        Ok(())
+    }
+
+    async fn update(&self, key: &Key, update: Update, cond: Cond) -> Result<Item, StoreError> {
+        let mut expr = Expr::default();
+        let condition = expr.cond(&cond);
+        let update_expression = expr.update(&update);
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key_map(key)))
+            .set_update_expression(update_expression)
+            .set_condition_expression(condition)
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
+            .send()
+            .await
+            .map_err(|e| error(&self.table, "UpdateItem", &e, Some(key)))?;
+        Ok(out
+            .attributes
+            .as_ref()
+            .and_then(to_item)
+            .unwrap_or_else(|| Item { key: key.clone(), attrs: Attrs::new() }))
+    }
+
+    async fn delete(&self, key: &Key, cond: Cond) -> Result<(), StoreError> {
+        let mut expr = Expr::default();
+        let condition = expr.cond(&cond);
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key_map(key)))
+            .set_condition_expression(condition)
+            .set_expression_attribute_names(expr.names())
+            .set_expression_attribute_values(expr.values())
+            .send()
+            .await
+            .map_err(|e| error(&self.table, "DeleteItem", &e, Some(key)))?;
+        Ok(())
+    }
+
+    async fn query_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
+        let mut values = HashMap::from([(":pk".to_owned(), AttributeValue::S(pk.to_owned()))]);
+        let key_condition = if sk_prefix.is_empty() {
+            "pk = :pk".to_owned()
+        } else {
+            values.insert(":prefix".to_owned(), AttributeValue::S(sk_prefix.to_owned()));
+            "pk = :pk AND begins_with(sk, :prefix)".to_owned()
+        };
+        let mut items = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(&key_condition)
+                .set_expression_attribute_values(Some(values.clone()))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| error(&self.table, "Query", &e, None))?;
+            items.extend(out.items.unwrap_or_default().iter().filter_map(to_item));
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(items)
+    }
+}
+
+/// Creates the table (on-demand capacity, TTL on [`TTL_ATTRIBUTE`]) unless it exists.
+pub(super) async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError> {
+    let attr = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(|e| StoreError::Invalid { table: table.to_owned(), operation: "CreateTable", message: e.to_string() })
+    };
+    let key = |name: &str, kind: KeyType| {
+        KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .map_err(|e| StoreError::Invalid { table: table.to_owned(), operation: "CreateTable", message: e.to_string() })
+    };
+    let created = client
+        .create_table()
+        .table_name(table)
+        .attribute_definitions(attr("pk")?)
+        .attribute_definitions(attr("sk")?)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await;
+    match created {
+        Ok(_) => {}
+        Err(e) => {
+            let code = aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e).unwrap_or_default();
+            if code != "ResourceInUseException" {
+                return Err(error(table, "CreateTable", &e, None));
+            }
+            return Ok(());
+        }
+    }
+    // Wait for the table to become active before turning on TTL.
+    for _ in 0..60 {
+        let out = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| error(table, "DescribeTable", &e, None))?;
+        if out.table.and_then(|t| t.table_status).is_some_and(|s| s == aws_sdk_dynamodb::types::TableStatus::Active) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    let ttl = TimeToLiveSpecification::builder()
+        .attribute_name(TTL_ATTRIBUTE)
+        .enabled(true)
+        .build()
+        .map_err(|e| StoreError::Invalid { table: table.to_owned(), operation: "UpdateTimeToLive", message: e.to_string() })?;
+    client
+        .update_time_to_live()
+        .table_name(table)
+        .time_to_live_specification(ttl)
+        .send()
+        .await
+        .map_err(|e| error(table, "UpdateTimeToLive", &e, None))?;
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! The AWS backend: SQS queues and a DynamoDB table through the official SDK. Region,
+//! endpoint and credentials come from the SDK's standard chain (`AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, profiles, instance and task roles).
+
+mod dynamodb;
+mod errors;
+mod sqs;
+
+pub use dynamodb::DynamoStore;
+pub use sqs::SqsQueue;
+
+use async_trait::async_trait;
+use opsfleet_protocol::ports::{Backend, Queue, QueueError, QueueSpec, Store, StoreError};
+use std::sync::Arc;
+
+/// SQS and DynamoDB clients built from the SDK's standard configuration chain.
+#[derive(Clone)]
+pub struct AwsBackend {
+    sqs: aws_sdk_sqs::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+}
+
+impl AwsBackend {
+    /// Clients from the environment, profiles and roles, as every AWS tool reads them.
+    pub async fn from_env() -> Self {
+        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Self::from_config(&config)
+    }
+
+    /// Clients from an already loaded SDK config.
+    pub fn from_config(config: &aws_config::SdkConfig) -> Self {
+        AwsBackend { sqs: aws_sdk_sqs::Client::new(config), dynamodb: aws_sdk_dynamodb::Client::new(config) }
+    }
+
+    /// The SQS client.
+    pub fn sqs(&self) -> &aws_sdk_sqs::Client {
+        &self.sqs
+    }
+}
+
+#[async_trait]
+impl Backend for AwsBackend {
+    async fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
+        Ok(Arc::new(SqsQueue::open(self.sqs.clone(), name).await?))
+    }
+
+    async fn store(&self, table: &str) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(Arc::new(DynamoStore::open(self.dynamodb.clone(), table).await?))
+    }
+
+    async fn ensure_queue(&self, spec: &QueueSpec) -> Result<(), QueueError> {
+        sqs::ensure_queue(&self.sqs, spec).await
+    }
+
+    async fn ensure_table(&self, table: &str) -> Result<(), StoreError> {
+        dynamodb::ensure_table(&self.dynamodb, table).await
+    }
+}

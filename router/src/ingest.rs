@@ -1,0 +1,255 @@
+//! The ingest loop: receive, route, acknowledge.
+
+use crate::discovery::{Discover, DiscoveryError};
+use crate::send::{job_message, send_all, SendError};
+use crate::telemetry::{EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted, PollFailed};
+use futures::future::join_all;
+use opsfleet_protocol::event::normalize;
+use opsfleet_protocol::names;
+use opsfleet_protocol::ports::{Backend, OutgoingMessage, Queue, QueueError, ReceivedMessage};
+use opsfleet_protocol::{Job, PlanError, Planner};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio_util::sync::CancellationToken;
+
+/// How long one receive waits for messages (SQS's maximum long poll).
+const LONG_POLL: Duration = Duration::from_secs(20);
+
+/// The longest reason written to a dead-letter message attribute.
+const MAX_REASON: usize = 1000;
+
+/// Why the router cannot start or keep going.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    /// A queue is missing or unreachable.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// What became of one input message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Every job was accepted by its partition; the message can be deleted.
+    Routed {
+        /// The event id.
+        event_id: String,
+        /// The jobs sent.
+        jobs: Vec<Job>,
+    },
+    /// No task matched; the message can be deleted.
+    Unmatched {
+        /// The event id.
+        event_id: String,
+    },
+    /// The message went to the dead-letter queue with this reason; it can be deleted.
+    DeadLettered {
+        /// A bounded label of the reason.
+        kind: &'static str,
+        /// The one-line reason.
+        reason: String,
+    },
+    /// Something that may pass failed; the message stays and is received again.
+    Deferred {
+        /// What failed.
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// Whether the input message is done with and can be deleted.
+    pub fn acknowledges(&self) -> bool {
+        !matches!(self, Outcome::Deferred { .. })
+    }
+}
+
+/// Routes events of one fleet.
+pub struct Router {
+    planner: Arc<Planner>,
+    events: Arc<dyn Queue>,
+    dead_letter: Arc<dyn Queue>,
+    partitions: Vec<Arc<dyn Queue>>,
+    discover: Arc<dyn Discover>,
+}
+
+impl Router {
+    /// Opens the fleet's queues.
+    pub async fn open(backend: &dyn Backend, planner: Arc<Planner>, discover: Arc<dyn Discover>) -> Result<Self, RouterError> {
+        let fleet = planner.config().fleet.name.clone();
+        let events = backend.queue(&names::events_queue(&fleet)).await?;
+        let dead_letter = backend.queue(&names::events_dlq(&fleet)).await?;
+        let mut partitions = Vec::new();
+        for p in 0..planner.config().fleet.partitions.get() {
+            partitions.push(backend.queue(&names::jobs_queue(&fleet, p)).await?);
+        }
+        Ok(Router { planner, events, dead_letter, partitions, discover })
+    }
+
+    /// Runs the configured number of concurrent long-poll loops until `shutdown` is
+    /// cancelled; each loop finishes the batch it holds before it stops.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let pollers = self.planner.config().router.pollers.get();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..pollers {
+            let router = Arc::clone(&self);
+            let shutdown = shutdown.clone();
+            tasks.spawn(async move {
+                let mut failures = 0u32;
+                while !shutdown.is_cancelled() {
+                    let polled = tokio::select! {
+                        polled = router.poll_once(LONG_POLL) => polled,
+                        () = shutdown.cancelled() => break,
+                    };
+                    match polled {
+                        Ok(_) => failures = 0,
+                        Err(e) => {
+                            PollFailed { queue: router.events.name(), error: &e.to_string() }.emit();
+                            failures = (failures + 1).min(6);
+                            tokio::select! {
+                                () = tokio::time::sleep(Duration::from_millis(100 << failures)) => {}
+                                () = shutdown.cancelled() => break,
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Receives one batch (waiting up to `wait`), routes every message, and deletes those that
+    /// are done with. Returns the outcomes.
+    pub async fn poll_once(&self, wait: Duration) -> Result<Vec<Outcome>, RouterError> {
+        let visibility = Duration::from_secs(u64::from(self.planner.config().router.visibility_secs));
+        let messages = self.events.receive(10, wait, Some(visibility)).await?;
+        if messages.is_empty() {
+            return Ok(Vec::new());
+        }
+        let outcomes = join_all(messages.iter().map(|m| self.route(m))).await;
+        let done: Vec<String> = messages
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| o.acknowledges())
+            .map(|(m, _)| m.receipt.clone())
+            .collect();
+        if !done.is_empty() {
+            for failure in self.events.delete_batch(&done).await? {
+                tracing::warn!(queue = %self.events.name(), error = %failure.message, "Deleting a routed event failed; it will be routed again with the same job ids.");
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Routes one message: normalize, plan, discover, send. Never panics on input.
+    pub async fn route(&self, message: &ReceivedMessage) -> Outcome {
+        let started = Instant::now();
+        let event = match normalize(&message.body) {
+            Ok(event) => event,
+            Err(e) => return self.reject(message, "not_an_event", e.to_string()).await,
+        };
+        EventReceived { event: &event }.emit();
+        let received_ms = if message.sent_ms > 0 { message.sent_ms } else { unix_ms() };
+        let plan = match self.planner.plan(&event, received_ms) {
+            Ok(plan) => plan,
+            Err(e) => return self.reject(message, plan_error_kind(&e), e.to_string()).await,
+        };
+        let mut jobs = plan.jobs;
+        for discovery in &plan.discoveries {
+            let resources = match self.discover.discover(discovery).await {
+                Ok(resources) => resources,
+                Err(e @ DiscoveryError::Unavailable { .. }) => return self.reject(message, "discovery", e.to_string()).await,
+                Err(e) => return self.defer(message, e.to_string()),
+            };
+            if let Err(e) = self.planner.check_cap(jobs.len() + resources.len()) {
+                return self.reject(message, plan_error_kind(&e), e.to_string()).await;
+            }
+            match self.planner.jobs_for(&event, discovery.task, &resources, received_ms) {
+                Ok(more) => jobs.extend(more),
+                Err(e) => return self.reject(message, plan_error_kind(&e), e.to_string()).await,
+            }
+        }
+        if plan.matched.is_empty() {
+            EventUnmatched { event_id: &event.id }.emit();
+            return Outcome::Unmatched { event_id: event.id };
+        }
+        match self.send(&jobs).await {
+            Ok(()) => {}
+            Err(e @ SendError::Refused { .. }) => return self.reject(message, "job_refused", e.to_string()).await,
+            Err(e) => return self.defer(message, e.to_string()),
+        }
+        let mut per_task: BTreeMap<(&str, &str), usize> = BTreeMap::new();
+        for job in &jobs {
+            *per_task.entry((&job.task, &job.action)).or_default() += 1;
+        }
+        for ((task, action), count) in per_task {
+            JobsEmitted { task, action, count }.emit();
+        }
+        EventRouted { event_id: &event.id, jobs: jobs.len(), took: started.elapsed() }.emit();
+        Outcome::Routed { event_id: event.id, jobs }
+    }
+
+    async fn send(&self, jobs: &[Job]) -> Result<(), SendError> {
+        let mut per_partition: BTreeMap<u32, Vec<OutgoingMessage>> = BTreeMap::new();
+        let mut seen = HashSet::new();
+        for job in jobs {
+            if !seen.insert(job.id.as_str()) {
+                continue;
+            }
+            let body = job.to_json().map_err(|e| SendError::Refused {
+                queue: String::new(),
+                job: job.id.clone(),
+                code: "TooLarge".into(),
+                message: e.to_string(),
+            })?;
+            per_partition.entry(job.partition).or_default().push(job_message(job, body));
+        }
+        let sends = per_partition.into_iter().map(|(p, messages)| {
+            let queue = Arc::clone(&self.partitions[p as usize % self.partitions.len()]);
+            async move { send_all(queue.as_ref(), messages).await }
+        });
+        for result in join_all(sends).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    async fn reject(&self, message: &ReceivedMessage, kind: &'static str, reason: String) -> Outcome {
+        let mut attributes = message.attributes.clone();
+        let mut bounded = reason.clone();
+        if bounded.len() > MAX_REASON {
+            let mut cut = MAX_REASON;
+            while !bounded.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            bounded.truncate(cut);
+        }
+        attributes.insert(names::REASON_ATTRIBUTE.to_owned(), bounded);
+        attributes.insert("opsfleet-source-queue".to_owned(), self.events.name().to_owned());
+        let dead = OutgoingMessage { body: message.body.clone(), attributes, ..Default::default() };
+        if let Err(e) = send_all(self.dead_letter.as_ref(), vec![dead]).await {
+            return self.defer(message, format!("dead-lettering failed: {e}"));
+        }
+        EventRejected { message_id: &message.message_id, reason: kind, error: &reason }.emit();
+        Outcome::DeadLettered { kind, reason }
+    }
+
+    fn defer(&self, message: &ReceivedMessage, error: String) -> Outcome {
+        EventDeferred { message_id: &message.message_id, error: &error }.emit();
+        Outcome::Deferred { error }
+    }
+}
+
+/// A bounded label for a plan error.
+fn plan_error_kind(error: &PlanError) -> &'static str {
+    match error {
+        PlanError::AccountNotAllowed { .. } | PlanError::ResourceAccountNotAllowed { .. } => "account_not_allowed",
+        PlanError::NoAccount => "no_account",
+        PlanError::Targets { .. } => "targets",
+        PlanError::TooManyJobs { .. } => "too_many_jobs",
+        PlanError::Job(_) => "job_too_large",
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,99 @@
+//! `opsfleet demo`: the sample events through the router on the embedded backend.
+
+use anyhow::Context;
+use opsfleet_backend::{setup::setup, EmbeddedBackend};
+use opsfleet_protocol::names;
+use opsfleet_protocol::ports::{Backend, OutgoingMessage};
+use opsfleet_protocol::{Job, Planner};
+use opsfleet_router::{NoDiscovery, Outcome, Router};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The bundled examples, found next to the sources when not in the working directory.
+fn bundled(relative: &str) -> PathBuf {
+    let here = PathBuf::from(relative);
+    if here.exists() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Loads the config and sample events, pushes them through the router on the embedded
+/// backend, and prints what became of each event and the jobs per partition.
+pub async fn run(config: Option<PathBuf>, events: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let config_path = config.unwrap_or_else(|| bundled("examples/fleet.toml"));
+    let events_dir = events.unwrap_or_else(|| bundled("examples/events"));
+    let config = super::load_config(&config_path)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&events_dir)
+        .with_context(|| format!("cannot read sample events in {}", events_dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    println!("opsfleet demo: embedded backend, plan-mode actions");
+    println!(
+        "config {}: fleet {}, {} tasks, {} partitions; {} sample events from {}\n",
+        config_path.display(),
+        config.fleet.name,
+        config.tasks.len(),
+        config.fleet.partitions,
+        files.len(),
+        events_dir.display()
+    );
+
+    let backend = EmbeddedBackend::new();
+    setup(&backend, &config).await?;
+    let fleet = config.fleet.name.clone();
+    let events = backend.queue(&names::events_queue(&fleet)).await?;
+    for file in &files {
+        let body = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut message = OutgoingMessage { body, ..Default::default() };
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        message.attributes.insert("demo-file".into(), name);
+        opsfleet_router::send_all(events.as_ref(), vec![message]).await?;
+    }
+
+    let partitions = config.fleet.partitions.get();
+    let planner = Arc::new(Planner::new(config));
+    let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await?;
+    println!("Routing:");
+    loop {
+        let outcomes = router.poll_once(Duration::ZERO).await?;
+        if outcomes.is_empty() {
+            break;
+        }
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Routed { event_id, jobs } => println!("  routed     event {event_id}: {} jobs", jobs.len()),
+                Outcome::Unmatched { event_id } => println!("  unmatched  event {event_id}: no task matches"),
+                Outcome::DeadLettered { kind, reason } => println!("  rejected   ({kind}) {reason}"),
+                Outcome::Deferred { error } => println!("  deferred   {error}"),
+            }
+        }
+    }
+
+    println!("\nJobs per partition:");
+    for p in 0..partitions {
+        let queue = backend.embedded_queue(&names::jobs_queue(&fleet, p)).context("partition queue")?;
+        let bodies = queue.peek_bodies();
+        println!("  {} ({} jobs)", names::jobs_queue(&fleet, p), bodies.len());
+        for body in bodies {
+            let job = Job::from_json(&body)?;
+            println!("    {}  {:<28} {:<6} {}", job.id, job.task, job.action, job.resource.key());
+        }
+    }
+
+    let dlq = backend.embedded_queue(&names::events_dlq(&fleet)).context("events DLQ")?;
+    let rejected = dlq.peek_attributes();
+    println!("\nEvents dead-lettered ({}):", rejected.len());
+    for attributes in rejected {
+        println!(
+            "  {}: {}",
+            attributes.get("demo-file").map(String::as_str).unwrap_or("?"),
+            attributes.get(names::REASON_ATTRIBUTE).map(String::as_str).unwrap_or("?")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,167 @@
+//! The command line: subcommands and what they share (config loading, tracing, metrics,
+//! signals).
+
+mod demo;
+mod plan;
+mod serve;
+mod setup;
+mod validate;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use opsfleet_protocol::Config;
+use opsfleet_worker::ActionRegistry;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Event-driven operations automation for AWS.
+#[derive(Debug, Parser)]
+#[command(name = "opsfleet", version, about)]
+pub struct Args {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text", env = "OPSFLEET_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log formats.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for production.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the jobs events expand to, one JSON object per line.
+    Plan {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Event files; without any, events are read as JSON lines from stdin.
+        events: Vec<PathBuf>,
+    },
+    /// Check a config and report every problem with its place.
+    Validate {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Create the fleet's queues and table (idempotent).
+    Setup {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Route events from the events queue to the job partitions.
+    Router {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Serve Prometheus metrics on this address (overrides `[metrics] address`).
+        #[arg(long)]
+        metrics_addr: Option<String>,
+    },
+    /// Run the sample events through the whole path on the embedded backend.
+    Demo {
+        /// The fleet config (default: the bundled `examples/fleet.toml`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A folder of sample events (default: the bundled `examples/events`).
+        #[arg(long)]
+        events: Option<PathBuf>,
+    },
+}
+
+impl Command {
+    /// The log level when `RUST_LOG` is not set: the services log their work, the one-shot
+    /// commands only warnings (their output is the result).
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Router { .. } => "info",
+            _ => "warn",
+        }
+    }
+}
+
+/// Runs a subcommand.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Command::Plan { config, events } => plan::run(&config, &events),
+        Command::Validate { config } => validate::run(&config),
+        Command::Setup { config } => setup::run(&config).await,
+        Command::Router { config, metrics_addr } => serve::router(&config, metrics_addr).await,
+        Command::Demo { config, events } => demo::run(config, events).await,
+    }
+}
+
+/// Sets up tracing on stderr; `RUST_LOG` filters (default `default_level`).
+pub fn init_tracing(format: &LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Reads and validates a config against the actions this build ships. Every problem is
+/// reported on its own line as `FILE:line N: place: reason`.
+pub fn load_config(path: &Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let registry = ActionRegistry::builtin();
+    Config::parse(&text, Some(&registry)).map_err(|e| {
+        let lines: Vec<String> = e.problems.iter().map(|p| format!("{}:{p}", path.display())).collect();
+        anyhow::anyhow!("invalid config:\n{}", lines.join("\n"))
+    })
+}
+
+/// Serves Prometheus metrics on an address, if one is given.
+pub fn serve_metrics(address: Option<&str>) -> anyhow::Result<()> {
+    let Some(address) = address else {
+        return Ok(());
+    };
+    let addr: std::net::SocketAddr = address.parse().with_context(|| format!("metrics address `{address}` is not host:port"))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    tracing::info!(%addr, "Serving Prometheus metrics.");
+    Ok(())
+}
+
+/// A token cancelled on SIGTERM or SIGINT.
+pub fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot listen for SIGTERM.");
+                    let _ = ctrl_c.await;
+                    cancel.cancel();
+                    return;
+                }
+            };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("Shutdown requested.");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,91 @@
+//! `noop`: does nothing to the resource, with knobs that let tests and load tests exercise
+//! the worker: a sleep, a failure rate, and a number of pending checks before completion.
+
+use super::{parse_params, Action, ActionContext, Step};
+use async_trait::async_trait;
+use opsfleet_protocol::ResourceType;
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The params of `noop`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoopParams {
+    /// How long `start` takes, in milliseconds.
+    #[serde(default)]
+    pub sleep_ms: u64,
+    /// The probability that `start` fails (not retryable when 1.0, retryable otherwise).
+    #[serde(default)]
+    pub fail_rate: f64,
+    /// How many checks report pending before the job completes.
+    #[serde(default)]
+    pub pending_checks: u32,
+    /// Delay before each check, in milliseconds.
+    #[serde(default = "default_check_ms")]
+    pub check_after_ms: u64,
+}
+
+fn default_check_ms() -> u64 {
+    1000
+}
+
+/// The `noop` action.
+pub struct Noop;
+
+impl Noop {
+    fn params(ctx: &ActionContext<'_>) -> NoopParams {
+        parse_params(&ctx.job.params).unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl Action for Noop {
+    fn name(&self) -> &'static str {
+        "noop"
+    }
+
+    fn targets(&self) -> &'static [ResourceType] {
+        &ResourceType::ALL
+    }
+
+    fn iam_actions(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn check_params(&self, params: &Value) -> Result<(), String> {
+        let p: NoopParams = parse_params(params)?;
+        if !(0.0..=1.0).contains(&p.fail_rate) {
+            return Err(format!("params: fail_rate {} is not between 0 and 1", p.fail_rate));
+        }
+        Ok(())
+    }
+
+    async fn start(&self, ctx: ActionContext<'_>) -> Step {
+        let p = Self::params(&ctx);
+        if p.sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(p.sleep_ms)).await;
+        }
+        if p.fail_rate >= 1.0 {
+            return Step::Failed { retryable: false, error: "noop: fail_rate = 1".into() };
+        }
+        if p.fail_rate > 0.0 && rand::thread_rng().gen_bool(p.fail_rate) {
+            return Step::Failed { retryable: true, error: "noop: random failure".into() };
+        }
+        if p.pending_checks > 0 {
+            return Step::Pending { check_after: Duration::from_millis(p.check_after_ms), state: json!({ "checks": 0 }) };
+        }
+        Step::Done { summary: format!("noop on {}", ctx.job.resource.id) }
+    }
+
+    async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
+        let p = Self::params(&ctx);
+        let checks = state.get("checks").and_then(Value::as_u64).unwrap_or(0) + 1;
+        if checks >= u64::from(p.pending_checks) {
+            Step::Done { summary: format!("noop on {} after {checks} checks", ctx.job.resource.id) }
+        } else {
+            Step::Pending { check_after: Duration::from_millis(p.check_after_ms), state: json!({ "checks": checks }) }
+        }
+    }
+}
