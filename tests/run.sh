@@ -27,7 +27,7 @@ for _ in $(seq 1 100); do
 done
 
 export AWS_ENDPOINT_URL="http://127.0.0.1:$port"
-export AWS_REGION=us-east-1
+export AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1
 export AWS_ACCESS_KEY_ID=testing
 export AWS_SECRET_ACCESS_KEY=testing
 export OPSFLEET_TEST_PYTHON="$PWD/$venv/bin/python"

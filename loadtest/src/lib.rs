@@ -1,1 +1,1 @@
-//! placeholder
+//! Load generator for opsfleet.

@@ -1,1 +1,3 @@
+//! Load generator for opsfleet (its first version comes with the worker).
+
 fn main() {}

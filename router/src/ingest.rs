@@ -2,7 +2,10 @@
 
 use crate::discovery::{Discover, DiscoveryError};
 use crate::send::{job_message, send_all, SendError};
-use crate::telemetry::{EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted, PollFailed};
+use crate::telemetry::{
+    EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted,
+    PollFailed,
+};
 use futures::future::join_all;
 use opsfleet_protocol::event::normalize;
 use opsfleet_protocol::names;
@@ -74,7 +77,11 @@ pub struct Router {
 
 impl Router {
     /// Opens the fleet's queues.
-    pub async fn open(backend: &dyn Backend, planner: Arc<Planner>, discover: Arc<dyn Discover>) -> Result<Self, RouterError> {
+    pub async fn open(
+        backend: &dyn Backend,
+        planner: Arc<Planner>,
+        discover: Arc<dyn Discover>,
+    ) -> Result<Self, RouterError> {
         let fleet = planner.config().fleet.name.clone();
         let events = backend.queue(&names::events_queue(&fleet)).await?;
         let dead_letter = backend.queue(&names::events_dlq(&fleet)).await?;
@@ -82,7 +89,13 @@ impl Router {
         for p in 0..planner.config().fleet.partitions.get() {
             partitions.push(backend.queue(&names::jobs_queue(&fleet, p)).await?);
         }
-        Ok(Router { planner, events, dead_letter, partitions, discover })
+        Ok(Router {
+            planner,
+            events,
+            dead_letter,
+            partitions,
+            discover,
+        })
     }
 
     /// Runs the configured number of concurrent long-poll loops until `shutdown` is
@@ -120,7 +133,8 @@ impl Router {
     /// Receives one batch (waiting up to `wait`), routes every message, and deletes those that
     /// are done with. Returns the outcomes.
     pub async fn poll_once(&self, wait: Duration) -> Result<Vec<Outcome>, RouterError> {
-        let visibility = Duration::from_secs(u64::from(self.planner.config().router.visibility_secs));
+        let visibility =
+            Duration::from_secs(u64::from(self.planner.config().router.visibility_secs));
         let messages = self.events.receive(10, wait, Some(visibility)).await?;
         if messages.is_empty() {
             return Ok(Vec::new());
@@ -148,33 +162,57 @@ impl Router {
             Err(e) => return self.reject(message, "not_an_event", e.to_string()).await,
         };
         EventReceived { event: &event }.emit();
-        let received_ms = if message.sent_ms > 0 { message.sent_ms } else { unix_ms() };
+        let received_ms = if message.sent_ms > 0 {
+            message.sent_ms
+        } else {
+            unix_ms()
+        };
         let plan = match self.planner.plan(&event, received_ms) {
             Ok(plan) => plan,
-            Err(e) => return self.reject(message, plan_error_kind(&e), e.to_string()).await,
+            Err(e) => {
+                return self
+                    .reject(message, plan_error_kind(&e), e.to_string())
+                    .await
+            }
         };
         let mut jobs = plan.jobs;
         for discovery in &plan.discoveries {
             let resources = match self.discover.discover(discovery).await {
                 Ok(resources) => resources,
-                Err(e @ DiscoveryError::Unavailable { .. }) => return self.reject(message, "discovery", e.to_string()).await,
+                Err(e @ DiscoveryError::Unavailable { .. }) => {
+                    return self.reject(message, "discovery", e.to_string()).await
+                }
                 Err(e) => return self.defer(message, e.to_string()),
             };
             if let Err(e) = self.planner.check_cap(jobs.len() + resources.len()) {
-                return self.reject(message, plan_error_kind(&e), e.to_string()).await;
+                return self
+                    .reject(message, plan_error_kind(&e), e.to_string())
+                    .await;
             }
-            match self.planner.jobs_for(&event, discovery.task, &resources, received_ms) {
+            match self
+                .planner
+                .jobs_for(&event, discovery.task, &resources, received_ms)
+            {
                 Ok(more) => jobs.extend(more),
-                Err(e) => return self.reject(message, plan_error_kind(&e), e.to_string()).await,
+                Err(e) => {
+                    return self
+                        .reject(message, plan_error_kind(&e), e.to_string())
+                        .await
+                }
             }
         }
         if plan.matched.is_empty() {
-            EventUnmatched { event_id: &event.id }.emit();
+            EventUnmatched {
+                event_id: &event.id,
+            }
+            .emit();
             return Outcome::Unmatched { event_id: event.id };
         }
         match self.send(&jobs).await {
             Ok(()) => {}
-            Err(e @ SendError::Refused { .. }) => return self.reject(message, "job_refused", e.to_string()).await,
+            Err(e @ SendError::Refused { .. }) => {
+                return self.reject(message, "job_refused", e.to_string()).await
+            }
             Err(e) => return self.defer(message, e.to_string()),
         }
         let mut per_task: BTreeMap<(&str, &str), usize> = BTreeMap::new();
@@ -182,10 +220,23 @@ impl Router {
             *per_task.entry((&job.task, &job.action)).or_default() += 1;
         }
         for ((task, action), count) in per_task {
-            JobsEmitted { task, action, count }.emit();
+            JobsEmitted {
+                task,
+                action,
+                count,
+            }
+            .emit();
         }
-        EventRouted { event_id: &event.id, jobs: jobs.len(), took: started.elapsed() }.emit();
-        Outcome::Routed { event_id: event.id, jobs }
+        EventRouted {
+            event_id: &event.id,
+            jobs: jobs.len(),
+            took: started.elapsed(),
+        }
+        .emit();
+        Outcome::Routed {
+            event_id: event.id,
+            jobs,
+        }
     }
 
     async fn send(&self, jobs: &[Job]) -> Result<(), SendError> {
@@ -201,7 +252,10 @@ impl Router {
                 code: "TooLarge".into(),
                 message: e.to_string(),
             })?;
-            per_partition.entry(job.partition).or_default().push(job_message(job, body));
+            per_partition
+                .entry(job.partition)
+                .or_default()
+                .push(job_message(job, body));
         }
         let sends = per_partition.into_iter().map(|(p, messages)| {
             let queue = Arc::clone(&self.partitions[p as usize % self.partitions.len()]);
@@ -213,7 +267,12 @@ impl Router {
         Ok(())
     }
 
-    async fn reject(&self, message: &ReceivedMessage, kind: &'static str, reason: String) -> Outcome {
+    async fn reject(
+        &self,
+        message: &ReceivedMessage,
+        kind: &'static str,
+        reason: String,
+    ) -> Outcome {
         let mut attributes = message.attributes.clone();
         let mut bounded = reason.clone();
         if bounded.len() > MAX_REASON {
@@ -224,17 +283,33 @@ impl Router {
             bounded.truncate(cut);
         }
         attributes.insert(names::REASON_ATTRIBUTE.to_owned(), bounded);
-        attributes.insert("opsfleet-source-queue".to_owned(), self.events.name().to_owned());
-        let dead = OutgoingMessage { body: message.body.clone(), attributes, ..Default::default() };
+        attributes.insert(
+            "opsfleet-source-queue".to_owned(),
+            self.events.name().to_owned(),
+        );
+        let dead = OutgoingMessage {
+            body: message.body.clone(),
+            attributes,
+            ..Default::default()
+        };
         if let Err(e) = send_all(self.dead_letter.as_ref(), vec![dead]).await {
             return self.defer(message, format!("dead-lettering failed: {e}"));
         }
-        EventRejected { message_id: &message.message_id, reason: kind, error: &reason }.emit();
+        EventRejected {
+            message_id: &message.message_id,
+            reason: kind,
+            error: &reason,
+        }
+        .emit();
         Outcome::DeadLettered { kind, reason }
     }
 
     fn defer(&self, message: &ReceivedMessage, error: String) -> Outcome {
-        EventDeferred { message_id: &message.message_id, error: &error }.emit();
+        EventDeferred {
+            message_id: &message.message_id,
+            error: &error,
+        }
+        .emit();
         Outcome::Deferred { error }
     }
 }
@@ -242,7 +317,9 @@ impl Router {
 /// A bounded label for a plan error.
 fn plan_error_kind(error: &PlanError) -> &'static str {
     match error {
-        PlanError::AccountNotAllowed { .. } | PlanError::ResourceAccountNotAllowed { .. } => "account_not_allowed",
+        PlanError::AccountNotAllowed { .. } | PlanError::ResourceAccountNotAllowed { .. } => {
+            "account_not_allowed"
+        }
         PlanError::NoAccount => "no_account",
         PlanError::Targets { .. } => "targets",
         PlanError::TooManyJobs { .. } => "too_many_jobs",
@@ -251,5 +328,8 @@ fn plan_error_kind(error: &PlanError) -> &'static str {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }

@@ -48,9 +48,16 @@ pub async fn run(config: Option<PathBuf>, events: Option<PathBuf>) -> anyhow::Re
     let fleet = config.fleet.name.clone();
     let events = backend.queue(&names::events_queue(&fleet)).await?;
     for file in &files {
-        let body = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-        let mut message = OutgoingMessage { body, ..Default::default() };
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let body = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read {}", file.display()))?;
+        let mut message = OutgoingMessage {
+            body,
+            ..Default::default()
+        };
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         message.attributes.insert("demo-file".into(), name);
         opsfleet_router::send_all(events.as_ref(), vec![message]).await?;
     }
@@ -66,9 +73,15 @@ pub async fn run(config: Option<PathBuf>, events: Option<PathBuf>) -> anyhow::Re
         }
         for outcome in outcomes {
             match outcome {
-                Outcome::Routed { event_id, jobs } => println!("  routed     event {event_id}: {} jobs", jobs.len()),
-                Outcome::Unmatched { event_id } => println!("  unmatched  event {event_id}: no task matches"),
-                Outcome::DeadLettered { kind, reason } => println!("  rejected   ({kind}) {reason}"),
+                Outcome::Routed { event_id, jobs } => {
+                    println!("  routed     event {event_id}: {} jobs", jobs.len())
+                }
+                Outcome::Unmatched { event_id } => {
+                    println!("  unmatched  event {event_id}: no task matches")
+                }
+                Outcome::DeadLettered { kind, reason } => {
+                    println!("  rejected   ({kind}) {reason}")
+                }
                 Outcome::Deferred { error } => println!("  deferred   {error}"),
             }
         }
@@ -76,23 +89,39 @@ pub async fn run(config: Option<PathBuf>, events: Option<PathBuf>) -> anyhow::Re
 
     println!("\nJobs per partition:");
     for p in 0..partitions {
-        let queue = backend.embedded_queue(&names::jobs_queue(&fleet, p)).context("partition queue")?;
+        let queue = backend
+            .embedded_queue(&names::jobs_queue(&fleet, p))
+            .context("partition queue")?;
         let bodies = queue.peek_bodies();
         println!("  {} ({} jobs)", names::jobs_queue(&fleet, p), bodies.len());
         for body in bodies {
             let job = Job::from_json(&body)?;
-            println!("    {}  {:<28} {:<6} {}", job.id, job.task, job.action, job.resource.key());
+            println!(
+                "    {}  {:<28} {:<6} {}",
+                job.id,
+                job.task,
+                job.action,
+                job.resource.key()
+            );
         }
     }
 
-    let dlq = backend.embedded_queue(&names::events_dlq(&fleet)).context("events DLQ")?;
+    let dlq = backend
+        .embedded_queue(&names::events_dlq(&fleet))
+        .context("events DLQ")?;
     let rejected = dlq.peek_attributes();
     println!("\nEvents dead-lettered ({}):", rejected.len());
     for attributes in rejected {
         println!(
             "  {}: {}",
-            attributes.get("demo-file").map(String::as_str).unwrap_or("?"),
-            attributes.get(names::REASON_ATTRIBUTE).map(String::as_str).unwrap_or("?")
+            attributes
+                .get("demo-file")
+                .map(String::as_str)
+                .unwrap_or("?"),
+            attributes
+                .get(names::REASON_ATTRIBUTE)
+                .map(String::as_str)
+                .unwrap_or("?")
         );
     }
     Ok(ExitCode::SUCCESS)

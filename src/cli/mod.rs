@@ -19,7 +19,13 @@ use std::process::ExitCode;
 #[command(name = "opsfleet", version, about)]
 pub struct Args {
     /// Log format on stderr.
-    #[arg(long, global = true, value_enum, default_value = "text", env = "OPSFLEET_LOG_FORMAT")]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "OPSFLEET_LOG_FORMAT"
+    )]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
@@ -95,7 +101,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Plan { config, events } => plan::run(&config, &events),
         Command::Validate { config } => validate::run(&config),
         Command::Setup { config } => setup::run(&config).await,
-        Command::Router { config, metrics_addr } => serve::router(&config, metrics_addr).await,
+        Command::Router {
+            config,
+            metrics_addr,
+        } => serve::router(&config, metrics_addr).await,
         Command::Demo { config, events } => demo::run(config, events).await,
     }
 }
@@ -104,7 +113,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 pub fn init_tracing(format: &LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -114,10 +125,15 @@ pub fn init_tracing(format: &LogFormat, default_level: &str) {
 /// Reads and validates a config against the actions this build ships. Every problem is
 /// reported on its own line as `FILE:line N: place: reason`.
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
     let registry = ActionRegistry::builtin();
     Config::parse(&text, Some(&registry)).map_err(|e| {
-        let lines: Vec<String> = e.problems.iter().map(|p| format!("{}:{p}", path.display())).collect();
+        let lines: Vec<String> = e
+            .problems
+            .iter()
+            .map(|p| format!("{}:{p}", path.display()))
+            .collect();
         anyhow::anyhow!("invalid config:\n{}", lines.join("\n"))
     })
 }
@@ -127,7 +143,9 @@ pub fn serve_metrics(address: Option<&str>) -> anyhow::Result<()> {
     let Some(address) = address else {
         return Ok(());
     };
-    let addr: std::net::SocketAddr = address.parse().with_context(|| format!("metrics address `{address}` is not host:port"))?;
+    let addr: std::net::SocketAddr = address
+        .parse()
+        .with_context(|| format!("metrics address `{address}` is not host:port"))?;
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
@@ -144,15 +162,16 @@ pub fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(e) => {
-                    tracing::error!(error = %e, "Cannot listen for SIGTERM.");
-                    let _ = ctrl_c.await;
-                    cancel.cancel();
-                    return;
-                }
-            };
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(term) => term,
+                    Err(e) => {
+                        tracing::error!(error = %e, "Cannot listen for SIGTERM.");
+                        let _ = ctrl_c.await;
+                        cancel.cancel();
+                        return;
+                    }
+                };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

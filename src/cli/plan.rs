@@ -17,47 +17,56 @@ pub fn run(config: &Path, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut failed = false;
-    let mut unreadable = false;
-    let mut plan_one = |name: &str, body: &str, out: &mut dyn Write| -> anyhow::Result<()> {
-        match plan_body(&planner, body) {
-            Ok((jobs, notes)) => {
-                for job in jobs {
-                    writeln!(out, "{}", plan_line(&job))?;
-                }
-                for note in notes {
-                    eprintln!("{name}: {note}");
-                }
-            }
-            Err(reason) => {
-                eprintln!("{name}: {reason}");
-                failed = true;
-            }
-        }
-        Ok(())
-    };
     if files.is_empty() {
         for (index, line) in std::io::stdin().lock().lines().enumerate() {
             let line = line.context("cannot read stdin")?;
             if line.trim().is_empty() {
                 continue;
             }
-            plan_one(&format!("stdin:{}", index + 1), &line, &mut out)?;
+            failed |= !plan_one(&planner, &format!("stdin:{}", index + 1), &line, &mut out)?;
         }
     } else {
         for file in files {
             let name = file.display().to_string();
             match std::fs::read_to_string(file) {
-                Ok(body) => plan_one(&name, &body, &mut out)?,
+                Ok(body) => failed |= !plan_one(&planner, &name, &body, &mut out)?,
                 Err(e) => {
                     eprintln!("{name}: cannot read: {e}");
-                    unreadable = true;
+                    failed = true;
                 }
             }
         }
     }
-    drop(plan_one);
     out.flush()?;
-    Ok(if failed || unreadable { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Prints the jobs of one body, or its reason on stderr; false when the body was refused.
+fn plan_one(
+    planner: &Planner,
+    name: &str,
+    body: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    match plan_body(planner, body) {
+        Ok((jobs, notes)) => {
+            for job in jobs {
+                writeln!(out, "{}", plan_line(&job))?;
+            }
+            for note in notes {
+                eprintln!("{name}: {note}");
+            }
+            Ok(true)
+        }
+        Err(reason) => {
+            eprintln!("{name}: {reason}");
+            Ok(false)
+        }
+    }
 }
 
 fn plan_body(planner: &Planner, body: &str) -> Result<(Vec<Job>, Vec<String>), String> {

@@ -10,7 +10,11 @@ use std::sync::Arc;
 /// Routes events until SIGTERM/SIGINT.
 pub async fn router(path: &Path, metrics_addr: Option<String>) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
-    super::serve_metrics(metrics_addr.as_deref().or(config.metrics.address.as_deref()))?;
+    super::serve_metrics(
+        metrics_addr
+            .as_deref()
+            .or(config.metrics.address.as_deref()),
+    )?;
     let backend = AwsBackend::from_env().await;
     let planner = Arc::new(Planner::new(config));
     let router = Arc::new(Router::open(&backend, planner, Arc::new(NoDiscovery)).await?);

@@ -76,7 +76,12 @@ pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
             .or_else(|| event.region.clone())
             .filter(|r| !r.is_empty())
             .ok_or_else(|| TargetError::NoRegion { id: id.clone() })?;
-        let resource = Resource { account, region, kind, id };
+        let resource = Resource {
+            account,
+            region,
+            kind,
+            id,
+        };
         if !out.contains(&resource) {
             out.push(resource);
         }
@@ -87,7 +92,12 @@ pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
 type Found = (ResourceType, String, Option<String>, Option<String>);
 
 fn owned((kind, id, account, region): (ResourceType, &str, Option<&str>, Option<&str>)) -> Found {
-    (kind, id.to_owned(), account.map(str::to_owned), region.map(str::to_owned))
+    (
+        kind,
+        id.to_owned(),
+        account.map(str::to_owned),
+        region.map(str::to_owned),
+    )
 }
 
 fn from_resources(event: &Event) -> Vec<Found> {
