@@ -49,6 +49,13 @@ pub fn opsfleet(args: &[&str]) -> Command {
     command
 }
 
+/// The `opsfleet` binary for commands that need no AWS endpoint.
+pub fn opsfleet_offline(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_opsfleet"));
+    command.args(args).current_dir(root());
+    command
+}
+
 /// The boto3 client script with the given arguments.
 pub fn python_client(args: &[&str]) -> Command {
     require_emulator();
