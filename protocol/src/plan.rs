@@ -70,7 +70,7 @@ pub enum PlanError {
         /// The cap.
         cap: u32,
     },
-    /// A job cannot be made.
+    /// A job cannot be made (checked when the job is serialized, by the caller).
     #[error(transparent)]
     Job(#[from] JobError),
 }
@@ -182,7 +182,6 @@ impl Planner {
                 resource: resource.clone(),
                 partition: partition_of(&key, partitions),
             };
-            job.to_json()?;
             jobs.push(job);
         }
         Ok(jobs)

@@ -210,6 +210,9 @@ impl Router {
         }
         match self.send(&jobs).await {
             Ok(()) => {}
+            Err(SendError::TooLarge(e)) => {
+                return self.reject(message, "job_too_large", e.to_string()).await
+            }
             Err(e @ SendError::Refused { .. }) => {
                 return self.reject(message, "job_refused", e.to_string()).await
             }
@@ -246,12 +249,7 @@ impl Router {
             if !seen.insert(job.id.as_str()) {
                 continue;
             }
-            let body = job.to_json().map_err(|e| SendError::Refused {
-                queue: String::new(),
-                job: job.id.clone(),
-                code: "TooLarge".into(),
-                message: e.to_string(),
-            })?;
+            let body = job.to_json().map_err(SendError::TooLarge)?;
             per_partition
                 .entry(job.partition)
                 .or_default()

@@ -9,9 +9,11 @@
 
 mod discovery;
 mod ingest;
+mod inventory;
 mod send;
 mod telemetry;
 
 pub use discovery::{Discover, DiscoveryError, NoDiscovery};
 pub use ingest::{Outcome, Router, RouterError};
+pub use inventory::{InventoryItem, StaticInventory};
 pub use send::{send_all, SendError};

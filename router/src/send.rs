@@ -31,6 +31,9 @@ pub enum SendError {
         /// What happened last.
         message: String,
     },
+    /// A job is over the message size limit.
+    #[error(transparent)]
+    TooLarge(opsfleet_protocol::JobError),
     /// The queue call was refused.
     #[error(transparent)]
     Queue(#[from] QueueError),

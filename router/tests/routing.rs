@@ -408,3 +408,24 @@ fn metrics_count_events_jobs_and_rejections() {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn an_event_whose_job_is_over_the_message_limit_is_dead_lettered() {
+    let backend = EmbeddedBackend::new();
+    let big = "x".repeat(300 * 1024);
+    let text = CONFIG.replace(
+        "action = \"noop\"\n\n[[tasks]]",
+        &format!("action = \"noop\"\nparams = {{ blob = \"{big}\" }}\n\n[[tasks]]"),
+    );
+    let (planner, events) = fleet_of(&backend, &text).await;
+    let router = Router::open(&backend, planner, Arc::new(NoDiscovery))
+        .await
+        .expect("router");
+    send(events.as_ref(), stopped("e1", "i-1")).await;
+    let outcomes = router.poll_once(Duration::ZERO).await.expect("poll");
+    assert!(
+        matches!(&outcomes[..], [Outcome::DeadLettered { kind: "job_too_large", reason }] if reason.contains("over the 262144-byte message limit")),
+        "{outcomes:?}"
+    );
+    assert_eq!(events.depth().await.expect("depth"), QueueDepth::default());
+}

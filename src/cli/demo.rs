@@ -5,7 +5,7 @@ use opsfleet_backend::{setup::setup, EmbeddedBackend};
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
 use opsfleet_protocol::{Job, Planner};
-use opsfleet_router::{NoDiscovery, Outcome, Router};
+use opsfleet_router::{Outcome, Router, StaticInventory};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -64,7 +64,19 @@ pub async fn run(config: Option<PathBuf>, events: Option<PathBuf>) -> anyhow::Re
 
     let partitions = config.fleet.partitions.get();
     let planner = Arc::new(Planner::new(config));
-    let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await?;
+    let inventory_path = events_dir
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("inventory.json");
+    let inventory = std::fs::read_to_string(&inventory_path).with_context(|| {
+        format!(
+            "cannot read the demo inventory {}",
+            inventory_path.display()
+        )
+    })?;
+    let inventory = StaticInventory::from_json(&inventory)
+        .with_context(|| format!("invalid inventory {}", inventory_path.display()))?;
+    let router = Router::open(&backend, planner, Arc::new(inventory)).await?;
     println!("Routing:");
     loop {
         let outcomes = router.poll_once(Duration::ZERO).await?;

@@ -90,6 +90,7 @@ impl Command {
     pub fn default_log_level(&self) -> &'static str {
         match self {
             Command::Router { .. } => "info",
+            Command::Demo { .. } => "error",
             _ => "warn",
         }
     }

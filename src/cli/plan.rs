@@ -72,6 +72,9 @@ fn plan_one(
 fn plan_body(planner: &Planner, body: &str) -> Result<(Vec<Job>, Vec<String>), String> {
     let event = normalize(body).map_err(|e| e.to_string())?;
     let plan = planner.plan(&event, 0).map_err(|e| e.to_string())?;
+    for job in &plan.jobs {
+        job.to_json().map_err(|e| e.to_string())?;
+    }
     let notes = plan
         .discoveries
         .iter()
