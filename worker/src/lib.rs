@@ -1,6 +1,20 @@
 //! The worker: jobs in, effects out, exactly once in effect, under DynamoDB lease locks and
 //! fleet-wide limits, with an idempotent ledger, completion checks and graceful shutdown.
+//!
+//! The [`Consumer`] polls every job partition and the checks queue; the [`Worker`] runs one
+//! message: ledger check, lock, slots, the action, the outcome. Actions (`actions/`) only say
+//! what to do to one resource.
 
 pub mod actions;
+mod check;
+pub mod clock;
+mod consume;
+pub mod lease;
+pub mod ledger;
+mod runner;
+mod telemetry;
 
 pub use actions::{Action, ActionContext, ActionRegistry, Step};
+pub use check::CheckMessage;
+pub use consume::{ConsumeSummary, Consumer};
+pub use runner::{Disposition, Worker, WorkerError};

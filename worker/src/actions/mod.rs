@@ -63,6 +63,22 @@ pub trait Action: Send + Sync {
         None
     }
 
+    /// Whether it changes anything in AWS; in plan mode (`--dry-run`, `demo`) an action that
+    /// does is not started, and the ledger records what it would have done instead.
+    fn mutates(&self) -> bool {
+        true
+    }
+
+    /// What the action would do to the job's resource, for plan mode.
+    fn describe(&self, ctx: ActionContext<'_>) -> String {
+        format!(
+            "would run {} on {} with params {}",
+            self.name(),
+            ctx.job.resource.key(),
+            ctx.job.params
+        )
+    }
+
     /// The IAM actions it needs.
     fn iam_actions(&self) -> &'static [&'static str];
 

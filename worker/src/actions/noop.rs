@@ -50,6 +50,10 @@ impl Action for Noop {
         &ResourceType::ALL
     }
 
+    fn mutates(&self) -> bool {
+        false
+    }
+
     fn iam_actions(&self) -> &'static [&'static str] {
         &[]
     }

@@ -1,0 +1,413 @@
+//! The ledger, the audit trail: a `job#<id>` item per job whose status moves with conditional
+//! writes fenced by the job's lock, an `attempt#NNNN` item per attempt under it, and a
+//! `run#<id>` item per (event, task) counting outcomes.
+
+use crate::clock::Clock;
+use opsfleet_protocol::ports::{Attrs, Cond, Item, Key, Store, StoreError, Update};
+use opsfleet_protocol::Job;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The status of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Running, or waiting to be retried after a failure.
+    InProgress,
+    /// Started and waiting for completion checks.
+    Pending,
+    /// Done.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+    /// Cancelled because its run passed `max_errors`.
+    Cancelled,
+}
+
+impl Status {
+    /// The name stored in the ledger.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::InProgress => "IN_PROGRESS",
+            Status::Pending => "PENDING",
+            Status::Succeeded => "SUCCEEDED",
+            Status::Failed => "FAILED",
+            Status::Cancelled => "CANCELLED",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "IN_PROGRESS" => Status::InProgress,
+            "PENDING" => Status::Pending,
+            "SUCCEEDED" => Status::Succeeded,
+            "FAILED" => Status::Failed,
+            "CANCELLED" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+
+    /// Whether the job is finished for good.
+    pub fn is_final(self) -> bool {
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+    }
+}
+
+/// What the ledger holds of one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    /// The status.
+    pub status: Status,
+    /// Attempts begun.
+    pub attempts: u32,
+    /// Real failures so far.
+    pub failures: u32,
+    /// The lock fence of the latest attempt.
+    pub fence: i64,
+    /// The error of the latest failure.
+    pub error: Option<String>,
+    /// The result summary.
+    pub summary: Option<String>,
+    /// Completion checks run.
+    pub checks: u32,
+    /// Every attribute, for the audit trail.
+    pub attrs: Attrs,
+}
+
+/// One attempt, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// Who ran it (`worker/job`).
+    pub owner: String,
+    /// The lock fence.
+    pub fence: i64,
+    /// When the lock was taken, Unix ms.
+    pub locked_ms: u64,
+    /// When the lock was released (or the work handed to a check), Unix ms.
+    pub released_ms: u64,
+    /// `SUCCEEDED`, `PENDING`, `FAILED`, `RETRY`, `CANCELLED`.
+    pub outcome: String,
+    /// The error, if any.
+    pub error: Option<String>,
+}
+
+/// What beginning an attempt came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Begin {
+    /// The attempt is recorded; its number.
+    Started(u32),
+    /// The job is already finished with this status.
+    Finished(Status),
+    /// A newer holder owns the job record.
+    Stale,
+}
+
+/// A run's counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunRecord {
+    /// Jobs succeeded.
+    pub succeeded: u32,
+    /// Jobs failed.
+    pub failed: u32,
+    /// Jobs cancelled.
+    pub cancelled: u32,
+    /// Why the run was cancelled, if it was.
+    pub cancelled_because: Option<String>,
+}
+
+/// The ledger in one table.
+#[derive(Clone)]
+pub struct Ledger {
+    store: Arc<dyn Store>,
+    clock: Clock,
+    retention: Duration,
+}
+
+fn job_key(id: &str) -> Key {
+    Key::new(format!("job#{id}"), "job")
+}
+
+fn run_key(run: &str) -> Key {
+    Key::new(format!("run#{run}"), "run")
+}
+
+fn fenced(fence: i64) -> Cond {
+    Cond::And(vec![
+        Cond::eq("fence", fence),
+        Cond::Or(vec![
+            Cond::eq("status", Status::InProgress.as_str()),
+            Cond::eq("status", Status::Pending.as_str()),
+        ]),
+    ])
+}
+
+impl Ledger {
+    /// A ledger in a store; items expire `retention` after their last write.
+    pub fn new(store: Arc<dyn Store>, clock: Clock, retention: Duration) -> Self {
+        Ledger {
+            store,
+            clock,
+            retention,
+        }
+    }
+
+    fn expires_at(&self) -> i64 {
+        ((self.clock.now_ms() + self.retention.as_millis() as u64) / 1000) as i64
+    }
+
+    fn now(&self) -> i64 {
+        self.clock.now_ms() as i64
+    }
+
+    /// The record of a job, if any.
+    pub async fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.store.get(&job_key(id)).await?.and_then(record))
+    }
+
+    /// Records the start of an attempt by the holder of the job's lock with `fence`: only when
+    /// the job is not finished and no newer holder wrote it.
+    pub async fn begin(&self, job: &Job, owner: &str, fence: i64) -> Result<Begin, StoreError> {
+        let update = Update::default()
+            .set("task", job.task.as_str())
+            .set("action", job.action.as_str())
+            .set("resource", job.resource.key())
+            .set("event_id", job.event_id.as_str())
+            .set("run", job.run_id())
+            .set("received_ms", job.received_ms as i64)
+            .set("status", Status::InProgress.as_str())
+            .set("owner", owner)
+            .set("fence", fence)
+            .set("started_ms", self.now())
+            .set("expires_at", self.expires_at())
+            .add("attempts", 1);
+        let cond = Cond::And(vec![
+            Cond::Or(vec![
+                Cond::Lacks("status".into()),
+                Cond::eq("status", Status::InProgress.as_str()),
+            ]),
+            Cond::Or(vec![
+                Cond::Lacks("fence".into()),
+                Cond::Le("fence".into(), fence.into()),
+            ]),
+        ]);
+        match self.store.update(&job_key(&job.id), update, cond).await {
+            Ok(item) => Ok(Begin::Started(item.int("attempts").unwrap_or(1) as u32)),
+            Err(StoreError::ConditionFailed { .. }) => match self.job(&job.id).await? {
+                Some(r) if r.status.is_final() => Ok(Begin::Finished(r.status)),
+                _ => Ok(Begin::Stale),
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Marks the job pending completion checks, keeping the check state; false when the fence
+    /// is no longer current.
+    pub async fn pending(
+        &self,
+        job: &Job,
+        fence: i64,
+        state: &Value,
+        checks: u32,
+    ) -> Result<bool, StoreError> {
+        let update = Update::default()
+            .set("status", Status::Pending.as_str())
+            .set("state", state.to_string())
+            .set("checks", i64::from(checks))
+            .set("expires_at", self.expires_at());
+        self.fenced(job, fence, update).await
+    }
+
+    /// Counts a real failure; returns the failures so far, or `None` when the fence is no
+    /// longer current.
+    pub async fn failure(
+        &self,
+        job: &Job,
+        fence: i64,
+        error: &str,
+    ) -> Result<Option<u32>, StoreError> {
+        let update = Update::default()
+            .set("status", Status::InProgress.as_str())
+            .set("error", error)
+            .set("expires_at", self.expires_at())
+            .add("failures", 1);
+        match self
+            .store
+            .update(&job_key(&job.id), update, fenced(fence))
+            .await
+        {
+            Ok(item) => Ok(Some(item.int("failures").unwrap_or(1) as u32)),
+            Err(StoreError::ConditionFailed { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Finishes the job with a final status and its summary or error; false when the fence
+    /// is no longer current.
+    pub async fn finish(
+        &self,
+        job: &Job,
+        fence: i64,
+        status: Status,
+        text: &str,
+    ) -> Result<bool, StoreError> {
+        let field = if status == Status::Succeeded {
+            "summary"
+        } else {
+            "error"
+        };
+        let update = Update::default()
+            .set("status", status.as_str())
+            .set(field, text)
+            .set("finished_ms", self.now())
+            .set("expires_at", self.expires_at())
+            .remove("state");
+        self.fenced(job, fence, update).await
+    }
+
+    /// Records how many checks ran.
+    pub async fn checked(&self, job: &Job, fence: i64, checks: u32) -> Result<bool, StoreError> {
+        self.fenced(
+            job,
+            fence,
+            Update::default().set("checks", i64::from(checks)),
+        )
+        .await
+    }
+
+    async fn fenced(&self, job: &Job, fence: i64, update: Update) -> Result<bool, StoreError> {
+        match self
+            .store
+            .update(&job_key(&job.id), update, fenced(fence))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::ConditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records one attempt under the job.
+    pub async fn attempt(
+        &self,
+        job_id: &str,
+        number: u32,
+        attempt: &Attempt,
+    ) -> Result<(), StoreError> {
+        let mut attrs = Attrs::new();
+        attrs.insert("owner".into(), attempt.owner.as_str().into());
+        attrs.insert("fence".into(), attempt.fence.into());
+        attrs.insert("locked_ms".into(), (attempt.locked_ms as i64).into());
+        attrs.insert("released_ms".into(), (attempt.released_ms as i64).into());
+        attrs.insert("outcome".into(), attempt.outcome.as_str().into());
+        attrs.insert("expires_at".into(), self.expires_at().into());
+        if let Some(error) = &attempt.error {
+            attrs.insert("error".into(), error.as_str().into());
+        }
+        let key = Key::new(
+            format!("job#{job_id}"),
+            format!("attempt#{number:04}#{}", attempt.fence),
+        );
+        self.store.put(Item { key, attrs }, Cond::Always).await
+    }
+
+    /// Every attempt of a job, in order.
+    pub async fn attempts(&self, job_id: &str) -> Result<Vec<Attempt>, StoreError> {
+        Ok(self
+            .store
+            .query_prefix(&format!("job#{job_id}"), "attempt#")
+            .await?
+            .into_iter()
+            .map(|i| Attempt {
+                owner: i.str("owner").unwrap_or_default().to_owned(),
+                fence: i.int("fence").unwrap_or(0),
+                locked_ms: i.int("locked_ms").unwrap_or(0).max(0) as u64,
+                released_ms: i.int("released_ms").unwrap_or(0).max(0) as u64,
+                outcome: i.str("outcome").unwrap_or_default().to_owned(),
+                error: i.str("error").map(str::to_owned),
+            })
+            .collect())
+    }
+
+    /// Counts an outcome in the job's run; returns the run's counts after it.
+    pub async fn count(&self, job: &Job, outcome: Status) -> Result<RunRecord, StoreError> {
+        let field = match outcome {
+            Status::Succeeded => "succeeded",
+            Status::Failed => "failed",
+            _ => "cancelled",
+        };
+        let update = Update::default()
+            .set("task", job.task.as_str())
+            .set("event_id", job.event_id.as_str())
+            .set("expires_at", self.expires_at())
+            .add(field, 1);
+        let item = self
+            .store
+            .update(&run_key(&job.run_id()), update, Cond::Always)
+            .await?;
+        Ok(run_record(&item))
+    }
+
+    /// The counts of a run.
+    pub async fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
+        Ok(self
+            .store
+            .get(&run_key(run))
+            .await?
+            .map(|i| run_record(&i))
+            .unwrap_or_default())
+    }
+
+    /// Cancels a run (once) with a reason.
+    pub async fn cancel_run(&self, run: &str, reason: &str) -> Result<(), StoreError> {
+        let update = Update::default().set("cancelled_because", reason);
+        match self
+            .store
+            .update(
+                &run_key(run),
+                update,
+                Cond::Lacks("cancelled_because".into()),
+            )
+            .await
+        {
+            Ok(_) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Cancels a job of a cancelled run, as the holder of its lock.
+    pub async fn cancel(
+        &self,
+        job: &Job,
+        owner: &str,
+        fence: i64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        match self.begin(job, owner, fence).await? {
+            Begin::Started(_) => self.finish(job, fence, Status::Cancelled, reason).await,
+            _ => Ok(false),
+        }
+    }
+}
+
+fn record(item: Item) -> Option<JobRecord> {
+    let status = Status::parse(item.str("status")?)?;
+    Some(JobRecord {
+        status,
+        attempts: item.int("attempts").unwrap_or(0) as u32,
+        failures: item.int("failures").unwrap_or(0) as u32,
+        fence: item.int("fence").unwrap_or(0),
+        error: item.str("error").map(str::to_owned),
+        summary: item.str("summary").map(str::to_owned),
+        checks: item.int("checks").unwrap_or(0) as u32,
+        attrs: item.attrs,
+    })
+}
+
+fn run_record(item: &Item) -> RunRecord {
+    RunRecord {
+        succeeded: item.int("succeeded").unwrap_or(0) as u32,
+        failed: item.int("failed").unwrap_or(0) as u32,
+        cancelled: item.int("cancelled").unwrap_or(0) as u32,
+        cancelled_because: item.str("cancelled_because").map(str::to_owned),
+    }
+}

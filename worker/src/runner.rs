@@ -1,0 +1,775 @@
+//! Running one job message or check message: the ledger, the lock, the slots, the action,
+//! and what to do with the message afterwards. Actions only say what to do; everything around
+//! them is here.
+
+use crate::actions::{Action, ActionContext, ActionRegistry, Step};
+use crate::check::{CheckMessage, CHECK_VERSION};
+use crate::clock::Clock;
+use crate::lease::{lock_key, Acquire, Lease, Leases};
+use crate::ledger::{Attempt, Begin, Ledger, Status};
+use crate::telemetry::{
+    CheckRan, JobAlreadyFinished, JobFinished, JobStarted, LeaseLost, LockAcquisition,
+    MessageDeadLettered, RunCancelled, SlotAcquired, SlotUnavailable, WorkerCallFailed,
+};
+use opsfleet_protocol::config::Task;
+use opsfleet_protocol::names;
+use opsfleet_protocol::ports::{
+    Backend, OutgoingMessage, Queue, QueueError, ReceivedMessage, StoreError, MAX_DELAY,
+};
+use opsfleet_protocol::template::TemplateInput;
+use opsfleet_protocol::{Config, Job};
+use rand::Rng;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What to do with a message once it was handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done with: delete it.
+    Delete,
+    /// Hand it back, visible again after this long (zero: at once).
+    Retry(Duration),
+}
+
+/// Why the worker cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A queue is missing or unreachable.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The table is missing or unreachable.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The leases a running job holds.
+#[derive(Debug, Clone)]
+struct Holding {
+    lock: Lease,
+    slots: Vec<Lease>,
+    locked_ms: u64,
+}
+
+impl Holding {
+    fn all(&self) -> impl Iterator<Item = &Lease> {
+        std::iter::once(&self.lock).chain(&self.slots)
+    }
+}
+
+/// How an action step ended, seen from the worker.
+enum Guarded {
+    Step(Step),
+    /// A lease lapsed and was taken over: stop, write nothing.
+    LeaseLost,
+    /// The shutdown grace ran out.
+    Interrupted,
+}
+
+/// Handles job and check messages for one fleet.
+pub struct Worker {
+    config: Arc<Config>,
+    actions: ActionRegistry,
+    leases: Leases,
+    ledger: Ledger,
+    clock: Clock,
+    checks: Arc<dyn Queue>,
+    dead_letters: Vec<Arc<dyn Queue>>,
+    checks_dead_letter: Arc<dyn Queue>,
+    id: String,
+    dry_run: bool,
+    lease: Duration,
+    hard_stop: CancellationToken,
+}
+
+impl Worker {
+    /// Opens the fleet's table, checks queue and dead-letter queues.
+    pub async fn open(
+        backend: &dyn Backend,
+        config: Arc<Config>,
+        actions: ActionRegistry,
+        id: String,
+        dry_run: bool,
+        hard_stop: CancellationToken,
+    ) -> Result<Self, WorkerError> {
+        let fleet = &config.fleet.name;
+        let store = backend.store(&names::table(fleet)).await?;
+        let clock = Clock::new();
+        let retention =
+            Duration::from_secs(u64::from(config.worker.ledger_retention_days) * 86_400);
+        let mut dead_letters = Vec::new();
+        for p in 0..config.fleet.partitions.get() {
+            dead_letters.push(backend.queue(&names::jobs_dlq(fleet, p)).await?);
+        }
+        Ok(Worker {
+            leases: Leases::new(Arc::clone(&store), clock),
+            ledger: Ledger::new(store, clock, retention),
+            checks: backend.queue(&names::checks_queue(fleet)).await?,
+            checks_dead_letter: backend.queue(&names::checks_dlq(fleet)).await?,
+            lease: Duration::from_secs(u64::from(config.worker.lease_secs.max(3))),
+            config,
+            actions,
+            clock,
+            dead_letters,
+            id,
+            dry_run,
+            hard_stop,
+        })
+    }
+
+    /// The worker's id, the prefix of every lease it holds.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Handles one message of a job partition.
+    pub async fn handle_job(&self, message: &ReceivedMessage, partition: u32) -> Disposition {
+        let job = match Job::from_json(&message.body) {
+            Ok(job) => job,
+            Err(e) => {
+                return self
+                    .dead_letter(partition, &message.body, &e.to_string())
+                    .await
+            }
+        };
+        match self.run_job(&job, message).await {
+            Ok(d) => d,
+            Err(e) => {
+                WorkerCallFailed {
+                    what: "job",
+                    error: &e.to_string(),
+                }
+                .emit();
+                Disposition::Retry(jitter(Duration::from_secs(5)))
+            }
+        }
+    }
+
+    /// Handles one message of the checks queue.
+    pub async fn handle_check(&self, message: &ReceivedMessage) -> Disposition {
+        let check = match CheckMessage::from_json(&message.body) {
+            Ok(check) => check,
+            Err(e) => {
+                let queue = Arc::clone(&self.checks_dead_letter);
+                return self.dead_letter_to(queue.as_ref(), &message.body, &e).await;
+            }
+        };
+        match self.run_check(check).await {
+            Ok(d) => d,
+            Err(e) => {
+                WorkerCallFailed {
+                    what: "check",
+                    error: &e.to_string(),
+                }
+                .emit();
+                Disposition::Retry(jitter(Duration::from_secs(5)))
+            }
+        }
+    }
+
+    async fn run_job(
+        &self,
+        job: &Job,
+        message: &ReceivedMessage,
+    ) -> Result<Disposition, CallError> {
+        let Some(task) = self.config.task(&job.task) else {
+            return Ok(self
+                .dead_letter(
+                    job.partition,
+                    &message.body,
+                    &format!("task {} is not in this worker's config", job.task),
+                )
+                .await);
+        };
+        let Some(action) = self.actions.get(&job.action).cloned() else {
+            return Ok(self
+                .dead_letter(
+                    job.partition,
+                    &message.body,
+                    &format!("action {} is not known to this worker", job.action),
+                )
+                .await);
+        };
+        if let Some(record) = self.ledger.job(&job.id).await? {
+            if record.status.is_final() {
+                JobAlreadyFinished {
+                    job_id: &job.id,
+                    status: record.status.as_str(),
+                }
+                .emit();
+                return Ok(Disposition::Delete);
+            }
+        }
+        let owner = format!("{}/{}", self.id, job.id);
+        let input = TemplateInput {
+            resource: &job.resource,
+            task: &job.task,
+            params: &job.params,
+        };
+        let lock = match self
+            .leases
+            .acquire(&lock_key(&task.lock.render(input)), &owner, self.lease)
+            .await?
+        {
+            Acquire::Acquired(lock) => {
+                LockAcquisition {
+                    job_id: &job.id,
+                    result: "acquired",
+                    holder: &owner,
+                }
+                .emit();
+                lock
+            }
+            Acquire::Held { by, .. } => {
+                LockAcquisition {
+                    job_id: &job.id,
+                    result: "held",
+                    holder: &by,
+                }
+                .emit();
+                return Ok(Disposition::Retry(contention_backoff(
+                    message.receive_count,
+                )));
+            }
+        };
+        let mut holding = Holding {
+            lock,
+            slots: Vec::new(),
+            locked_ms: self.clock.now_ms(),
+        };
+
+        if task.max_errors.is_some() {
+            let run = self.ledger.run(&job.run_id()).await?;
+            if let Some(reason) = run.cancelled_because {
+                let reason = format!("cancelled: {reason}");
+                if self
+                    .ledger
+                    .cancel(job, &owner, holding.lock.fence, &reason)
+                    .await?
+                {
+                    self.ledger.count(job, Status::Cancelled).await?;
+                    self.record_attempt(job, &holding, 0, "CANCELLED", Some(&reason))
+                        .await;
+                }
+                JobFinished {
+                    job_id: &job.id,
+                    action: &job.action,
+                    outcome: "cancelled",
+                    took: Duration::ZERO,
+                    detail: &reason,
+                }
+                .emit();
+                self.release(&holding).await;
+                return Ok(Disposition::Delete);
+            }
+        }
+
+        if let Some(max) = task.max_concurrency {
+            match self
+                .leases
+                .acquire_slot("run", &job.run_id(), max, &owner, self.lease)
+                .await?
+            {
+                Some(slot) => holding.slots.push(slot),
+                None => return Ok(self.no_slot(job, &holding, "max_concurrency").await),
+            }
+        }
+        if let Some(limit) = task
+            .limit
+            .as_ref()
+            .and_then(|name| self.config.limits.get(name))
+        {
+            let pool = limit.pool.render(input);
+            match self
+                .leases
+                .acquire_slot(&limit.name, &pool, limit.max, &owner, self.lease)
+                .await?
+            {
+                Some(slot) => {
+                    let waited = if message.receive_count > 1 {
+                        Duration::from_millis(self.clock.now_ms().saturating_sub(message.sent_ms))
+                    } else {
+                        Duration::ZERO
+                    };
+                    SlotAcquired {
+                        limit: &limit.name,
+                        waited,
+                    }
+                    .emit();
+                    holding.slots.push(slot);
+                }
+                None => return Ok(self.no_slot(job, &holding, &limit.name).await),
+            }
+        }
+
+        let attempt = match self.ledger.begin(job, &owner, holding.lock.fence).await? {
+            Begin::Started(n) => n,
+            Begin::Finished(status) => {
+                JobAlreadyFinished {
+                    job_id: &job.id,
+                    status: status.as_str(),
+                }
+                .emit();
+                self.release(&holding).await;
+                return Ok(Disposition::Delete);
+            }
+            Begin::Stale => {
+                self.release(&holding).await;
+                return Ok(Disposition::Retry(contention_backoff(
+                    message.receive_count,
+                )));
+            }
+        };
+        JobStarted {
+            job_id: &job.id,
+            since_event: Duration::from_millis(self.clock.now_ms().saturating_sub(job.received_ms)),
+        }
+        .emit();
+        let started = tokio::time::Instant::now();
+        let ctx = ActionContext {
+            job,
+            dry_run: self.dry_run,
+            attempt,
+        };
+        let step = if self.dry_run && action.mutates() {
+            Guarded::Step(Step::Done {
+                summary: format!("dry run: {}", action.describe(ctx)),
+            })
+        } else {
+            self.guarded(action.start(ctx), &holding, &job.id).await
+        };
+        self.settle(
+            job,
+            task,
+            &action,
+            holding,
+            attempt,
+            0,
+            step,
+            started.elapsed(),
+        )
+        .await
+    }
+
+    async fn run_check(&self, check: CheckMessage) -> Result<Disposition, CallError> {
+        let job = &check.job;
+        let now = self.clock.now_ms();
+        if check.due_ms > now + 1_000 {
+            // Chained past SQS's 15-minute delay: wait again.
+            CheckRan {
+                job_id: &job.id,
+                result: "early",
+            }
+            .emit();
+            self.send_check(check.clone(), check.due_ms - now).await?;
+            return Ok(Disposition::Delete);
+        }
+        let holding = Holding {
+            lock: check.lock.clone(),
+            slots: check.slots.clone(),
+            locked_ms: check.locked_ms,
+        };
+        for lease in holding.all() {
+            if !self.leases.heartbeat(lease, self.lease).await? {
+                CheckRan {
+                    job_id: &job.id,
+                    result: "stale",
+                }
+                .emit();
+                LeaseLost {
+                    job_id: &job.id,
+                    key: &lease.key,
+                }
+                .emit();
+                return Ok(Disposition::Delete);
+            }
+        }
+        let (Some(task), Some(action)) = (
+            self.config.task(&job.task),
+            self.actions.get(&job.action).cloned(),
+        ) else {
+            let body = serde_json::to_string(job).unwrap_or_default();
+            self.release(&holding).await;
+            return Ok(self
+                .dead_letter(
+                    job.partition,
+                    &body,
+                    "the task or action of a pending job is gone from this worker's config",
+                )
+                .await);
+        };
+        let checks = check.checks + 1;
+        if !self.ledger.checked(job, holding.lock.fence, checks).await? {
+            CheckRan {
+                job_id: &job.id,
+                result: "stale",
+            }
+            .emit();
+            return Ok(Disposition::Delete);
+        }
+        let started = tokio::time::Instant::now();
+        let ctx = ActionContext {
+            job,
+            dry_run: self.dry_run,
+            attempt: check.attempt,
+        };
+        let step = self
+            .guarded(action.check(ctx, &check.state), &holding, &job.id)
+            .await;
+        let result = match &step {
+            Guarded::Step(Step::Done { .. }) => "done",
+            Guarded::Step(Step::Pending { .. }) => "pending",
+            Guarded::Step(Step::Failed { .. }) => "failed",
+            Guarded::LeaseLost => "stale",
+            Guarded::Interrupted => "interrupted",
+        };
+        CheckRan {
+            job_id: &job.id,
+            result,
+        }
+        .emit();
+        self.settle(
+            job,
+            task,
+            &action,
+            holding,
+            check.attempt,
+            checks,
+            step,
+            started.elapsed(),
+        )
+        .await
+    }
+
+    /// Runs an action step while heartbeating every lease held; stops when one is lost or the
+    /// shutdown grace runs out.
+    async fn guarded(
+        &self,
+        step: impl std::future::Future<Output = Step>,
+        holding: &Holding,
+        job_id: &str,
+    ) -> Guarded {
+        let beat = async {
+            loop {
+                tokio::time::sleep(self.lease / 3).await;
+                for lease in holding.all() {
+                    match self.leases.heartbeat(lease, self.lease).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            LeaseLost {
+                                job_id,
+                                key: &lease.key,
+                            }
+                            .emit();
+                            return;
+                        }
+                        Err(e) => WorkerCallFailed {
+                            what: "heartbeat",
+                            error: &e.to_string(),
+                        }
+                        .emit(),
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            step = step => Guarded::Step(step),
+            () = beat => Guarded::LeaseLost,
+            () = self.hard_stop.cancelled() => Guarded::Interrupted,
+        }
+    }
+
+    /// Records what an action step came to and decides the message's fate.
+    #[allow(clippy::too_many_arguments)]
+    async fn settle(
+        &self,
+        job: &Job,
+        task: &Task,
+        action: &Arc<dyn Action>,
+        holding: Holding,
+        attempt: u32,
+        checks: u32,
+        step: Guarded,
+        took: Duration,
+    ) -> Result<Disposition, CallError> {
+        let fence = holding.lock.fence;
+        let step = match step {
+            Guarded::Step(step) => step,
+            Guarded::LeaseLost => return Ok(Disposition::Retry(Duration::ZERO)),
+            Guarded::Interrupted => {
+                self.release(&holding).await;
+                return Ok(Disposition::Retry(Duration::ZERO));
+            }
+        };
+        match step {
+            Step::Done { summary } => {
+                if self
+                    .ledger
+                    .finish(job, fence, Status::Succeeded, &summary)
+                    .await?
+                {
+                    self.ledger.count(job, Status::Succeeded).await?;
+                    self.record_attempt(job, &holding, attempt, "SUCCEEDED", None)
+                        .await;
+                    JobFinished {
+                        job_id: &job.id,
+                        action: action.name(),
+                        outcome: "succeeded",
+                        took,
+                        detail: &summary,
+                    }
+                    .emit();
+                }
+                self.release(&holding).await;
+                Ok(Disposition::Delete)
+            }
+            Step::Pending { check_after, state } => {
+                for lease in holding.all() {
+                    if !self
+                        .leases
+                        .heartbeat(lease, check_after + self.lease)
+                        .await?
+                    {
+                        LeaseLost {
+                            job_id: &job.id,
+                            key: &lease.key,
+                        }
+                        .emit();
+                        return Ok(Disposition::Retry(Duration::ZERO));
+                    }
+                }
+                if !self.ledger.pending(job, fence, &state, checks).await? {
+                    return Ok(Disposition::Delete);
+                }
+                let check = CheckMessage {
+                    v: CHECK_VERSION,
+                    job: job.clone(),
+                    lock: holding.lock.clone(),
+                    slots: holding.slots.clone(),
+                    state,
+                    due_ms: self.clock.now_ms() + check_after.as_millis() as u64,
+                    checks,
+                    attempt,
+                    locked_ms: holding.locked_ms,
+                };
+                self.send_check(check, check_after.as_millis() as u64)
+                    .await?;
+                Ok(Disposition::Delete)
+            }
+            Step::Failed { retryable, error } => {
+                let Some(failures) = self.ledger.failure(job, fence, &error).await? else {
+                    return Ok(Disposition::Retry(Duration::ZERO));
+                };
+                if retryable && failures <= task.retries {
+                    self.record_attempt(job, &holding, attempt, "RETRY", Some(&error))
+                        .await;
+                    JobFinished {
+                        job_id: &job.id,
+                        action: action.name(),
+                        outcome: "retried",
+                        took,
+                        detail: &error,
+                    }
+                    .emit();
+                    self.release(&holding).await;
+                    return Ok(Disposition::Retry(failure_backoff(failures)));
+                }
+                let reason = if retryable {
+                    format!(
+                        "{error} (failure {failures}, over retries = {})",
+                        task.retries
+                    )
+                } else {
+                    error
+                };
+                if self
+                    .ledger
+                    .finish(job, fence, Status::Failed, &reason)
+                    .await?
+                {
+                    let run = self.ledger.count(job, Status::Failed).await?;
+                    self.record_attempt(job, &holding, attempt, "FAILED", Some(&reason))
+                        .await;
+                    if let Some(max) = task.max_errors {
+                        if run.failed > max {
+                            let why =
+                                format!("run failed {} jobs, over max_errors = {max}", run.failed);
+                            self.ledger.cancel_run(&job.run_id(), &why).await?;
+                            RunCancelled {
+                                run: &job.run_id(),
+                                task: &job.task,
+                                failed: run.failed,
+                            }
+                            .emit();
+                        }
+                    }
+                }
+                JobFinished {
+                    job_id: &job.id,
+                    action: action.name(),
+                    outcome: "failed",
+                    took,
+                    detail: &reason,
+                }
+                .emit();
+                self.release(&holding).await;
+                let body = serde_json::to_string(job).unwrap_or_default();
+                Ok(self.dead_letter(job.partition, &body, &reason).await)
+            }
+        }
+    }
+
+    async fn no_slot(&self, job: &Job, holding: &Holding, limit: &str) -> Disposition {
+        SlotUnavailable {
+            job_id: &job.id,
+            limit,
+        }
+        .emit();
+        self.release(holding).await;
+        Disposition::Retry(Duration::from_millis(
+            rand::thread_rng().gen_range(300..2_000),
+        ))
+    }
+
+    async fn send_check(&self, check: CheckMessage, delay_ms: u64) -> Result<(), CallError> {
+        let body = serde_json::to_string(&check).map_err(|e| QueueError::Invalid {
+            queue: self.checks.name().to_owned(),
+            operation: "SendMessageBatch",
+            message: e.to_string(),
+        })?;
+        let delay = Duration::from_millis(delay_ms).min(MAX_DELAY);
+        let message = OutgoingMessage {
+            body,
+            delay: Some(Duration::from_secs(delay.as_secs())),
+            ..Default::default()
+        };
+        let failures = self.checks.send_batch(&[message]).await?;
+        if let Some(f) = failures.first() {
+            return Err(QueueError::Unavailable {
+                queue: self.checks.name().to_owned(),
+                operation: "SendMessageBatch",
+                message: format!("{}: {}", f.code, f.message),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    async fn release(&self, holding: &Holding) {
+        for lease in holding.all() {
+            if let Err(e) = self.leases.release(lease).await {
+                WorkerCallFailed {
+                    what: "release",
+                    error: &e.to_string(),
+                }
+                .emit();
+            }
+        }
+    }
+
+    async fn record_attempt(
+        &self,
+        job: &Job,
+        holding: &Holding,
+        number: u32,
+        outcome: &str,
+        error: Option<&str>,
+    ) {
+        let attempt = Attempt {
+            owner: holding.lock.owner.clone(),
+            fence: holding.lock.fence,
+            locked_ms: holding.locked_ms,
+            released_ms: self.clock.now_ms(),
+            outcome: outcome.to_owned(),
+            error: error.map(str::to_owned),
+        };
+        if let Err(e) = self.ledger.attempt(&job.id, number, &attempt).await {
+            WorkerCallFailed {
+                what: "attempt",
+                error: &e.to_string(),
+            }
+            .emit();
+        }
+    }
+
+    async fn dead_letter(&self, partition: u32, body: &str, reason: &str) -> Disposition {
+        let queue = Arc::clone(&self.dead_letters[partition as usize % self.dead_letters.len()]);
+        self.dead_letter_to(queue.as_ref(), body, reason).await
+    }
+
+    async fn dead_letter_to(&self, queue: &dyn Queue, body: &str, reason: &str) -> Disposition {
+        let mut message = OutgoingMessage {
+            body: body.to_owned(),
+            ..Default::default()
+        };
+        message.attributes.insert(
+            names::REASON_ATTRIBUTE.to_owned(),
+            reason.chars().take(1000).collect(),
+        );
+        if queue.name().ends_with(".fifo") {
+            let digest = opsfleet_protocol::job::job_id(body, reason, queue.name());
+            message.group_id = Some("dead-letters".to_owned());
+            message.dedup_id = Some(digest);
+        }
+        match queue.send_batch(&[message]).await {
+            Ok(failures) if failures.is_empty() => {
+                MessageDeadLettered {
+                    queue: queue.name(),
+                    reason,
+                }
+                .emit();
+                Disposition::Delete
+            }
+            Ok(failures) => {
+                let error = failures
+                    .iter()
+                    .map(|f| f.message.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                WorkerCallFailed {
+                    what: "dead-letter",
+                    error: &error,
+                }
+                .emit();
+                Disposition::Retry(jitter(Duration::from_secs(5)))
+            }
+            Err(e) => {
+                WorkerCallFailed {
+                    what: "dead-letter",
+                    error: &e.to_string(),
+                }
+                .emit();
+                Disposition::Retry(jitter(Duration::from_secs(5)))
+            }
+        }
+    }
+}
+
+/// Between half and all of `d`.
+fn jitter(d: Duration) -> Duration {
+    d.mul_f64(rand::thread_rng().gen_range(0.5..=1.0))
+}
+
+/// Backoff when the lock is held: grows with the receive count, capped at 30 s, jittered.
+fn contention_backoff(receive_count: u32) -> Duration {
+    let exp = receive_count.saturating_sub(1).min(5);
+    jitter(Duration::from_millis(500 << exp).min(Duration::from_secs(30)))
+}
+
+/// Backoff after a real failure: 2^failures seconds, capped at 5 minutes, jittered.
+fn failure_backoff(failures: u32) -> Duration {
+    jitter(Duration::from_secs(1 << failures.min(8)).min(Duration::from_secs(300)))
+}

@@ -1,0 +1,177 @@
+//! What happens in the worker, each as one struct that writes the log line and the metric.
+//! Labels are bounded: actions, outcomes, results, limit names, queue names; never a job or
+//! resource id.
+
+use metrics::{counter, gauge, histogram};
+use std::time::Duration;
+
+/// A job finished (for good, or for this attempt).
+pub(crate) struct JobFinished<'a> {
+    pub job_id: &'a str,
+    pub action: &'a str,
+    pub outcome: &'static str,
+    pub took: Duration,
+    pub detail: &'a str,
+}
+
+impl JobFinished<'_> {
+    pub fn emit(self) {
+        if self.outcome == "failed" {
+            tracing::warn!(job_id = %self.job_id, action = self.action, outcome = self.outcome, error = %self.detail, "Job failed.");
+        } else {
+            tracing::info!(job_id = %self.job_id, action = self.action, outcome = self.outcome, took_ms = self.took.as_millis() as u64, "Job finished.");
+        }
+        counter!("opsfleet_jobs_finished_total", "action" => self.action.to_owned(), "outcome" => self.outcome).increment(1);
+        histogram!("opsfleet_job_duration_seconds", "action" => self.action.to_owned())
+            .record(self.took.as_secs_f64());
+    }
+}
+
+/// A job started its action, this long after its event was received.
+pub(crate) struct JobStarted<'a> {
+    pub job_id: &'a str,
+    pub since_event: Duration,
+}
+
+impl JobStarted<'_> {
+    pub fn emit(self) {
+        tracing::debug!(job_id = %self.job_id, since_event_ms = self.since_event.as_millis() as u64, "Job started.");
+        histogram!("opsfleet_event_to_start_seconds").record(self.since_event.as_secs_f64());
+    }
+}
+
+/// A lock acquisition came to `result` (`acquired`, `held`).
+pub(crate) struct LockAcquisition<'a> {
+    pub job_id: &'a str,
+    pub result: &'static str,
+    pub holder: &'a str,
+}
+
+impl LockAcquisition<'_> {
+    pub fn emit(self) {
+        tracing::debug!(job_id = %self.job_id, result = self.result, holder = %self.holder, "Lock acquisition.");
+        counter!("opsfleet_lock_acquisitions_total", "result" => self.result).increment(1);
+    }
+}
+
+/// A job found no free slot of a limit and went back to its queue.
+pub(crate) struct SlotUnavailable<'a> {
+    pub job_id: &'a str,
+    pub limit: &'a str,
+}
+
+impl SlotUnavailable<'_> {
+    pub fn emit(self) {
+        tracing::debug!(job_id = %self.job_id, limit = %self.limit, "No free slot; the job waits.");
+        counter!("opsfleet_limit_waits_total", "limit" => self.limit.to_owned()).increment(1);
+    }
+}
+
+/// A job got a slot of a limit after waiting this long.
+pub(crate) struct SlotAcquired<'a> {
+    pub limit: &'a str,
+    pub waited: Duration,
+}
+
+impl SlotAcquired<'_> {
+    pub fn emit(self) {
+        histogram!("opsfleet_slot_wait_seconds", "limit" => self.limit.to_owned())
+            .record(self.waited.as_secs_f64());
+    }
+}
+
+/// A message was already finished and was acknowledged without running.
+pub(crate) struct JobAlreadyFinished<'a> {
+    pub job_id: &'a str,
+    pub status: &'static str,
+}
+
+impl JobAlreadyFinished<'_> {
+    pub fn emit(self) {
+        tracing::info!(job_id = %self.job_id, status = self.status, "Job already finished; acknowledged without running.");
+        counter!("opsfleet_jobs_duplicate_total").increment(1);
+    }
+}
+
+/// A message was dead-lettered by the worker.
+pub(crate) struct MessageDeadLettered<'a> {
+    pub queue: &'a str,
+    pub reason: &'a str,
+}
+
+impl MessageDeadLettered<'_> {
+    pub fn emit(self) {
+        tracing::warn!(queue = %self.queue, reason = %self.reason, "Message dead-lettered.");
+        counter!("opsfleet_jobs_dead_lettered_total").increment(1);
+    }
+}
+
+/// A lease (lock or slot) was lost while the job held it; the job stops.
+pub(crate) struct LeaseLost<'a> {
+    pub job_id: &'a str,
+    pub key: &'a str,
+}
+
+impl LeaseLost<'_> {
+    pub fn emit(self) {
+        tracing::warn!(job_id = %self.job_id, key = %self.key, "Lease lost; the job stops before its next write.");
+        counter!("opsfleet_leases_lost_total").increment(1);
+    }
+}
+
+/// A completion check ran with `result` (`done`, `pending`, `failed`, `stale`, `early`).
+pub(crate) struct CheckRan<'a> {
+    pub job_id: &'a str,
+    pub result: &'static str,
+}
+
+impl CheckRan<'_> {
+    pub fn emit(self) {
+        tracing::debug!(job_id = %self.job_id, result = self.result, "Completion check.");
+        counter!("opsfleet_checks_total", "result" => self.result).increment(1);
+    }
+}
+
+/// A run passed `max_errors` and was cancelled.
+pub(crate) struct RunCancelled<'a> {
+    pub run: &'a str,
+    pub task: &'a str,
+    pub failed: u32,
+}
+
+impl RunCancelled<'_> {
+    pub fn emit(self) {
+        tracing::warn!(run = %self.run, task = %self.task, failed = self.failed, "Run passed max_errors; its remaining jobs are cancelled.");
+        counter!("opsfleet_runs_cancelled_total").increment(1);
+    }
+}
+
+/// A store or queue call of the worker failed; the message will be retried.
+pub(crate) struct WorkerCallFailed<'a> {
+    pub what: &'static str,
+    pub error: &'a str,
+}
+
+impl WorkerCallFailed<'_> {
+    pub fn emit(self) {
+        tracing::error!(what = self.what, error = %self.error, "Worker call failed; the message will be retried.");
+        counter!("opsfleet_worker_errors_total", "what" => self.what).increment(1);
+    }
+}
+
+/// Jobs in flight in this process.
+pub(crate) fn jobs_in_flight(n: usize) {
+    gauge!("opsfleet_jobs_in_flight").set(n as f64);
+}
+
+/// Messages in a queue by state.
+pub(crate) fn queue_messages(queue: &str, visible: u64, in_flight: u64, delayed: u64) {
+    for (state, n) in [
+        ("visible", visible),
+        ("in_flight", in_flight),
+        ("delayed", delayed),
+    ] {
+        gauge!("opsfleet_queue_messages", "queue" => queue.to_owned(), "state" => state)
+            .set(n as f64);
+    }
+}
