@@ -10,84 +10,42 @@ use support::opsfleet_offline as opsfleet;
 const FLEET: &str = "examples/fleet.toml";
 
 fn lines(bytes: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    String::from_utf8_lossy(bytes).lines().map(str::to_owned).collect()
 }
 
 #[test]
 fn plan_prints_one_job_per_line_with_the_contract_fields() {
-    let out = opsfleet(&[
-        "plan",
-        "--config",
-        FLEET,
-        "examples/events/alarm-io-pressure-metric-math.json",
-    ])
-    .output()
-    .expect("plan");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let jobs: Vec<Value> = lines(&out.stdout)
-        .iter()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    let out = opsfleet(&["plan", "--config", FLEET, "examples/events/alarm-io-pressure-metric-math.json"])
+        .output()
+        .expect("plan");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let jobs: Vec<Value> = lines(&out.stdout).iter().map(|l| serde_json::from_str(l).expect("JSON line")).collect();
     assert!(!jobs.is_empty());
     for job in &jobs {
-        let mut keys: Vec<&str> = job
-            .as_object()
-            .expect("object")
-            .keys()
-            .map(String::as_str)
-            .collect();
+        let mut keys: Vec<&str> = job.as_object().expect("object").keys().map(String::as_str).collect();
         keys.sort();
-        assert_eq!(
-            keys,
-            ["action", "id", "params", "partition", "resource", "task"]
-        );
-        let mut resource: Vec<&str> = job["resource"]
-            .as_object()
-            .expect("resource")
-            .keys()
-            .map(String::as_str)
-            .collect();
+        assert_eq!(keys, ["action", "id", "params", "partition", "resource", "task"]);
+        let mut resource: Vec<&str> =
+            job["resource"].as_object().expect("resource").keys().map(String::as_str).collect();
         resource.sort();
         assert_eq!(resource, ["account", "id", "region", "type"]);
         assert!(job["partition"].as_u64().expect("partition") < 4);
         assert_eq!(job["task"], "recover-alarmed-resource");
     }
-    let again = opsfleet(&[
-        "plan",
-        "--config",
-        FLEET,
-        "examples/events/alarm-io-pressure-metric-math.json",
-    ])
-    .output()
-    .expect("plan");
+    let again = opsfleet(&["plan", "--config", FLEET, "examples/events/alarm-io-pressure-metric-math.json"])
+        .output()
+        .expect("plan");
     assert_eq!(again.stdout, out.stdout, "plans are deterministic");
 }
 
 #[test]
 fn plan_reads_json_lines_from_stdin() {
     let body =
-        std::fs::read_to_string(support::root().join("examples/events/ec2-instance-stopped.json"))
-            .expect("event");
-    let compact = serde_json::to_string(&serde_json::from_str::<Value>(&body).expect("json"))
-        .expect("compact");
-    let mut child = opsfleet(&["plan", "--config", FLEET])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("plan");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(format!("{compact}\n\n{compact}\n").as_bytes())
-        .expect("write");
+        std::fs::read_to_string(support::root().join("examples/events/ec2-instance-stopped.json")).expect("event");
+    let compact = serde_json::to_string(&serde_json::from_str::<Value>(&body).expect("json")).expect("compact");
+    let mut child =
+        opsfleet(&["plan", "--config", FLEET]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("plan");
+    child.stdin.take().expect("stdin").write_all(format!("{compact}\n\n{compact}\n").as_bytes()).expect("write");
     let out = child.wait_with_output().expect("wait");
     assert!(out.status.success());
     let got = lines(&out.stdout);
@@ -97,14 +55,8 @@ fn plan_reads_json_lines_from_stdin() {
 
 #[test]
 fn plan_of_an_unmatched_event_prints_nothing_and_succeeds() {
-    let out = opsfleet(&[
-        "plan",
-        "--config",
-        FLEET,
-        "examples/events/ec2-instance-running.json",
-    ])
-    .output()
-    .expect("plan");
+    let out =
+        opsfleet(&["plan", "--config", FLEET, "examples/events/ec2-instance-running.json"]).output().expect("plan");
     assert!(out.status.success());
     assert!(out.stdout.is_empty());
     assert!(out.stderr.is_empty());
@@ -112,40 +64,26 @@ fn plan_of_an_unmatched_event_prints_nothing_and_succeeds() {
 
 #[test]
 fn plan_of_input_that_is_not_an_event_fails_with_one_line_naming_the_file() {
-    let out = opsfleet(&["plan", "--config", FLEET, "Cargo.toml"])
-        .output()
-        .expect("plan");
+    let out = opsfleet(&["plan", "--config", FLEET, "Cargo.toml"]).output().expect("plan");
     assert!(!out.status.success());
     assert!(out.stdout.is_empty());
     let err = lines(&out.stderr);
     assert_eq!(err.len(), 1, "{err:?}");
-    assert!(
-        err[0].starts_with("Cargo.toml: body is not JSON"),
-        "{err:?}"
-    );
+    assert!(err[0].starts_with("Cargo.toml: body is not JSON"), "{err:?}");
 }
 
 #[test]
 fn plan_of_an_event_from_an_account_not_allowed_names_the_account() {
     let file = "examples/events/other-account-instance-stopped.json";
-    let out = opsfleet(&["plan", "--config", FLEET, file])
-        .output()
-        .expect("plan");
+    let out = opsfleet(&["plan", "--config", FLEET, file]).output().expect("plan");
     assert!(out.stdout.is_empty(), "no jobs");
-    assert_eq!(
-        lines(&out.stderr),
-        [format!(
-            "{file}: account 210987654321 is not in fleet.allowed_accounts"
-        )]
-    );
+    assert_eq!(lines(&out.stderr), [format!("{file}: account 210987654321 is not in fleet.allowed_accounts")]);
     assert!(!out.status.success());
 }
 
 #[test]
 fn validate_reports_every_problem_with_its_line() {
-    let ok = opsfleet(&["validate", "--config", FLEET])
-        .output()
-        .expect("validate");
+    let ok = opsfleet(&["validate", "--config", FLEET]).output().expect("validate");
     assert!(ok.status.success());
     assert!(String::from_utf8_lossy(&ok.stdout).contains("valid: fleet opsfleet-demo"));
 
@@ -157,37 +95,18 @@ fn validate_reports_every_problem_with_its_line() {
         "[fleet]\nname = \"f\"\n\n[[tasks]]\nname = \"a\"\npattern = { source = [{ prefx = \"aws.\" }] }\ntargets = \"event\"\naction = \"snapshot-everything\"\n",
     )
     .expect("write");
-    let out = opsfleet(&["validate", "--config", bad.to_str().expect("path")])
-        .output()
-        .expect("validate");
+    let out = opsfleet(&["validate", "--config", bad.to_str().expect("path")]).output().expect("validate");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains(
-            "bad.toml:line 4: tasks[0] \"a\".pattern: at `source[0]`: unknown operator `prefx`"
-        ),
-        "{err}"
-    );
-    assert!(
-        err.contains(
-            "bad.toml:line 4: tasks[0] \"a\".action: unknown action `snapshot-everything`"
-        ),
-        "{err}"
-    );
+    assert!(err.contains("bad.toml:line 4: tasks[0] \"a\".pattern: at `source[0]`: unknown operator `prefx`"), "{err}");
+    assert!(err.contains("bad.toml:line 4: tasks[0] \"a\".action: unknown action `snapshot-everything`"), "{err}");
 }
 
 #[test]
 fn demo_runs_the_sample_events_on_the_embedded_backend() {
     let out = opsfleet(&["demo"]).output().expect("demo");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("opsfleet-demo-jobs-0.fifo"), "{text}");
-    assert!(
-        text.contains("account 210987654321 is not in fleet.allowed_accounts"),
-        "{text}"
-    );
+    assert!(text.contains("account 210987654321 is not in fleet.allowed_accounts"), "{text}");
 }

@@ -43,25 +43,15 @@ fn router_process_routes_events_from_a_real_client() {
     let fleet = unique_fleet("e2e-router");
     let config = write_config(&fleet, CONFIG);
     for _ in 0..2 {
-        let setup = opsfleet(&["setup", "--config", config.to_str().unwrap_or_default()])
-            .output()
-            .expect("run setup");
-        assert!(
-            setup.status.success(),
-            "setup failed: {}",
-            String::from_utf8_lossy(&setup.stderr)
-        );
+        let setup = opsfleet(&["setup", "--config", config.to_str().unwrap_or_default()]).output().expect("run setup");
+        assert!(setup.status.success(), "setup failed: {}", String::from_utf8_lossy(&setup.stderr));
     }
 
     // What the router should do, from `opsfleet plan` on the same files.
     let mut plan_args = vec!["plan", "--config", config.to_str().unwrap_or_default()];
     plan_args.extend(EVENTS);
     let plan = opsfleet(&plan_args).output().expect("run plan");
-    assert!(
-        plan.status.success(),
-        "plan failed: {}",
-        String::from_utf8_lossy(&plan.stderr)
-    );
+    assert!(plan.status.success(), "plan failed: {}", String::from_utf8_lossy(&plan.stderr));
     let expected: BTreeMap<String, Value> = String::from_utf8_lossy(&plan.stdout)
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).expect("plan line is JSON"))
@@ -69,12 +59,8 @@ fn router_process_routes_events_from_a_real_client() {
         .collect();
     assert_eq!(expected.len(), 6, "plan: {expected:#?}");
 
-    let log = std::fs::File::create(
-        support::root()
-            .join("target/e2e")
-            .join(format!("{fleet}.log")),
-    )
-    .expect("router log");
+    let log =
+        std::fs::File::create(support::root().join("target/e2e").join(format!("{fleet}.log"))).expect("router log");
     let mut router = support::ChildGuard(
         opsfleet(&["router", "--config", config.to_str().unwrap_or_default()])
             .stderr(log)
@@ -84,23 +70,15 @@ fn router_process_routes_events_from_a_real_client() {
 
     let events_queue = format!("{fleet}-events");
     let mut send = python_client(&["send-files", &events_queue]);
-    send.args(EVENTS)
-        .arg("examples/events/other-account-instance-stopped.json");
+    send.args(EVENTS).arg("examples/events/other-account-instance-stopped.json");
     assert!(send.status().expect("send events").success());
-    let bad = python_client(&[
-        "send-bodies",
-        &events_queue,
-        "this is not json",
-        r#"{"hello": "world"}"#,
-    ])
-    .status();
+    let bad = python_client(&["send-bodies", &events_queue, "this is not json", r#"{"hello": "world"}"#]).status();
     assert!(bad.expect("send bad bodies").success());
 
     let mut got: BTreeMap<String, (u32, Value)> = BTreeMap::new();
     for p in 0..3u32 {
         for m in drain(&format!("{fleet}-jobs-{p}.fifo"), 4.0) {
-            let job: Value =
-                serde_json::from_str(m["body"].as_str().unwrap_or_default()).expect("job JSON");
+            let job: Value = serde_json::from_str(m["body"].as_str().unwrap_or_default()).expect("job JSON");
             let id = job["id"].as_str().unwrap_or_default().to_owned();
             assert_eq!(m["dedup_id"], job["id"], "deduplication id is the job id");
             let r = &job["resource"];
@@ -111,71 +89,30 @@ fn router_process_routes_events_from_a_real_client() {
                 r["type"].as_str().unwrap_or_default(),
                 r["id"].as_str().unwrap_or_default()
             );
-            assert_eq!(
-                m["group_id"].as_str(),
-                Some(key.as_str()),
-                "group id is the resource key"
-            );
+            assert_eq!(m["group_id"].as_str(), Some(key.as_str()), "group id is the resource key");
             assert!(got.insert(id, (p, job)).is_none(), "each job arrives once");
         }
     }
-    let missing: Vec<&Value> = expected
-        .iter()
-        .filter(|(id, _)| !got.contains_key(*id))
-        .map(|(_, j)| j)
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "jobs missing: {missing:#?}; router log in target/e2e/{fleet}.log"
-    );
+    let missing: Vec<&Value> = expected.iter().filter(|(id, _)| !got.contains_key(*id)).map(|(_, j)| j).collect();
+    assert!(missing.is_empty(), "jobs missing: {missing:#?}; router log in target/e2e/{fleet}.log");
     assert_eq!(got.len(), expected.len());
     for (id, plan) in &expected {
         let (partition, job) = got.get(id).unwrap_or_else(|| panic!("job {id} missing"));
-        assert_eq!(
-            u64::from(*partition),
-            plan["partition"].as_u64().unwrap_or(99),
-            "job {id} on its partition"
-        );
+        assert_eq!(u64::from(*partition), plan["partition"].as_u64().unwrap_or(99), "job {id} on its partition");
         assert_eq!(job["task"], plan["task"]);
         assert_eq!(job["resource"], plan["resource"]);
         assert_eq!(job["params"], plan["params"]);
     }
 
     let dead = drain(&format!("{fleet}-events-dlq"), 2.0);
-    let reasons: Vec<String> = dead
-        .iter()
-        .map(|m| {
-            m["attributes"]["opsfleet-reason"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned()
-        })
-        .collect();
+    let reasons: Vec<String> =
+        dead.iter().map(|m| m["attributes"]["opsfleet-reason"].as_str().unwrap_or_default().to_owned()).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
-    assert!(
-        reasons.iter().any(|r| r.starts_with("body is not JSON")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.starts_with("body is not an event")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r == "account 210987654321 is not in fleet.allowed_accounts"),
-        "{reasons:?}"
-    );
-    assert!(
-        dead.iter().any(|m| m["body"] == "this is not json"),
-        "the body is kept as sent"
-    );
-    assert!(
-        drain(&events_queue, 1.0).is_empty(),
-        "every input message was deleted"
-    );
+    assert!(reasons.iter().any(|r| r.starts_with("body is not JSON")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.starts_with("body is not an event")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r == "account 210987654321 is not in fleet.allowed_accounts"), "{reasons:?}");
+    assert!(dead.iter().any(|m| m["body"] == "this is not json"), "the body is kept as sent");
+    assert!(drain(&events_queue, 1.0).is_empty(), "every input message was deleted");
 
     support::terminate(&mut router.0);
     let status = router.0.wait().expect("router exit");

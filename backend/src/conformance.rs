@@ -17,25 +17,15 @@ async fn queue(
     visibility: u64,
     dead_letter: Option<(String, u32)>,
 ) -> Arc<dyn Queue> {
-    let spec = QueueSpec {
-        name: name.to_owned(),
-        visibility: Duration::from_secs(visibility),
-        retention: DAY,
-        dead_letter,
-    };
+    let spec =
+        QueueSpec { name: name.to_owned(), visibility: Duration::from_secs(visibility), retention: DAY, dead_letter };
     backend.ensure_queue(&spec).await.expect("create queue");
-    backend
-        .ensure_queue(&spec)
-        .await
-        .expect("creating again is idempotent");
+    backend.ensure_queue(&spec).await.expect("creating again is idempotent");
     backend.queue(name).await.expect("open queue")
 }
 
 fn message(body: &str) -> OutgoingMessage {
-    OutgoingMessage {
-        body: body.to_owned(),
-        ..Default::default()
-    }
+    OutgoingMessage { body: body.to_owned(), ..Default::default() }
 }
 
 fn fifo(body: &str, group: &str, dedup: &str) -> OutgoingMessage {
@@ -53,18 +43,10 @@ pub async fn queue_basics(backend: &dyn Backend, prefix: &str) {
     let q = queue(backend, &format!("{prefix}-basic"), 30, None).await;
     let mut m = message("hello");
     m.attributes = BTreeMap::from([("opsfleet-reason".to_owned(), "because".to_owned())]);
-    assert!(q
-        .send_batch(&[m, message("world")])
-        .await
-        .expect("send")
-        .is_empty());
+    assert!(q.send_batch(&[m, message("world")]).await.expect("send").is_empty());
     let mut got = Vec::new();
     for _ in 0..5 {
-        got.extend(
-            q.receive(10, Duration::from_secs(1), Some(Duration::from_secs(1)))
-                .await
-                .expect("receive"),
-        );
+        got.extend(q.receive(10, Duration::from_secs(1), Some(Duration::from_secs(1))).await.expect("receive"));
         if got.len() == 2 {
             break;
         }
@@ -73,34 +55,19 @@ pub async fn queue_basics(backend: &dyn Backend, prefix: &str) {
     bodies.sort();
     assert_eq!(bodies, ["hello", "world"]);
     let hello = got.iter().find(|m| m.body == "hello").expect("hello");
-    assert_eq!(
-        hello.attributes.get("opsfleet-reason").map(String::as_str),
-        Some("because")
-    );
+    assert_eq!(hello.attributes.get("opsfleet-reason").map(String::as_str), Some("because"));
     assert_eq!(hello.receive_count, 1);
     assert!(hello.sent_ms > 0);
     // Nothing is visible while both are in flight.
-    assert!(q
-        .receive(10, Duration::ZERO, None)
-        .await
-        .expect("receive")
-        .is_empty());
+    assert!(q.receive(10, Duration::ZERO, None).await.expect("receive").is_empty());
     // After the 1 s visibility both come back, with receive count 2.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let again = q
-        .receive(10, Duration::from_secs(2), Some(Duration::from_secs(30)))
-        .await
-        .expect("receive");
+    let again = q.receive(10, Duration::from_secs(2), Some(Duration::from_secs(30))).await.expect("receive");
     assert!(!again.is_empty());
     assert!(again.iter().all(|m| m.receive_count == 2), "{again:?}");
     // Visibility 0 returns a message at once.
-    q.change_visibility(&again[0].receipt, Duration::ZERO)
-        .await
-        .expect("change visibility");
-    let back = q
-        .receive(1, Duration::from_secs(2), Some(Duration::from_secs(30)))
-        .await
-        .expect("receive");
+    q.change_visibility(&again[0].receipt, Duration::ZERO).await.expect("change visibility");
+    let back = q.receive(1, Duration::from_secs(2), Some(Duration::from_secs(30))).await.expect("receive");
     assert_eq!(back.len(), 1);
     assert_eq!(back[0].body, again[0].body);
     assert_eq!(back[0].receive_count, 3);
@@ -120,43 +87,21 @@ pub async fn queue_basics(backend: &dyn Backend, prefix: &str) {
 pub async fn queue_redrive(backend: &dyn Backend, prefix: &str) {
     let dlq_name = format!("{prefix}-redrive-dlq");
     let dlq = queue(backend, &dlq_name, 30, None).await;
-    let q = queue(
-        backend,
-        &format!("{prefix}-redrive"),
-        30,
-        Some((dlq_name, 2)),
-    )
-    .await;
+    let q = queue(backend, &format!("{prefix}-redrive"), 30, Some((dlq_name, 2))).await;
     let mut m = message("poison");
     m.attributes.insert("opsfleet-reason".into(), "test".into());
     assert!(q.send_batch(&[m]).await.expect("send").is_empty());
     for attempt in 1..=2 {
-        let got = q
-            .receive(1, Duration::from_secs(2), Some(Duration::from_secs(1)))
-            .await
-            .expect("receive");
+        let got = q.receive(1, Duration::from_secs(2), Some(Duration::from_secs(1))).await.expect("receive");
         assert_eq!(got.len(), 1, "receive {attempt}");
         assert_eq!(got[0].receive_count, attempt);
         tokio::time::sleep(Duration::from_millis(1200)).await;
     }
-    assert!(q
-        .receive(1, Duration::from_secs(1), None)
-        .await
-        .expect("receive")
-        .is_empty());
-    let dead = dlq
-        .receive(1, Duration::from_secs(2), None)
-        .await
-        .expect("receive dlq");
+    assert!(q.receive(1, Duration::from_secs(1), None).await.expect("receive").is_empty());
+    let dead = dlq.receive(1, Duration::from_secs(2), None).await.expect("receive dlq");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, "poison");
-    assert_eq!(
-        dead[0]
-            .attributes
-            .get("opsfleet-reason")
-            .map(String::as_str),
-        Some("test")
-    );
+    assert_eq!(dead[0].attributes.get("opsfleet-reason").map(String::as_str), Some("test"));
 }
 
 /// FIFO: a group with a message in flight delivers nothing more; other groups still flow;
@@ -173,50 +118,21 @@ pub async fn queue_fifo(backend: &dyn Backend, prefix: &str) {
         .await
         .expect("send");
     assert!(sent.is_empty(), "{sent:?}");
-    let first = q
-        .receive(1, Duration::from_secs(1), None)
-        .await
-        .expect("receive");
-    assert_eq!(
-        first.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
-        ["a1"]
-    );
+    let first = q.receive(1, Duration::from_secs(1), None).await.expect("receive");
+    assert_eq!(first.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["a1"]);
     assert_eq!(first[0].group_id.as_deref(), Some("A"));
-    let second = q
-        .receive(10, Duration::from_secs(1), None)
-        .await
-        .expect("receive");
+    let second = q.receive(10, Duration::from_secs(1), None).await.expect("receive");
     assert_eq!(
         second.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
         ["b1"],
         "group A is blocked while a1 is in flight"
     );
-    assert!(q
-        .delete_batch(&[first[0].receipt.clone()])
-        .await
-        .expect("delete")
-        .is_empty());
-    let third = q
-        .receive(10, Duration::from_secs(1), None)
-        .await
-        .expect("receive");
-    assert_eq!(
-        third.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(),
-        ["a2"],
-        "a1-again was deduplicated"
-    );
-    let refused = q
-        .send_batch(&[OutgoingMessage {
-            body: "x".into(),
-            ..Default::default()
-        }])
-        .await;
+    assert!(q.delete_batch(&[first[0].receipt.clone()]).await.expect("delete").is_empty());
+    let third = q.receive(10, Duration::from_secs(1), None).await.expect("receive");
+    assert_eq!(third.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["a2"], "a1-again was deduplicated");
+    let refused = q.send_batch(&[OutgoingMessage { body: "x".into(), ..Default::default() }]).await;
     match refused {
-        Ok(failures) => assert_eq!(
-            failures.len(),
-            1,
-            "a FIFO message without a group is refused"
-        ),
+        Ok(failures) => assert_eq!(failures.len(), 1, "a FIFO message without a group is refused"),
         Err(e) => assert!(e.to_string().contains("MessageGroupId"), "{e}"),
     }
 }
@@ -227,17 +143,10 @@ pub async fn queue_delay(backend: &dyn Backend, prefix: &str) {
     let mut m = message("later");
     m.delay = Some(Duration::from_secs(2));
     assert!(q.send_batch(&[m]).await.expect("send").is_empty());
-    assert!(q
-        .receive(1, Duration::ZERO, None)
-        .await
-        .expect("receive")
-        .is_empty());
+    assert!(q.receive(1, Duration::ZERO, None).await.expect("receive").is_empty());
     assert_eq!(q.depth().await.expect("depth").delayed, 1);
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let got = q
-        .receive(1, Duration::from_secs(2), None)
-        .await
-        .expect("receive");
+    let got = q.receive(1, Duration::from_secs(2), None).await.expect("receive");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].body, "later");
 }
@@ -246,30 +155,14 @@ pub async fn queue_delay(backend: &dyn Backend, prefix: &str) {
 pub async fn store_semantics(backend: &dyn Backend, prefix: &str) {
     let table = format!("{prefix}-table");
     backend.ensure_table(&table).await.expect("create table");
-    backend
-        .ensure_table(&table)
-        .await
-        .expect("creating again is idempotent");
+    backend.ensure_table(&table).await.expect("creating again is idempotent");
     let store = backend.store(&table).await.expect("open table");
     let key = Key::new("lock#r1", "lock");
-    let item = Item {
-        key: key.clone(),
-        attrs: [("owner".to_owned(), AttrValue::from("w1"))].into(),
-    };
-    store
-        .put(item.clone(), Cond::NotExists)
-        .await
-        .expect("first put");
-    assert!(matches!(
-        store.put(item, Cond::NotExists).await,
-        Err(StoreError::ConditionFailed { .. })
-    ));
+    let item = Item { key: key.clone(), attrs: [("owner".to_owned(), AttrValue::from("w1"))].into() };
+    store.put(item.clone(), Cond::NotExists).await.expect("first put");
+    assert!(matches!(store.put(item, Cond::NotExists).await, Err(StoreError::ConditionFailed { .. })));
     let updated = store
-        .update(
-            &key,
-            Update::default().set("lease_until", 100i64).add("fence", 1),
-            Cond::eq("owner", "w1"),
-        )
+        .update(&key, Update::default().set("lease_until", 100i64).add("fence", 1), Cond::eq("owner", "w1"))
         .await
         .expect("update");
     assert_eq!(updated.int("fence"), Some(1));
@@ -278,25 +171,13 @@ pub async fn store_semantics(backend: &dyn Backend, prefix: &str) {
         .update(
             &key,
             Update::default().set("owner", "w2").add("fence", 1),
-            Cond::Or(vec![
-                Cond::Lacks("owner".into()),
-                Cond::lt("lease_until", 101i64),
-            ]),
+            Cond::Or(vec![Cond::Lacks("owner".into()), Cond::lt("lease_until", 101i64)]),
         )
         .await
         .expect("take over an expired lease");
     assert_eq!(updated.int("fence"), Some(2));
-    let refused = store
-        .update(
-            &key,
-            Update::default().set("owner", "w3"),
-            Cond::lt("lease_until", 100i64),
-        )
-        .await;
-    assert!(
-        matches!(refused, Err(StoreError::ConditionFailed { .. })),
-        "{refused:?}"
-    );
+    let refused = store.update(&key, Update::default().set("owner", "w3"), Cond::lt("lease_until", 100i64)).await;
+    assert!(matches!(refused, Err(StoreError::ConditionFailed { .. })), "{refused:?}");
     let updated = store
         .update(
             &key,
@@ -306,55 +187,22 @@ pub async fn store_semantics(backend: &dyn Backend, prefix: &str) {
         .await
         .expect("release");
     assert_eq!(updated.str("owner"), None);
-    assert_eq!(
-        store
-            .get(&key)
-            .await
-            .expect("get")
-            .expect("still there")
-            .int("fence"),
-        Some(2)
-    );
+    assert_eq!(store.get(&key).await.expect("get").expect("still there").int("fence"), Some(2));
     let created = store
-        .update(
-            &Key::new("run#1", "run"),
-            Update::default().add("failed", 1),
-            Cond::Always,
-        )
+        .update(&Key::new("run#1", "run"), Update::default().add("failed", 1), Cond::Always)
         .await
         .expect("upsert");
     assert_eq!(created.int("failed"), Some(1));
     for sk in ["attempt#002", "attempt#001", "job", "zeta"] {
-        let item = Item {
-            key: Key::new("job#7", sk),
-            attrs: [("flag".to_owned(), AttrValue::Bool(true))].into(),
-        };
+        let item = Item { key: Key::new("job#7", sk), attrs: [("flag".to_owned(), AttrValue::Bool(true))].into() };
         store.put(item, Cond::Always).await.expect("put");
     }
-    let attempts = store
-        .query_prefix("job#7", "attempt#")
-        .await
-        .expect("query");
-    assert_eq!(
-        attempts
-            .iter()
-            .map(|i| i.key.sk.as_str())
-            .collect::<Vec<_>>(),
-        ["attempt#001", "attempt#002"]
-    );
+    let attempts = store.query_prefix("job#7", "attempt#").await.expect("query");
+    assert_eq!(attempts.iter().map(|i| i.key.sk.as_str()).collect::<Vec<_>>(), ["attempt#001", "attempt#002"]);
     assert_eq!(attempts[0].attrs.get("flag"), Some(&AttrValue::Bool(true)));
-    assert_eq!(
-        store.query_prefix("job#7", "").await.expect("query").len(),
-        4
-    );
-    assert!(matches!(
-        store.delete(&key, Cond::eq("owner", "nobody")).await,
-        Err(StoreError::ConditionFailed { .. })
-    ));
+    assert_eq!(store.query_prefix("job#7", "").await.expect("query").len(), 4);
+    assert!(matches!(store.delete(&key, Cond::eq("owner", "nobody")).await, Err(StoreError::ConditionFailed { .. })));
     store.delete(&key, Cond::Exists).await.expect("delete");
     assert_eq!(store.get(&key).await.expect("get"), None);
-    assert!(matches!(
-        backend.store(&format!("{prefix}-missing")).await.err(),
-        Some(StoreError::NotFound { .. })
-    ));
+    assert!(matches!(backend.store(&format!("{prefix}-missing")).await.err(), Some(StoreError::NotFound { .. })));
 }

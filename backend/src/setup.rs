@@ -41,23 +41,11 @@ pub fn queue_specs(config: &Config) -> Vec<QueueSpec> {
             Some((names::events_dlq(fleet), EVENTS_MAX_RECEIVE)),
         ),
         spec(names::checks_dlq(fleet), Duration::from_secs(30), None),
-        spec(
-            names::checks_queue(fleet),
-            job_visibility,
-            Some((names::checks_dlq(fleet), max_receive)),
-        ),
+        spec(names::checks_queue(fleet), job_visibility, Some((names::checks_dlq(fleet), max_receive))),
     ];
     for p in 0..config.fleet.partitions.get() {
-        specs.push(spec(
-            names::jobs_dlq(fleet, p),
-            Duration::from_secs(30),
-            None,
-        ));
-        specs.push(spec(
-            names::jobs_queue(fleet, p),
-            job_visibility,
-            Some((names::jobs_dlq(fleet, p), max_receive)),
-        ));
+        specs.push(spec(names::jobs_dlq(fleet, p), Duration::from_secs(30), None));
+        specs.push(spec(names::jobs_queue(fleet, p), job_visibility, Some((names::jobs_dlq(fleet, p), max_receive))));
     }
     specs
 }

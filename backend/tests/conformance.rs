@@ -4,10 +4,8 @@
 use opsfleet_backend::{conformance, AwsBackend, EmbeddedBackend};
 
 fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
@@ -33,24 +31,8 @@ macro_rules! both {
     };
 }
 
-both!(
-    embedded_queue_basics,
-    aws_queue_basics,
-    conformance::queue_basics
-);
-both!(
-    embedded_queue_redrive,
-    aws_queue_redrive,
-    conformance::queue_redrive
-);
+both!(embedded_queue_basics, aws_queue_basics, conformance::queue_basics);
+both!(embedded_queue_redrive, aws_queue_redrive, conformance::queue_redrive);
 both!(embedded_queue_fifo, aws_queue_fifo, conformance::queue_fifo);
-both!(
-    embedded_queue_delay,
-    aws_queue_delay,
-    conformance::queue_delay
-);
-both!(
-    embedded_store_semantics,
-    aws_store_semantics,
-    conformance::store_semantics
-);
+both!(embedded_queue_delay, aws_queue_delay, conformance::queue_delay);
+both!(embedded_store_semantics, aws_store_semantics, conformance::store_semantics);

@@ -47,63 +47,37 @@ fn pattern(i: usize) -> String {
             if hit { 0 } else { 100 + i }
         ),
         4 => {
-            let name = if hit {
-                String::new()
-            } else {
-                format!("team-{i}-")
-            };
+            let name = if hit { String::new() } else { format!("team-{i}-") };
             format!(
                 r#"{{"source": ["aws.cloudwatch"], "$or": [{{"detail": {{"alarmName": [{{"prefix": "{name}web-"}}]}}}}, {{"detail": {{"alarmName": [{{"prefix": "{name}db-"}}], "state": {{"value": ["ALARM"]}}}}}}]}}"#
             )
         }
         5 => format!(
             r#"{{"source": ["aws.events"], "resources": [{{"wildcard": "arn:aws:events:*:*:rule/{}"}}]}}"#,
-            if hit {
-                "night*".to_owned()
-            } else {
-                format!("job-{i}-*")
-            }
+            if hit { "night*".to_owned() } else { format!("job-{i}-*") }
         ),
         6 => format!(
             r#"{{"detail": {{"configuration": {{"metrics": {{"metricStat": {{"metric": {{"dimensions": {{"{}": [{{"exists": true}}]}}}}}}}}}}}}}}"#,
-            if hit {
-                "VolumeId"
-            } else {
-                "DBInstanceIdentifier"
-            }
+            if hit { "VolumeId" } else { "DBInstanceIdentifier" }
         ),
         7 => format!(
             r#"{{"detail-type": [{{"equals-ignore-case": "{}"}}], "detail": {{"state": {{"value": ["ALARM"]}}}}}}"#,
-            if hit {
-                "cloudwatch alarm state change".to_owned()
-            } else {
-                format!("custom alarm {i}")
-            }
+            if hit { "cloudwatch alarm state change".to_owned() } else { format!("custom alarm {i}") }
         ),
         8 => format!(
             r#"{{"source": ["aws.ec2"], "region": [{{"suffix": "{}"}}], "detail-type": ["EC2 Instance State-change Notification"]}}"#,
-            if hit {
-                "-2".to_owned()
-            } else {
-                format!("-{i}")
-            }
+            if hit { "-2".to_owned() } else { format!("-{i}") }
         ),
         _ => format!(
             r#"{{"source": ["aws.tag"], "detail": {{"changed-tag-keys": ["{}"], "service": ["ec2"]}}}}"#,
-            if hit {
-                "Backup".to_owned()
-            } else {
-                format!("CostCenter{i}")
-            }
+            if hit { "Backup".to_owned() } else { format!("CostCenter{i}") }
         ),
     }
 }
 
 /// A fleet of [`TASKS`] tasks of the `noop` action; the scheduled-event tasks use discovery.
 fn config() -> Config {
-    let mut text = String::from(
-        "[fleet]\nname = \"bench\"\npartitions = 16\nallowed_accounts = [\"123456789012\"]\n",
-    );
+    let mut text = String::from("[fleet]\nname = \"bench\"\npartitions = 16\nallowed_accounts = [\"123456789012\"]\n");
     for i in 0..TASKS {
         let targets = if i % 10 == 5 {
             r#"{ type = "ec2:volume", tags = { Backup = "nightly" }, regions = ["us-east-1"] }"#

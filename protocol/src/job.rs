@@ -43,9 +43,7 @@ pub struct Job {
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     /// The job's JSON is over SQS's message size limit.
-    #[error(
-        "job {id} for {resource} is {bytes} bytes, over the {MAX_JOB_BYTES}-byte message limit"
-    )]
+    #[error("job {id} for {resource} is {bytes} bytes, over the {MAX_JOB_BYTES}-byte message limit")]
     TooLarge {
         /// The job id.
         id: String,
@@ -64,11 +62,7 @@ impl Job {
     pub fn to_json(&self) -> Result<String, JobError> {
         let text = serde_json::to_string(self).map_err(|e| JobError::Invalid(e.to_string()))?;
         if text.len() > MAX_JOB_BYTES {
-            return Err(JobError::TooLarge {
-                id: self.id.clone(),
-                resource: self.resource.key(),
-                bytes: text.len(),
-            });
+            return Err(JobError::TooLarge { id: self.id.clone(), resource: self.resource.key(), bytes: text.len() });
         }
         Ok(text)
     }
@@ -77,10 +71,7 @@ impl Job {
     pub fn from_json(text: &str) -> Result<Self, JobError> {
         let job: Job = serde_json::from_str(text).map_err(|e| JobError::Invalid(e.to_string()))?;
         if job.v != JOB_VERSION {
-            return Err(JobError::Invalid(format!(
-                "job version {} is not {JOB_VERSION}",
-                job.v
-            )));
+            return Err(JobError::Invalid(format!("job version {} is not {JOB_VERSION}", job.v)));
         }
         Ok(job)
     }
@@ -164,23 +155,14 @@ mod tests {
         let text = j.to_json().unwrap();
         assert_eq!(Job::from_json(&text).unwrap(), j);
         let old = text.replace("\"v\":1", "\"v\":9");
-        assert!(Job::from_json(&old)
-            .unwrap_err()
-            .to_string()
-            .contains("version 9"));
+        assert!(Job::from_json(&old).unwrap_err().to_string().contains("version 9"));
     }
 
     #[test]
     fn oversized_jobs_are_rejected() {
         let big = "x".repeat(MAX_JOB_BYTES);
-        let err = job(serde_json::json!({ "blob": big }))
-            .to_json()
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("over the 262144-byte message limit"),
-            "{err}"
-        );
+        let err = job(serde_json::json!({ "blob": big })).to_json().unwrap_err();
+        assert!(err.to_string().contains("over the 262144-byte message limit"), "{err}");
     }
 
     #[test]
@@ -212,10 +194,7 @@ mod tests {
         let n = 8u32;
         let mut counts = vec![0u32; n as usize];
         for i in 0..8000 {
-            counts[partition_of(
-                &format!("123456789012/us-east-1/ec2:instance/i-{i:017x}"),
-                n,
-            ) as usize] += 1;
+            counts[partition_of(&format!("123456789012/us-east-1/ec2:instance/i-{i:017x}"), n) as usize] += 1;
         }
         for c in counts {
             assert!((800..1200).contains(&c), "uneven partition count {c}");

@@ -107,11 +107,10 @@ impl Planner {
             match &task.targets {
                 Targets::Event => {
                     if named.is_none() {
-                        named =
-                            Some(named_resources(event).map_err(|error| PlanError::Targets {
-                                task: task.name.clone(),
-                                error,
-                            })?);
+                        named = Some(
+                            named_resources(event)
+                                .map_err(|error| PlanError::Targets { task: task.name.clone(), error })?,
+                        );
                     }
                     let resources = named.as_deref().unwrap_or_default();
                     self.check_cap(plan.jobs.len() + resources.len())?;
@@ -194,9 +193,9 @@ impl Planner {
         }
         match &event.account {
             None => Err(PlanError::NoAccount),
-            Some(account) if !allowed.contains(account) => Err(PlanError::AccountNotAllowed {
-                account: account.clone(),
-            }),
+            Some(account) if !allowed.contains(account) => {
+                Err(PlanError::AccountNotAllowed { account: account.clone() })
+            }
             Some(_) => Ok(()),
         }
     }

@@ -123,9 +123,7 @@ impl<'a> Arn<'a> {
     /// fallbacks where the ARN has none. EBS notifications write snapshot ARNs as
     /// `arn:aws:ec2::REGION:snapshot/ID`, with the region in the account field: that form is
     /// recognised. Returns `None` for ARNs of other services or resource types.
-    pub fn ec2_resource(
-        &self,
-    ) -> Option<(ResourceType, &'a str, Option<&'a str>, Option<&'a str>)> {
+    pub fn ec2_resource(&self) -> Option<(ResourceType, &'a str, Option<&'a str>, Option<&'a str>)> {
         if self.service != "ec2" {
             return None;
         }
@@ -149,18 +147,12 @@ fn non_empty(s: &str) -> Option<&str> {
 /// Whether a text has the shape of an AWS region name (`us-east-1`, `eu-central-2`).
 pub fn looks_like_region(s: &str) -> bool {
     let mut parts = s.split('-');
-    let first_ok = parts
-        .next()
-        .is_some_and(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_lowercase()));
+    let first_ok = parts.next().is_some_and(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_lowercase()));
     let rest: Vec<&str> = parts.collect();
     first_ok
         && rest.len() >= 2
-        && rest[..rest.len() - 1]
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-        && rest
-            .last()
-            .is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        && rest[..rest.len() - 1].iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+        && rest.last().is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Whether a text is a 12-digit AWS account id.
@@ -178,12 +170,7 @@ mod tests {
         let (kind, id, account, region) = arn.ec2_resource().unwrap();
         assert_eq!(
             (kind, id, account, region),
-            (
-                ResourceType::Instance,
-                "i-abc",
-                Some("123456789012"),
-                Some("us-east-1")
-            )
+            (ResourceType::Instance, "i-abc", Some("123456789012"), Some("us-east-1"))
         );
     }
 
@@ -191,31 +178,13 @@ mod tests {
     fn snapshot_arn_with_region_in_account_field() {
         let arn = Arn::parse("arn:aws:ec2::us-west-2:snapshot/snap-01234567").unwrap();
         let (kind, id, account, region) = arn.ec2_resource().unwrap();
-        assert_eq!(
-            (kind, id, account, region),
-            (
-                ResourceType::Snapshot,
-                "snap-01234567",
-                None,
-                Some("us-west-2")
-            )
-        );
+        assert_eq!((kind, id, account, region), (ResourceType::Snapshot, "snap-01234567", None, Some("us-west-2")));
     }
 
     #[test]
     fn other_services_and_non_arns_are_not_ec2_resources() {
-        assert!(
-            Arn::parse("arn:aws:events:us-east-1:123456789012:rule/nightly")
-                .unwrap()
-                .ec2_resource()
-                .is_none()
-        );
-        assert!(
-            Arn::parse("arn:aws:ec2:us-east-1:123456789012:security-group/sg-1")
-                .unwrap()
-                .ec2_resource()
-                .is_none()
-        );
+        assert!(Arn::parse("arn:aws:events:us-east-1:123456789012:rule/nightly").unwrap().ec2_resource().is_none());
+        assert!(Arn::parse("arn:aws:ec2:us-east-1:123456789012:security-group/sg-1").unwrap().ec2_resource().is_none());
         assert!(Arn::parse("not-an-arn").is_none());
     }
 

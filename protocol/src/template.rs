@@ -39,8 +39,7 @@ pub struct TemplateInput<'a> {
 }
 
 /// The placeholders a template may use, for error messages.
-pub const PLACEHOLDERS: &str =
-    "{resource}, {account}, {region}, {type}, {id}, {task}, {params.NAME}";
+pub const PLACEHOLDERS: &str = "{resource}, {account}, {region}, {type}, {id}, {task}, {params.NAME}";
 
 impl Template {
     /// Parses a template, naming the first unknown placeholder or unbalanced brace.
@@ -52,9 +51,7 @@ impl Template {
                 parts.push(Part::Text(rest[..open].to_owned()));
             }
             let after = &rest[open + 1..];
-            let close = after
-                .find('}')
-                .ok_or_else(|| format!("unclosed `{{` in `{text}`"))?;
+            let close = after.find('}').ok_or_else(|| format!("unclosed `{{` in `{text}`"))?;
             let name = &after[..close];
             let var = match name {
                 "resource" => Var::Resource,
@@ -65,11 +62,7 @@ impl Template {
                 "task" => Var::Task,
                 _ => match name.strip_prefix("params.") {
                     Some(p) if !p.is_empty() => Var::Param(p.to_owned()),
-                    _ => {
-                        return Err(format!(
-                            "unknown placeholder `{{{name}}}`; use {PLACEHOLDERS}"
-                        ))
-                    }
+                    _ => return Err(format!("unknown placeholder `{{{name}}}`; use {PLACEHOLDERS}")),
                 },
             };
             parts.push(Part::Var(var));
@@ -133,34 +126,18 @@ mod tests {
             id: "vol-1".into(),
         };
         let params = json!({"destination_region": "eu-west-1", "n": 3});
-        let input = TemplateInput {
-            resource: &r,
-            task: "t",
-            params: &params,
-        };
+        let input = TemplateInput { resource: &r, task: "t", params: &params };
+        assert_eq!(Template::parse("{resource}").unwrap().render(input), "123456789012/us-east-1/ec2:volume/vol-1");
         assert_eq!(
-            Template::parse("{resource}").unwrap().render(input),
-            "123456789012/us-east-1/ec2:volume/vol-1"
-        );
-        assert_eq!(
-            Template::parse("copy-{params.destination_region}-{params.n}")
-                .unwrap()
-                .render(input),
+            Template::parse("copy-{params.destination_region}-{params.n}").unwrap().render(input),
             "copy-eu-west-1-3"
         );
-        assert_eq!(
-            Template::parse("{task}:{id}@{region}")
-                .unwrap()
-                .render(input),
-            "t:vol-1@us-east-1"
-        );
+        assert_eq!(Template::parse("{task}:{id}@{region}").unwrap().render(input), "t:vol-1@us-east-1");
     }
 
     #[test]
     fn rejects_bad_templates() {
-        assert!(Template::parse("{nope}")
-            .unwrap_err()
-            .contains("unknown placeholder `{nope}`"));
+        assert!(Template::parse("{nope}").unwrap_err().contains("unknown placeholder `{nope}`"));
         assert!(Template::parse("{resource").is_err());
         assert!(Template::parse("a}").is_err());
         assert!(Template::parse("").is_err());

@@ -38,9 +38,6 @@ pub struct NoDiscovery;
 #[async_trait]
 impl Discover for NoDiscovery {
     async fn discover(&self, discovery: &Discovery) -> Result<Vec<Resource>, DiscoveryError> {
-        Err(DiscoveryError::Unavailable {
-            task: discovery.task_name.clone(),
-            kind: discovery.query.kind.to_string(),
-        })
+        Err(DiscoveryError::Unavailable { task: discovery.task_name.clone(), kind: discovery.query.kind.to_string() })
     }
 }

@@ -3,8 +3,7 @@
 use crate::discovery::{Discover, DiscoveryError};
 use crate::send::{job_message, send_all, SendError};
 use crate::telemetry::{
-    EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted,
-    PollFailed,
+    EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted, PollFailed,
 };
 use futures::future::join_all;
 use opsfleet_protocol::event::normalize;
@@ -89,13 +88,7 @@ impl Router {
         for p in 0..planner.config().fleet.partitions.get() {
             partitions.push(backend.queue(&names::jobs_queue(&fleet, p)).await?);
         }
-        Ok(Router {
-            planner,
-            events,
-            dead_letter,
-            partitions,
-            discover,
-        })
+        Ok(Router { planner, events, dead_letter, partitions, discover })
     }
 
     /// Runs the configured number of concurrent long-poll loops until `shutdown` is
@@ -133,19 +126,14 @@ impl Router {
     /// Receives one batch (waiting up to `wait`), routes every message, and deletes those that
     /// are done with. Returns the outcomes.
     pub async fn poll_once(&self, wait: Duration) -> Result<Vec<Outcome>, RouterError> {
-        let visibility =
-            Duration::from_secs(u64::from(self.planner.config().router.visibility_secs));
+        let visibility = Duration::from_secs(u64::from(self.planner.config().router.visibility_secs));
         let messages = self.events.receive(10, wait, Some(visibility)).await?;
         if messages.is_empty() {
             return Ok(Vec::new());
         }
         let outcomes = join_all(messages.iter().map(|m| self.route(m))).await;
-        let done: Vec<String> = messages
-            .iter()
-            .zip(&outcomes)
-            .filter(|(_, o)| o.acknowledges())
-            .map(|(m, _)| m.receipt.clone())
-            .collect();
+        let done: Vec<String> =
+            messages.iter().zip(&outcomes).filter(|(_, o)| o.acknowledges()).map(|(m, _)| m.receipt.clone()).collect();
         if !done.is_empty() {
             for failure in self.events.delete_batch(&done).await? {
                 tracing::warn!(queue = %self.events.name(), error = %failure.message, "Deleting a routed event failed; it will be routed again with the same job ids.");
@@ -162,18 +150,10 @@ impl Router {
             Err(e) => return self.reject(message, "not_an_event", e.to_string()).await,
         };
         EventReceived { event: &event }.emit();
-        let received_ms = if message.sent_ms > 0 {
-            message.sent_ms
-        } else {
-            unix_ms()
-        };
+        let received_ms = if message.sent_ms > 0 { message.sent_ms } else { unix_ms() };
         let plan = match self.planner.plan(&event, received_ms) {
             Ok(plan) => plan,
-            Err(e) => {
-                return self
-                    .reject(message, plan_error_kind(&e), e.to_string())
-                    .await
-            }
+            Err(e) => return self.reject(message, plan_error_kind(&e), e.to_string()).await,
         };
         let mut jobs = plan.jobs;
         for discovery in &plan.discoveries {
@@ -185,37 +165,21 @@ impl Router {
                 Err(e) => return self.defer(message, e.to_string()),
             };
             if let Err(e) = self.planner.check_cap(jobs.len() + resources.len()) {
-                return self
-                    .reject(message, plan_error_kind(&e), e.to_string())
-                    .await;
+                return self.reject(message, plan_error_kind(&e), e.to_string()).await;
             }
-            match self
-                .planner
-                .jobs_for(&event, discovery.task, &resources, received_ms)
-            {
+            match self.planner.jobs_for(&event, discovery.task, &resources, received_ms) {
                 Ok(more) => jobs.extend(more),
-                Err(e) => {
-                    return self
-                        .reject(message, plan_error_kind(&e), e.to_string())
-                        .await
-                }
+                Err(e) => return self.reject(message, plan_error_kind(&e), e.to_string()).await,
             }
         }
         if plan.matched.is_empty() {
-            EventUnmatched {
-                event_id: &event.id,
-            }
-            .emit();
+            EventUnmatched { event_id: &event.id }.emit();
             return Outcome::Unmatched { event_id: event.id };
         }
         match self.send(&jobs).await {
             Ok(()) => {}
-            Err(SendError::TooLarge(e)) => {
-                return self.reject(message, "job_too_large", e.to_string()).await
-            }
-            Err(e @ SendError::Refused { .. }) => {
-                return self.reject(message, "job_refused", e.to_string()).await
-            }
+            Err(SendError::TooLarge(e)) => return self.reject(message, "job_too_large", e.to_string()).await,
+            Err(e @ SendError::Refused { .. }) => return self.reject(message, "job_refused", e.to_string()).await,
             Err(e) => return self.defer(message, e.to_string()),
         }
         let mut per_task: BTreeMap<(&str, &str), usize> = BTreeMap::new();
@@ -223,23 +187,10 @@ impl Router {
             *per_task.entry((&job.task, &job.action)).or_default() += 1;
         }
         for ((task, action), count) in per_task {
-            JobsEmitted {
-                task,
-                action,
-                count,
-            }
-            .emit();
+            JobsEmitted { task, action, count }.emit();
         }
-        EventRouted {
-            event_id: &event.id,
-            jobs: jobs.len(),
-            took: started.elapsed(),
-        }
-        .emit();
-        Outcome::Routed {
-            event_id: event.id,
-            jobs,
-        }
+        EventRouted { event_id: &event.id, jobs: jobs.len(), took: started.elapsed() }.emit();
+        Outcome::Routed { event_id: event.id, jobs }
     }
 
     async fn send(&self, jobs: &[Job]) -> Result<(), SendError> {
@@ -250,10 +201,7 @@ impl Router {
                 continue;
             }
             let body = job.to_json().map_err(SendError::TooLarge)?;
-            per_partition
-                .entry(job.partition)
-                .or_default()
-                .push(job_message(job, body));
+            per_partition.entry(job.partition).or_default().push(job_message(job, body));
         }
         let sends = per_partition.into_iter().map(|(p, messages)| {
             let queue = Arc::clone(&self.partitions[p as usize % self.partitions.len()]);
@@ -265,12 +213,7 @@ impl Router {
         Ok(())
     }
 
-    async fn reject(
-        &self,
-        message: &ReceivedMessage,
-        kind: &'static str,
-        reason: String,
-    ) -> Outcome {
+    async fn reject(&self, message: &ReceivedMessage, kind: &'static str, reason: String) -> Outcome {
         let mut attributes = message.attributes.clone();
         let mut bounded = reason.clone();
         if bounded.len() > MAX_REASON {
@@ -281,33 +224,17 @@ impl Router {
             bounded.truncate(cut);
         }
         attributes.insert(names::REASON_ATTRIBUTE.to_owned(), bounded);
-        attributes.insert(
-            "opsfleet-source-queue".to_owned(),
-            self.events.name().to_owned(),
-        );
-        let dead = OutgoingMessage {
-            body: message.body.clone(),
-            attributes,
-            ..Default::default()
-        };
+        attributes.insert("opsfleet-source-queue".to_owned(), self.events.name().to_owned());
+        let dead = OutgoingMessage { body: message.body.clone(), attributes, ..Default::default() };
         if let Err(e) = send_all(self.dead_letter.as_ref(), vec![dead]).await {
             return self.defer(message, format!("dead-lettering failed: {e}"));
         }
-        EventRejected {
-            message_id: &message.message_id,
-            reason: kind,
-            error: &reason,
-        }
-        .emit();
+        EventRejected { message_id: &message.message_id, reason: kind, error: &reason }.emit();
         Outcome::DeadLettered { kind, reason }
     }
 
     fn defer(&self, message: &ReceivedMessage, error: String) -> Outcome {
-        EventDeferred {
-            message_id: &message.message_id,
-            error: &error,
-        }
-        .emit();
+        EventDeferred { message_id: &message.message_id, error: &error }.emit();
         Outcome::Deferred { error }
     }
 }
@@ -315,9 +242,7 @@ impl Router {
 /// A bounded label for a plan error.
 fn plan_error_kind(error: &PlanError) -> &'static str {
     match error {
-        PlanError::AccountNotAllowed { .. } | PlanError::ResourceAccountNotAllowed { .. } => {
-            "account_not_allowed"
-        }
+        PlanError::AccountNotAllowed { .. } | PlanError::ResourceAccountNotAllowed { .. } => "account_not_allowed",
         PlanError::NoAccount => "no_account",
         PlanError::Targets { .. } => "targets",
         PlanError::TooManyJobs { .. } => "too_many_jobs",
@@ -326,8 +251,5 @@ fn plan_error_kind(error: &PlanError) -> &'static str {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

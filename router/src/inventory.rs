@@ -84,9 +84,6 @@ mod tests {
             regions: vec!["us-east-1".into()],
         };
         let found = inventory.discover(&discovery).await.expect("discover");
-        assert_eq!(
-            found.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
-            ["vol-1"]
-        );
+        assert_eq!(found.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["vol-1"]);
     }
 }

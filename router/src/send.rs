@@ -63,11 +63,7 @@ fn batches(messages: Vec<OutgoingMessage>) -> Vec<Vec<OutgoingMessage>> {
     let mut out: Vec<Vec<OutgoingMessage>> = Vec::new();
     let mut bytes = 0usize;
     for m in messages {
-        let size = m.body.len()
-            + m.attributes
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
+        let size = m.body.len() + m.attributes.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         match out.last_mut() {
             Some(batch) if batch.len() < MAX_BATCH && bytes + size <= MAX_JOB_BYTES => {
                 bytes += size;
@@ -100,10 +96,7 @@ async fn send_batch(queue: &dyn Queue, mut pending: Vec<OutgoingMessage>) -> Res
             return Ok(());
         }
         if let Some(refused) = failures.iter().find(|f| f.sender_fault) {
-            let job = pending
-                .get(refused.index)
-                .and_then(|m| m.dedup_id.clone())
-                .unwrap_or_default();
+            let job = pending.get(refused.index).and_then(|m| m.dedup_id.clone()).unwrap_or_default();
             return Err(SendError::Refused {
                 queue: queue.name().to_owned(),
                 job,
@@ -111,23 +104,11 @@ async fn send_batch(queue: &dyn Queue, mut pending: Vec<OutgoingMessage>) -> Res
                 message: refused.message.clone(),
             });
         }
-        last = failures
-            .iter()
-            .map(|f| format!("{}: {}", f.code, f.message))
-            .collect::<Vec<_>>()
-            .join("; ");
+        last = failures.iter().map(|f| format!("{}: {}", f.code, f.message)).collect::<Vec<_>>().join("; ");
         let retry: Vec<usize> = failures.iter().map(|f| f.index).collect();
-        pending = pending
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| retry.contains(i))
-            .map(|(_, m)| m)
-            .collect();
+        pending = pending.into_iter().enumerate().filter(|(i, _)| retry.contains(i)).map(|(_, m)| m).collect();
     }
-    Err(SendError::Unavailable {
-        queue: queue.name().to_owned(),
-        message: last,
-    })
+    Err(SendError::Unavailable { queue: queue.name().to_owned(), message: last })
 }
 
 #[cfg(test)]
@@ -135,18 +116,12 @@ mod tests {
     use super::*;
 
     fn m(size: usize) -> OutgoingMessage {
-        OutgoingMessage {
-            body: "x".repeat(size),
-            ..Default::default()
-        }
+        OutgoingMessage { body: "x".repeat(size), ..Default::default() }
     }
 
     #[test]
     fn batches_hold_ten_and_stay_under_the_size_limit() {
-        let sizes: Vec<usize> = batches((0..25).map(|_| m(10)).collect())
-            .iter()
-            .map(Vec::len)
-            .collect();
+        let sizes: Vec<usize> = batches((0..25).map(|_| m(10)).collect()).iter().map(Vec::len).collect();
         assert_eq!(sizes, [10, 10, 5]);
         let big = batches((0..5).map(|_| m(100 * 1024)).collect());
         assert_eq!(big.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);

@@ -14,16 +14,9 @@ pub(crate) struct EventReceived<'a> {
 impl EventReceived<'_> {
     pub fn emit(self) {
         let aws = self.event.source.starts_with("aws.") && self.event.source.len() <= 32;
-        let source = if aws {
-            self.event.source.clone()
-        } else {
-            "other".to_owned()
-        };
-        let detail_type = if aws && self.event.detail_type.len() <= 64 {
-            self.event.detail_type.clone()
-        } else {
-            "other".to_owned()
-        };
+        let source = if aws { self.event.source.clone() } else { "other".to_owned() };
+        let detail_type =
+            if aws && self.event.detail_type.len() <= 64 { self.event.detail_type.clone() } else { "other".to_owned() };
         tracing::debug!(event_id = %self.event.id, source = %self.event.source, detail_type = %self.event.detail_type, "Event received.");
         counter!("opsfleet_events_received_total", "source" => source, "detail_type" => detail_type).increment(1);
     }

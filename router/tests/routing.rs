@@ -6,8 +6,8 @@ use opsfleet_backend::{setup::setup, EmbeddedBackend};
 use opsfleet_protocol::job::partition_of;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{
-    Backend, DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec,
-    ReceivedMessage, SendFailure, Store, StoreError,
+    Backend, DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage, SendFailure,
+    Store, StoreError,
 };
 use opsfleet_protocol::{Config, Job, Planner};
 use opsfleet_router::{NoDiscovery, Outcome, Router};
@@ -71,27 +71,14 @@ async fn fleet_of(backend: &dyn Backend, text: &str) -> (Arc<Planner>, Arc<dyn Q
 }
 
 async fn send(queue: &dyn Queue, body: String) {
-    assert!(queue
-        .send_batch(&[OutgoingMessage {
-            body,
-            ..Default::default()
-        }])
-        .await
-        .expect("send")
-        .is_empty());
+    assert!(queue.send_batch(&[OutgoingMessage { body, ..Default::default() }]).await.expect("send").is_empty());
 }
 
 async fn jobs_on(backend: &dyn Backend, partition: u32) -> Vec<ReceivedMessage> {
-    let queue = backend
-        .queue(&names::jobs_queue("t", partition))
-        .await
-        .expect("partition");
+    let queue = backend.queue(&names::jobs_queue("t", partition)).await.expect("partition");
     let mut out = Vec::new();
     loop {
-        let got = queue
-            .receive(10, Duration::ZERO, None)
-            .await
-            .expect("receive");
+        let got = queue.receive(10, Duration::ZERO, None).await.expect("receive");
         if got.is_empty() {
             return out;
         }
@@ -105,45 +92,27 @@ async fn jobs_on(backend: &dyn Backend, partition: u32) -> Vec<ReceivedMessage> 
 async fn jobs_land_on_their_partition_and_the_event_is_deleted() {
     let backend = EmbeddedBackend::new();
     let (planner, events) = fleet(&backend).await;
-    let router = Router::open(&backend, planner, Arc::new(NoDiscovery))
-        .await
-        .expect("router");
+    let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await.expect("router");
     send(events.as_ref(), stopped("e1", "i-1")).await;
     let outcomes = router.poll_once(Duration::ZERO).await.expect("poll");
-    assert!(
-        matches!(&outcomes[..], [Outcome::Routed { jobs, .. }] if jobs.len() == 1),
-        "{outcomes:?}"
-    );
+    assert!(matches!(&outcomes[..], [Outcome::Routed { jobs, .. }] if jobs.len() == 1), "{outcomes:?}");
     let key = "123456789012/us-east-1/ec2:instance/i-1";
     let partition = partition_of(key, 4);
     let got = jobs_on(&backend, partition).await;
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].group_id.as_deref(), Some(key));
     let job = Job::from_json(&got[0].body).expect("job");
-    assert_eq!(
-        (job.task.as_str(), job.partition, job.event_id.as_str()),
-        ("stopped", partition, "e1")
-    );
-    assert_eq!(
-        events.depth().await.expect("depth"),
-        QueueDepth::default(),
-        "the input is deleted"
-    );
+    assert_eq!((job.task.as_str(), job.partition, job.event_id.as_str()), ("stopped", partition, "e1"));
+    assert_eq!(events.depth().await.expect("depth"), QueueDepth::default(), "the input is deleted");
 }
 
 #[tokio::test]
 async fn bad_input_goes_to_the_dlq_with_its_reason_and_nothing_else_is_lost() {
     let backend = EmbeddedBackend::new();
     let (planner, events) = fleet(&backend).await;
-    let router = Router::open(&backend, planner, Arc::new(NoDiscovery))
-        .await
-        .expect("router");
+    let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await.expect("router");
     send(events.as_ref(), "{not json".into()).await;
-    send(
-        events.as_ref(),
-        stopped("e2", "i-2").replace("123456789012", "999999999999"),
-    )
-    .await;
+    send(events.as_ref(), stopped("e2", "i-2").replace("123456789012", "999999999999")).await;
     send(events.as_ref(), alarm(&["i-1", "i-2", "i-3", "i-4"])).await;
     send(events.as_ref(), stopped("e3", "i-3")).await;
     let mut outcomes = Vec::new();
@@ -153,38 +122,16 @@ async fn bad_input_goes_to_the_dlq_with_its_reason_and_nothing_else_is_lost() {
         }
         outcomes.extend(more);
     }
-    let dead: Vec<_> = outcomes
-        .iter()
-        .filter(|o| matches!(o, Outcome::DeadLettered { .. }))
-        .collect();
+    let dead: Vec<_> = outcomes.iter().filter(|o| matches!(o, Outcome::DeadLettered { .. })).collect();
     assert_eq!(dead.len(), 3, "{outcomes:?}");
     let dlq = backend.embedded_queue("t-events-dlq").expect("dlq");
-    let reasons: Vec<String> = dlq
-        .peek_attributes()
-        .iter()
-        .map(|a| a[names::REASON_ATTRIBUTE].clone())
-        .collect();
+    let reasons: Vec<String> = dlq.peek_attributes().iter().map(|a| a[names::REASON_ATTRIBUTE].clone()).collect();
     assert!(reasons[0].starts_with("body is not JSON"), "{reasons:?}");
-    assert_eq!(
-        reasons[1],
-        "account 999999999999 is not in fleet.allowed_accounts"
-    );
-    assert_eq!(
-        reasons[2],
-        "event expands to 4 jobs, over fleet.max_jobs_per_event = 3"
-    );
-    assert_eq!(
-        dlq.peek_bodies()[0],
-        "{not json",
-        "the body is kept as sent"
-    );
-    let routed: usize = (0..4)
-        .map(|p| {
-            backend
-                .embedded_queue(&names::jobs_queue("t", p))
-                .map_or(0, |q| q.peek_bodies().len())
-        })
-        .sum();
+    assert_eq!(reasons[1], "account 999999999999 is not in fleet.allowed_accounts");
+    assert_eq!(reasons[2], "event expands to 4 jobs, over fleet.max_jobs_per_event = 3");
+    assert_eq!(dlq.peek_bodies()[0], "{not json", "the body is kept as sent");
+    let routed: usize =
+        (0..4).map(|p| backend.embedded_queue(&names::jobs_queue("t", p)).map_or(0, |q| q.peek_bodies().len())).sum();
     assert_eq!(routed, 1, "the good event behind the bad ones is routed");
     assert_eq!(events.depth().await.expect("depth"), QueueDepth::default());
 }
@@ -193,9 +140,7 @@ async fn bad_input_goes_to_the_dlq_with_its_reason_and_nothing_else_is_lost() {
 async fn a_redelivered_event_yields_the_same_jobs_once() {
     let backend = EmbeddedBackend::new();
     let (planner, events) = fleet(&backend).await;
-    let router = Router::open(&backend, planner, Arc::new(NoDiscovery))
-        .await
-        .expect("router");
+    let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await.expect("router");
     send(events.as_ref(), stopped("same", "i-9")).await;
     send(events.as_ref(), stopped("same", "i-9")).await;
     router.poll_once(Duration::ZERO).await.expect("poll");
@@ -234,10 +179,7 @@ impl Queue for FaultyQueue {
     fn name(&self) -> &str {
         self.inner.name()
     }
-    async fn send_batch(
-        &self,
-        messages: &[OutgoingMessage],
-    ) -> Result<Vec<SendFailure>, QueueError> {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<SendFailure>, QueueError> {
         let n = self.sends.fetch_add(1, Ordering::SeqCst);
         match self.mode {
             Mode::Down => Err(QueueError::Unavailable {
@@ -246,11 +188,8 @@ impl Queue for FaultyQueue {
                 message: "503".into(),
             }),
             Mode::PartialOnce if n == 0 && messages.len() > 1 => {
-                let (keep, fail): (Vec<_>, Vec<_>) = messages
-                    .iter()
-                    .cloned()
-                    .enumerate()
-                    .partition(|(i, _)| i % 2 == 0);
+                let (keep, fail): (Vec<_>, Vec<_>) =
+                    messages.iter().cloned().enumerate().partition(|(i, _)| i % 2 == 0);
                 let kept: Vec<OutgoingMessage> = keep.into_iter().map(|(_, m)| m).collect();
                 self.inner.send_batch(&kept).await?;
                 Ok(fail
@@ -277,11 +216,7 @@ impl Queue for FaultyQueue {
     async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<DeleteFailure>, QueueError> {
         self.inner.delete_batch(receipts).await
     }
-    async fn change_visibility(
-        &self,
-        receipt: &str,
-        visibility: Duration,
-    ) -> Result<(), QueueError> {
+    async fn change_visibility(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError> {
         self.inner.change_visibility(receipt, visibility).await
     }
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
@@ -294,11 +229,7 @@ impl Backend for Faulty {
     async fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
         let inner = self.inner.queue(name).await?;
         if name.contains("-jobs-") {
-            return Ok(Arc::new(FaultyQueue {
-                inner,
-                mode: self.mode,
-                sends: AtomicU32::new(0),
-            }));
+            return Ok(Arc::new(FaultyQueue { inner, mode: self.mode, sends: AtomicU32::new(0) }));
         }
         Ok(inner)
     }
@@ -315,67 +246,31 @@ impl Backend for Faulty {
 
 #[tokio::test]
 async fn partially_failed_batches_are_retried_until_every_job_is_accepted() {
-    let backend = Faulty {
-        inner: EmbeddedBackend::new(),
-        mode: Mode::PartialOnce,
-    };
+    let backend = Faulty { inner: EmbeddedBackend::new(), mode: Mode::PartialOnce };
     // With one partition, the three jobs of the event share one batch, whose odd entries fail.
-    let (planner, events) = fleet_of(
-        &backend,
-        &CONFIG.replace("partitions = 4", "partitions = 1"),
-    )
-    .await;
-    let router = Router::open(&backend, planner, Arc::new(NoDiscovery))
-        .await
-        .expect("router");
+    let (planner, events) = fleet_of(&backend, &CONFIG.replace("partitions = 4", "partitions = 1")).await;
+    let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await.expect("router");
     let many: Vec<String> = (0..3).map(|i| format!("i-{i}")).collect();
     let ids: Vec<&str> = many.iter().map(String::as_str).collect();
     send(events.as_ref(), alarm(&ids)).await;
     let outcomes = router.poll_once(Duration::ZERO).await.expect("poll");
-    assert!(
-        matches!(&outcomes[..], [Outcome::Routed { jobs, .. }] if jobs.len() == 3),
-        "{outcomes:?}"
-    );
+    assert!(matches!(&outcomes[..], [Outcome::Routed { jobs, .. }] if jobs.len() == 3), "{outcomes:?}");
     let got = jobs_on(&backend.inner, 0).await;
-    let mut bodies: Vec<String> = got
-        .iter()
-        .map(|m| Job::from_json(&m.body).expect("job").resource.id)
-        .collect();
+    let mut bodies: Vec<String> = got.iter().map(|m| Job::from_json(&m.body).expect("job").resource.id).collect();
     bodies.sort();
-    assert_eq!(
-        bodies,
-        ["i-0", "i-1", "i-2"],
-        "the failed entries were sent again, each once"
-    );
+    assert_eq!(bodies, ["i-0", "i-1", "i-2"], "the failed entries were sent again, each once");
 }
 
 #[tokio::test]
 async fn an_event_whose_jobs_cannot_be_sent_stays_for_redelivery() {
-    let backend = Faulty {
-        inner: EmbeddedBackend::new(),
-        mode: Mode::Down,
-    };
+    let backend = Faulty { inner: EmbeddedBackend::new(), mode: Mode::Down };
     let (planner, events) = fleet(&backend).await;
-    let router = Router::open(&backend, planner, Arc::new(NoDiscovery))
-        .await
-        .expect("router");
+    let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await.expect("router");
     send(events.as_ref(), stopped("e1", "i-1")).await;
     let outcomes = router.poll_once(Duration::ZERO).await.expect("poll");
-    assert!(
-        matches!(&outcomes[..], [Outcome::Deferred { error }] if error.contains("503")),
-        "{outcomes:?}"
-    );
-    assert_eq!(
-        events.depth().await.expect("depth").in_flight,
-        1,
-        "not deleted: it comes back after its visibility"
-    );
-    assert!(backend
-        .inner
-        .embedded_queue("t-events-dlq")
-        .expect("dlq")
-        .peek_bodies()
-        .is_empty());
+    assert!(matches!(&outcomes[..], [Outcome::Deferred { error }] if error.contains("503")), "{outcomes:?}");
+    assert_eq!(events.depth().await.expect("depth").in_flight, 1, "not deleted: it comes back after its visibility");
+    assert!(backend.inner.embedded_queue("t-events-dlq").expect("dlq").peek_bodies().is_empty());
 }
 
 #[test]
@@ -383,16 +278,11 @@ fn metrics_count_events_jobs_and_rejections() {
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::with_local_recorder(&recorder, || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
         runtime.block_on(async {
             let backend = EmbeddedBackend::new();
             let (planner, events) = fleet(&backend).await;
-            let router = Router::open(&backend, planner, Arc::new(NoDiscovery))
-                .await
-                .expect("router");
+            let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await.expect("router");
             send(events.as_ref(), stopped("e1", "i-1")).await;
             send(events.as_ref(), "nope".into()).await;
             router.poll_once(Duration::ZERO).await.expect("poll");
@@ -418,9 +308,7 @@ async fn an_event_whose_job_is_over_the_message_limit_is_dead_lettered() {
         &format!("action = \"noop\"\nparams = {{ blob = \"{big}\" }}\n\n[[tasks]]"),
     );
     let (planner, events) = fleet_of(&backend, &text).await;
-    let router = Router::open(&backend, planner, Arc::new(NoDiscovery))
-        .await
-        .expect("router");
+    let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await.expect("router");
     send(events.as_ref(), stopped("e1", "i-1")).await;
     let outcomes = router.poll_once(Duration::ZERO).await.expect("poll");
     assert!(

@@ -19,13 +19,7 @@ use std::process::ExitCode;
 #[command(name = "opsfleet", version, about)]
 pub struct Args {
     /// Log format on stderr.
-    #[arg(
-        long,
-        global = true,
-        value_enum,
-        default_value = "text",
-        env = "OPSFLEET_LOG_FORMAT"
-    )]
+    #[arg(long, global = true, value_enum, default_value = "text", env = "OPSFLEET_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
@@ -73,6 +67,30 @@ pub enum Command {
         #[arg(long)]
         metrics_addr: Option<String>,
     },
+    /// Run jobs from the job partitions and the checks queue.
+    Worker {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Serve Prometheus metrics on this address (overrides `[metrics] address`).
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// Plan mode: actions that change AWS only record what they would do.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Router and worker in one process.
+    Run {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Serve Prometheus metrics on this address (overrides `[metrics] address`).
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// Plan mode: actions that change AWS only record what they would do.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Run the sample events through the whole path on the embedded backend.
     Demo {
         /// The fleet config (default: the bundled `examples/fleet.toml`).
@@ -89,7 +107,7 @@ impl Command {
     /// commands only warnings (their output is the result).
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Router { .. } => "info",
+            Command::Router { .. } | Command::Worker { .. } | Command::Run { .. } => "info",
             Command::Demo { .. } => "error",
             _ => "warn",
         }
@@ -102,10 +120,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Plan { config, events } => plan::run(&config, &events),
         Command::Validate { config } => validate::run(&config),
         Command::Setup { config } => setup::run(&config).await,
-        Command::Router {
-            config,
-            metrics_addr,
-        } => serve::router(&config, metrics_addr).await,
+        Command::Router { config, metrics_addr } => serve::router(&config, metrics_addr).await,
+        Command::Worker { config, metrics_addr, dry_run } => serve::worker(&config, metrics_addr, dry_run).await,
+        Command::Run { config, metrics_addr, dry_run } => serve::both(&config, metrics_addr, dry_run).await,
         Command::Demo { config, events } => demo::run(config, events).await,
     }
 }
@@ -114,9 +131,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 pub fn init_tracing(format: &LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -126,15 +141,10 @@ pub fn init_tracing(format: &LogFormat, default_level: &str) {
 /// Reads and validates a config against the actions this build ships. Every problem is
 /// reported on its own line as `FILE:line N: place: reason`.
 pub fn load_config(path: &Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
     let registry = ActionRegistry::builtin();
     Config::parse(&text, Some(&registry)).map_err(|e| {
-        let lines: Vec<String> = e
-            .problems
-            .iter()
-            .map(|p| format!("{}:{p}", path.display()))
-            .collect();
+        let lines: Vec<String> = e.problems.iter().map(|p| format!("{}:{p}", path.display())).collect();
         anyhow::anyhow!("invalid config:\n{}", lines.join("\n"))
     })
 }
@@ -144,9 +154,8 @@ pub fn serve_metrics(address: Option<&str>) -> anyhow::Result<()> {
     let Some(address) = address else {
         return Ok(());
     };
-    let addr: std::net::SocketAddr = address
-        .parse()
-        .with_context(|| format!("metrics address `{address}` is not host:port"))?;
+    let addr: std::net::SocketAddr =
+        address.parse().with_context(|| format!("metrics address `{address}` is not host:port"))?;
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(addr)
         .install()
@@ -163,16 +172,15 @@ pub fn shutdown_on_signal() -> tokio_util::sync::CancellationToken {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut term =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(term) => term,
-                    Err(e) => {
-                        tracing::error!(error = %e, "Cannot listen for SIGTERM.");
-                        let _ = ctrl_c.await;
-                        cancel.cancel();
-                        return;
-                    }
-                };
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::error!(error = %e, "Cannot listen for SIGTERM.");
+                    let _ = ctrl_c.await;
+                    cancel.cancel();
+                    return;
+                }
+            };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = term.recv() => {}

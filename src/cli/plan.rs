@@ -38,20 +38,11 @@ pub fn run(config: &Path, files: &[PathBuf]) -> anyhow::Result<ExitCode> {
         }
     }
     out.flush()?;
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// Prints the jobs of one body, or its reason on stderr; false when the body was refused.
-fn plan_one(
-    planner: &Planner,
-    name: &str,
-    body: &str,
-    out: &mut dyn Write,
-) -> anyhow::Result<bool> {
+fn plan_one(planner: &Planner, name: &str, body: &str, out: &mut dyn Write) -> anyhow::Result<bool> {
     match plan_body(planner, body) {
         Ok((jobs, notes)) => {
             for job in jobs {

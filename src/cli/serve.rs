@@ -1,26 +1,106 @@
-//! The long-running commands: `router` (and, with the worker, `worker` and `run`).
+//! The long-running commands: `router`, `worker` and `run` (both in one process).
 
 use opsfleet_backend::AwsBackend;
-use opsfleet_protocol::Planner;
+use opsfleet_protocol::ports::Backend;
+use opsfleet_protocol::{Config, Planner};
 use opsfleet_router::{NoDiscovery, Router};
+use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Worker};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 /// Routes events until SIGTERM/SIGINT.
 pub async fn router(path: &Path, metrics_addr: Option<String>) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
-    super::serve_metrics(
-        metrics_addr
-            .as_deref()
-            .or(config.metrics.address.as_deref()),
-    )?;
+    super::serve_metrics(metrics_addr.as_deref().or(config.metrics.address.as_deref()))?;
     let backend = AwsBackend::from_env().await;
-    let planner = Arc::new(Planner::new(config));
-    let router = Arc::new(Router::open(&backend, planner, Arc::new(NoDiscovery)).await?);
     let shutdown = super::shutdown_on_signal();
+    let router = Arc::new(Router::open(&backend, Arc::new(Planner::new(config)), Arc::new(NoDiscovery)).await?);
     tracing::info!("Router started.");
     router.run(shutdown).await;
     tracing::info!("Router stopped.");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs jobs until SIGTERM/SIGINT, then shuts down gracefully.
+pub async fn worker(path: &Path, metrics_addr: Option<String>, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(path)?;
+    super::serve_metrics(metrics_addr.as_deref().or(config.metrics.address.as_deref()))?;
+    let backend = AwsBackend::from_env().await;
+    let shutdown = super::shutdown_on_signal();
+    let summary = start_worker(&backend, Arc::new(config), dry_run, shutdown).await?.await?;
+    log_summary(&summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Router and worker in one process.
+pub async fn both(path: &Path, metrics_addr: Option<String>, dry_run: bool) -> anyhow::Result<ExitCode> {
+    let config = super::load_config(path)?;
+    super::serve_metrics(metrics_addr.as_deref().or(config.metrics.address.as_deref()))?;
+    let backend = AwsBackend::from_env().await;
+    let shutdown = super::shutdown_on_signal();
+    let config = Arc::new(config);
+    let router =
+        Arc::new(Router::open(&backend, Arc::new(Planner::new(config.as_ref().clone())), Arc::new(NoDiscovery)).await?);
+    let worker = start_worker(&backend, Arc::clone(&config), dry_run, shutdown.clone()).await?;
+    tracing::info!("Router and worker started.");
+    router.run(shutdown).await;
+    let summary = worker.await?;
+    log_summary(&summary);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Opens a worker and starts consuming; the handle resolves once it has shut down.
+pub async fn start_worker(
+    backend: &dyn Backend,
+    config: Arc<Config>,
+    dry_run: bool,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<ConsumeSummary>> {
+    start_worker_with(backend, config, dry_run, shutdown, None).await
+}
+
+/// As [`start_worker`], with a long-poll wait other than SQS's 20 s.
+pub async fn start_worker_with(
+    backend: &dyn Backend,
+    config: Arc<Config>,
+    dry_run: bool,
+    shutdown: CancellationToken,
+    long_poll: Option<std::time::Duration>,
+) -> anyhow::Result<tokio::task::JoinHandle<ConsumeSummary>> {
+    let hard_stop = CancellationToken::new();
+    let id = worker_id();
+    let worker = Arc::new(
+        Worker::open(backend, Arc::clone(&config), ActionRegistry::builtin(), id.clone(), dry_run, hard_stop.clone())
+            .await?,
+    );
+    let mut consumer = Consumer::open(backend, worker, &config).await?;
+    if let Some(wait) = long_poll {
+        consumer = consumer.with_long_poll(wait);
+    }
+    tracing::info!(worker = %id, dry_run, "Worker started.");
+    Ok(tokio::spawn(consumer.run(shutdown, hard_stop)))
+}
+
+/// A worker id unique across hosts and restarts: host, process id and a random suffix.
+fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "worker".to_owned());
+    let suffix: u32 =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{host}-{}-{suffix:08x}", std::process::id())
+}
+
+fn log_summary(summary: &ConsumeSummary) {
+    tracing::info!(
+        handled = summary.handled,
+        returned = summary.returned,
+        interrupted = summary.interrupted,
+        "Worker stopped."
+    );
 }

@@ -14,18 +14,15 @@ pub fn root() -> PathBuf {
 
 fn require_emulator() {
     assert!(
-        std::env::var_os("AWS_ENDPOINT_URL").is_some()
-            && std::env::var_os("OPSFLEET_TEST_PYTHON").is_some(),
+        std::env::var_os("AWS_ENDPOINT_URL").is_some() && std::env::var_os("OPSFLEET_TEST_PYTHON").is_some(),
         "the end-to-end tests need the emulator and its Python client: run them with tests/run.sh"
     );
 }
 
 /// A fleet name no other test uses.
 pub fn unique_fleet(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     format!("{prefix}-{}-{nanos}", std::process::id())
 }
 
@@ -42,10 +39,7 @@ pub fn write_config(fleet: &str, template: &str) -> PathBuf {
 pub fn opsfleet(args: &[&str]) -> Command {
     require_emulator();
     let mut command = Command::new(env!("CARGO_BIN_EXE_opsfleet"));
-    command
-        .args(args)
-        .current_dir(root())
-        .env("RUST_LOG", "warn,opsfleet=info");
+    command.args(args).current_dir(root()).env("RUST_LOG", "warn,opsfleet=info");
     command
 }
 
@@ -61,35 +55,20 @@ pub fn python_client(args: &[&str]) -> Command {
     require_emulator();
     let python = std::env::var("OPSFLEET_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
     let mut command = Command::new(python);
-    command
-        .arg(root().join("tests").join("sqs_client.py"))
-        .args(args)
-        .current_dir(root());
+    command.arg(root().join("tests").join("sqs_client.py")).args(args).current_dir(root());
     command
 }
 
 /// Drains a queue with boto3 until it stays empty for `quiet` seconds.
 pub fn drain(queue: &str, quiet: f64) -> Vec<Value> {
-    let out = python_client(&["drain", queue, &quiet.to_string()])
-        .output()
-        .expect("run drain");
-    assert!(
-        out.status.success(),
-        "drain {queue}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("drain line"))
-        .collect()
+    let out = python_client(&["drain", queue, &quiet.to_string()]).output().expect("run drain");
+    assert!(out.status.success(), "drain {queue}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("drain line")).collect()
 }
 
 /// Sends SIGTERM to a child process.
 pub fn terminate(child: &mut Child) {
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(child.id().to_string())
-        .status();
+    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
 }
 
 /// A child process killed when the guard drops, so a failed test leaves nothing running.

@@ -36,8 +36,7 @@ pub struct CheckMessage {
 impl CheckMessage {
     /// Reads a check from a message body.
     pub fn from_json(text: &str) -> Result<Self, String> {
-        let check: CheckMessage =
-            serde_json::from_str(text).map_err(|e| format!("not a check: {e}"))?;
+        let check: CheckMessage = serde_json::from_str(text).map_err(|e| format!("not a check: {e}"))?;
         if check.v != CHECK_VERSION {
             return Err(format!("check version {} is not {CHECK_VERSION}", check.v));
         }

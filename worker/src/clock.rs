@@ -14,22 +14,13 @@ pub struct Clock {
 impl Clock {
     /// A clock starting at the current wall-clock time.
     pub fn new() -> Self {
-        let base_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        Clock {
-            base_ms,
-            base: Instant::now(),
-        }
+        let base_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        Clock { base_ms, base: Instant::now() }
     }
 
     /// A clock starting at a given Unix millisecond (tests).
     pub fn starting_at(base_ms: u64) -> Self {
-        Clock {
-            base_ms,
-            base: Instant::now(),
-        }
+        Clock { base_ms, base: Instant::now() }
     }
 
     /// Now, in Unix milliseconds.

@@ -57,15 +57,9 @@ impl Consumer {
         let fleet = &config.fleet.name;
         let mut queues = Vec::new();
         for p in 0..config.fleet.partitions.get() {
-            queues.push((
-                Source::Partition(p),
-                backend.queue(&names::jobs_queue(fleet, p)).await?,
-            ));
+            queues.push((Source::Partition(p), backend.queue(&names::jobs_queue(fleet, p)).await?));
         }
-        queues.push((
-            Source::Checks,
-            backend.queue(&names::checks_queue(fleet)).await?,
-        ));
+        queues.push((Source::Checks, backend.queue(&names::checks_queue(fleet)).await?));
         Ok(Consumer {
             worker,
             queues,
@@ -85,11 +79,7 @@ impl Consumer {
     /// Runs until `shutdown` is cancelled, then stops receiving, hands back messages it has
     /// not started, lets running jobs finish within the grace, cancels `hard_stop` (running
     /// actions stop and release what they hold) and returns.
-    pub async fn run(
-        self,
-        shutdown: CancellationToken,
-        hard_stop: CancellationToken,
-    ) -> ConsumeSummary {
+    pub async fn run(self, shutdown: CancellationToken, hard_stop: CancellationToken) -> ConsumeSummary {
         let permits = Arc::new(Semaphore::new(self.max_in_flight));
         let in_flight = Arc::new(AtomicUsize::new(0));
         let handled = Arc::new(AtomicUsize::new(0));
@@ -114,10 +104,8 @@ impl Consumer {
             ));
         }
         drop(spawn_tx);
-        let depths = tokio::spawn(export_depths(
-            self.queues.iter().map(|(_, q)| Arc::clone(q)).collect(),
-            shutdown.clone(),
-        ));
+        let depths =
+            tokio::spawn(export_depths(self.queues.iter().map(|(_, q)| Arc::clone(q)).collect(), shutdown.clone()));
 
         // Start every received message as its own task until the pollers stop.
         while let Some(work) = spawn_rx.recv().await {
@@ -136,18 +124,13 @@ impl Consumer {
         while pollers.join_next().await.is_some() {}
 
         // Shutdown: running jobs get the grace, then are told to stop and release.
-        let finished = tokio::time::timeout(self.grace, async {
-            while jobs.join_next().await.is_some() {}
-        })
-        .await;
+        let finished = tokio::time::timeout(self.grace, async { while jobs.join_next().await.is_some() {} }).await;
         let mut interrupted = 0;
         if finished.is_err() {
             interrupted = jobs.len();
             hard_stop.cancel();
-            let _ = tokio::time::timeout(Duration::from_secs(3), async {
-                while jobs.join_next().await.is_some() {}
-            })
-            .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(3), async { while jobs.join_next().await.is_some() {} }).await;
             jobs.abort_all();
         }
         while deleters.join_next().await.is_some() {}
@@ -181,16 +164,8 @@ impl Work {
         let heartbeat = async {
             loop {
                 tokio::time::sleep(visibility / 3).await;
-                if let Err(e) = self
-                    .queue
-                    .change_visibility(&self.message.receipt, visibility)
-                    .await
-                {
-                    WorkerCallFailed {
-                        what: "visibility",
-                        error: &e.to_string(),
-                    }
-                    .emit();
+                if let Err(e) = self.queue.change_visibility(&self.message.receipt, visibility).await {
+                    WorkerCallFailed { what: "visibility", error: &e.to_string() }.emit();
                 }
             }
         };
@@ -203,16 +178,8 @@ impl Work {
                 let _ = self.deletes.send(self.message.receipt.clone());
             }
             Disposition::Retry(after) => {
-                if let Err(e) = self
-                    .queue
-                    .change_visibility(&self.message.receipt, after)
-                    .await
-                {
-                    WorkerCallFailed {
-                        what: "visibility",
-                        error: &e.to_string(),
-                    }
-                    .emit();
+                if let Err(e) = self.queue.change_visibility(&self.message.receipt, after).await {
+                    WorkerCallFailed { what: "visibility", error: &e.to_string() }.emit();
                 }
             }
         }
@@ -254,11 +221,7 @@ async fn poll(
                 messages
             }
             Err(e) => {
-                WorkerCallFailed {
-                    what: "receive",
-                    error: &e.to_string(),
-                }
-                .emit();
+                WorkerCallFailed { what: "receive", error: &e.to_string() }.emit();
                 failures = (failures + 1).min(6);
                 drop(held);
                 tokio::select! {
@@ -270,20 +233,12 @@ async fn poll(
         for message in messages {
             if shutdown.is_cancelled() {
                 // Not started: hand it back at once.
-                let _ = queue
-                    .change_visibility(&message.receipt, Duration::ZERO)
-                    .await;
+                let _ = queue.change_visibility(&message.receipt, Duration::ZERO).await;
                 returned.fetch_add(1, Ordering::SeqCst);
                 continue;
             }
             let Some(permit) = held.pop() else { break };
-            let work = Work {
-                source,
-                queue: Arc::clone(&queue),
-                message,
-                deletes: deletes.clone(),
-                _permit: permit,
-            };
+            let work = Work { source, queue: Arc::clone(&queue), message, deletes: deletes.clone(), _permit: permit };
             if spawn.send(work).is_err() {
                 return;
             }
@@ -306,18 +261,10 @@ async fn delete_batches(queue: Arc<dyn Queue>, mut receipts: mpsc::UnboundedRece
         match queue.delete_batch(&batch).await {
             Ok(failures) => {
                 for f in failures {
-                    WorkerCallFailed {
-                        what: "delete",
-                        error: &f.message,
-                    }
-                    .emit();
+                    WorkerCallFailed { what: "delete", error: &f.message }.emit();
                 }
             }
-            Err(e) => WorkerCallFailed {
-                what: "delete",
-                error: &e.to_string(),
-            }
-            .emit(),
+            Err(e) => WorkerCallFailed { what: "delete", error: &e.to_string() }.emit(),
         }
     }
 }

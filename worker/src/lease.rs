@@ -58,18 +58,10 @@ impl Leases {
 
     /// Takes the lease on `key` for `owner` when it is free, lapsed, or already the owner's;
     /// the fence increments on every acquisition.
-    pub async fn acquire(
-        &self,
-        key: &str,
-        owner: &str,
-        lease: Duration,
-    ) -> Result<Acquire, StoreError> {
+    pub async fn acquire(&self, key: &str, owner: &str, lease: Duration) -> Result<Acquire, StoreError> {
         let now = self.clock.now_ms() as i64;
         let until = now + lease.as_millis() as i64;
-        let update = Update::default()
-            .set("owner", owner)
-            .set("lease_until", until)
-            .add("fence", 1);
+        let update = Update::default().set("owner", owner).set("lease_until", until).add("fence", 1);
         let cond = Cond::Or(vec![
             Cond::NotExists,
             Cond::Lacks("owner".into()),
@@ -85,15 +77,8 @@ impl Leases {
             Err(StoreError::ConditionFailed { .. }) => {
                 let current = self.store.get(&item_key(key)).await?;
                 Ok(Acquire::Held {
-                    by: current
-                        .as_ref()
-                        .and_then(|i| i.str("owner"))
-                        .unwrap_or_default()
-                        .to_owned(),
-                    until: current
-                        .and_then(|i| i.int("lease_until"))
-                        .unwrap_or(0)
-                        .max(0) as u64,
+                    by: current.as_ref().and_then(|i| i.str("owner")).unwrap_or_default().to_owned(),
+                    until: current.and_then(|i| i.int("lease_until")).unwrap_or(0).max(0) as u64,
                 })
             }
             Err(e) => Err(e),
@@ -104,19 +89,8 @@ impl Leases {
     /// taken over).
     pub async fn heartbeat(&self, held: &Lease, lease: Duration) -> Result<bool, StoreError> {
         let until = self.clock.now_ms() as i64 + lease.as_millis() as i64;
-        let cond = Cond::And(vec![
-            Cond::eq("owner", held.owner.as_str()),
-            Cond::eq("fence", held.fence),
-        ]);
-        match self
-            .store
-            .update(
-                &item_key(&held.key),
-                Update::default().set("lease_until", until),
-                cond,
-            )
-            .await
-        {
+        let cond = Cond::And(vec![Cond::eq("owner", held.owner.as_str()), Cond::eq("fence", held.fence)]);
+        match self.store.update(&item_key(&held.key), Update::default().set("lease_until", until), cond).await {
             Ok(_) => Ok(true),
             Err(StoreError::ConditionFailed { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -125,10 +99,7 @@ impl Leases {
 
     /// Releases a held lease; false when it was no longer ours. The fence stays.
     pub async fn release(&self, held: &Lease) -> Result<bool, StoreError> {
-        let cond = Cond::And(vec![
-            Cond::eq("owner", held.owner.as_str()),
-            Cond::eq("fence", held.fence),
-        ]);
+        let cond = Cond::And(vec![Cond::eq("owner", held.owner.as_str()), Cond::eq("fence", held.fence)]);
         let update = Update::default().remove("owner").set("lease_until", 0i64);
         match self.store.update(&item_key(&held.key), update, cond).await {
             Ok(_) => Ok(true),
@@ -150,10 +121,7 @@ impl Leases {
         let mut order: Vec<u32> = (0..max).collect();
         order.shuffle(&mut rand::thread_rng());
         for i in order {
-            if let Acquire::Acquired(held) = self
-                .acquire(&slot_key(limit, pool, i), owner, lease)
-                .await?
-            {
+            if let Acquire::Acquired(held) = self.acquire(&slot_key(limit, pool, i), owner, lease).await? {
                 return Ok(Some(held));
             }
         }
@@ -162,12 +130,7 @@ impl Leases {
 
     /// The current fence of a key (0 when never taken).
     pub async fn fence(&self, key: &str) -> Result<i64, StoreError> {
-        Ok(self
-            .store
-            .get(&item_key(key))
-            .await?
-            .and_then(|i| i.int("fence"))
-            .unwrap_or(0))
+        Ok(self.store.get(&item_key(key)).await?.and_then(|i| i.int("fence")).unwrap_or(0))
     }
 }
 

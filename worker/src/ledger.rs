@@ -134,21 +134,14 @@ fn run_key(run: &str) -> Key {
 fn fenced(fence: i64) -> Cond {
     Cond::And(vec![
         Cond::eq("fence", fence),
-        Cond::Or(vec![
-            Cond::eq("status", Status::InProgress.as_str()),
-            Cond::eq("status", Status::Pending.as_str()),
-        ]),
+        Cond::Or(vec![Cond::eq("status", Status::InProgress.as_str()), Cond::eq("status", Status::Pending.as_str())]),
     ])
 }
 
 impl Ledger {
     /// A ledger in a store; items expire `retention` after their last write.
     pub fn new(store: Arc<dyn Store>, clock: Clock, retention: Duration) -> Self {
-        Ledger {
-            store,
-            clock,
-            retention,
-        }
+        Ledger { store, clock, retention }
     }
 
     fn expires_at(&self) -> i64 {
@@ -181,14 +174,8 @@ impl Ledger {
             .set("expires_at", self.expires_at())
             .add("attempts", 1);
         let cond = Cond::And(vec![
-            Cond::Or(vec![
-                Cond::Lacks("status".into()),
-                Cond::eq("status", Status::InProgress.as_str()),
-            ]),
-            Cond::Or(vec![
-                Cond::Lacks("fence".into()),
-                Cond::Le("fence".into(), fence.into()),
-            ]),
+            Cond::Or(vec![Cond::Lacks("status".into()), Cond::eq("status", Status::InProgress.as_str())]),
+            Cond::Or(vec![Cond::Lacks("fence".into()), Cond::Le("fence".into(), fence.into())]),
         ]);
         match self.store.update(&job_key(&job.id), update, cond).await {
             Ok(item) => Ok(Begin::Started(item.int("attempts").unwrap_or(1) as u32)),
@@ -202,13 +189,7 @@ impl Ledger {
 
     /// Marks the job pending completion checks, keeping the check state; false when the fence
     /// is no longer current.
-    pub async fn pending(
-        &self,
-        job: &Job,
-        fence: i64,
-        state: &Value,
-        checks: u32,
-    ) -> Result<bool, StoreError> {
+    pub async fn pending(&self, job: &Job, fence: i64, state: &Value, checks: u32) -> Result<bool, StoreError> {
         let update = Update::default()
             .set("status", Status::Pending.as_str())
             .set("state", state.to_string())
@@ -219,22 +200,13 @@ impl Ledger {
 
     /// Counts a real failure; returns the failures so far, or `None` when the fence is no
     /// longer current.
-    pub async fn failure(
-        &self,
-        job: &Job,
-        fence: i64,
-        error: &str,
-    ) -> Result<Option<u32>, StoreError> {
+    pub async fn failure(&self, job: &Job, fence: i64, error: &str) -> Result<Option<u32>, StoreError> {
         let update = Update::default()
             .set("status", Status::InProgress.as_str())
             .set("error", error)
             .set("expires_at", self.expires_at())
             .add("failures", 1);
-        match self
-            .store
-            .update(&job_key(&job.id), update, fenced(fence))
-            .await
-        {
+        match self.store.update(&job_key(&job.id), update, fenced(fence)).await {
             Ok(item) => Ok(Some(item.int("failures").unwrap_or(1) as u32)),
             Err(StoreError::ConditionFailed { .. }) => Ok(None),
             Err(e) => Err(e),
@@ -243,18 +215,8 @@ impl Ledger {
 
     /// Finishes the job with a final status and its summary or error; false when the fence
     /// is no longer current.
-    pub async fn finish(
-        &self,
-        job: &Job,
-        fence: i64,
-        status: Status,
-        text: &str,
-    ) -> Result<bool, StoreError> {
-        let field = if status == Status::Succeeded {
-            "summary"
-        } else {
-            "error"
-        };
+    pub async fn finish(&self, job: &Job, fence: i64, status: Status, text: &str) -> Result<bool, StoreError> {
+        let field = if status == Status::Succeeded { "summary" } else { "error" };
         let update = Update::default()
             .set("status", status.as_str())
             .set(field, text)
@@ -266,20 +228,11 @@ impl Ledger {
 
     /// Records how many checks ran.
     pub async fn checked(&self, job: &Job, fence: i64, checks: u32) -> Result<bool, StoreError> {
-        self.fenced(
-            job,
-            fence,
-            Update::default().set("checks", i64::from(checks)),
-        )
-        .await
+        self.fenced(job, fence, Update::default().set("checks", i64::from(checks))).await
     }
 
     async fn fenced(&self, job: &Job, fence: i64, update: Update) -> Result<bool, StoreError> {
-        match self
-            .store
-            .update(&job_key(&job.id), update, fenced(fence))
-            .await
-        {
+        match self.store.update(&job_key(&job.id), update, fenced(fence)).await {
             Ok(_) => Ok(true),
             Err(StoreError::ConditionFailed { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -287,12 +240,7 @@ impl Ledger {
     }
 
     /// Records one attempt under the job.
-    pub async fn attempt(
-        &self,
-        job_id: &str,
-        number: u32,
-        attempt: &Attempt,
-    ) -> Result<(), StoreError> {
+    pub async fn attempt(&self, job_id: &str, number: u32, attempt: &Attempt) -> Result<(), StoreError> {
         let mut attrs = Attrs::new();
         attrs.insert("owner".into(), attempt.owner.as_str().into());
         attrs.insert("fence".into(), attempt.fence.into());
@@ -303,10 +251,7 @@ impl Ledger {
         if let Some(error) = &attempt.error {
             attrs.insert("error".into(), error.as_str().into());
         }
-        let key = Key::new(
-            format!("job#{job_id}"),
-            format!("attempt#{number:04}#{}", attempt.fence),
-        );
+        let key = Key::new(format!("job#{job_id}"), format!("attempt#{number:04}#{}", attempt.fence));
         self.store.put(Item { key, attrs }, Cond::Always).await
     }
 
@@ -340,48 +285,26 @@ impl Ledger {
             .set("event_id", job.event_id.as_str())
             .set("expires_at", self.expires_at())
             .add(field, 1);
-        let item = self
-            .store
-            .update(&run_key(&job.run_id()), update, Cond::Always)
-            .await?;
+        let item = self.store.update(&run_key(&job.run_id()), update, Cond::Always).await?;
         Ok(run_record(&item))
     }
 
     /// The counts of a run.
     pub async fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
-        Ok(self
-            .store
-            .get(&run_key(run))
-            .await?
-            .map(|i| run_record(&i))
-            .unwrap_or_default())
+        Ok(self.store.get(&run_key(run)).await?.map(|i| run_record(&i)).unwrap_or_default())
     }
 
     /// Cancels a run (once) with a reason.
     pub async fn cancel_run(&self, run: &str, reason: &str) -> Result<(), StoreError> {
         let update = Update::default().set("cancelled_because", reason);
-        match self
-            .store
-            .update(
-                &run_key(run),
-                update,
-                Cond::Lacks("cancelled_because".into()),
-            )
-            .await
-        {
+        match self.store.update(&run_key(run), update, Cond::Lacks("cancelled_because".into())).await {
             Ok(_) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
             Err(e) => Err(e),
         }
     }
 
     /// Cancels a job of a cancelled run, as the holder of its lock.
-    pub async fn cancel(
-        &self,
-        job: &Job,
-        owner: &str,
-        fence: i64,
-        reason: &str,
-    ) -> Result<bool, StoreError> {
+    pub async fn cancel(&self, job: &Job, owner: &str, fence: i64, reason: &str) -> Result<bool, StoreError> {
         match self.begin(job, owner, fence).await? {
             Begin::Started(_) => self.finish(job, fence, Status::Cancelled, reason).await,
             _ => Ok(false),

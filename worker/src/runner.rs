@@ -8,14 +8,12 @@ use crate::clock::Clock;
 use crate::lease::{lock_key, Acquire, Lease, Leases};
 use crate::ledger::{Attempt, Begin, Ledger, Status};
 use crate::telemetry::{
-    CheckRan, JobAlreadyFinished, JobFinished, JobStarted, LeaseLost, LockAcquisition,
-    MessageDeadLettered, RunCancelled, SlotAcquired, SlotUnavailable, WorkerCallFailed,
+    CheckRan, JobAlreadyFinished, JobFinished, JobStarted, LeaseLost, LockAcquisition, MessageDeadLettered,
+    RunCancelled, SlotAcquired, SlotUnavailable, WorkerCallFailed,
 };
 use opsfleet_protocol::config::Task;
 use opsfleet_protocol::names;
-use opsfleet_protocol::ports::{
-    Backend, OutgoingMessage, Queue, QueueError, ReceivedMessage, StoreError, MAX_DELAY,
-};
+use opsfleet_protocol::ports::{Backend, OutgoingMessage, Queue, QueueError, ReceivedMessage, StoreError, MAX_DELAY};
 use opsfleet_protocol::template::TemplateInput;
 use opsfleet_protocol::{Config, Job};
 use rand::Rng;
@@ -103,8 +101,7 @@ impl Worker {
         let fleet = &config.fleet.name;
         let store = backend.store(&names::table(fleet)).await?;
         let clock = Clock::new();
-        let retention =
-            Duration::from_secs(u64::from(config.worker.ledger_retention_days) * 86_400);
+        let retention = Duration::from_secs(u64::from(config.worker.ledger_retention_days) * 86_400);
         let mut dead_letters = Vec::new();
         for p in 0..config.fleet.partitions.get() {
             dead_letters.push(backend.queue(&names::jobs_dlq(fleet, p)).await?);
@@ -139,20 +136,12 @@ impl Worker {
     pub async fn handle_job(&self, message: &ReceivedMessage, partition: u32) -> Disposition {
         let job = match Job::from_json(&message.body) {
             Ok(job) => job,
-            Err(e) => {
-                return self
-                    .dead_letter(partition, &message.body, &e.to_string())
-                    .await
-            }
+            Err(e) => return self.dead_letter(partition, &message.body, &e.to_string()).await,
         };
         match self.run_job(&job, message).await {
             Ok(d) => d,
             Err(e) => {
-                WorkerCallFailed {
-                    what: "job",
-                    error: &e.to_string(),
-                }
-                .emit();
+                WorkerCallFailed { what: "job", error: &e.to_string() }.emit();
                 Disposition::Retry(jitter(Duration::from_secs(5)))
             }
         }
@@ -170,28 +159,16 @@ impl Worker {
         match self.run_check(check).await {
             Ok(d) => d,
             Err(e) => {
-                WorkerCallFailed {
-                    what: "check",
-                    error: &e.to_string(),
-                }
-                .emit();
+                WorkerCallFailed { what: "check", error: &e.to_string() }.emit();
                 Disposition::Retry(jitter(Duration::from_secs(5)))
             }
         }
     }
 
-    async fn run_job(
-        &self,
-        job: &Job,
-        message: &ReceivedMessage,
-    ) -> Result<Disposition, CallError> {
+    async fn run_job(&self, job: &Job, message: &ReceivedMessage) -> Result<Disposition, CallError> {
         let Some(task) = self.config.task(&job.task) else {
             return Ok(self
-                .dead_letter(
-                    job.partition,
-                    &message.body,
-                    &format!("task {} is not in this worker's config", job.task),
-                )
+                .dead_letter(job.partition, &message.body, &format!("task {} is not in this worker's config", job.task))
                 .await);
         };
         let Some(action) = self.actions.get(&job.action).cloned() else {
@@ -205,64 +182,31 @@ impl Worker {
         };
         if let Some(record) = self.ledger.job(&job.id).await? {
             if record.status.is_final() {
-                JobAlreadyFinished {
-                    job_id: &job.id,
-                    status: record.status.as_str(),
-                }
-                .emit();
+                JobAlreadyFinished { job_id: &job.id, status: record.status.as_str() }.emit();
                 return Ok(Disposition::Delete);
             }
         }
         let owner = format!("{}/{}", self.id, job.id);
-        let input = TemplateInput {
-            resource: &job.resource,
-            task: &job.task,
-            params: &job.params,
-        };
-        let lock = match self
-            .leases
-            .acquire(&lock_key(&task.lock.render(input)), &owner, self.lease)
-            .await?
-        {
+        let input = TemplateInput { resource: &job.resource, task: &job.task, params: &job.params };
+        let lock = match self.leases.acquire(&lock_key(&task.lock.render(input)), &owner, self.lease).await? {
             Acquire::Acquired(lock) => {
-                LockAcquisition {
-                    job_id: &job.id,
-                    result: "acquired",
-                    holder: &owner,
-                }
-                .emit();
+                LockAcquisition { job_id: &job.id, result: "acquired", holder: &owner }.emit();
                 lock
             }
             Acquire::Held { by, .. } => {
-                LockAcquisition {
-                    job_id: &job.id,
-                    result: "held",
-                    holder: &by,
-                }
-                .emit();
-                return Ok(Disposition::Retry(contention_backoff(
-                    message.receive_count,
-                )));
+                LockAcquisition { job_id: &job.id, result: "held", holder: &by }.emit();
+                return Ok(Disposition::Retry(contention_backoff(message.receive_count)));
             }
         };
-        let mut holding = Holding {
-            lock,
-            slots: Vec::new(),
-            locked_ms: self.clock.now_ms(),
-        };
+        let mut holding = Holding { lock, slots: Vec::new(), locked_ms: self.clock.now_ms() };
 
         if task.max_errors.is_some() {
             let run = self.ledger.run(&job.run_id()).await?;
             if let Some(reason) = run.cancelled_because {
                 let reason = format!("cancelled: {reason}");
-                if self
-                    .ledger
-                    .cancel(job, &owner, holding.lock.fence, &reason)
-                    .await?
-                {
+                if self.ledger.cancel(job, &owner, holding.lock.fence, &reason).await? {
                     self.ledger.count(job, Status::Cancelled).await?;
-                    self.record_attempt(job, &holding, 0, "CANCELLED", Some(&reason))
-                        .await;
+                    self.record_attempt(job, &holding, 0, "CANCELLED", Some(&reason)).await;
                 }
                 JobFinished {
                     job_id: &job.id,
@@ -278,37 +222,21 @@ impl Worker {
         }
 
         if let Some(max) = task.max_concurrency {
-            match self
-                .leases
-                .acquire_slot("run", &job.run_id(), max, &owner, self.lease)
-                .await?
-            {
+            match self.leases.acquire_slot("run", &job.run_id(), max, &owner, self.lease).await? {
                 Some(slot) => holding.slots.push(slot),
                 None => return Ok(self.no_slot(job, &holding, "max_concurrency").await),
             }
         }
-        if let Some(limit) = task
-            .limit
-            .as_ref()
-            .and_then(|name| self.config.limits.get(name))
-        {
+        if let Some(limit) = task.limit.as_ref().and_then(|name| self.config.limits.get(name)) {
             let pool = limit.pool.render(input);
-            match self
-                .leases
-                .acquire_slot(&limit.name, &pool, limit.max, &owner, self.lease)
-                .await?
-            {
+            match self.leases.acquire_slot(&limit.name, &pool, limit.max, &owner, self.lease).await? {
                 Some(slot) => {
                     let waited = if message.receive_count > 1 {
                         Duration::from_millis(self.clock.now_ms().saturating_sub(message.sent_ms))
                     } else {
                         Duration::ZERO
                     };
-                    SlotAcquired {
-                        limit: &limit.name,
-                        waited,
-                    }
-                    .emit();
+                    SlotAcquired { limit: &limit.name, waited }.emit();
                     holding.slots.push(slot);
                 }
                 None => return Ok(self.no_slot(job, &holding, &limit.name).await),
@@ -318,19 +246,13 @@ impl Worker {
         let attempt = match self.ledger.begin(job, &owner, holding.lock.fence).await? {
             Begin::Started(n) => n,
             Begin::Finished(status) => {
-                JobAlreadyFinished {
-                    job_id: &job.id,
-                    status: status.as_str(),
-                }
-                .emit();
+                JobAlreadyFinished { job_id: &job.id, status: status.as_str() }.emit();
                 self.release(&holding).await;
                 return Ok(Disposition::Delete);
             }
             Begin::Stale => {
                 self.release(&holding).await;
-                return Ok(Disposition::Retry(contention_backoff(
-                    message.receive_count,
-                )));
+                return Ok(Disposition::Retry(contention_backoff(message.receive_count)));
             }
         };
         JobStarted {
@@ -339,29 +261,13 @@ impl Worker {
         }
         .emit();
         let started = tokio::time::Instant::now();
-        let ctx = ActionContext {
-            job,
-            dry_run: self.dry_run,
-            attempt,
-        };
+        let ctx = ActionContext { job, dry_run: self.dry_run, attempt };
         let step = if self.dry_run && action.mutates() {
-            Guarded::Step(Step::Done {
-                summary: format!("dry run: {}", action.describe(ctx)),
-            })
+            Guarded::Step(Step::Done { summary: format!("dry run: {}", action.describe(ctx)) })
         } else {
             self.guarded(action.start(ctx), &holding, &job.id).await
         };
-        self.settle(
-            job,
-            task,
-            &action,
-            holding,
-            attempt,
-            0,
-            step,
-            started.elapsed(),
-        )
-        .await
+        self.settle(job, task, &action, holding, attempt, 0, step, started.elapsed()).await
     }
 
     async fn run_check(&self, check: CheckMessage) -> Result<Disposition, CallError> {
@@ -369,38 +275,19 @@ impl Worker {
         let now = self.clock.now_ms();
         if check.due_ms > now + 1_000 {
             // Chained past SQS's 15-minute delay: wait again.
-            CheckRan {
-                job_id: &job.id,
-                result: "early",
-            }
-            .emit();
+            CheckRan { job_id: &job.id, result: "early" }.emit();
             self.send_check(check.clone(), check.due_ms - now).await?;
             return Ok(Disposition::Delete);
         }
-        let holding = Holding {
-            lock: check.lock.clone(),
-            slots: check.slots.clone(),
-            locked_ms: check.locked_ms,
-        };
+        let holding = Holding { lock: check.lock.clone(), slots: check.slots.clone(), locked_ms: check.locked_ms };
         for lease in holding.all() {
             if !self.leases.heartbeat(lease, self.lease).await? {
-                CheckRan {
-                    job_id: &job.id,
-                    result: "stale",
-                }
-                .emit();
-                LeaseLost {
-                    job_id: &job.id,
-                    key: &lease.key,
-                }
-                .emit();
+                CheckRan { job_id: &job.id, result: "stale" }.emit();
+                LeaseLost { job_id: &job.id, key: &lease.key }.emit();
                 return Ok(Disposition::Delete);
             }
         }
-        let (Some(task), Some(action)) = (
-            self.config.task(&job.task),
-            self.actions.get(&job.action).cloned(),
-        ) else {
+        let (Some(task), Some(action)) = (self.config.task(&job.task), self.actions.get(&job.action).cloned()) else {
             let body = serde_json::to_string(job).unwrap_or_default();
             self.release(&holding).await;
             return Ok(self
@@ -413,22 +300,12 @@ impl Worker {
         };
         let checks = check.checks + 1;
         if !self.ledger.checked(job, holding.lock.fence, checks).await? {
-            CheckRan {
-                job_id: &job.id,
-                result: "stale",
-            }
-            .emit();
+            CheckRan { job_id: &job.id, result: "stale" }.emit();
             return Ok(Disposition::Delete);
         }
         let started = tokio::time::Instant::now();
-        let ctx = ActionContext {
-            job,
-            dry_run: self.dry_run,
-            attempt: check.attempt,
-        };
-        let step = self
-            .guarded(action.check(ctx, &check.state), &holding, &job.id)
-            .await;
+        let ctx = ActionContext { job, dry_run: self.dry_run, attempt: check.attempt };
+        let step = self.guarded(action.check(ctx, &check.state), &holding, &job.id).await;
         let result = match &step {
             Guarded::Step(Step::Done { .. }) => "done",
             Guarded::Step(Step::Pending { .. }) => "pending",
@@ -436,32 +313,13 @@ impl Worker {
             Guarded::LeaseLost => "stale",
             Guarded::Interrupted => "interrupted",
         };
-        CheckRan {
-            job_id: &job.id,
-            result,
-        }
-        .emit();
-        self.settle(
-            job,
-            task,
-            &action,
-            holding,
-            check.attempt,
-            checks,
-            step,
-            started.elapsed(),
-        )
-        .await
+        CheckRan { job_id: &job.id, result }.emit();
+        self.settle(job, task, &action, holding, check.attempt, checks, step, started.elapsed()).await
     }
 
     /// Runs an action step while heartbeating every lease held; stops when one is lost or the
     /// shutdown grace runs out.
-    async fn guarded(
-        &self,
-        step: impl std::future::Future<Output = Step>,
-        holding: &Holding,
-        job_id: &str,
-    ) -> Guarded {
+    async fn guarded(&self, step: impl std::future::Future<Output = Step>, holding: &Holding, job_id: &str) -> Guarded {
         let beat = async {
             loop {
                 tokio::time::sleep(self.lease / 3).await;
@@ -469,18 +327,10 @@ impl Worker {
                     match self.leases.heartbeat(lease, self.lease).await {
                         Ok(true) => {}
                         Ok(false) => {
-                            LeaseLost {
-                                job_id,
-                                key: &lease.key,
-                            }
-                            .emit();
+                            LeaseLost { job_id, key: &lease.key }.emit();
                             return;
                         }
-                        Err(e) => WorkerCallFailed {
-                            what: "heartbeat",
-                            error: &e.to_string(),
-                        }
-                        .emit(),
+                        Err(e) => WorkerCallFailed { what: "heartbeat", error: &e.to_string() }.emit(),
                     }
                 }
             }
@@ -516,14 +366,9 @@ impl Worker {
         };
         match step {
             Step::Done { summary } => {
-                if self
-                    .ledger
-                    .finish(job, fence, Status::Succeeded, &summary)
-                    .await?
-                {
+                if self.ledger.finish(job, fence, Status::Succeeded, &summary).await? {
                     self.ledger.count(job, Status::Succeeded).await?;
-                    self.record_attempt(job, &holding, attempt, "SUCCEEDED", None)
-                        .await;
+                    self.record_attempt(job, &holding, attempt, "SUCCEEDED", None).await;
                     JobFinished {
                         job_id: &job.id,
                         action: action.name(),
@@ -538,16 +383,8 @@ impl Worker {
             }
             Step::Pending { check_after, state } => {
                 for lease in holding.all() {
-                    if !self
-                        .leases
-                        .heartbeat(lease, check_after + self.lease)
-                        .await?
-                    {
-                        LeaseLost {
-                            job_id: &job.id,
-                            key: &lease.key,
-                        }
-                        .emit();
+                    if !self.leases.heartbeat(lease, check_after + self.lease).await? {
+                        LeaseLost { job_id: &job.id, key: &lease.key }.emit();
                         return Ok(Disposition::Retry(Duration::ZERO));
                     }
                 }
@@ -565,8 +402,7 @@ impl Worker {
                     attempt,
                     locked_ms: holding.locked_ms,
                 };
-                self.send_check(check, check_after.as_millis() as u64)
-                    .await?;
+                self.send_check(check, check_after.as_millis() as u64).await?;
                 Ok(Disposition::Delete)
             }
             Step::Failed { retryable, error } => {
@@ -574,57 +410,29 @@ impl Worker {
                     return Ok(Disposition::Retry(Duration::ZERO));
                 };
                 if retryable && failures <= task.retries {
-                    self.record_attempt(job, &holding, attempt, "RETRY", Some(&error))
-                        .await;
-                    JobFinished {
-                        job_id: &job.id,
-                        action: action.name(),
-                        outcome: "retried",
-                        took,
-                        detail: &error,
-                    }
-                    .emit();
+                    self.record_attempt(job, &holding, attempt, "RETRY", Some(&error)).await;
+                    JobFinished { job_id: &job.id, action: action.name(), outcome: "retried", took, detail: &error }
+                        .emit();
                     self.release(&holding).await;
                     return Ok(Disposition::Retry(failure_backoff(failures)));
                 }
                 let reason = if retryable {
-                    format!(
-                        "{error} (failure {failures}, over retries = {})",
-                        task.retries
-                    )
+                    format!("{error} (failure {failures}, over retries = {})", task.retries)
                 } else {
                     error
                 };
-                if self
-                    .ledger
-                    .finish(job, fence, Status::Failed, &reason)
-                    .await?
-                {
+                if self.ledger.finish(job, fence, Status::Failed, &reason).await? {
                     let run = self.ledger.count(job, Status::Failed).await?;
-                    self.record_attempt(job, &holding, attempt, "FAILED", Some(&reason))
-                        .await;
+                    self.record_attempt(job, &holding, attempt, "FAILED", Some(&reason)).await;
                     if let Some(max) = task.max_errors {
                         if run.failed > max {
-                            let why =
-                                format!("run failed {} jobs, over max_errors = {max}", run.failed);
+                            let why = format!("run failed {} jobs, over max_errors = {max}", run.failed);
                             self.ledger.cancel_run(&job.run_id(), &why).await?;
-                            RunCancelled {
-                                run: &job.run_id(),
-                                task: &job.task,
-                                failed: run.failed,
-                            }
-                            .emit();
+                            RunCancelled { run: &job.run_id(), task: &job.task, failed: run.failed }.emit();
                         }
                     }
                 }
-                JobFinished {
-                    job_id: &job.id,
-                    action: action.name(),
-                    outcome: "failed",
-                    took,
-                    detail: &reason,
-                }
-                .emit();
+                JobFinished { job_id: &job.id, action: action.name(), outcome: "failed", took, detail: &reason }.emit();
                 self.release(&holding).await;
                 let body = serde_json::to_string(job).unwrap_or_default();
                 Ok(self.dead_letter(job.partition, &body, &reason).await)
@@ -633,15 +441,9 @@ impl Worker {
     }
 
     async fn no_slot(&self, job: &Job, holding: &Holding, limit: &str) -> Disposition {
-        SlotUnavailable {
-            job_id: &job.id,
-            limit,
-        }
-        .emit();
+        SlotUnavailable { job_id: &job.id, limit }.emit();
         self.release(holding).await;
-        Disposition::Retry(Duration::from_millis(
-            rand::thread_rng().gen_range(300..2_000),
-        ))
+        Disposition::Retry(Duration::from_millis(rand::thread_rng().gen_range(300..2_000)))
     }
 
     async fn send_check(&self, check: CheckMessage, delay_ms: u64) -> Result<(), CallError> {
@@ -651,11 +453,7 @@ impl Worker {
             message: e.to_string(),
         })?;
         let delay = Duration::from_millis(delay_ms).min(MAX_DELAY);
-        let message = OutgoingMessage {
-            body,
-            delay: Some(Duration::from_secs(delay.as_secs())),
-            ..Default::default()
-        };
+        let message = OutgoingMessage { body, delay: Some(Duration::from_secs(delay.as_secs())), ..Default::default() };
         let failures = self.checks.send_batch(&[message]).await?;
         if let Some(f) = failures.first() {
             return Err(QueueError::Unavailable {
@@ -671,23 +469,12 @@ impl Worker {
     async fn release(&self, holding: &Holding) {
         for lease in holding.all() {
             if let Err(e) = self.leases.release(lease).await {
-                WorkerCallFailed {
-                    what: "release",
-                    error: &e.to_string(),
-                }
-                .emit();
+                WorkerCallFailed { what: "release", error: &e.to_string() }.emit();
             }
         }
     }
 
-    async fn record_attempt(
-        &self,
-        job: &Job,
-        holding: &Holding,
-        number: u32,
-        outcome: &str,
-        error: Option<&str>,
-    ) {
+    async fn record_attempt(&self, job: &Job, holding: &Holding, number: u32, outcome: &str, error: Option<&str>) {
         let attempt = Attempt {
             owner: holding.lock.owner.clone(),
             fence: holding.lock.fence,
@@ -697,11 +484,7 @@ impl Worker {
             error: error.map(str::to_owned),
         };
         if let Err(e) = self.ledger.attempt(&job.id, number, &attempt).await {
-            WorkerCallFailed {
-                what: "attempt",
-                error: &e.to_string(),
-            }
-            .emit();
+            WorkerCallFailed { what: "attempt", error: &e.to_string() }.emit();
         }
     }
 
@@ -711,14 +494,8 @@ impl Worker {
     }
 
     async fn dead_letter_to(&self, queue: &dyn Queue, body: &str, reason: &str) -> Disposition {
-        let mut message = OutgoingMessage {
-            body: body.to_owned(),
-            ..Default::default()
-        };
-        message.attributes.insert(
-            names::REASON_ATTRIBUTE.to_owned(),
-            reason.chars().take(1000).collect(),
-        );
+        let mut message = OutgoingMessage { body: body.to_owned(), ..Default::default() };
+        message.attributes.insert(names::REASON_ATTRIBUTE.to_owned(), reason.chars().take(1000).collect());
         if queue.name().ends_with(".fifo") {
             let digest = opsfleet_protocol::job::job_id(body, reason, queue.name());
             message.group_id = Some("dead-letters".to_owned());
@@ -726,32 +503,16 @@ impl Worker {
         }
         match queue.send_batch(&[message]).await {
             Ok(failures) if failures.is_empty() => {
-                MessageDeadLettered {
-                    queue: queue.name(),
-                    reason,
-                }
-                .emit();
+                MessageDeadLettered { queue: queue.name(), reason }.emit();
                 Disposition::Delete
             }
             Ok(failures) => {
-                let error = failures
-                    .iter()
-                    .map(|f| f.message.clone())
-                    .collect::<Vec<_>>()
-                    .join("; ");
-                WorkerCallFailed {
-                    what: "dead-letter",
-                    error: &error,
-                }
-                .emit();
+                let error = failures.iter().map(|f| f.message.clone()).collect::<Vec<_>>().join("; ");
+                WorkerCallFailed { what: "dead-letter", error: &error }.emit();
                 Disposition::Retry(jitter(Duration::from_secs(5)))
             }
             Err(e) => {
-                WorkerCallFailed {
-                    what: "dead-letter",
-                    error: &e.to_string(),
-                }
-                .emit();
+                WorkerCallFailed { what: "dead-letter", error: &e.to_string() }.emit();
                 Disposition::Retry(jitter(Duration::from_secs(5)))
             }
         }

@@ -21,9 +21,9 @@ impl JobFinished<'_> {
         } else {
             tracing::info!(job_id = %self.job_id, action = self.action, outcome = self.outcome, took_ms = self.took.as_millis() as u64, "Job finished.");
         }
-        counter!("opsfleet_jobs_finished_total", "action" => self.action.to_owned(), "outcome" => self.outcome).increment(1);
-        histogram!("opsfleet_job_duration_seconds", "action" => self.action.to_owned())
-            .record(self.took.as_secs_f64());
+        counter!("opsfleet_jobs_finished_total", "action" => self.action.to_owned(), "outcome" => self.outcome)
+            .increment(1);
+        histogram!("opsfleet_job_duration_seconds", "action" => self.action.to_owned()).record(self.took.as_secs_f64());
     }
 }
 
@@ -75,8 +75,7 @@ pub(crate) struct SlotAcquired<'a> {
 
 impl SlotAcquired<'_> {
     pub fn emit(self) {
-        histogram!("opsfleet_slot_wait_seconds", "limit" => self.limit.to_owned())
-            .record(self.waited.as_secs_f64());
+        histogram!("opsfleet_slot_wait_seconds", "limit" => self.limit.to_owned()).record(self.waited.as_secs_f64());
     }
 }
 
@@ -166,12 +165,7 @@ pub(crate) fn jobs_in_flight(n: usize) {
 
 /// Messages in a queue by state.
 pub(crate) fn queue_messages(queue: &str, visible: u64, in_flight: u64, delayed: u64) {
-    for (state, n) in [
-        ("visible", visible),
-        ("in_flight", in_flight),
-        ("delayed", delayed),
-    ] {
-        gauge!("opsfleet_queue_messages", "queue" => queue.to_owned(), "state" => state)
-            .set(n as f64);
+    for (state, n) in [("visible", visible), ("in_flight", in_flight), ("delayed", delayed)] {
+        gauge!("opsfleet_queue_messages", "queue" => queue.to_owned(), "state" => state).set(n as f64);
     }
 }

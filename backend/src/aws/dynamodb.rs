@@ -4,8 +4,8 @@
 use super::errors::{classify, ErrorClass};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType,
-    ScalarAttributeType, TimeToLiveSpecification,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    TimeToLiveSpecification,
 };
 use aws_sdk_dynamodb::Client;
 use opsfleet_protocol::ports::{AttrValue, Attrs, Cond, Item, Key, Store, StoreError, Update};
@@ -34,19 +34,9 @@ where
             pk: key.map(|k| k.pk.clone()).unwrap_or_default(),
             sk: key.map(|k| k.sk.clone()).unwrap_or_default(),
         },
-        ErrorClass::Missing(_) => StoreError::NotFound {
-            table: table.to_owned(),
-        },
-        ErrorClass::Refused(message) => StoreError::Invalid {
-            table: table.to_owned(),
-            operation,
-            message,
-        },
-        ErrorClass::Retry(message) => StoreError::Unavailable {
-            table: table.to_owned(),
-            operation,
-            message,
-        },
+        ErrorClass::Missing(_) => StoreError::NotFound { table: table.to_owned() },
+        ErrorClass::Refused(message) => StoreError::Invalid { table: table.to_owned(), operation, message },
+        ErrorClass::Retry(message) => StoreError::Unavailable { table: table.to_owned(), operation, message },
     }
 }
 
@@ -82,10 +72,7 @@ fn to_item(map: &HashMap<String, AttributeValue>) -> Option<Item> {
         .filter(|(k, _)| k.as_str() != "pk" && k.as_str() != "sk")
         .filter_map(|(k, v)| from_av(v).map(|v| (k.clone(), v)))
         .collect();
-    Some(Item {
-        key: Key { pk, sk },
-        attrs,
-    })
+    Some(Item { key: Key { pk, sk }, attrs })
 }
 
 /// Builds expressions with `#nN` / `:vN` placeholders.
@@ -121,43 +108,24 @@ impl Expr {
             Cond::Eq(name, v) => format!("{} = {}", self.name(name), self.value(to_av(v))),
             Cond::Lt(name, v) => format!("{} < {}", self.name(name), self.value(to_av(v))),
             Cond::Le(name, v) => format!("{} <= {}", self.name(name), self.value(to_av(v))),
-            Cond::And(all) => self.join(
-                all,
-                " AND ",
-                "attribute_exists(pk) OR attribute_not_exists(pk)",
-            )?,
-            Cond::Or(any) => self.join(
-                any,
-                " OR ",
-                "attribute_exists(pk) AND attribute_not_exists(pk)",
-            )?,
+            Cond::And(all) => self.join(all, " AND ", "attribute_exists(pk) OR attribute_not_exists(pk)")?,
+            Cond::Or(any) => self.join(any, " OR ", "attribute_exists(pk) AND attribute_not_exists(pk)")?,
         })
     }
 
     fn join(&mut self, conds: &[Cond], sep: &str, empty: &str) -> Option<String> {
         let parts: Vec<String> = conds
             .iter()
-            .map(|c| {
-                self.cond(c).unwrap_or_else(|| {
-                    "(attribute_exists(pk) OR attribute_not_exists(pk))".to_owned()
-                })
-            })
+            .map(|c| self.cond(c).unwrap_or_else(|| "(attribute_exists(pk) OR attribute_not_exists(pk))".to_owned()))
             .map(|c| format!("({c})"))
             .collect();
-        Some(if parts.is_empty() {
-            format!("({empty})")
-        } else {
-            parts.join(sep)
-        })
+        Some(if parts.is_empty() { format!("({empty})") } else { parts.join(sep) })
     }
 
     fn update(&mut self, update: &Update) -> Option<String> {
         let mut clauses = Vec::new();
-        let sets: Vec<String> = update
-            .set
-            .iter()
-            .map(|(n, v)| format!("{} = {}", self.name(n), self.value(to_av(v))))
-            .collect();
+        let sets: Vec<String> =
+            update.set.iter().map(|(n, v)| format!("{} = {}", self.name(n), self.value(to_av(v)))).collect();
         if !sets.is_empty() {
             clauses.push(format!("SET {}", sets.join(", ")));
         }
@@ -168,13 +136,7 @@ impl Expr {
         let adds: Vec<String> = update
             .add
             .iter()
-            .map(|(n, by)| {
-                format!(
-                    "{} {}",
-                    self.name(n),
-                    self.value(AttributeValue::N(by.to_string()))
-                )
-            })
+            .map(|(n, by)| format!("{} {}", self.name(n), self.value(AttributeValue::N(by.to_string()))))
             .collect();
         if !adds.is_empty() {
             clauses.push(format!("ADD {}", adds.join(", ")));
@@ -194,16 +156,8 @@ impl Expr {
 impl DynamoStore {
     /// Opens a table, checking that it exists.
     pub async fn open(client: Client, table: &str) -> Result<Self, StoreError> {
-        client
-            .describe_table()
-            .table_name(table)
-            .send()
-            .await
-            .map_err(|e| error(table, "DescribeTable", &e, None))?;
-        Ok(DynamoStore {
-            client,
-            table: table.to_owned(),
-        })
+        client.describe_table().table_name(table).send().await.map_err(|e| error(table, "DescribeTable", &e, None))?;
+        Ok(DynamoStore { client, table: table.to_owned() })
     }
 }
 
@@ -259,14 +213,7 @@ impl Store for DynamoStore {
             .send()
             .await
             .map_err(|e| error(&self.table, "UpdateItem", &e, Some(key)))?;
-        Ok(out
-            .attributes
-            .as_ref()
-            .and_then(to_item)
-            .unwrap_or_else(|| Item {
-                key: key.clone(),
-                attrs: Attrs::new(),
-            }))
+        Ok(out.attributes.as_ref().and_then(to_item).unwrap_or_else(|| Item { key: key.clone(), attrs: Attrs::new() }))
     }
 
     async fn delete(&self, key: &Key, cond: Cond) -> Result<(), StoreError> {
@@ -290,10 +237,7 @@ impl Store for DynamoStore {
         let key_condition = if sk_prefix.is_empty() {
             "pk = :pk".to_owned()
         } else {
-            values.insert(
-                ":prefix".to_owned(),
-                AttributeValue::S(sk_prefix.to_owned()),
-            );
+            values.insert(":prefix".to_owned(), AttributeValue::S(sk_prefix.to_owned()));
             "pk = :pk AND begins_with(sk, :prefix)".to_owned()
         };
         let mut items = Vec::new();
@@ -323,26 +267,16 @@ impl Store for DynamoStore {
 /// Creates the table (on-demand capacity, TTL on [`TTL_ATTRIBUTE`]) unless it exists.
 pub(super) async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError> {
     let attr = |name: &str| {
-        AttributeDefinition::builder()
-            .attribute_name(name)
-            .attribute_type(ScalarAttributeType::S)
-            .build()
-            .map_err(|e| StoreError::Invalid {
-                table: table.to_owned(),
-                operation: "CreateTable",
-                message: e.to_string(),
-            })
+        AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().map_err(
+            |e| StoreError::Invalid { table: table.to_owned(), operation: "CreateTable", message: e.to_string() },
+        )
     };
     let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder()
-            .attribute_name(name)
-            .key_type(kind)
-            .build()
-            .map_err(|e| StoreError::Invalid {
-                table: table.to_owned(),
-                operation: "CreateTable",
-                message: e.to_string(),
-            })
+        KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(|e| StoreError::Invalid {
+            table: table.to_owned(),
+            operation: "CreateTable",
+            message: e.to_string(),
+        })
     };
     let created = client
         .create_table()
@@ -372,24 +306,14 @@ pub(super) async fn ensure_table(client: &Client, table: &str) -> Result<(), Sto
             .send()
             .await
             .map_err(|e| error(table, "DescribeTable", &e, None))?;
-        if out
-            .table
-            .and_then(|t| t.table_status)
-            .is_some_and(|s| s == aws_sdk_dynamodb::types::TableStatus::Active)
-        {
+        if out.table.and_then(|t| t.table_status).is_some_and(|s| s == aws_sdk_dynamodb::types::TableStatus::Active) {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
-    let ttl = TimeToLiveSpecification::builder()
-        .attribute_name(TTL_ATTRIBUTE)
-        .enabled(true)
-        .build()
-        .map_err(|e| StoreError::Invalid {
-            table: table.to_owned(),
-            operation: "UpdateTimeToLive",
-            message: e.to_string(),
-        })?;
+    let ttl = TimeToLiveSpecification::builder().attribute_name(TTL_ATTRIBUTE).enabled(true).build().map_err(|e| {
+        StoreError::Invalid { table: table.to_owned(), operation: "UpdateTimeToLive", message: e.to_string() }
+    })?;
     client
         .update_time_to_live()
         .table_name(table)

@@ -32,11 +32,7 @@ const THROTTLING: &[&str] = &[
     "TransactionInProgressException",
 ];
 
-const MISSING: &[&str] = &[
-    "AWS.SimpleQueueService.NonExistentQueue",
-    "QueueDoesNotExist",
-    "ResourceNotFoundException",
-];
+const MISSING: &[&str] = &["AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "ResourceNotFoundException"];
 
 pub(crate) fn classify<E>(err: &SdkError<E, HttpResponse>) -> ErrorClass
 where

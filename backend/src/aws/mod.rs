@@ -29,10 +29,7 @@ impl AwsBackend {
 
     /// Clients from an already loaded SDK config.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
-        AwsBackend {
-            sqs: aws_sdk_sqs::Client::new(config),
-            dynamodb: aws_sdk_dynamodb::Client::new(config),
-        }
+        AwsBackend { sqs: aws_sdk_sqs::Client::new(config), dynamodb: aws_sdk_dynamodb::Client::new(config) }
     }
 
     /// The SQS client.
@@ -48,9 +45,7 @@ impl Backend for AwsBackend {
     }
 
     async fn store(&self, table: &str) -> Result<Arc<dyn Store>, StoreError> {
-        Ok(Arc::new(
-            DynamoStore::open(self.dynamodb.clone(), table).await?,
-        ))
+        Ok(Arc::new(DynamoStore::open(self.dynamodb.clone(), table).await?))
     }
 
     async fn ensure_queue(&self, spec: &QueueSpec) -> Result<(), QueueError> {

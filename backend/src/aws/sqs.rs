@@ -3,13 +3,12 @@
 use super::errors::{classify, ErrorClass};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
-    QueueAttributeName, SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
+    SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use opsfleet_protocol::ports::{
-    DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage,
-    SendFailure,
+    DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage, SendFailure,
 };
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -30,44 +29,21 @@ where
     E: aws_sdk_sqs::error::ProvideErrorMetadata + std::error::Error + 'static,
 {
     match classify(err) {
-        ErrorClass::Missing(_) => QueueError::NotFound {
-            queue: queue.to_owned(),
-        },
-        ErrorClass::Refused(message) => QueueError::Invalid {
-            queue: queue.to_owned(),
-            operation,
-            message,
-        },
-        ErrorClass::Retry(message) => QueueError::Unavailable {
-            queue: queue.to_owned(),
-            operation,
-            message,
-        },
-        ErrorClass::ConditionFailed => QueueError::Invalid {
-            queue: queue.to_owned(),
-            operation,
-            message: "condition failed".into(),
-        },
+        ErrorClass::Missing(_) => QueueError::NotFound { queue: queue.to_owned() },
+        ErrorClass::Refused(message) => QueueError::Invalid { queue: queue.to_owned(), operation, message },
+        ErrorClass::Retry(message) => QueueError::Unavailable { queue: queue.to_owned(), operation, message },
+        ErrorClass::ConditionFailed => {
+            QueueError::Invalid { queue: queue.to_owned(), operation, message: "condition failed".into() }
+        }
     }
 }
 
 impl SqsQueue {
     /// Looks up a queue's URL by name.
     pub async fn open(client: Client, name: &str) -> Result<Self, QueueError> {
-        let out = client
-            .get_queue_url()
-            .queue_name(name)
-            .send()
-            .await
-            .map_err(|e| error(name, "GetQueueUrl", &e))?;
-        let url = out.queue_url.ok_or_else(|| QueueError::NotFound {
-            queue: name.to_owned(),
-        })?;
-        Ok(SqsQueue {
-            client,
-            name: name.to_owned(),
-            url,
-        })
+        let out = client.get_queue_url().queue_name(name).send().await.map_err(|e| error(name, "GetQueueUrl", &e))?;
+        let url = out.queue_url.ok_or_else(|| QueueError::NotFound { queue: name.to_owned() })?;
+        Ok(SqsQueue { client, name: name.to_owned(), url })
     }
 
     /// The queue's URL.
@@ -82,15 +58,9 @@ impl Queue for SqsQueue {
         &self.name
     }
 
-    async fn send_batch(
-        &self,
-        messages: &[OutgoingMessage],
-    ) -> Result<Vec<SendFailure>, QueueError> {
-        let invalid = |message: String| QueueError::Invalid {
-            queue: self.name.clone(),
-            operation: "SendMessageBatch",
-            message,
-        };
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<SendFailure>, QueueError> {
+        let invalid =
+            |message: String| QueueError::Invalid { queue: self.name.clone(), operation: "SendMessageBatch", message };
         let mut request = self.client.send_message_batch().queue_url(&self.url);
         for (index, message) in messages.iter().enumerate() {
             let mut entry = SendMessageBatchRequestEntry::builder()
@@ -111,10 +81,7 @@ impl Queue for SqsQueue {
             }
             request = request.entries(entry.build().map_err(|e| invalid(e.to_string()))?);
         }
-        let out = request
-            .send()
-            .await
-            .map_err(|e| error(&self.name, "SendMessageBatch", &e))?;
+        let out = request.send().await.map_err(|e| error(&self.name, "SendMessageBatch", &e))?;
         Ok(out
             .failed
             .into_iter()
@@ -152,8 +119,7 @@ impl Queue for SqsQueue {
             .unwrap_or_default()
             .into_iter()
             .map(|m| {
-                let system: HashMap<MessageSystemAttributeName, String> =
-                    m.attributes.unwrap_or_default();
+                let system: HashMap<MessageSystemAttributeName, String> = m.attributes.unwrap_or_default();
                 let get = |name: MessageSystemAttributeName| system.get(&name).cloned();
                 let attributes: BTreeMap<String, String> = m
                     .message_attributes
@@ -168,9 +134,7 @@ impl Queue for SqsQueue {
                     receive_count: get(MessageSystemAttributeName::ApproximateReceiveCount)
                         .and_then(|c| c.parse().ok())
                         .unwrap_or(1),
-                    sent_ms: get(MessageSystemAttributeName::SentTimestamp)
-                        .and_then(|c| c.parse().ok())
-                        .unwrap_or(0),
+                    sent_ms: get(MessageSystemAttributeName::SentTimestamp).and_then(|c| c.parse().ok()).unwrap_or(0),
                     group_id: get(MessageSystemAttributeName::MessageGroupId),
                     attributes,
                 }
@@ -192,10 +156,7 @@ impl Queue for SqsQueue {
                 })?;
             request = request.entries(entry);
         }
-        let out = request
-            .send()
-            .await
-            .map_err(|e| error(&self.name, "DeleteMessageBatch", &e))?;
+        let out = request.send().await.map_err(|e| error(&self.name, "DeleteMessageBatch", &e))?;
         Ok(out
             .failed
             .into_iter()
@@ -206,11 +167,7 @@ impl Queue for SqsQueue {
             .collect())
     }
 
-    async fn change_visibility(
-        &self,
-        receipt: &str,
-        visibility: Duration,
-    ) -> Result<(), QueueError> {
+    async fn change_visibility(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError> {
         self.client
             .change_message_visibility()
             .queue_url(&self.url)
@@ -234,8 +191,7 @@ impl Queue for SqsQueue {
             .await
             .map_err(|e| error(&self.name, "GetQueueAttributes", &e))?;
         let attrs = out.attributes.unwrap_or_default();
-        let get =
-            |name: QueueAttributeName| attrs.get(&name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let get = |name: QueueAttributeName| attrs.get(&name).and_then(|v| v.parse().ok()).unwrap_or(0);
         Ok(QueueDepth {
             visible: get(QueueAttributeName::ApproximateNumberOfMessages),
             in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
@@ -248,18 +204,9 @@ impl Queue for SqsQueue {
 /// attributes set to the spec's.
 pub(super) async fn ensure_queue(client: &Client, spec: &QueueSpec) -> Result<(), QueueError> {
     let mut attributes: HashMap<QueueAttributeName, String> = HashMap::new();
-    attributes.insert(
-        QueueAttributeName::VisibilityTimeout,
-        spec.visibility.as_secs().to_string(),
-    );
-    attributes.insert(
-        QueueAttributeName::MessageRetentionPeriod,
-        spec.retention.as_secs().to_string(),
-    );
-    attributes.insert(
-        QueueAttributeName::ReceiveMessageWaitTimeSeconds,
-        "20".into(),
-    );
+    attributes.insert(QueueAttributeName::VisibilityTimeout, spec.visibility.as_secs().to_string());
+    attributes.insert(QueueAttributeName::MessageRetentionPeriod, spec.retention.as_secs().to_string());
+    attributes.insert(QueueAttributeName::ReceiveMessageWaitTimeSeconds, "20".into());
     if let Some((dlq, max_receive)) = &spec.dead_letter {
         let dlq_queue = SqsQueue::open(client.clone(), dlq).await?;
         let arn = client
@@ -272,26 +219,18 @@ pub(super) async fn ensure_queue(client: &Client, spec: &QueueSpec) -> Result<()
             .attributes
             .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
             .ok_or_else(|| QueueError::NotFound { queue: dlq.clone() })?;
-        let policy =
-            serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": max_receive });
+        let policy = serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": max_receive });
         attributes.insert(QueueAttributeName::RedrivePolicy, policy.to_string());
     }
     let mut create_attributes = attributes.clone();
     if spec.is_fifo() {
         create_attributes.insert(QueueAttributeName::FifoQueue, "true".into());
     }
-    let created = client
-        .create_queue()
-        .queue_name(&spec.name)
-        .set_attributes(Some(create_attributes))
-        .send()
-        .await;
+    let created = client.create_queue().queue_name(&spec.name).set_attributes(Some(create_attributes)).send().await;
     match created {
         Ok(_) => Ok(()),
         Err(e) => {
-            let code = aws_sdk_sqs::error::ProvideErrorMetadata::code(&e)
-                .unwrap_or_default()
-                .to_owned();
+            let code = aws_sdk_sqs::error::ProvideErrorMetadata::code(&e).unwrap_or_default().to_owned();
             if !code.contains("QueueAlreadyExists") && !code.contains("QueueNameExists") {
                 return Err(error(&spec.name, "CreateQueue", &e));
             }

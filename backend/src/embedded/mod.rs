@@ -27,11 +27,7 @@ impl EmbeddedBackend {
 
     /// The concrete queue of a name, for tests and the demo's inspection.
     pub fn embedded_queue(&self, name: &str) -> Option<Arc<EmbeddedQueue>> {
-        self.queues
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(name)
-            .cloned()
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner).get(name).cloned()
     }
 }
 
@@ -40,9 +36,7 @@ impl Backend for EmbeddedBackend {
     async fn queue(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
         self.embedded_queue(name)
             .map(|q| q as Arc<dyn Queue>)
-            .ok_or_else(|| QueueError::NotFound {
-                queue: name.to_owned(),
-            })
+            .ok_or_else(|| QueueError::NotFound { queue: name.to_owned() })
     }
 
     async fn store(&self, table: &str) -> Result<Arc<dyn Store>, StoreError> {
@@ -52,9 +46,7 @@ impl Backend for EmbeddedBackend {
             .get(table)
             .cloned()
             .map(|s| s as Arc<dyn Store>)
-            .ok_or_else(|| StoreError::NotFound {
-                table: table.to_owned(),
-            })
+            .ok_or_else(|| StoreError::NotFound { table: table.to_owned() })
     }
 
     async fn ensure_queue(&self, spec: &QueueSpec) -> Result<(), QueueError> {
@@ -64,20 +56,12 @@ impl Backend for EmbeddedBackend {
         }
         let dead_letter = match &spec.dead_letter {
             Some((name, max)) => {
-                let dlq = queues
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| QueueError::NotFound {
-                        queue: name.clone(),
-                    })?;
+                let dlq = queues.get(name).cloned().ok_or_else(|| QueueError::NotFound { queue: name.clone() })?;
                 Some((dlq, *max))
             }
             None => None,
         };
-        queues.insert(
-            spec.name.clone(),
-            Arc::new(EmbeddedQueue::new(spec, dead_letter)),
-        );
+        queues.insert(spec.name.clone(), Arc::new(EmbeddedQueue::new(spec, dead_letter)));
         Ok(())
     }
 

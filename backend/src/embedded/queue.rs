@@ -5,8 +5,8 @@
 
 use async_trait::async_trait;
 use opsfleet_protocol::ports::{
-    DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage,
-    SendFailure, MAX_BATCH, MAX_DELAY,
+    DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage, SendFailure, MAX_BATCH,
+    MAX_DELAY,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -68,28 +68,15 @@ impl EmbeddedQueue {
 
     /// The bodies of every message in the queue, in send order, whatever their visibility.
     pub fn peek_bodies(&self) -> Vec<String> {
-        self.state()
-            .messages
-            .values()
-            .map(|m| m.body.clone())
-            .collect()
+        self.state().messages.values().map(|m| m.body.clone()).collect()
     }
 
     /// The message attributes of every message in the queue, in send order.
     pub fn peek_attributes(&self) -> Vec<BTreeMap<String, String>> {
-        self.state()
-            .messages
-            .values()
-            .map(|m| m.attributes.clone())
-            .collect()
+        self.state().messages.values().map(|m| m.attributes.clone()).collect()
     }
 
-    fn accept(
-        &self,
-        state: &mut State,
-        message: &OutgoingMessage,
-        now: Instant,
-    ) -> Result<(), (String, String)> {
+    fn accept(&self, state: &mut State, message: &OutgoingMessage, now: Instant) -> Result<(), (String, String)> {
         if self.fifo {
             let group = message.group_id.as_deref().filter(|g| !g.is_empty());
             if group.is_none() {
@@ -107,9 +94,7 @@ impl EmbeddedQueue {
             let Some(dedup) = message.dedup_id.as_deref().filter(|d| !d.is_empty()) else {
                 return Err(("InvalidParameterValue".into(), "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided explicitly".into()));
             };
-            state
-                .dedup
-                .retain(|_, at| now.duration_since(*at) < DEDUP_WINDOW);
+            state.dedup.retain(|_, at| now.duration_since(*at) < DEDUP_WINDOW);
             if state.dedup.contains_key(dedup) {
                 return Ok(());
             }
@@ -122,10 +107,7 @@ impl EmbeddedQueue {
         }
         let delay = message.delay.unwrap_or_default();
         if delay > MAX_DELAY {
-            return Err((
-                "InvalidParameterValue".into(),
-                format!("DelaySeconds {} is over 900.", delay.as_secs()),
-            ));
+            return Err(("InvalidParameterValue".into(), format!("DelaySeconds {} is over 900.", delay.as_secs())));
         }
         let seq = state.next_seq;
         state.next_seq += 1;
@@ -237,18 +219,12 @@ impl Queue for EmbeddedQueue {
         &self.name
     }
 
-    async fn send_batch(
-        &self,
-        messages: &[OutgoingMessage],
-    ) -> Result<Vec<SendFailure>, QueueError> {
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<SendFailure>, QueueError> {
         if messages.is_empty() || messages.len() > MAX_BATCH {
             return Err(QueueError::Invalid {
                 queue: self.name.clone(),
                 operation: "SendMessageBatch",
-                message: format!(
-                    "a batch holds 1 to {MAX_BATCH} messages, not {}",
-                    messages.len()
-                ),
+                message: format!("a batch holds 1 to {MAX_BATCH} messages, not {}", messages.len()),
             });
         }
         let now = Instant::now();
@@ -257,12 +233,7 @@ impl Queue for EmbeddedQueue {
             let mut state = self.state();
             for (index, message) in messages.iter().enumerate() {
                 if let Err((code, text)) = self.accept(&mut state, message, now) {
-                    failures.push(SendFailure {
-                        index,
-                        code,
-                        message: text,
-                        sender_fault: true,
-                    });
+                    failures.push(SendFailure { index, code, message: text, sender_fault: true });
                 }
             }
         }
@@ -303,9 +274,7 @@ impl Queue for EmbeddedQueue {
                 }
                 None => failures.push(DeleteFailure {
                     index,
-                    message: format!(
-                        "ReceiptHandleIsInvalid: {receipt} is not the current receipt of a message"
-                    ),
+                    message: format!("ReceiptHandleIsInvalid: {receipt} is not the current receipt of a message"),
                 }),
             }
         }
@@ -315,11 +284,7 @@ impl Queue for EmbeddedQueue {
         Ok(failures)
     }
 
-    async fn change_visibility(
-        &self,
-        receipt: &str,
-        visibility: Duration,
-    ) -> Result<(), QueueError> {
+    async fn change_visibility(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError> {
         let now = Instant::now();
         let mut state = self.state();
         let invalid = |message: String| QueueError::Invalid {
@@ -327,12 +292,9 @@ impl Queue for EmbeddedQueue {
             operation: "ChangeMessageVisibility",
             message,
         };
-        let seq = Self::find_receipt(&state, receipt)
-            .ok_or_else(|| invalid(format!("ReceiptHandleIsInvalid: {receipt}")))?;
-        let m = state
-            .messages
-            .get_mut(&seq)
-            .ok_or_else(|| invalid(format!("ReceiptHandleIsInvalid: {receipt}")))?;
+        let seq =
+            Self::find_receipt(&state, receipt).ok_or_else(|| invalid(format!("ReceiptHandleIsInvalid: {receipt}")))?;
+        let m = state.messages.get_mut(&seq).ok_or_else(|| invalid(format!("ReceiptHandleIsInvalid: {receipt}")))?;
         if m.visible_at <= now {
             return Err(invalid(format!("MessageNotInflight: {}", m.id)));
         }
@@ -360,8 +322,5 @@ impl Queue for EmbeddedQueue {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -14,10 +14,7 @@ pub struct EmbeddedStore {
 
 impl EmbeddedStore {
     pub(super) fn new(table: &str) -> Self {
-        EmbeddedStore {
-            table: table.to_owned(),
-            items: Mutex::new(BTreeMap::new()),
-        }
+        EmbeddedStore { table: table.to_owned(), items: Mutex::new(BTreeMap::new()) }
     }
 
     fn items(&self) -> MutexGuard<'_, BTreeMap<Key, Attrs>> {
@@ -31,27 +28,18 @@ impl EmbeddedStore {
 }
 
 fn failed(key: &Key) -> StoreError {
-    StoreError::ConditionFailed {
-        pk: key.pk.clone(),
-        sk: key.sk.clone(),
-    }
+    StoreError::ConditionFailed { pk: key.pk.clone(), sk: key.sk.clone() }
 }
 
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
-        Ok(self.items().get(key).map(|attrs| Item {
-            key: key.clone(),
-            attrs: attrs.clone(),
-        }))
+        Ok(self.items().get(key).map(|attrs| Item { key: key.clone(), attrs: attrs.clone() }))
     }
 
     async fn put(&self, item: Item, cond: Cond) -> Result<(), StoreError> {
         let mut items = self.items();
-        let current = items.get(&item.key).map(|attrs| Item {
-            key: item.key.clone(),
-            attrs: attrs.clone(),
-        });
+        let current = items.get(&item.key).map(|attrs| Item { key: item.key.clone(), attrs: attrs.clone() });
         if !cond.holds(current.as_ref()) {
             return Err(failed(&item.key));
         }
@@ -61,28 +49,19 @@ impl Store for EmbeddedStore {
 
     async fn update(&self, key: &Key, update: Update, cond: Cond) -> Result<Item, StoreError> {
         let mut items = self.items();
-        let current = items.get(key).map(|attrs| Item {
-            key: key.clone(),
-            attrs: attrs.clone(),
-        });
+        let current = items.get(key).map(|attrs| Item { key: key.clone(), attrs: attrs.clone() });
         if !cond.holds(current.as_ref()) {
             return Err(failed(key));
         }
         let mut attrs = current.map(|i| i.attrs).unwrap_or_default();
         update.apply(&mut attrs);
         items.insert(key.clone(), attrs.clone());
-        Ok(Item {
-            key: key.clone(),
-            attrs,
-        })
+        Ok(Item { key: key.clone(), attrs })
     }
 
     async fn delete(&self, key: &Key, cond: Cond) -> Result<(), StoreError> {
         let mut items = self.items();
-        let current = items.get(key).map(|attrs| Item {
-            key: key.clone(),
-            attrs: attrs.clone(),
-        });
+        let current = items.get(key).map(|attrs| Item { key: key.clone(), attrs: attrs.clone() });
         if !cond.holds(current.as_ref()) {
             return Err(failed(key));
         }
@@ -96,10 +75,7 @@ impl Store for EmbeddedStore {
         Ok(items
             .range(start..)
             .take_while(|(k, _)| k.pk == pk && k.sk.starts_with(sk_prefix))
-            .map(|(k, attrs)| Item {
-                key: k.clone(),
-                attrs: attrs.clone(),
-            })
+            .map(|(k, attrs)| Item { key: k.clone(), attrs: attrs.clone() })
             .collect())
     }
 }

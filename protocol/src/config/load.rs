@@ -67,17 +67,10 @@ pub struct ConfigError {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|b| **b == b'\n')
-        .count()
-        + 1
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
 }
 
-pub(super) fn parse(
-    text: &str,
-    catalog: Option<&dyn ActionCatalog>,
-) -> Result<Config, ConfigError> {
+pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
         problems: vec![Problem {
             line: e.span().map(|s| line_of(text, s.start)),
@@ -87,53 +80,30 @@ pub(super) fn parse(
     })?;
     let mut problems = Vec::new();
     let fleet = raw.fleet;
-    let mut problem = |line: Option<usize>, path: String, message: String| {
-        problems.push(Problem {
-            line,
-            path,
-            message,
-        })
-    };
+    let mut problem =
+        |line: Option<usize>, path: String, message: String| problems.push(Problem { line, path, message });
 
     if fleet.name.is_empty()
         || fleet.name.len() > 40
-        || !fleet
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        || !fleet.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     {
         problem(
             None,
             "fleet.name".into(),
-            format!(
-                "`{}` must be 1-40 letters, digits, `-` or `_` (it prefixes queue names)",
-                fleet.name
-            ),
+            format!("`{}` must be 1-40 letters, digits, `-` or `_` (it prefixes queue names)", fleet.name),
         );
     }
     if fleet.partitions.get() > 100 {
-        problem(
-            None,
-            "fleet.partitions".into(),
-            format!("{} partitions is over the 100 supported", fleet.partitions),
-        );
+        problem(None, "fleet.partitions".into(), format!("{} partitions is over the 100 supported", fleet.partitions));
     }
     for account in &fleet.allowed_accounts {
         if !is_account_id(account) {
-            problem(
-                None,
-                "fleet.allowed_accounts".into(),
-                format!("`{account}` is not a 12-digit account id"),
-            );
+            problem(None, "fleet.allowed_accounts".into(), format!("`{account}` is not a 12-digit account id"));
         }
     }
     if let Some(role) = &fleet.member_role {
         if !role.contains("{account}") {
-            problem(
-                None,
-                "fleet.member_role".into(),
-                format!("`{role}` must contain `{{account}}`"),
-            );
+            problem(None, "fleet.member_role".into(), format!("`{role}` must contain `{{account}}`"));
         }
     }
 
@@ -143,14 +113,7 @@ pub(super) fn parse(
         let settings = spanned.get_ref();
         match Template::parse(&settings.pool) {
             Ok(pool) => {
-                limits.insert(
-                    name.clone(),
-                    Limit {
-                        name: name.clone(),
-                        max: settings.max.get(),
-                        pool,
-                    },
-                );
+                limits.insert(name.clone(), Limit { name: name.clone(), max: settings.max.get(), pool });
             }
             Err(e) => problem(line, format!("limits.{name}.pool"), e),
         }
@@ -163,81 +126,49 @@ pub(super) fn parse(
         let task = spanned.get_ref();
         let place = format!("tasks[{index}] \"{}\"", task.name);
         let mut task_problem = |field: &str, message: String| {
-            let path = if field.is_empty() {
-                place.clone()
-            } else {
-                format!("{place}.{field}")
-            };
+            let path = if field.is_empty() { place.clone() } else { format!("{place}.{field}") };
             problem(Some(line), path, message);
         };
-        if task.name.is_empty()
-            || !task
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            task_problem(
-                "name",
-                "a task name must be letters, digits, `-`, `_` or `.`".into(),
-            );
+        if task.name.is_empty() || !task.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            task_problem("name", "a task name must be letters, digits, `-`, `_` or `.`".into());
         } else if !seen.insert(task.name.clone()) {
             task_problem("name", "another task has the same name".into());
         }
-        let pattern = compile_pattern(&task.pattern)
-            .map_err(|e| task_problem("pattern", e))
-            .ok();
+        let pattern = compile_pattern(&task.pattern).map_err(|e| task_problem("pattern", e)).ok();
         if !task.params.is_object() {
             task_problem("params", "params must be a table".into());
         }
         let info = match catalog {
-            Some(catalog) => catalog
-                .check(&task.action, &task.params)
-                .map_err(|e| task_problem("action", e))
-                .ok(),
+            Some(catalog) => catalog.check(&task.action, &task.params).map_err(|e| task_problem("action", e)).ok(),
             None => None,
         };
         if let (Some(info), Targets::Discover(query)) = (&info, &task.targets) {
             if !info.targets.contains(&query.kind) {
-                task_problem(
-                    "targets",
-                    format!("action `{}` does not act on {}", task.action, query.kind),
-                );
+                task_problem("targets", format!("action `{}` does not act on {}", task.action, query.kind));
             }
         }
         if let Targets::Discover(query) = &task.targets {
             for region in &query.regions {
                 if !looks_like_region(region) {
-                    task_problem(
-                        "targets.regions",
-                        format!("`{region}` is not a region name"),
-                    );
+                    task_problem("targets.regions", format!("`{region}` is not a region name"));
                 }
             }
             for account in &query.accounts {
                 if !is_account_id(account) {
-                    task_problem(
-                        "targets.accounts",
-                        format!("`{account}` is not a 12-digit account id"),
-                    );
+                    task_problem("targets.accounts", format!("`{account}` is not a 12-digit account id"));
                 }
             }
         }
-        let lock = Template::parse(task.lock.as_deref().unwrap_or("{resource}"))
-            .map_err(|e| task_problem("lock", e))
-            .ok();
-        let limit = resolve_limit(task, info.as_ref(), &mut limits)
-            .map_err(|e| task_problem("limit", e))
-            .ok()
-            .flatten();
+        let lock =
+            Template::parse(task.lock.as_deref().unwrap_or("{resource}")).map_err(|e| task_problem("lock", e)).ok();
+        let limit =
+            resolve_limit(task, info.as_ref(), &mut limits).map_err(|e| task_problem("limit", e)).ok().flatten();
         if let Some(limit) = limit.as_ref().and_then(|name| limits.get(name)) {
             for param in limit.pool.params() {
                 if task.params.get(param).is_none() {
                     task_problem(
                         "params",
-                        format!(
-                            "limit `{}` pools by `params.{param}`, which this task does not set",
-                            limit.name
-                        ),
+                        format!("limit `{}` pools by `params.{param}`, which this task does not set", limit.name),
                     );
                 }
             }
@@ -259,14 +190,7 @@ pub(super) fn parse(
         }
     }
     if problems.is_empty() {
-        Ok(Config {
-            fleet,
-            limits,
-            tasks,
-            router: raw.router,
-            worker: raw.worker,
-            metrics: raw.metrics,
-        })
+        Ok(Config { fleet, limits, tasks, router: raw.router, worker: raw.worker, metrics: raw.metrics })
     } else {
         problems.sort_by_key(|p| p.line.unwrap_or(0));
         Err(ConfigError { problems })
@@ -300,14 +224,7 @@ fn resolve_limit(
     };
     if !limits.contains_key(&default.name) {
         let pool = Template::parse(&default.pool)?;
-        limits.insert(
-            default.name.clone(),
-            Limit {
-                name: default.name.clone(),
-                max: default.max,
-                pool,
-            },
-        );
+        limits.insert(default.name.clone(), Limit { name: default.name.clone(), max: default.max, pool });
     }
     Ok(Some(default.name.clone()))
 }

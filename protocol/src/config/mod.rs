@@ -9,10 +9,7 @@ mod load;
 mod raw;
 
 pub use load::{ActionCatalog, ActionInfo, ConfigError, LimitDefault, Problem};
-pub use raw::{
-    DiscoveryQuery, FleetSettings, LimitSettings, MetricsSettings, RouterSettings, Targets,
-    WorkerSettings,
-};
+pub use raw::{DiscoveryQuery, FleetSettings, LimitSettings, MetricsSettings, RouterSettings, Targets, WorkerSettings};
 
 use crate::pattern::Pattern;
 use crate::template::Template;

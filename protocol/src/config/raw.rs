@@ -162,10 +162,7 @@ fn default_event_visibility() -> u32 {
 
 impl Default for RouterSettings {
     fn default() -> Self {
-        RouterSettings {
-            pollers: default_pollers(),
-            visibility_secs: default_event_visibility(),
-        }
+        RouterSettings { pollers: default_pollers(), visibility_secs: default_event_visibility() }
     }
 }
 

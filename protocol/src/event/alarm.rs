@@ -12,35 +12,20 @@ pub(super) fn is_alarm_message(object: &Map<String, Value>) -> bool {
 /// Reshapes a classic alarm message as the EventBridge event CloudWatch would have sent. The
 /// region comes from `AlarmArn` (the message's `Region` is a long name such as
 /// "EU (Ireland)"); the event id is the SNS message id when there is one.
-pub(super) fn to_eventbridge(
-    message: &Map<String, Value>,
-    sns_message_id: Option<&str>,
-) -> Map<String, Value> {
+pub(super) fn to_eventbridge(message: &Map<String, Value>, sns_message_id: Option<&str>) -> Map<String, Value> {
     let text = |key: &str| message.get(key).cloned().unwrap_or(Value::Null);
     let alarm_arn = message.get("AlarmArn").and_then(Value::as_str);
-    let region = alarm_arn
-        .and_then(Arn::parse)
-        .map(|arn| arn.region.to_owned())
-        .filter(|r| !r.is_empty());
+    let region = alarm_arn.and_then(Arn::parse).map(|arn| arn.region.to_owned()).filter(|r| !r.is_empty());
     let account = message
         .get("AWSAccountId")
         .and_then(Value::as_str)
         .map(str::to_owned)
-        .or_else(|| {
-            alarm_arn
-                .and_then(Arn::parse)
-                .map(|arn| arn.account.to_owned())
-        });
+        .or_else(|| alarm_arn.and_then(Arn::parse).map(|arn| arn.account.to_owned()));
     let id = sns_message_id.map(str::to_owned).unwrap_or_else(|| {
         format!(
             "{}:{}",
-            alarm_arn
-                .or(message.get("AlarmName").and_then(Value::as_str))
-                .unwrap_or_default(),
-            message
-                .get("StateChangeTime")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
+            alarm_arn.or(message.get("AlarmName").and_then(Value::as_str)).unwrap_or_default(),
+            message.get("StateChangeTime").and_then(Value::as_str).unwrap_or_default()
         )
     });
     let trigger = message.get("Trigger").and_then(Value::as_object);
@@ -78,11 +63,7 @@ pub(super) fn to_eventbridge(
 /// single-metric alarm, one per entry of `Trigger.Metrics` for a metric-math alarm.
 fn metrics_of(trigger: &Map<String, Value>) -> Vec<Value> {
     if let Some(list) = trigger.get("Metrics").and_then(Value::as_array) {
-        return list
-            .iter()
-            .filter_map(Value::as_object)
-            .map(math_metric)
-            .collect();
+        return list.iter().filter_map(Value::as_object).map(math_metric).collect();
     }
     if !trigger.contains_key("MetricName") {
         return Vec::new();
@@ -114,18 +95,10 @@ fn math_metric(entry: &Map<String, Value>) -> Value {
     if let Some(v) = field("Label") {
         out.insert("label".into(), v);
     }
-    out.insert(
-        "returnData".into(),
-        field("ReturnData").unwrap_or(Value::Bool(false)),
-    );
+    out.insert("returnData".into(), field("ReturnData").unwrap_or(Value::Bool(false)));
     if let Some(stat) = entry.get("MetricStat").and_then(Value::as_object) {
         let metric = stat.get("Metric").and_then(Value::as_object);
-        let get = |k: &str| {
-            metric
-                .and_then(|m| m.get(k))
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
+        let get = |k: &str| metric.and_then(|m| m.get(k)).cloned().unwrap_or(Value::Null);
         out.insert(
             "metricStat".into(),
             json!({
@@ -146,12 +119,7 @@ fn math_metric(entry: &Map<String, Value>) -> Value {
 /// as one object `{name: value}`.
 fn dimensions(list: Option<&Value>) -> Value {
     let mut out = Map::new();
-    for dim in list
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object)
-    {
+    for dim in list.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_object) {
         let name = dim.get("name").or(dim.get("Name")).and_then(Value::as_str);
         let value = dim.get("value").or(dim.get("Value")).cloned();
         if let (Some(name), Some(value)) = (name, value) {

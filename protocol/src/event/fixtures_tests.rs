@@ -37,12 +37,7 @@ const VALID: &[Expect] = &[
         detail_type: "EC2 Instance State-change Notification",
         account: ACCOUNT,
         region: "us-east-1",
-        resources: &[(
-            ACCOUNT,
-            "us-east-1",
-            ResourceType::Instance,
-            "i-0a1b2c3d4e5f60718",
-        )],
+        resources: &[(ACCOUNT, "us-east-1", ResourceType::Instance, "i-0a1b2c3d4e5f60718")],
     },
     Expect {
         // The snapshot ARN is `arn:aws:ec2::us-west-2:snapshot/…`: region from the ARN's
@@ -53,12 +48,7 @@ const VALID: &[Expect] = &[
         detail_type: "EBS Snapshot Notification",
         account: ACCOUNT,
         region: "us-east-1",
-        resources: &[(
-            ACCOUNT,
-            "us-west-2",
-            ResourceType::Snapshot,
-            "snap-0b1c2d3e4f5a60718",
-        )],
+        resources: &[(ACCOUNT, "us-west-2", ResourceType::Snapshot, "snap-0b1c2d3e4f5a60718")],
     },
     Expect {
         file: fixture!("ebs-volume-notification.json"),
@@ -67,12 +57,7 @@ const VALID: &[Expect] = &[
         detail_type: "EBS Volume Notification",
         account: ACCOUNT,
         region: "us-east-1",
-        resources: &[(
-            ACCOUNT,
-            "us-east-1",
-            ResourceType::Volume,
-            "vol-0123456789abcdef0",
-        )],
+        resources: &[(ACCOUNT, "us-east-1", ResourceType::Volume, "vol-0123456789abcdef0")],
     },
     Expect {
         file: fixture!("cloudwatch-alarm-state-change.json"),
@@ -81,12 +66,7 @@ const VALID: &[Expect] = &[
         detail_type: ALARM,
         account: ACCOUNT,
         region: "us-east-1",
-        resources: &[(
-            ACCOUNT,
-            "us-east-1",
-            ResourceType::Instance,
-            "i-0123456789abcdef0",
-        )],
+        resources: &[(ACCOUNT, "us-east-1", ResourceType::Instance, "i-0123456789abcdef0")],
     },
     Expect {
         file: fixture!("cloudwatch-alarm-metric-math.json"),
@@ -96,18 +76,8 @@ const VALID: &[Expect] = &[
         account: ACCOUNT,
         region: "us-east-1",
         resources: &[
-            (
-                ACCOUNT,
-                "us-east-1",
-                ResourceType::Instance,
-                "i-0fedcba9876543210",
-            ),
-            (
-                ACCOUNT,
-                "us-east-1",
-                ResourceType::Volume,
-                "vol-0a9b8c7d6e5f40312",
-            ),
+            (ACCOUNT, "us-east-1", ResourceType::Instance, "i-0fedcba9876543210"),
+            (ACCOUNT, "us-east-1", ResourceType::Volume, "vol-0a9b8c7d6e5f40312"),
         ],
     },
     Expect {
@@ -128,12 +98,7 @@ const VALID: &[Expect] = &[
         detail_type: ALARM,
         account: ACCOUNT,
         region: "us-east-1",
-        resources: &[(
-            ACCOUNT,
-            "us-east-1",
-            ResourceType::Instance,
-            "i-0abcdef1234567890",
-        )],
+        resources: &[(ACCOUNT, "us-east-1", ResourceType::Instance, "i-0abcdef1234567890")],
     },
     Expect {
         // Two metrics of one instance name it once.
@@ -143,12 +108,7 @@ const VALID: &[Expect] = &[
         detail_type: ALARM,
         account: ACCOUNT,
         region: "eu-west-1",
-        resources: &[(
-            ACCOUNT,
-            "eu-west-1",
-            ResourceType::Instance,
-            "i-0a0b0c0d0e0f01234",
-        )],
+        resources: &[(ACCOUNT, "eu-west-1", ResourceType::Instance, "i-0a0b0c0d0e0f01234")],
     },
     Expect {
         // The inner event keeps its own id.
@@ -158,12 +118,7 @@ const VALID: &[Expect] = &[
         detail_type: "EC2 Instance State-change Notification",
         account: ACCOUNT,
         region: "us-west-2",
-        resources: &[(
-            ACCOUNT,
-            "us-west-2",
-            ResourceType::Instance,
-            "i-0b1c2d3e4f5a6b7c8",
-        )],
+        resources: &[(ACCOUNT, "us-west-2", ResourceType::Instance, "i-0b1c2d3e4f5a6b7c8")],
     },
     Expect {
         file: fixture!("tag-change-on-resource.json"),
@@ -172,12 +127,7 @@ const VALID: &[Expect] = &[
         detail_type: "Tag Change on Resource",
         account: ACCOUNT,
         region: "us-east-1",
-        resources: &[(
-            ACCOUNT,
-            "us-east-1",
-            ResourceType::Volume,
-            "vol-0123456789abcdef0",
-        )],
+        resources: &[(ACCOUNT, "us-east-1", ResourceType::Volume, "vol-0123456789abcdef0")],
     },
     Expect {
         // The rule ARN is not an EC2 resource.
@@ -200,10 +150,7 @@ fn invalid() -> Vec<((&'static str, &'static str), EventError)> {
     vec![
         (
             fixture!("invalid/missing-detail-type.json"),
-            EventError::Field {
-                field: "detail-type",
-                problem: "is missing",
-            },
+            EventError::Field { field: "detail-type", problem: "is missing" },
         ),
         (
             fixture!("invalid/sns-non-json-message.json"),
@@ -212,10 +159,7 @@ fn invalid() -> Vec<((&'static str, &'static str), EventError)> {
                 reason: "not JSON".into(),
             },
         ),
-        (
-            fixture!("invalid/s3-test-event.json"),
-            EventError::Unrecognized,
-        ),
+        (fixture!("invalid/s3-test-event.json"), EventError::Unrecognized),
     ]
 }
 
@@ -242,21 +186,10 @@ fn every_fixture_normalizes_to_its_fields() {
         assert_eq!(event.id, expect.id, "{name}: id");
         assert_eq!(event.source, expect.source, "{name}: source");
         assert_eq!(event.detail_type, expect.detail_type, "{name}: detail-type");
-        assert_eq!(
-            event.account.as_deref(),
-            Some(expect.account),
-            "{name}: account"
-        );
-        assert_eq!(
-            event.region.as_deref(),
-            Some(expect.region),
-            "{name}: region"
-        );
+        assert_eq!(event.account.as_deref(), Some(expect.account), "{name}: account");
+        assert_eq!(event.region.as_deref(), Some(expect.region), "{name}: region");
         assert!(event.time.is_some(), "{name}: time");
-        assert_eq!(
-            event.document["id"], expect.id,
-            "{name}: the document carries the id"
-        );
+        assert_eq!(event.document["id"], expect.id, "{name}: the document carries the id");
     }
 }
 
@@ -274,8 +207,7 @@ fn every_fixture_round_trips_through_serde_json() {
     for expect in VALID {
         let (name, body) = expect.file;
         let original = event(body, name);
-        let value: serde_json::Value =
-            serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let value: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}"));
         for text in [
             serde_json::to_string(&value).expect("a Value serializes"),
             serde_json::to_string_pretty(&value).expect("a Value serializes"),
@@ -285,11 +217,7 @@ fn every_fixture_round_trips_through_serde_json() {
         // A normalized document is itself an event that normalizes to the same thing, so the
         // router can forward or re-read it (SNS envelopes and classic alarms included).
         let document = serde_json::to_string(&original.document).expect("a Map serializes");
-        assert_eq!(
-            event(&document, name),
-            original,
-            "{name}: normalized document"
-        );
+        assert_eq!(event(&document, name), original, "{name}: normalized document");
     }
 }
 
@@ -300,8 +228,7 @@ fn invalid_fixtures_give_their_errors() {
     for ((name, body), expected) in invalid() {
         assert_eq!(error_of(body), expected, "{name}");
         // Re-serializing does not change the verdict.
-        let value: serde_json::Value =
-            serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let value: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{name}: {e}"));
         let text = serde_json::to_string(&value).expect("a Value serializes");
         assert_eq!(error_of(&text), expected, "{name}: re-serialized");
     }
@@ -324,10 +251,7 @@ fn every_file_in_fixtures_is_tested() {
         }
     }
     on_disk.sort();
-    assert_eq!(
-        tested, on_disk,
-        "a fixture without a test, or a test without its fixture"
-    );
+    assert_eq!(tested, on_disk, "a fixture without a test, or a test without its fixture");
 }
 
 #[test]
@@ -342,19 +266,10 @@ fn one_pattern_matches_eventbridge_and_classic_sns_alarms() {
         fixture!("sns-classic-alarm.json"),
         fixture!("sns-classic-alarm-metric-math.json"),
     ] {
-        assert!(
-            pattern.matches(&event(body, name).document),
-            "{name} should match"
-        );
+        assert!(pattern.matches(&event(body, name).document), "{name} should match");
     }
-    for (name, body) in [
-        fixture!("ec2-instance-state-change.json"),
-        fixture!("sns-eventbridge-event.json"),
-    ] {
-        assert!(
-            !pattern.matches(&event(body, name).document),
-            "{name} should not match"
-        );
+    for (name, body) in [fixture!("ec2-instance-state-change.json"), fixture!("sns-eventbridge-event.json")] {
+        assert!(!pattern.matches(&event(body, name).document), "{name} should not match");
     }
 }
 
@@ -374,8 +289,5 @@ fn classic_alarm_is_reshaped_like_the_eventbridge_alarm() {
         classic.resources().collect::<Vec<_>>(),
         ["arn:aws:cloudwatch:us-east-1:123456789012:alarm:web-2-cpu-high"]
     );
-    assert_eq!(
-        classic.time.as_deref(),
-        Some("2024-05-15T18:10:12.734+0000")
-    );
+    assert_eq!(classic.time.as_deref(), Some("2024-05-15T18:10:12.734+0000"));
 }

@@ -37,20 +37,12 @@ impl Event {
     /// The event's `detail` object (empty when the event has none).
     pub fn detail(&self) -> &Map<String, Value> {
         static EMPTY: std::sync::OnceLock<Map<String, Value>> = std::sync::OnceLock::new();
-        self.document
-            .get("detail")
-            .and_then(Value::as_object)
-            .unwrap_or_else(|| EMPTY.get_or_init(Map::new))
+        self.document.get("detail").and_then(Value::as_object).unwrap_or_else(|| EMPTY.get_or_init(Map::new))
     }
 
     /// The strings of the event's `resources` array.
     pub fn resources(&self) -> impl Iterator<Item = &str> {
-        self.document
-            .get("resources")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
+        self.document.get("resources").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str)
     }
 }
 
@@ -64,7 +56,9 @@ pub enum EventError {
     #[error("body is JSON but not an object")]
     NotAnObject,
     /// The body is neither an EventBridge event, an SNS notification, nor an alarm message.
-    #[error("body is not an event: no `detail-type`/`source`, not an SNS notification, not a CloudWatch alarm message")]
+    #[error(
+        "body is not an event: no `detail-type`/`source`, not an SNS notification, not a CloudWatch alarm message"
+    )]
     Unrecognized,
     /// An SNS notification whose `Message` is not an event.
     #[error("SNS notification {message_id}: Message is {reason}")]

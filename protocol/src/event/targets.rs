@@ -44,14 +44,9 @@ pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
             }
         }
         "CloudWatch Alarm State Change" => {
-            let metrics = detail
-                .get("configuration")
-                .and_then(|c| c.get("metrics"))
-                .and_then(Value::as_array);
+            let metrics = detail.get("configuration").and_then(|c| c.get("metrics")).and_then(Value::as_array);
             for metric in metrics.into_iter().flatten() {
-                let dims = metric
-                    .pointer("/metricStat/metric/dimensions")
-                    .and_then(Value::as_object);
+                let dims = metric.pointer("/metricStat/metric/dimensions").and_then(Value::as_object);
                 for (name, value) in dims.into_iter().flatten() {
                     let kind = match name.as_str() {
                         "InstanceId" => ResourceType::Instance,
@@ -76,12 +71,7 @@ pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
             .or_else(|| event.region.clone())
             .filter(|r| !r.is_empty())
             .ok_or_else(|| TargetError::NoRegion { id: id.clone() })?;
-        let resource = Resource {
-            account,
-            region,
-            kind,
-            id,
-        };
+        let resource = Resource { account, region, kind, id };
         if !out.contains(&resource) {
             out.push(resource);
         }
@@ -92,19 +82,9 @@ pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
 type Found = (ResourceType, String, Option<String>, Option<String>);
 
 fn owned((kind, id, account, region): (ResourceType, &str, Option<&str>, Option<&str>)) -> Found {
-    (
-        kind,
-        id.to_owned(),
-        account.map(str::to_owned),
-        region.map(str::to_owned),
-    )
+    (kind, id.to_owned(), account.map(str::to_owned), region.map(str::to_owned))
 }
 
 fn from_resources(event: &Event) -> Vec<Found> {
-    event
-        .resources()
-        .filter_map(Arn::parse)
-        .filter_map(|arn| arn.ec2_resource())
-        .map(owned)
-        .collect()
+    event.resources().filter_map(Arn::parse).filter_map(|arn| arn.ec2_resource()).map(owned).collect()
 }

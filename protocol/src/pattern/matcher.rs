@@ -10,18 +10,14 @@ pub(super) fn object_matches(pattern: &ObjectPattern, object: Option<&Map<String
             FieldPattern::Leaf(matchers) => leaf_matches(matchers, value),
             FieldPattern::Object(inner) => match value {
                 Some(Value::Object(o)) => object_matches(inner, Some(o)),
-                Some(Value::Array(items)) => items.iter().any(|item| {
-                    item.as_object()
-                        .is_some_and(|o| object_matches(inner, Some(o)))
-                }),
+                Some(Value::Array(items)) => {
+                    items.iter().any(|item| item.as_object().is_some_and(|o| object_matches(inner, Some(o))))
+                }
                 Some(_) => false,
                 None => object_matches(inner, None),
             },
         }
-    }) && pattern
-        .any_of
-        .iter()
-        .all(|alternatives| alternatives.iter().any(|alt| object_matches(alt, object)))
+    }) && pattern.any_of.iter().all(|alternatives| alternatives.iter().any(|alt| object_matches(alt, object)))
 }
 
 fn leaf_matches(matchers: &[Matcher], value: Option<&Value>) -> bool {
@@ -70,17 +66,13 @@ fn scalar_matches(matcher: &Matcher, value: &Value) -> bool {
                 })
         }),
         Matcher::AnythingBut(but) => match but {
-            AnythingBut::Values(excluded) => {
-                !value.is_null() && !excluded.iter().any(|m| scalar_matches(m, value))
-            }
+            AnythingBut::Values(excluded) => !value.is_null() && !excluded.iter().any(|m| scalar_matches(m, value)),
             AnythingBut::Prefix(p) => value.as_str().is_some_and(|v| !v.starts_with(p.as_str())),
             AnythingBut::Suffix(s) => value.as_str().is_some_and(|v| !v.ends_with(s.as_str())),
-            AnythingBut::EqualsIgnoreCase(list) => value
-                .as_str()
-                .is_some_and(|v| !list.iter().any(|t| eq_ignore_case(v, t))),
-            AnythingBut::Wildcard(list) => value
-                .as_str()
-                .is_some_and(|v| !list.iter().any(|w| w.matches(v))),
+            AnythingBut::EqualsIgnoreCase(list) => {
+                value.as_str().is_some_and(|v| !list.iter().any(|t| eq_ignore_case(v, t)))
+            }
+            AnythingBut::Wildcard(list) => value.as_str().is_some_and(|v| !list.iter().any(|w| w.matches(v))),
         },
     }
 }
@@ -97,8 +89,7 @@ fn eq_ignore_case(value: &str, lower: &str) -> bool {
 /// `lower` is already lowercase.
 fn starts_with_ignore_case(value: &str, lower: &str) -> bool {
     if value.is_ascii() && lower.is_ascii() {
-        value.len() >= lower.len()
-            && value.as_bytes()[..lower.len()].eq_ignore_ascii_case(lower.as_bytes())
+        value.len() >= lower.len() && value.as_bytes()[..lower.len()].eq_ignore_ascii_case(lower.as_bytes())
     } else {
         value.to_lowercase().starts_with(lower)
     }

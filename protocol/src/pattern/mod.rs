@@ -23,15 +23,12 @@ pub struct Pattern {
 impl Pattern {
     /// Compiles a pattern from its JSON value (an object).
     pub fn from_value(value: &Value) -> Result<Self, PatternError> {
-        Ok(Pattern {
-            root: parse::object(value, "")?,
-        })
+        Ok(Pattern { root: parse::object(value, "")? })
     }
 
     /// Compiles a pattern from its JSON text, as the EventBridge console shows it.
     pub fn from_json(text: &str) -> Result<Self, PatternError> {
-        let value: Value = serde_json::from_str(text)
-            .map_err(|e| PatternError::new("", format!("not JSON: {e}")))?;
+        let value: Value = serde_json::from_str(text).map_err(|e| PatternError::new("", format!("not JSON: {e}")))?;
         Self::from_value(&value)
     }
 

@@ -15,10 +15,7 @@ pub struct PatternError {
 
 impl PatternError {
     pub(super) fn new(path: &str, reason: impl Into<String>) -> Self {
-        PatternError {
-            path: path.to_owned(),
-            reason: reason.into(),
-        }
+        PatternError { path: path.to_owned(), reason: reason.into() }
     }
 }
 
@@ -39,10 +36,7 @@ pub(super) fn object(value: &Value, path: &str) -> Result<ObjectPattern, Pattern
 
 fn object_map(map: &Map<String, Value>, path: &str) -> Result<ObjectPattern, PatternError> {
     if map.is_empty() && !path.is_empty() {
-        return Err(PatternError::new(
-            path,
-            "an object in a pattern must not be empty",
-        ));
+        return Err(PatternError::new(path, "an object in a pattern must not be empty"));
     }
     let mut fields = Vec::with_capacity(map.len());
     let mut any_of = Vec::new();
@@ -53,10 +47,7 @@ fn object_map(map: &Map<String, Value>, path: &str) -> Result<ObjectPattern, Pat
                 return Err(PatternError::new(&here, "`$or` takes an array of patterns"));
             };
             if alternatives.len() < 2 {
-                return Err(PatternError::new(
-                    &here,
-                    "`$or` needs at least two alternatives",
-                ));
+                return Err(PatternError::new(&here, "`$or` needs at least two alternatives"));
             }
             let group = alternatives
                 .iter()
@@ -69,12 +60,7 @@ fn object_map(map: &Map<String, Value>, path: &str) -> Result<ObjectPattern, Pat
         let field = match value {
             Value::Object(inner) => FieldPattern::Object(object_map(inner, &here)?),
             Value::Array(items) => FieldPattern::Leaf(leaf(items, &here)?),
-            _ => {
-                return Err(PatternError::new(
-                    &here,
-                    "a pattern value must be an array of matchers or an object",
-                ))
-            }
+            _ => return Err(PatternError::new(&here, "a pattern value must be an array of matchers or an object")),
         };
         fields.push((key.clone(), field));
     }
@@ -85,11 +71,7 @@ fn leaf(items: &[Value], path: &str) -> Result<Vec<Matcher>, PatternError> {
     if items.is_empty() {
         return Err(PatternError::new(path, "a matcher list must not be empty"));
     }
-    items
-        .iter()
-        .enumerate()
-        .map(|(i, item)| matcher(item, &format!("{path}[{i}]")))
-        .collect()
+    items.iter().enumerate().map(|(i, item)| matcher(item, &format!("{path}[{i}]"))).collect()
 }
 
 fn matcher(item: &Value, path: &str) -> Result<Matcher, PatternError> {
@@ -102,10 +84,7 @@ fn matcher(item: &Value, path: &str) -> Result<Matcher, PatternError> {
         Value::Object(map) => {
             let mut entries = map.iter();
             let (Some((op, arg)), None) = (entries.next(), entries.next()) else {
-                return Err(PatternError::new(
-                    path,
-                    "a matcher object must have exactly one operator",
-                ));
+                return Err(PatternError::new(path, "a matcher object must have exactly one operator"));
             };
             operator(op, arg, path)
         }
@@ -113,13 +92,11 @@ fn matcher(item: &Value, path: &str) -> Result<Matcher, PatternError> {
 }
 
 fn number(n: &serde_json::Number, path: &str) -> Result<f64, PatternError> {
-    n.as_f64()
-        .ok_or_else(|| PatternError::new(path, "number out of range"))
+    n.as_f64().ok_or_else(|| PatternError::new(path, "number out of range"))
 }
 
 fn string<'a>(arg: &'a Value, path: &str, op: &str) -> Result<&'a str, PatternError> {
-    arg.as_str()
-        .ok_or_else(|| PatternError::new(path, format!("`{op}` takes a string")))
+    arg.as_str().ok_or_else(|| PatternError::new(path, format!("`{op}` takes a string")))
 }
 
 fn operator(op: &str, arg: &Value, path: &str) -> Result<Matcher, PatternError> {
@@ -127,14 +104,8 @@ fn operator(op: &str, arg: &Value, path: &str) -> Result<Matcher, PatternError> 
         "prefix" | "suffix" => {
             let (text, ignore_case) = match arg {
                 Value::String(s) => (s.clone(), false),
-                Value::Object(inner)
-                    if inner.len() == 1 && inner.contains_key("equals-ignore-case") =>
-                {
-                    (
-                        string(&inner["equals-ignore-case"], path, "equals-ignore-case")?
-                            .to_lowercase(),
-                        true,
-                    )
+                Value::Object(inner) if inner.len() == 1 && inner.contains_key("equals-ignore-case") => {
+                    (string(&inner["equals-ignore-case"], path, "equals-ignore-case")?.to_lowercase(), true)
                 }
                 _ => {
                     return Err(PatternError::new(
@@ -149,9 +120,7 @@ fn operator(op: &str, arg: &Value, path: &str) -> Result<Matcher, PatternError> 
                 Matcher::Suffix { text, ignore_case }
             })
         }
-        "equals-ignore-case" => Ok(Matcher::EqualsIgnoreCase(
-            string(arg, path, op)?.to_lowercase(),
-        )),
+        "equals-ignore-case" => Ok(Matcher::EqualsIgnoreCase(string(arg, path, op)?.to_lowercase())),
         "wildcard" => {
             let text = string(arg, path, op)?;
             Wildcard::parse(text)
@@ -165,10 +134,7 @@ fn operator(op: &str, arg: &Value, path: &str) -> Result<Matcher, PatternError> 
         "numeric" => numeric(arg, path),
         "anything-but" => anything_but(arg, path).map(Matcher::AnythingBut),
         "cidr" => Err(PatternError::new(path, "`cidr` is not supported")),
-        other => Err(PatternError::new(
-            path,
-            format!("unknown operator `{other}`"),
-        )),
+        other => Err(PatternError::new(path, format!("unknown operator `{other}`"))),
     }
 }
 
@@ -199,9 +165,7 @@ fn numeric(arg: &Value, path: &str) -> Result<Matcher, PatternError> {
         let is_lower = matches!(lower, NumericOp::Gt | NumericOp::Ge);
         let is_upper = matches!(upper, NumericOp::Lt | NumericOp::Le);
         if !is_lower || !is_upper {
-            return Err(err(
-                "a range is a lower bound (> or >=) followed by an upper bound (< or <=)",
-            ));
+            return Err(err("a range is a lower bound (> or >=) followed by an upper bound (< or <=)"));
         }
         if low > high {
             return Err(err("the lower bound is above the upper bound"));
@@ -238,9 +202,9 @@ fn anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternError> {
             match op.as_str() {
                 "prefix" => Ok(AnythingBut::Prefix(string(inner, path, "anything-but.prefix")?.to_owned())),
                 "suffix" => Ok(AnythingBut::Suffix(string(inner, path, "anything-but.suffix")?.to_owned())),
-                "equals-ignore-case" => Ok(AnythingBut::EqualsIgnoreCase(
-                    strings(inner)?.into_iter().map(|s| s.to_lowercase()).collect(),
-                )),
+                "equals-ignore-case" => {
+                    Ok(AnythingBut::EqualsIgnoreCase(strings(inner)?.into_iter().map(|s| s.to_lowercase()).collect()))
+                }
                 "wildcard" => Ok(AnythingBut::Wildcard(
                     strings(inner)?
                         .iter()

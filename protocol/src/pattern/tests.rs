@@ -10,9 +10,7 @@ fn obj(v: Value) -> Map<String, Value> {
 }
 
 fn m(pattern: Value, event: Value) -> bool {
-    Pattern::from_value(&pattern)
-        .expect("valid pattern")
-        .matches(&obj(event))
+    Pattern::from_value(&pattern).expect("valid pattern").matches(&obj(event))
 }
 
 #[test]
@@ -45,18 +43,9 @@ fn prefix_suffix_and_ignore_case() {
     assert!(m(json!({"time": [{"prefix": "2024-"}]}), ev.clone()));
     assert!(!m(json!({"time": [{"prefix": "2023-"}]}), ev.clone()));
     assert!(m(json!({"name": [{"suffix": ".log"}]}), ev.clone()));
-    assert!(m(
-        json!({"name": [{"prefix": {"equals-ignore-case": "myinst"}}]}),
-        ev.clone()
-    ));
-    assert!(m(
-        json!({"name": [{"suffix": {"equals-ignore-case": ".LOG"}}]}),
-        ev.clone()
-    ));
-    assert!(m(
-        json!({"name": [{"equals-ignore-case": "myinstance.LOG"}]}),
-        ev.clone()
-    ));
+    assert!(m(json!({"name": [{"prefix": {"equals-ignore-case": "myinst"}}]}), ev.clone()));
+    assert!(m(json!({"name": [{"suffix": {"equals-ignore-case": ".LOG"}}]}), ev.clone()));
+    assert!(m(json!({"name": [{"equals-ignore-case": "myinstance.LOG"}]}), ev.clone()));
     assert!(!m(json!({"name": [{"equals-ignore-case": "other"}]}), ev));
     assert!(!m(json!({"n": [{"prefix": "1"}]}), json!({"n": 12})));
 }
@@ -64,32 +53,14 @@ fn prefix_suffix_and_ignore_case() {
 #[test]
 fn anything_but_forms() {
     let ev = json!({"state": "running", "code": 16});
-    assert!(m(
-        json!({"state": [{"anything-but": "stopped"}]}),
-        ev.clone()
-    ));
-    assert!(!m(
-        json!({"state": [{"anything-but": ["running", "stopped"]}]}),
-        ev.clone()
-    ));
+    assert!(m(json!({"state": [{"anything-but": "stopped"}]}), ev.clone()));
+    assert!(!m(json!({"state": [{"anything-but": ["running", "stopped"]}]}), ev.clone()));
     assert!(!m(json!({"code": [{"anything-but": 16}]}), ev.clone()));
     assert!(m(json!({"code": [{"anything-but": [80, 48]}]}), ev.clone()));
-    assert!(!m(
-        json!({"state": [{"anything-but": {"prefix": "run"}}]}),
-        ev.clone()
-    ));
-    assert!(m(
-        json!({"state": [{"anything-but": {"suffix": "ped"}}]}),
-        ev.clone()
-    ));
-    assert!(!m(
-        json!({"state": [{"anything-but": {"equals-ignore-case": ["RUNNING"]}}]}),
-        ev.clone()
-    ));
-    assert!(!m(
-        json!({"state": [{"anything-but": {"wildcard": "r*g"}}]}),
-        ev.clone()
-    ));
+    assert!(!m(json!({"state": [{"anything-but": {"prefix": "run"}}]}), ev.clone()));
+    assert!(m(json!({"state": [{"anything-but": {"suffix": "ped"}}]}), ev.clone()));
+    assert!(!m(json!({"state": [{"anything-but": {"equals-ignore-case": ["RUNNING"]}}]}), ev.clone()));
+    assert!(!m(json!({"state": [{"anything-but": {"wildcard": "r*g"}}]}), ev.clone()));
     // a missing field does not match anything-but
     assert!(!m(json!({"other": [{"anything-but": "x"}]}), ev));
 }
@@ -107,11 +78,7 @@ fn numeric_comparisons_and_ranges() {
         (json!([">", 0, "<=", 5]), true),
         (json!([">", 0, "<", 5]), false),
     ] {
-        assert_eq!(
-            m(json!({"c": [{"numeric": p.clone()}]}), ev.clone()),
-            expect,
-            "numeric {p}"
-        );
+        assert_eq!(m(json!({"c": [{"numeric": p.clone()}]}), ev.clone()), expect, "numeric {p}");
     }
     // strings are not numbers
     assert!(!m(json!({"s": [{"numeric": [">", 0]}]}), ev));
@@ -121,10 +88,7 @@ fn numeric_comparisons_and_ranges() {
 fn exists_true_and_false() {
     let ev = json!({"detail": {"a": 1, "o": {"x": 1}}});
     assert!(m(json!({"detail": {"a": [{"exists": true}]}}), ev.clone()));
-    assert!(!m(
-        json!({"detail": {"a": [{"exists": false}]}}),
-        ev.clone()
-    ));
+    assert!(!m(json!({"detail": {"a": [{"exists": false}]}}), ev.clone()));
     assert!(m(json!({"detail": {"b": [{"exists": false}]}}), ev.clone()));
     assert!(!m(json!({"detail": {"b": [{"exists": true}]}}), ev.clone()));
     // exists works on leaves only
@@ -136,79 +100,38 @@ fn exists_true_and_false() {
 #[test]
 fn wildcard_matcher() {
     let ev = json!({"resources": ["arn:aws:ec2:us-east-1:123456789012:instance/i-1"]});
-    assert!(m(
-        json!({"resources": [{"wildcard": "arn:aws:ec2:*:instance/*"}]}),
-        ev.clone()
-    ));
+    assert!(m(json!({"resources": [{"wildcard": "arn:aws:ec2:*:instance/*"}]}), ev.clone()));
     assert!(!m(json!({"resources": [{"wildcard": "arn:aws:s3:*"}]}), ev));
 }
 
 #[test]
 fn or_combines_with_siblings() {
     let p = json!({"source": ["aws.ec2"], "$or": [{"detail": {"state": ["stopped"]}}, {"detail": {"code": [{"numeric": [">", 10]}]}}]});
-    assert!(m(
-        p.clone(),
-        json!({"source": "aws.ec2", "detail": {"state": "stopped"}})
-    ));
-    assert!(m(
-        p.clone(),
-        json!({"source": "aws.ec2", "detail": {"code": 11}})
-    ));
-    assert!(!m(
-        p.clone(),
-        json!({"source": "aws.ec2", "detail": {"state": "running", "code": 1}})
-    ));
-    assert!(!m(
-        p,
-        json!({"source": "aws.s3", "detail": {"state": "stopped"}})
-    ));
+    assert!(m(p.clone(), json!({"source": "aws.ec2", "detail": {"state": "stopped"}})));
+    assert!(m(p.clone(), json!({"source": "aws.ec2", "detail": {"code": 11}})));
+    assert!(!m(p.clone(), json!({"source": "aws.ec2", "detail": {"state": "running", "code": 1}})));
+    assert!(!m(p, json!({"source": "aws.s3", "detail": {"state": "stopped"}})));
 }
 
 #[test]
 fn invalid_patterns_are_rejected_with_their_place() {
     let cases = [
         (json!("x"), "a pattern must be an object"),
-        (
-            json!({"source": "aws.ec2"}),
-            "at `source`: a pattern value must be an array",
-        ),
-        (
-            json!({"source": []}),
-            "at `source`: a matcher list must not be empty",
-        ),
-        (
-            json!({"detail": {"s": [{"prefx": "a"}]}}),
-            "at `detail.s[0]`: unknown operator `prefx`",
-        ),
-        (
-            json!({"a": [{"numeric": ["<", 5, ">", 1]}]}),
-            "a range is a lower bound",
-        ),
-        (
-            json!({"a": [{"numeric": [">", 9, "<", 1]}]}),
-            "lower bound is above",
-        ),
+        (json!({"source": "aws.ec2"}), "at `source`: a pattern value must be an array"),
+        (json!({"source": []}), "at `source`: a matcher list must not be empty"),
+        (json!({"detail": {"s": [{"prefx": "a"}]}}), "at `detail.s[0]`: unknown operator `prefx`"),
+        (json!({"a": [{"numeric": ["<", 5, ">", 1]}]}), "a range is a lower bound"),
+        (json!({"a": [{"numeric": [">", 9, "<", 1]}]}), "lower bound is above"),
         (json!({"a": [{"numeric": ["~", 1]}]}), "unknown operator"),
-        (
-            json!({"a": [{"exists": "yes"}]}),
-            "`exists` takes true or false",
-        ),
+        (json!({"a": [{"exists": "yes"}]}), "`exists` takes true or false"),
         (json!({"a": [{"wildcard": "a**"}]}), "consecutive"),
         (json!({"a": [{"anything-but": []}]}), "must not be empty"),
-        (
-            json!({"a": [{"prefix": "a", "suffix": "b"}]}),
-            "exactly one operator",
-        ),
+        (json!({"a": [{"prefix": "a", "suffix": "b"}]}), "exactly one operator"),
         (json!({"$or": [{"a": ["x"]}]}), "at least two"),
     ];
     for (pattern, expected) in cases {
-        let err = Pattern::from_value(&pattern)
-            .expect_err(&pattern.to_string())
-            .to_string();
-        assert!(
-            err.contains(expected),
-            "{pattern}: got `{err}`, want `{expected}`"
-        );
+        let err = Pattern::from_value(&pattern).expect_err(&pattern.to_string()).to_string();
+        assert!(err.contains(expected), "{pattern}: got `{err}`, want `{expected}`");
     }
 }
 

@@ -53,11 +53,7 @@ impl Wildcard {
         if trailing_star && segments.last().is_some_and(String::is_empty) {
             segments.pop();
         }
-        Ok(Wildcard {
-            segments,
-            leading_star,
-            trailing_star,
-        })
+        Ok(Wildcard { segments, leading_star, trailing_star })
     }
 
     /// Whether a text matches the wildcard.
@@ -107,10 +103,7 @@ mod tests {
 
     #[test]
     fn stars_match_runs() {
-        assert!(m(
-            "arn:aws:ec2:*:instance/*",
-            "arn:aws:ec2:us-east-1:instance/i-1"
-        ));
+        assert!(m("arn:aws:ec2:*:instance/*", "arn:aws:ec2:us-east-1:instance/i-1"));
         assert!(!m("arn:aws:ec2:*:instance/*", "arn:aws:s3:::bucket"));
         assert!(m("*.png", "a.png"));
         assert!(!m("*.png", "a.png.txt"));

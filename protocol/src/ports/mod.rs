@@ -6,8 +6,8 @@ mod queue;
 mod store;
 
 pub use queue::{
-    DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage,
-    SendFailure, MAX_BATCH, MAX_DELAY,
+    DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage, SendFailure, MAX_BATCH,
+    MAX_DELAY,
 };
 pub use store::{AttrValue, Attrs, Cond, Item, Key, Store, StoreError, Update};
 

@@ -136,10 +136,7 @@ pub trait Queue: Send + Sync {
     fn name(&self) -> &str;
 
     /// Sends up to [`MAX_BATCH`] messages; returns the entries not accepted.
-    async fn send_batch(
-        &self,
-        messages: &[OutgoingMessage],
-    ) -> Result<Vec<SendFailure>, QueueError>;
+    async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<SendFailure>, QueueError>;
 
     /// Receives up to `max` messages (at most [`MAX_BATCH`]), waiting up to `wait` for the
     /// first, hiding them for `visibility` (the queue's default when `None`).
@@ -154,11 +151,7 @@ pub trait Queue: Send + Sync {
     async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<DeleteFailure>, QueueError>;
 
     /// Sets a received message's visibility timeout, counted from now (zero returns it).
-    async fn change_visibility(
-        &self,
-        receipt: &str,
-        visibility: Duration,
-    ) -> Result<(), QueueError>;
+    async fn change_visibility(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError>;
 
     /// Approximate message counts.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;

@@ -71,12 +71,7 @@ pub trait Action: Send + Sync {
 
     /// What the action would do to the job's resource, for plan mode.
     fn describe(&self, ctx: ActionContext<'_>) -> String {
-        format!(
-            "would run {} on {} with params {}",
-            self.name(),
-            ctx.job.resource.key(),
-            ctx.job.params
-        )
+        format!("would run {} on {} with params {}", self.name(), ctx.job.resource.key(), ctx.job.params)
     }
 
     /// The IAM actions it needs.

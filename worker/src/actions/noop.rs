@@ -61,10 +61,7 @@ impl Action for Noop {
     fn check_params(&self, params: &Value) -> Result<(), String> {
         let p: NoopParams = parse_params(params)?;
         if !(0.0..=1.0).contains(&p.fail_rate) {
-            return Err(format!(
-                "params: fail_rate {} is not between 0 and 1",
-                p.fail_rate
-            ));
+            return Err(format!("params: fail_rate {} is not between 0 and 1", p.fail_rate));
         }
         Ok(())
     }
@@ -75,16 +72,10 @@ impl Action for Noop {
             tokio::time::sleep(Duration::from_millis(p.sleep_ms)).await;
         }
         if p.fail_rate >= 1.0 {
-            return Step::Failed {
-                retryable: false,
-                error: "noop: fail_rate = 1".into(),
-            };
+            return Step::Failed { retryable: false, error: "noop: fail_rate = 1".into() };
         }
         if p.fail_rate > 0.0 && rand::thread_rng().gen_bool(p.fail_rate) {
-            return Step::Failed {
-                retryable: true,
-                error: "noop: random failure".into(),
-            };
+            return Step::Failed { retryable: true, error: "noop: random failure".into() };
         }
         if p.pending_checks > 0 {
             return Step::Pending {
@@ -92,23 +83,16 @@ impl Action for Noop {
                 state: json!({ "checks": 0 }),
             };
         }
-        Step::Done {
-            summary: format!("noop on {}", ctx.job.resource.id),
-        }
+        Step::Done { summary: format!("noop on {}", ctx.job.resource.id) }
     }
 
     async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
         let p = Self::params(&ctx);
         let checks = state.get("checks").and_then(Value::as_u64).unwrap_or(0) + 1;
         if checks >= u64::from(p.pending_checks) {
-            Step::Done {
-                summary: format!("noop on {} after {checks} checks", ctx.job.resource.id),
-            }
+            Step::Done { summary: format!("noop on {} after {checks} checks", ctx.job.resource.id) }
         } else {
-            Step::Pending {
-                check_after: Duration::from_millis(p.check_after_ms),
-                state: json!({ "checks": checks }),
-            }
+            Step::Pending { check_after: Duration::from_millis(p.check_after_ms), state: json!({ "checks": checks }) }
         }
     }
 }

@@ -15,9 +15,7 @@ pub struct ActionRegistry {
 impl ActionRegistry {
     /// Every action this build ships.
     pub fn builtin() -> Self {
-        let mut registry = ActionRegistry {
-            actions: BTreeMap::new(),
-        };
+        let mut registry = ActionRegistry { actions: BTreeMap::new() };
         registry.register(Arc::new(Noop));
         registry
     }
@@ -45,10 +43,7 @@ impl ActionCatalog for ActionRegistry {
             format!("unknown action `{action}`; known: {}", known.join(", "))
         })?;
         found.check_params(params)?;
-        Ok(ActionInfo {
-            targets: found.targets().to_vec(),
-            limit: found.limit(),
-        })
+        Ok(ActionInfo { targets: found.targets().to_vec(), limit: found.limit() })
     }
 }
 
@@ -65,9 +60,7 @@ mod tests {
         assert!(err.contains("unknown action `nop`; known: noop"), "{err}");
         let err = registry.check("noop", &json!({"sleep": 5})).unwrap_err();
         assert!(err.contains("unknown field `sleep`"), "{err}");
-        let err = registry
-            .check("noop", &json!({"fail_rate": 2.0}))
-            .unwrap_err();
+        let err = registry.check("noop", &json!({"fail_rate": 2.0})).unwrap_err();
         assert!(err.contains("fail_rate 2 is not between 0 and 1"), "{err}");
     }
 }

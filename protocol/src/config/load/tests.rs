@@ -30,8 +30,7 @@ max_errors = 5
 
 #[test]
 fn design_example_loads() {
-    let config =
-        super::super::Config::parse(DESIGN_EXAMPLE, None).expect("the DESIGN.md example is valid");
+    let config = super::super::Config::parse(DESIGN_EXAMPLE, None).expect("the DESIGN.md example is valid");
     assert_eq!(config.fleet.partitions.get(), 4);
     assert_eq!(config.tasks.len(), 2);
     assert_eq!(config.tasks[1].max_errors, Some(5));
@@ -51,12 +50,7 @@ fn unknown_keys_are_errors_with_a_line() {
     let text = DESIGN_EXAMPLE.replace("max_errors = 5", "max_errorz = 5");
     let err = super::super::Config::parse(&text, None).expect_err("the config is invalid");
     assert_eq!(err.problems.len(), 1);
-    assert!(
-        err.problems[0]
-            .message
-            .contains("unknown field `max_errorz`"),
-        "{err}"
-    );
+    assert!(err.problems[0].message.contains("unknown field `max_errorz`"), "{err}");
     assert_eq!(err.problems[0].line, Some(26));
 }
 
@@ -92,10 +86,7 @@ limit = "missing"
         "line 13: tasks[1] \"a\".limit: no [limits.missing] is configured",
     ];
     for e in expect {
-        assert!(
-            lines.iter().any(|l| l.contains(e)),
-            "missing `{e}` in {lines:#?}"
-        );
+        assert!(lines.iter().any(|l| l.contains(e)), "missing `{e}` in {lines:#?}");
     }
     assert_eq!(lines.len(), expect.len(), "{lines:#?}");
 }
@@ -103,9 +94,7 @@ limit = "missing"
 #[test]
 fn bad_targets_keyword_is_named() {
     let text = DESIGN_EXAMPLE.replace("targets = \"event\"", "targets = \"events\"");
-    let err = super::super::Config::parse(&text, None)
-        .expect_err("the config is invalid")
-        .to_string();
+    let err = super::super::Config::parse(&text, None).expect_err("the config is invalid").to_string();
     assert!(err.contains("targets must be \"event\""), "{err}");
 }
 
@@ -118,10 +107,7 @@ impl ActionCatalog for Catalog {
                 if params.get("bogus").is_some() {
                     return Err("unknown param `bogus`".into());
                 }
-                Ok(ActionInfo {
-                    targets: vec![ResourceType::Instance],
-                    limit: None,
-                })
+                Ok(ActionInfo { targets: vec![ResourceType::Instance], limit: None })
             }
             "copy" => Ok(ActionInfo {
                 targets: vec![ResourceType::Snapshot],
@@ -139,14 +125,12 @@ impl ActionCatalog for Catalog {
 #[test]
 fn catalog_checks_actions_params_and_target_types() {
     let text = DESIGN_EXAMPLE.replace("params = { retain = 7 }", "params = { bogus = 1 }");
-    let err = super::super::Config::parse(&text, Some(&Catalog))
-        .expect_err("the config is invalid")
-        .to_string();
+    let err = super::super::Config::parse(&text, Some(&Catalog)).expect_err("the config is invalid").to_string();
+    assert!(err.contains("tasks[0] \"snapshot-stopped-instance\".action: unknown param `bogus`"), "{err}");
     assert!(
-        err.contains("tasks[0] \"snapshot-stopped-instance\".action: unknown param `bogus`"),
+        err.contains("tasks[1] \"nightly-volume-backup\".targets: action `ebs-snapshot` does not act on ec2:volume"),
         "{err}"
     );
-    assert!(err.contains("tasks[1] \"nightly-volume-backup\".targets: action `ebs-snapshot` does not act on ec2:volume"), "{err}");
 }
 
 #[test]
@@ -160,17 +144,9 @@ pattern = { source = ["x"] }
 targets = "event"
 action = "copy"
 "#;
-    let err = super::super::Config::parse(text, Some(&Catalog))
-        .expect_err("the config is invalid")
-        .to_string();
-    assert!(
-        err.contains("limit `snapshot-copy` pools by `params.destination_region`"),
-        "{err}"
-    );
-    let ok = text.replace(
-        "action = \"copy\"",
-        "action = \"copy\"\nparams = { destination_region = \"eu-west-1\" }",
-    );
+    let err = super::super::Config::parse(text, Some(&Catalog)).expect_err("the config is invalid").to_string();
+    assert!(err.contains("limit `snapshot-copy` pools by `params.destination_region`"), "{err}");
+    let ok = text.replace("action = \"copy\"", "action = \"copy\"\nparams = { destination_region = \"eu-west-1\" }");
     let config = super::super::Config::parse(&ok, Some(&Catalog)).expect("the config is valid");
     assert_eq!(config.tasks[0].limit.as_deref(), Some("snapshot-copy"));
     assert_eq!(config.limits["snapshot-copy"].max, 20);
@@ -185,9 +161,7 @@ struct NoopOnly;
 impl ActionCatalog for NoopOnly {
     fn check(&self, action: &str, params: &Value) -> Result<ActionInfo, String> {
         if action != "noop" {
-            return Err(format!(
-                "the example fleet uses only `noop`, not `{action}`"
-            ));
+            return Err(format!("the example fleet uses only `noop`, not `{action}`"));
         }
         for (key, value) in params.as_object().into_iter().flatten() {
             let ok = match key.as_str() {
@@ -199,10 +173,7 @@ impl ActionCatalog for NoopOnly {
                 return Err(format!("bad noop param `{key}` = {value}"));
             }
         }
-        Ok(ActionInfo {
-            targets: ResourceType::ALL.to_vec(),
-            limit: None,
-        })
+        Ok(ActionInfo { targets: ResourceType::ALL.to_vec(), limit: None })
     }
 }
 
@@ -237,58 +208,27 @@ fn example_events() -> Vec<ExampleEvent> {
         example_event!("alarm-composite.json", ALARMED, 0, 0),
         example_event!("alarm-cpu-high.json", ALARMED, 1, 0),
         example_event!("alarm-io-pressure-metric-math.json", ALARMED, 2, 0),
-        example_event!(
-            "ebs-snapshot-completed.json",
-            Some(&["copy-completed-snapshot"]),
-            1,
-            0
-        ),
+        example_event!("ebs-snapshot-completed.json", Some(&["copy-completed-snapshot"]), 1, 0),
         example_event!("ebs-volume-created.json", Some(&["tag-new-volume"]), 1, 0),
         example_event!("ec2-instance-running.json", Some(&[]), 0, 0),
-        example_event!(
-            "ec2-instance-stopped.json",
-            Some(&["snapshot-stopped-instance"]),
-            1,
-            0
-        ),
+        example_event!("ec2-instance-stopped.json", Some(&["snapshot-stopped-instance"]), 1, 0),
         example_event!("other-account-instance-stopped.json", None, 0, 0),
-        example_event!(
-            "scheduled-nightly.json",
-            Some(&["nightly-volume-backup"]),
-            0,
-            1
-        ),
+        example_event!("scheduled-nightly.json", Some(&["nightly-volume-backup"]), 0, 1),
         example_event!("sns-classic-alarm-cpu-high.json", ALARMED, 1, 0),
         example_event!("sns-classic-alarm-network-eu-west-1.json", ALARMED, 1, 0),
-        example_event!(
-            "sns-ec2-instance-stopped-us-west-2.json",
-            Some(&["snapshot-stopped-instance"]),
-            1,
-            0
-        ),
-        example_event!(
-            "tag-change-backup.json",
-            Some(&["backup-tag-changed"]),
-            1,
-            0
-        ),
+        example_event!("sns-ec2-instance-stopped-us-west-2.json", Some(&["snapshot-stopped-instance"]), 1, 0),
+        example_event!("tag-change-backup.json", Some(&["backup-tag-changed"]), 1, 0),
     ]
 }
 
 #[test]
 fn example_fleet_loads_with_noop_only() {
-    let config = super::super::Config::parse(EXAMPLE_FLEET, Some(&NoopOnly))
-        .expect("examples/fleet.toml is valid");
+    let config = super::super::Config::parse(EXAMPLE_FLEET, Some(&NoopOnly)).expect("examples/fleet.toml is valid");
     assert_eq!(config.fleet.name, "opsfleet-demo");
     assert_eq!(config.fleet.partitions.get(), 4);
     assert_eq!(config.fleet.allowed_accounts, ["123456789012"]);
     assert!(config.tasks.iter().all(|t| t.action == "noop"));
-    let discovery: Vec<&Targets> = config
-        .tasks
-        .iter()
-        .map(|t| &t.targets)
-        .filter(|t| **t != Targets::Event)
-        .collect();
+    let discovery: Vec<&Targets> = config.tasks.iter().map(|t| &t.targets).filter(|t| **t != Targets::Event).collect();
     match discovery[..] {
         [Targets::Discover(q)] => {
             assert_eq!(q.kind, ResourceType::Volume);
@@ -302,8 +242,7 @@ fn example_fleet_loads_with_noop_only() {
 #[test]
 fn example_events_plan_with_the_example_fleet() {
     use crate::plan::{PlanError, Planner};
-    let config = super::super::Config::parse(EXAMPLE_FLEET, Some(&NoopOnly))
-        .expect("examples/fleet.toml is valid");
+    let config = super::super::Config::parse(EXAMPLE_FLEET, Some(&NoopOnly)).expect("examples/fleet.toml is valid");
     let planner = Planner::new(config);
     for example in example_events() {
         let file = example.file;
@@ -321,11 +260,7 @@ fn example_events_plan_with_the_example_fleet() {
         let plan = result.unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(plan.matched, matched, "{file}: matched tasks");
         assert_eq!(plan.jobs.len(), example.jobs, "{file}: jobs");
-        assert_eq!(
-            plan.discoveries.len(),
-            example.discoveries,
-            "{file}: discoveries"
-        );
+        assert_eq!(plan.discoveries.len(), example.discoveries, "{file}: discoveries");
         for job in &plan.jobs {
             assert_eq!(job.action, "noop", "{file}");
             assert_eq!(job.resource.account, "123456789012", "{file}");
@@ -342,17 +277,8 @@ fn every_example_event_is_checked() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/events");
     let mut on_disk: Vec<String> = std::fs::read_dir(dir)
         .expect("examples/events is readable")
-        .map(|entry| {
-            entry
-                .expect("entry is readable")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
+        .map(|entry| entry.expect("entry is readable").file_name().to_string_lossy().into_owned())
         .collect();
     on_disk.sort_unstable();
-    assert_eq!(
-        listed, on_disk,
-        "an example event without an expectation, or the other way round"
-    );
+    assert_eq!(listed, on_disk, "an example event without an expectation, or the other way round");
 }
