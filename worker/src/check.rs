@@ -31,6 +31,8 @@ pub struct CheckMessage {
     pub attempt: u32,
     /// When the lock was taken, Unix ms.
     pub locked_ms: u64,
+    /// When the action started, Unix ms.
+    pub started_ms: u64,
 }
 
 impl CheckMessage {

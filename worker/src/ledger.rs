@@ -83,6 +83,8 @@ pub struct Attempt {
     pub fence: i64,
     /// When the lock was taken, Unix ms.
     pub locked_ms: u64,
+    /// When the action started (every slot held), Unix ms.
+    pub started_ms: u64,
     /// When the lock was released (or the work handed to a check), Unix ms.
     pub released_ms: u64,
     /// `SUCCEEDED`, `PENDING`, `FAILED`, `RETRY`, `CANCELLED`.
@@ -245,6 +247,7 @@ impl Ledger {
         attrs.insert("owner".into(), attempt.owner.as_str().into());
         attrs.insert("fence".into(), attempt.fence.into());
         attrs.insert("locked_ms".into(), (attempt.locked_ms as i64).into());
+        attrs.insert("started_ms".into(), (attempt.started_ms as i64).into());
         attrs.insert("released_ms".into(), (attempt.released_ms as i64).into());
         attrs.insert("outcome".into(), attempt.outcome.as_str().into());
         attrs.insert("expires_at".into(), self.expires_at().into());
@@ -266,6 +269,7 @@ impl Ledger {
                 owner: i.str("owner").unwrap_or_default().to_owned(),
                 fence: i.int("fence").unwrap_or(0),
                 locked_ms: i.int("locked_ms").unwrap_or(0).max(0) as u64,
+                started_ms: i.int("started_ms").unwrap_or(0).max(0) as u64,
                 released_ms: i.int("released_ms").unwrap_or(0).max(0) as u64,
                 outcome: i.str("outcome").unwrap_or_default().to_owned(),
                 error: i.str("error").map(str::to_owned),

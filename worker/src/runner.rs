@@ -55,6 +55,7 @@ struct Holding {
     lock: Lease,
     slots: Vec<Lease>,
     locked_ms: u64,
+    started_ms: u64,
 }
 
 impl Holding {
@@ -198,7 +199,8 @@ impl Worker {
                 return Ok(Disposition::Retry(contention_backoff(message.receive_count)));
             }
         };
-        let mut holding = Holding { lock, slots: Vec::new(), locked_ms: self.clock.now_ms() };
+        let now = self.clock.now_ms();
+        let mut holding = Holding { lock, slots: Vec::new(), locked_ms: now, started_ms: now };
 
         if task.max_errors.is_some() {
             let run = self.ledger.run(&job.run_id()).await?;
@@ -255,6 +257,7 @@ impl Worker {
                 return Ok(Disposition::Retry(contention_backoff(message.receive_count)));
             }
         };
+        holding.started_ms = self.clock.now_ms();
         JobStarted {
             job_id: &job.id,
             since_event: Duration::from_millis(self.clock.now_ms().saturating_sub(job.received_ms)),
@@ -279,7 +282,12 @@ impl Worker {
             self.send_check(check.clone(), check.due_ms - now).await?;
             return Ok(Disposition::Delete);
         }
-        let holding = Holding { lock: check.lock.clone(), slots: check.slots.clone(), locked_ms: check.locked_ms };
+        let holding = Holding {
+            lock: check.lock.clone(),
+            slots: check.slots.clone(),
+            locked_ms: check.locked_ms,
+            started_ms: check.started_ms,
+        };
         for lease in holding.all() {
             if !self.leases.heartbeat(lease, self.lease).await? {
                 CheckRan { job_id: &job.id, result: "stale" }.emit();
@@ -401,6 +409,7 @@ impl Worker {
                     checks,
                     attempt,
                     locked_ms: holding.locked_ms,
+                    started_ms: holding.started_ms,
                 };
                 self.send_check(check, check_after.as_millis() as u64).await?;
                 Ok(Disposition::Delete)
@@ -479,6 +488,7 @@ impl Worker {
             owner: holding.lock.owner.clone(),
             fence: holding.lock.fence,
             locked_ms: holding.locked_ms,
+            started_ms: holding.started_ms,
             released_ms: self.clock.now_ms(),
             outcome: outcome.to_owned(),
             error: error.map(str::to_owned),

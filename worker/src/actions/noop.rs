@@ -1,5 +1,6 @@
 //! `noop`: does nothing to the resource, with knobs that let tests and load tests exercise
-//! the worker: a sleep, a failure rate, and a number of pending checks before completion.
+//! the worker: a sleep, a failure rate, failures on the first attempts, and a number of pending
+//! checks before completion.
 
 use super::{parse_params, Action, ActionContext, Step};
 use async_trait::async_trait;
@@ -19,6 +20,9 @@ pub struct NoopParams {
     /// The probability that `start` fails (not retryable when 1.0, retryable otherwise).
     #[serde(default)]
     pub fail_rate: f64,
+    /// Fail (retryably) the first this many attempts, then succeed: deterministic retries.
+    #[serde(default)]
+    pub fail_attempts: u32,
     /// How many checks report pending before the job completes.
     #[serde(default)]
     pub pending_checks: u32,
@@ -70,6 +74,9 @@ impl Action for Noop {
         let p = Self::params(&ctx);
         if p.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(p.sleep_ms)).await;
+        }
+        if ctx.attempt <= p.fail_attempts {
+            return Step::Failed { retryable: true, error: format!("noop: failing attempt {}", ctx.attempt) };
         }
         if p.fail_rate >= 1.0 {
             return Step::Failed { retryable: false, error: "noop: fail_rate = 1".into() };

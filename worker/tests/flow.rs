@@ -1,0 +1,425 @@
+//! The worker on the embedded backend: exactly-once effect, redelivery, poison jobs,
+//! retries, completion checks, limits, `max_errors`, and graceful shutdown.
+
+use opsfleet_backend::{setup::setup, EmbeddedBackend};
+use opsfleet_protocol::job::{job_id, partition_of, JOB_VERSION};
+use opsfleet_protocol::names;
+use opsfleet_protocol::ports::{Backend, OutgoingMessage};
+use opsfleet_protocol::{Config, Job, Resource, ResourceType};
+use opsfleet_worker::clock::Clock;
+use opsfleet_worker::ledger::{Ledger, Status};
+use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Worker};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+const BASE: &str = r#"
+[fleet]
+name = "w"
+partitions = 2
+
+[limits.two]
+max = 2
+
+[worker]
+lease_secs = 5
+visibility_secs = 10
+shutdown_grace_secs = 5
+"#;
+
+struct Fleet {
+    backend: Arc<EmbeddedBackend>,
+    config: Arc<Config>,
+    ledger: Ledger,
+}
+
+impl Fleet {
+    async fn new(tasks: &str) -> Self {
+        Self::with(&format!("{BASE}{tasks}")).await
+    }
+
+    async fn with(text: &str) -> Self {
+        let config = Config::parse(text, Some(&ActionRegistry::builtin())).expect("config");
+        let backend = Arc::new(EmbeddedBackend::new());
+        setup(backend.as_ref(), &config).await.expect("setup");
+        let store = backend.store("w").await.expect("store");
+        Fleet { backend, config: Arc::new(config), ledger: Ledger::new(store, Clock::new(), Duration::from_secs(3600)) }
+    }
+
+    fn job(&self, task: &str, event: &str, instance: &str) -> Job {
+        let resource = Resource {
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+            kind: ResourceType::Instance,
+            id: instance.into(),
+        };
+        let t = self.config.task(task).expect("task");
+        Job {
+            v: JOB_VERSION,
+            id: job_id(event, task, &resource.key()),
+            event_id: event.into(),
+            event_time: None,
+            received_ms: Clock::new().now_ms(),
+            task: task.into(),
+            action: t.action.clone(),
+            params: t.params.clone(),
+            partition: partition_of(&resource.key(), self.config.fleet.partitions.get()),
+            resource,
+        }
+    }
+
+    async fn send(&self, job: &Job, dedup: &str) {
+        let queue = self.backend.queue(&names::jobs_queue("w", job.partition)).await.expect("queue");
+        let message = OutgoingMessage {
+            body: job.to_json().expect("json"),
+            group_id: Some(job.id.clone()),
+            dedup_id: Some(dedup.into()),
+            ..Default::default()
+        };
+        assert!(queue.send_batch(&[message]).await.expect("send").is_empty());
+    }
+
+    /// Starts a worker; returns its shutdown token and handle.
+    async fn start(&self, max_in_flight: Option<u32>) -> (CancellationToken, tokio::task::JoinHandle<ConsumeSummary>) {
+        let mut config = self.config.as_ref().clone();
+        if let Some(n) = max_in_flight {
+            config.worker.max_in_flight = n.try_into().expect("non-zero");
+        }
+        let config = Arc::new(config);
+        let hard_stop = CancellationToken::new();
+        let worker = Worker::open(
+            self.backend.as_ref(),
+            Arc::clone(&config),
+            ActionRegistry::builtin(),
+            "test".into(),
+            false,
+            hard_stop.clone(),
+        )
+        .await
+        .expect("worker");
+        let consumer = Consumer::open(self.backend.as_ref(), Arc::new(worker), &config)
+            .await
+            .expect("consumer")
+            .with_long_poll(Duration::from_millis(20));
+        let shutdown = CancellationToken::new();
+        (shutdown.clone(), tokio::spawn(consumer.run(shutdown, hard_stop)))
+    }
+
+    async fn wait_final(&self, jobs: &[Job], within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let mut open = Vec::new();
+            for job in jobs {
+                if !self.ledger.job(&job.id).await.expect("ledger").is_some_and(|r| r.status.is_final()) {
+                    open.push(job.id.clone());
+                }
+            }
+            if open.is_empty() {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "jobs not finished in time: {open:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn status(&self, job: &Job) -> Status {
+        self.ledger.job(&job.id).await.expect("ledger").expect("record").status
+    }
+
+    fn dead_letters(&self, partition: u32) -> Vec<(String, String)> {
+        let q = self.backend.embedded_queue(&names::jobs_dlq("w", partition)).expect("dlq");
+        q.peek_bodies()
+            .into_iter()
+            .zip(q.peek_attributes())
+            .map(|(b, a)| (b, a.get(names::REASON_ATTRIBUTE).cloned().unwrap_or_default()))
+            .collect()
+    }
+}
+
+const NOOP: &str = r#"
+[[tasks]]
+name = "quick"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { sleep_ms = 10 }
+"#;
+
+#[tokio::test]
+async fn a_job_succeeds_once_and_its_redelivery_is_acknowledged_without_running() {
+    let fleet = Fleet::new(NOOP).await;
+    let job = fleet.job("quick", "e1", "i-1");
+    fleet.send(&job, "first").await;
+    let (stop, handle) = fleet.start(None).await;
+    fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(10)).await;
+    fleet.send(&job, "second").await;
+    let queue = fleet.backend.embedded_queue(&names::jobs_queue("w", job.partition)).expect("queue");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !queue.peek_bodies().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the redelivered job was not acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    handle.await.expect("worker");
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.status, record.attempts), (Status::Succeeded, 1));
+    let attempts = fleet.ledger.attempts(&job.id).await.expect("attempts");
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome, "SUCCEEDED");
+    assert_eq!(fleet.ledger.run(&job.run_id()).await.expect("run").succeeded, 1);
+}
+
+#[tokio::test]
+async fn a_poison_job_fails_into_the_dlq_without_blocking_its_partition() {
+    let fleet = Fleet::new(&format!(
+        "{NOOP}{}",
+        r#"
+[[tasks]]
+name = "poison"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { fail_rate = 1.0 }
+"#
+    ))
+    .await;
+    let poison = fleet.job("poison", "e1", "i-1");
+    let partition = poison.partition;
+    let good: Vec<Job> = (0..40)
+        .map(|i| fleet.job("quick", "e1", &format!("i-{i}")))
+        .filter(|j| j.partition == partition)
+        .take(3)
+        .collect();
+    fleet.send(&poison, "p").await;
+    for job in &good {
+        fleet.send(job, &job.id).await;
+    }
+    let queue = fleet.backend.queue(&names::jobs_queue("w", partition)).await.expect("queue");
+    queue
+        .send_batch(&[OutgoingMessage {
+            body: "garbage".into(),
+            group_id: Some("g".into()),
+            dedup_id: Some("g".into()),
+            ..Default::default()
+        }])
+        .await
+        .expect("send");
+    let (stop, handle) = fleet.start(None).await;
+    let mut all = good.clone();
+    all.push(poison.clone());
+    fleet.wait_final(&all, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    assert_eq!(fleet.status(&poison).await, Status::Failed);
+    for job in &good {
+        assert_eq!(fleet.status(job).await, Status::Succeeded);
+    }
+    let dead = fleet.dead_letters(partition);
+    assert_eq!(dead.len(), 2, "{dead:?}");
+    assert!(dead.iter().any(|(body, reason)| body.contains(&poison.id) && reason == "noop: fail_rate = 1"), "{dead:?}");
+    assert!(dead.iter().any(|(body, reason)| body == "garbage" && reason.starts_with("not a job")), "{dead:?}");
+    assert_eq!(fleet.ledger.run(&poison.run_id()).await.expect("run").failed, 1);
+}
+
+#[tokio::test]
+async fn retryable_failures_retry_within_the_budget_and_fail_beyond_it() {
+    let fleet = Fleet::new(
+        r#"
+[[tasks]]
+name = "flaky"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { fail_attempts = 1 }
+retries = 1
+
+[[tasks]]
+name = "broken"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { fail_attempts = 5 }
+retries = 1
+"#,
+    )
+    .await;
+    let flaky = fleet.job("flaky", "e", "i-1");
+    let broken = fleet.job("broken", "e", "i-2");
+    fleet.send(&flaky, "f").await;
+    fleet.send(&broken, "b").await;
+    let (stop, handle) = fleet.start(None).await;
+    fleet.wait_final(&[flaky.clone(), broken.clone()], Duration::from_secs(20)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    let outcomes =
+        |attempts: Vec<opsfleet_worker::ledger::Attempt>| attempts.into_iter().map(|a| a.outcome).collect::<Vec<_>>();
+    assert_eq!(fleet.status(&flaky).await, Status::Succeeded);
+    assert_eq!(outcomes(fleet.ledger.attempts(&flaky.id).await.expect("a")), ["RETRY", "SUCCEEDED"]);
+    assert_eq!(fleet.status(&broken).await, Status::Failed);
+    assert_eq!(outcomes(fleet.ledger.attempts(&broken.id).await.expect("a")), ["RETRY", "FAILED"]);
+    let record = fleet.ledger.job(&broken.id).await.expect("ledger").expect("record");
+    assert!(record.error.as_deref().is_some_and(|e| e.contains("over retries = 1")), "{record:?}");
+}
+
+#[tokio::test]
+async fn a_pending_job_completes_through_the_checks_queue_holding_its_lock() {
+    let fleet = Fleet::new(
+        r#"
+[[tasks]]
+name = "slow"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 2, check_after_ms = 1000 }
+"#,
+    )
+    .await;
+    let job = fleet.job("slow", "e", "i-1");
+    fleet.send(&job, "s").await;
+    let (stop, handle) = fleet.start(None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fleet.status(&job).await, Status::Pending);
+    let store = fleet.backend.store("w").await.expect("store");
+    let lock = store
+        .get(&opsfleet_protocol::ports::Key::new(format!("lock#{}", job.resource.key()), "lease"))
+        .await
+        .expect("get")
+        .expect("lock item");
+    assert!(lock.str("owner").is_some(), "the lock is held while the job waits");
+    fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(10)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.status, record.checks), (Status::Succeeded, 2));
+}
+
+#[tokio::test]
+async fn a_limit_bounds_concurrent_holders() {
+    let fleet = Fleet::new(
+        r#"
+[[tasks]]
+name = "limited"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { sleep_ms = 150 }
+limit = "two"
+"#,
+    )
+    .await;
+    let jobs: Vec<Job> = (0..8).map(|i| fleet.job("limited", "e", &format!("i-{i}"))).collect();
+    for job in &jobs {
+        fleet.send(job, &job.id).await;
+    }
+    let (stop, handle) = fleet.start(None).await;
+    fleet.wait_final(&jobs, Duration::from_secs(30)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    let mut intervals = Vec::new();
+    for job in &jobs {
+        for a in fleet.ledger.attempts(&job.id).await.expect("attempts") {
+            intervals.push((a.started_ms, a.released_ms));
+        }
+    }
+    assert_eq!(intervals.len(), 8);
+    let peak = peak_overlap(&intervals);
+    assert!(peak <= 2, "{peak} holders at once: {intervals:?}");
+    assert_eq!(peak, 2, "the limit is used up to its maximum");
+}
+
+/// The largest number of intervals that overlap at one instant.
+fn peak_overlap(intervals: &[(u64, u64)]) -> usize {
+    let mut edges: Vec<(u64, i32)> = intervals.iter().flat_map(|&(s, e)| [(s, 1), (e, -1)]).collect();
+    edges.sort_by_key(|&(t, d)| (t, d));
+    let (mut now, mut peak) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        peak = peak.max(now);
+    }
+    peak as usize
+}
+
+#[tokio::test]
+async fn a_run_past_max_errors_cancels_its_remaining_jobs() {
+    let fleet = Fleet::new(
+        r#"
+[[tasks]]
+name = "doomed"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { fail_rate = 1.0 }
+max_errors = 1
+"#,
+    )
+    .await;
+    let jobs: Vec<Job> = (0..6).map(|i| fleet.job("doomed", "e", &format!("i-{i}"))).collect();
+    for job in &jobs {
+        fleet.send(job, &job.id).await;
+    }
+    let (stop, handle) = fleet.start(Some(1)).await;
+    fleet.wait_final(&jobs, Duration::from_secs(20)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    let run = fleet.ledger.run(&jobs[0].run_id()).await.expect("run");
+    assert_eq!(run.failed, 2, "{run:?}");
+    assert_eq!(run.cancelled, 4, "{run:?}");
+    assert_eq!(run.cancelled_because.as_deref(), Some("run failed 2 jobs, over max_errors = 1"));
+    let mut cancelled = 0;
+    for job in &jobs {
+        if fleet.status(job).await == Status::Cancelled {
+            cancelled += 1;
+            let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+            assert_eq!(record.error.as_deref(), Some("cancelled: run failed 2 jobs, over max_errors = 1"));
+        }
+    }
+    assert_eq!(cancelled, 4);
+}
+
+#[tokio::test]
+async fn shutdown_lets_running_jobs_finish_and_leaves_the_rest_queued() {
+    let fleet = Fleet::new(
+        r#"
+[[tasks]]
+name = "steady"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { sleep_ms = 400 }
+"#,
+    )
+    .await;
+    let jobs: Vec<Job> = (0..10).map(|i| fleet.job("steady", "e", &format!("i-{i}"))).collect();
+    for job in &jobs {
+        fleet.send(job, &job.id).await;
+    }
+    let (stop, handle) = fleet.start(Some(2)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.cancel();
+    let summary =
+        tokio::time::timeout(Duration::from_secs(5), handle).await.expect("within the grace").expect("worker");
+    assert_eq!(summary.interrupted, 0);
+    let mut done = 0;
+    for job in &jobs {
+        match fleet.ledger.job(&job.id).await.expect("ledger") {
+            Some(r) => {
+                assert_eq!(r.status, Status::Succeeded, "a started job finished");
+                done += 1;
+            }
+            None => {}
+        }
+    }
+    assert_eq!(done, summary.handled, "{summary:?}");
+    assert!(done >= 1 && done < 10, "{done} done");
+    let mut queued = 0;
+    for p in 0..2 {
+        queued += fleet.backend.embedded_queue(&names::jobs_queue("w", p)).expect("q").peek_bodies().len();
+    }
+    assert_eq!(queued, 10 - done, "the rest stay queued, nothing lost");
+    // A second worker finishes them.
+    let (stop, handle) = fleet.start(None).await;
+    fleet.wait_final(&jobs, Duration::from_secs(20)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+}
