@@ -423,3 +423,31 @@ params = { sleep_ms = 400 }
     stop.cancel();
     handle.await.expect("worker");
 }
+
+#[test]
+fn metrics_count_finished_jobs_durations_in_flight_and_lock_results() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let fleet = Fleet::new(NOOP).await;
+            let job = fleet.job("quick", "e1", "i-1");
+            fleet.send(&job, "m").await;
+            let (stop, handle) = fleet.start(None).await;
+            fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(10)).await;
+            stop.cancel();
+            handle.await.expect("worker");
+        });
+    });
+    let text = handle.render();
+    for line in [
+        "opsfleet_jobs_finished_total{action=\"noop\",outcome=\"succeeded\"} 1",
+        "opsfleet_lock_acquisitions_total{result=\"acquired\"} 1",
+        "opsfleet_job_duration_seconds_count{action=\"noop\"} 1",
+        "opsfleet_event_to_start_seconds_count 1",
+        "opsfleet_jobs_in_flight 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+    }
+}
