@@ -451,3 +451,40 @@ fn metrics_count_finished_jobs_durations_in_flight_and_lock_results() {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
     }
 }
+
+#[test]
+fn a_check_due_past_the_15_minute_delay_is_chained_until_it_is_due() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let waited = metrics::with_local_recorder(&recorder, || {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
+        runtime.block_on(async {
+            let fleet = Fleet::new(
+                r#"
+[[tasks]]
+name = "glacial"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 1, check_after_ms = 2400000 }
+"#,
+            )
+            .await;
+            let job = fleet.job("glacial", "e", "i-1");
+            fleet.send(&job, "g").await;
+            let started = tokio::time::Instant::now();
+            let (stop, handle) = fleet.start(None).await;
+            fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(3 * 3600)).await;
+            let waited = started.elapsed();
+            stop.cancel();
+            handle.await.expect("worker");
+            assert_eq!(fleet.status(&job).await, Status::Succeeded);
+            waited
+        })
+    });
+    assert!(waited >= Duration::from_secs(40 * 60), "completed after {waited:?}, before the 40 minutes were up");
+    let text = handle.render();
+    let line = "opsfleet_checks_total{result=\"early\"} 2";
+    assert!(text.lines().any(|l| l == line), "a 40-minute wait is three delays of at most 15 minutes: missing `{line}` in\n{text}");
+}
