@@ -59,10 +59,11 @@ fn router_process_routes_events_from_a_real_client() {
         .collect();
     assert_eq!(expected.len(), 6, "plan: {expected:#?}");
 
+    let metrics_addr = support::free_loopback_addr();
     let log =
         std::fs::File::create(support::root().join("target/e2e").join(format!("{fleet}.log"))).expect("router log");
     let mut router = support::ChildGuard(
-        opsfleet(&["router", "--config", config.to_str().unwrap_or_default()])
+        opsfleet(&["router", "--config", config.to_str().unwrap_or_default(), "--metrics-addr", &metrics_addr])
             .stderr(log)
             .spawn()
             .expect("start router"),
@@ -113,6 +114,17 @@ fn router_process_routes_events_from_a_real_client() {
     assert!(reasons.iter().any(|r| r == "account 210987654321 is not in fleet.allowed_accounts"), "{reasons:?}");
     assert!(dead.iter().any(|m| m["body"] == "this is not json"), "the body is kept as sent");
     assert!(drain(&events_queue, 1.0).is_empty(), "every input message was deleted");
+
+    let metrics = support::http_get(&metrics_addr, "/metrics");
+    for line in [
+        "opsfleet_jobs_emitted_total{task=\"snapshot-stopped-instance\",action=\"noop\"} 2",
+        "opsfleet_jobs_emitted_total{task=\"recover-alarmed-resource\",action=\"noop\"} 4",
+        "opsfleet_events_rejected_total{reason=\"not_an_event\"} 2",
+        "opsfleet_events_rejected_total{reason=\"account_not_allowed\"} 1",
+        "opsfleet_events_unmatched_total 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "missing `{line}` in /metrics:\n{metrics}");
+    }
 
     support::terminate(&mut router.0);
     let status = router.0.wait().expect("router exit");

@@ -80,3 +80,26 @@ impl Drop for ChildGuard {
         let _ = self.0.wait();
     }
 }
+
+/// A loopback address with a port free right now.
+pub fn free_loopback_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").to_string()
+}
+
+/// The body of a plain HTTP GET, retried until the server answers (up to 10 s).
+pub fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(mut stream) = std::net::TcpStream::connect(addr) {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+            let mut response = String::new();
+            if stream.write_all(request.as_bytes()).is_ok() && stream.read_to_string(&mut response).is_ok() {
+                return response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no HTTP answer from {addr}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
