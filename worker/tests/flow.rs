@@ -402,16 +402,13 @@ params = { sleep_ms = 400 }
     assert_eq!(summary.interrupted, 0);
     let mut done = 0;
     for job in &jobs {
-        match fleet.ledger.job(&job.id).await.expect("ledger") {
-            Some(r) => {
-                assert_eq!(r.status, Status::Succeeded, "a started job finished");
-                done += 1;
-            }
-            None => {}
+        if let Some(r) = fleet.ledger.job(&job.id).await.expect("ledger") {
+            assert_eq!(r.status, Status::Succeeded, "a started job finished");
+            done += 1;
         }
     }
     assert_eq!(done, summary.handled, "{summary:?}");
-    assert!(done >= 1 && done < 10, "{done} done");
+    assert!((1..10).contains(&done), "{done} done");
     let mut queued = 0;
     for p in 0..2 {
         queued += fleet.backend.embedded_queue(&names::jobs_queue("w", p)).expect("q").peek_bodies().len();
@@ -486,5 +483,8 @@ params = { pending_checks = 1, check_after_ms = 2400000 }
     assert!(waited >= Duration::from_secs(40 * 60), "completed after {waited:?}, before the 40 minutes were up");
     let text = handle.render();
     let line = "opsfleet_checks_total{result=\"early\"} 2";
-    assert!(text.lines().any(|l| l == line), "a 40-minute wait is three delays of at most 15 minutes: missing `{line}` in\n{text}");
+    assert!(
+        text.lines().any(|l| l == line),
+        "a 40-minute wait is three delays of at most 15 minutes: missing `{line}` in\n{text}"
+    );
 }
