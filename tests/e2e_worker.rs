@@ -5,7 +5,7 @@
 mod support;
 
 use opsfleet_backend::AwsBackend;
-use opsfleet_protocol::job::{job_id, partition_of, JOB_VERSION};
+use opsfleet_protocol::job::JobOrigin;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
 use opsfleet_protocol::{Config, Job, Resource, ResourceType};
 use opsfleet_worker::clock::Clock;
@@ -103,18 +103,15 @@ impl Fleet {
             id: instance.into(),
         };
         let t = self.config.task(task).expect("task");
-        Job {
-            v: JOB_VERSION,
-            id: job_id(event, task, &resource.key()),
-            event_id: event.into(),
+        let origin = JobOrigin {
+            event_id: event,
             event_time: None,
             received_ms: Clock::new().now_ms(),
-            task: task.into(),
-            action: t.action.clone(),
-            params: t.params.clone(),
-            partition: partition_of(&resource.key(), 2),
-            resource,
-        }
+            task,
+            action: &t.action,
+            params: &t.params,
+        };
+        Job::new(origin, resource, 2)
     }
 
     /// Sends jobs to their partitions; `group` names each job's FIFO group.

@@ -57,7 +57,42 @@ pub enum JobError {
     Invalid(String),
 }
 
+/// Where a job comes from: its event and task.
+#[derive(Debug, Clone, Copy)]
+pub struct JobOrigin<'a> {
+    /// The event id.
+    pub event_id: &'a str,
+    /// The event's own time.
+    pub event_time: Option<&'a str>,
+    /// When the router received the event, in Unix milliseconds.
+    pub received_ms: u64,
+    /// The task name.
+    pub task: &'a str,
+    /// The task's action.
+    pub action: &'a str,
+    /// The task's params.
+    pub params: &'a Value,
+}
+
 impl Job {
+    /// The job of `origin` for one resource, with its deterministic id and its partition among
+    /// `partitions`.
+    pub fn new(origin: JobOrigin<'_>, resource: Resource, partitions: u32) -> Self {
+        let key = resource.key();
+        Job {
+            v: JOB_VERSION,
+            id: job_id(origin.event_id, origin.task, &key),
+            event_id: origin.event_id.to_owned(),
+            event_time: origin.event_time.map(str::to_owned),
+            received_ms: origin.received_ms,
+            task: origin.task.to_owned(),
+            action: origin.action.to_owned(),
+            params: origin.params.clone(),
+            partition: partition_of(&key, partitions),
+            resource,
+        }
+    }
+
     /// The job as JSON, rejected when over [`MAX_JOB_BYTES`].
     pub fn to_json(&self) -> Result<String, JobError> {
         let text = serde_json::to_string(self).map_err(|e| JobError::Invalid(e.to_string()))?;

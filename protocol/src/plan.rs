@@ -3,7 +3,7 @@
 
 use crate::config::{Config, DiscoveryQuery, Targets};
 use crate::event::{named_resources, Event, TargetError};
-use crate::job::{job_id, partition_of, Job, JobError, JOB_VERSION};
+use crate::job::{Job, JobError, JobOrigin};
 use crate::resource::Resource;
 
 /// What an event expands to.
@@ -168,19 +168,15 @@ impl Planner {
                     account: resource.account.clone(),
                 });
             }
-            let key = resource.key();
-            let job = Job {
-                v: JOB_VERSION,
-                id: job_id(&event.id, &task.name, &key),
-                event_id: event.id.clone(),
-                event_time: event.time.clone(),
+            let origin = JobOrigin {
+                event_id: &event.id,
+                event_time: event.time.as_deref(),
                 received_ms,
-                task: task.name.clone(),
-                action: task.action.clone(),
-                params: task.params.clone(),
-                resource: resource.clone(),
-                partition: partition_of(&key, partitions),
+                task: &task.name,
+                action: &task.action,
+                params: &task.params,
             };
+            let job = Job::new(origin, resource.clone(), partitions);
             jobs.push(job);
         }
         Ok(jobs)

@@ -68,29 +68,9 @@ pub enum Command {
         metrics_addr: Option<String>,
     },
     /// Run jobs from the job partitions and the checks queue.
-    Worker {
-        /// The fleet config.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Serve Prometheus metrics on this address (overrides `[metrics] address`).
-        #[arg(long)]
-        metrics_addr: Option<String>,
-        /// Plan mode: actions that change AWS only record what they would do.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Worker(ServeArgs),
     /// Router and worker in one process.
-    Run {
-        /// The fleet config.
-        #[arg(long, short)]
-        config: PathBuf,
-        /// Serve Prometheus metrics on this address (overrides `[metrics] address`).
-        #[arg(long)]
-        metrics_addr: Option<String>,
-        /// Plan mode: actions that change AWS only record what they would do.
-        #[arg(long)]
-        dry_run: bool,
-    },
+    Run(ServeArgs),
     /// Run the sample events through the whole path on the embedded backend.
     Demo {
         /// The fleet config (default: the bundled `examples/fleet.toml`).
@@ -107,11 +87,25 @@ impl Command {
     /// commands only warnings (their output is the result).
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Router { .. } | Command::Worker { .. } | Command::Run { .. } => "info",
+            Command::Router { .. } | Command::Worker(_) | Command::Run(_) => "info",
             Command::Demo { .. } => "error",
             _ => "warn",
         }
     }
+}
+
+/// What `worker` and `run` take.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// The fleet config.
+    #[arg(long, short)]
+    pub config: PathBuf,
+    /// Serve Prometheus metrics on this address (overrides `[metrics] address`).
+    #[arg(long)]
+    pub metrics_addr: Option<String>,
+    /// Plan mode: actions that change AWS only record what they would do.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Runs a subcommand.
@@ -121,8 +115,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Validate { config } => validate::run(&config),
         Command::Setup { config } => setup::run(&config).await,
         Command::Router { config, metrics_addr } => serve::router(&config, metrics_addr).await,
-        Command::Worker { config, metrics_addr, dry_run } => serve::worker(&config, metrics_addr, dry_run).await,
-        Command::Run { config, metrics_addr, dry_run } => serve::both(&config, metrics_addr, dry_run).await,
+        Command::Worker(args) => serve::worker(args).await,
+        Command::Run(args) => serve::both(args).await,
         Command::Demo { config, events } => demo::run(config, events).await,
     }
 }

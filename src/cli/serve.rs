@@ -1,5 +1,6 @@
 //! The long-running commands: `router`, `worker` and `run` (both in one process).
 
+use super::ServeArgs;
 use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::ports::Backend;
 use opsfleet_protocol::{Config, Planner};
@@ -10,12 +11,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// What every long-running command starts from: the config, metrics served, the AWS
+/// backend, and a token cancelled on SIGTERM/SIGINT.
+async fn prepare(path: &Path, metrics_addr: Option<&str>) -> anyhow::Result<(Config, AwsBackend, CancellationToken)> {
+    let config = super::load_config(path)?;
+    super::serve_metrics(metrics_addr.or(config.metrics.address.as_deref()))?;
+    Ok((config, AwsBackend::from_env().await, super::shutdown_on_signal()))
+}
+
 /// Routes events until SIGTERM/SIGINT.
 pub async fn router(path: &Path, metrics_addr: Option<String>) -> anyhow::Result<ExitCode> {
-    let config = super::load_config(path)?;
-    super::serve_metrics(metrics_addr.as_deref().or(config.metrics.address.as_deref()))?;
-    let backend = AwsBackend::from_env().await;
-    let shutdown = super::shutdown_on_signal();
+    let (config, backend, shutdown) = prepare(path, metrics_addr.as_deref()).await?;
     let router = Arc::new(Router::open(&backend, Arc::new(Planner::new(config)), Arc::new(NoDiscovery)).await?);
     tracing::info!("Router started.");
     router.run(shutdown).await;
@@ -24,26 +30,20 @@ pub async fn router(path: &Path, metrics_addr: Option<String>) -> anyhow::Result
 }
 
 /// Runs jobs until SIGTERM/SIGINT, then shuts down gracefully.
-pub async fn worker(path: &Path, metrics_addr: Option<String>, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let config = super::load_config(path)?;
-    super::serve_metrics(metrics_addr.as_deref().or(config.metrics.address.as_deref()))?;
-    let backend = AwsBackend::from_env().await;
-    let shutdown = super::shutdown_on_signal();
-    let summary = start_worker(&backend, Arc::new(config), dry_run, shutdown).await?.await?;
+pub async fn worker(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (config, backend, shutdown) = prepare(&args.config, args.metrics_addr.as_deref()).await?;
+    let summary = start_worker(&backend, Arc::new(config), args.dry_run, shutdown).await?.await?;
     log_summary(&summary);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Router and worker in one process.
-pub async fn both(path: &Path, metrics_addr: Option<String>, dry_run: bool) -> anyhow::Result<ExitCode> {
-    let config = super::load_config(path)?;
-    super::serve_metrics(metrics_addr.as_deref().or(config.metrics.address.as_deref()))?;
-    let backend = AwsBackend::from_env().await;
-    let shutdown = super::shutdown_on_signal();
+pub async fn both(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let (config, backend, shutdown) = prepare(&args.config, args.metrics_addr.as_deref()).await?;
     let config = Arc::new(config);
-    let router =
-        Arc::new(Router::open(&backend, Arc::new(Planner::new(config.as_ref().clone())), Arc::new(NoDiscovery)).await?);
-    let worker = start_worker(&backend, Arc::clone(&config), dry_run, shutdown.clone()).await?;
+    let planner = Arc::new(Planner::new(config.as_ref().clone()));
+    let router = Arc::new(Router::open(&backend, planner, Arc::new(NoDiscovery)).await?);
+    let worker = start_worker(&backend, Arc::clone(&config), args.dry_run, shutdown.clone()).await?;
     tracing::info!("Router and worker started.");
     router.run(shutdown).await;
     let summary = worker.await?;

@@ -2,7 +2,7 @@
 //! retries, completion checks, limits, `max_errors`, and graceful shutdown.
 
 use opsfleet_backend::{setup::setup, EmbeddedBackend};
-use opsfleet_protocol::job::{job_id, partition_of, JOB_VERSION};
+use opsfleet_protocol::job::JobOrigin;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
 use opsfleet_protocol::{Config, Job, Resource, ResourceType};
@@ -54,18 +54,15 @@ impl Fleet {
             id: instance.into(),
         };
         let t = self.config.task(task).expect("task");
-        Job {
-            v: JOB_VERSION,
-            id: job_id(event, task, &resource.key()),
-            event_id: event.into(),
+        let origin = JobOrigin {
+            event_id: event,
             event_time: None,
             received_ms: Clock::new().now_ms(),
-            task: task.into(),
-            action: t.action.clone(),
-            params: t.params.clone(),
-            partition: partition_of(&resource.key(), self.config.fleet.partitions.get()),
-            resource,
-        }
+            task,
+            action: &t.action,
+            params: &t.params,
+        };
+        Job::new(origin, resource, self.config.fleet.partitions.get())
     }
 
     async fn send(&self, job: &Job, dedup: &str) {
