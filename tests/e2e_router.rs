@@ -130,3 +130,46 @@ fn router_process_routes_events_from_a_real_client() {
     let status = router.0.wait().expect("router exit");
     assert!(status.success(), "router exits 0 on SIGTERM: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_routes_and_runs_an_event_end_to_end_in_one_process() {
+    use opsfleet_protocol::ports::Backend;
+    use opsfleet_worker::ledger::{Ledger, Status};
+
+    let fleet = unique_fleet("e2e-run");
+    let config = write_config(&fleet, CONFIG);
+    let config_arg = config.to_str().unwrap_or_default().to_owned();
+    let setup = opsfleet(&["setup", "--config", &config_arg]).output().expect("run setup");
+    assert!(setup.status.success(), "setup failed: {}", String::from_utf8_lossy(&setup.stderr));
+    let event = "examples/events/alarm-io-pressure-metric-math.json";
+    let plan = opsfleet(&["plan", "--config", &config_arg, event]).output().expect("plan");
+    let ids: Vec<String> = String::from_utf8_lossy(&plan.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("plan line")["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 2, "the alarm names an instance and a volume");
+
+    let log = std::fs::File::create(support::root().join("target/e2e").join(format!("{fleet}.log"))).expect("log");
+    let mut run =
+        support::ChildGuard(opsfleet(&["run", "--config", &config_arg]).stderr(log).spawn().expect("start run"));
+    assert!(python_client(&["send-files", &format!("{fleet}-events"), event]).status().expect("send").success());
+
+    let backend = opsfleet_backend::AwsBackend::from_env().await;
+    let ledger = Ledger::new(
+        backend.store(&fleet).await.expect("table"),
+        opsfleet_worker::clock::Clock::new(),
+        std::time::Duration::from_secs(3600),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for id in &ids {
+        loop {
+            if ledger.job(id).await.expect("ledger").is_some_and(|r| r.status == Status::Succeeded) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "job {id} did not succeed");
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        }
+    }
+    support::terminate(&mut run.0);
+    assert!(run.0.wait().expect("exit").success(), "run exits 0 on SIGTERM");
+}
