@@ -200,19 +200,16 @@ async fn poll(
 ) {
     let mut failures = 0u32;
     loop {
-        let first = tokio::select! {
+        // Wait for capacity, but hold none while long-polling: a poller waiting on an empty
+        // queue must not keep permits from the pollers of busy ones.
+        let capacity = tokio::select! {
             permit = Arc::clone(&permits).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
             () = shutdown.cancelled() => return,
         };
-        let mut held = vec![first];
-        while held.len() < MAX_BATCH {
-            match Arc::clone(&permits).try_acquire_owned() {
-                Ok(p) => held.push(p),
-                Err(_) => break,
-            }
-        }
+        let want = (permits.available_permits() + 1).min(MAX_BATCH);
+        drop(capacity);
         let received = tokio::select! {
-            r = queue.receive(held.len(), long_poll, Some(visibility)) => r,
+            r = queue.receive(want, long_poll, Some(visibility)) => r,
             () = shutdown.cancelled() => return,
         };
         let messages = match received {
@@ -223,7 +220,6 @@ async fn poll(
             Err(e) => {
                 WorkerCallFailed { what: "receive", error: &e.to_string() }.emit();
                 failures = (failures + 1).min(6);
-                drop(held);
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(100 << failures)) => continue,
                     () = shutdown.cancelled() => return,
@@ -231,16 +227,20 @@ async fn poll(
             }
         };
         for message in messages {
-            if shutdown.is_cancelled() {
+            let permit = tokio::select! {
+                permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
+                () = shutdown.cancelled() => None,
+            };
+            let Some(permit) = permit else {
                 // Not started: hand it back at once.
                 let _ = queue.change_visibility(&message.receipt, Duration::ZERO).await;
                 returned.fetch_add(1, Ordering::SeqCst);
                 continue;
-            }
-            let Some(permit) = held.pop() else { break };
+            };
             let work = Work { source, queue: Arc::clone(&queue), message, deletes: deletes.clone(), _permit: permit };
-            if spawn.send(work).is_err() {
-                return;
+            if let Err(mpsc::error::SendError(work)) = spawn.send(work) {
+                let _ = work.queue.change_visibility(&work.message.receipt, Duration::ZERO).await;
+                returned.fetch_add(1, Ordering::SeqCst);
             }
         }
     }

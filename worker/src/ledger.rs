@@ -175,9 +175,13 @@ impl Ledger {
             .set("started_ms", self.now())
             .set("expires_at", self.expires_at())
             .add("attempts", 1);
-        let cond = Cond::And(vec![
-            Cond::Or(vec![Cond::Lacks("status".into()), Cond::eq("status", Status::InProgress.as_str())]),
-            Cond::Or(vec![Cond::Lacks("fence".into()), Cond::Le("fence".into(), fence.into())]),
+        // A job may begin when it never began, or is in progress (retrying) under this fence or
+        // an older one; or when it is pending under an older fence: its holder's leases lapsed
+        // (its completion checks stopped), so the job starts again under the new holder.
+        let cond = Cond::Or(vec![
+            Cond::Lacks("status".into()),
+            Cond::And(vec![Cond::eq("status", Status::InProgress.as_str()), Cond::Le("fence".into(), fence.into())]),
+            Cond::And(vec![Cond::eq("status", Status::Pending.as_str()), Cond::lt("fence", fence)]),
         ]);
         match self.store.update(&job_key(&job.id), update, cond).await {
             Ok(item) => Ok(Begin::Started(item.int("attempts").unwrap_or(1) as u32)),

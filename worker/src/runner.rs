@@ -276,7 +276,7 @@ impl Worker {
     async fn run_check(&self, check: CheckMessage) -> Result<Disposition, CallError> {
         let job = &check.job;
         let now = self.clock.now_ms();
-        if check.due_ms > now + 1_000 {
+        if check.due_ms > now + 100 {
             // Chained past SQS's 15-minute delay: wait again.
             CheckRan { job_id: &job.id, result: "early" }.emit();
             self.send_check(check.clone(), check.due_ms - now).await?;
@@ -461,8 +461,9 @@ impl Worker {
             operation: "SendMessageBatch",
             message: e.to_string(),
         })?;
-        let delay = Duration::from_millis(delay_ms).min(MAX_DELAY);
-        let message = OutgoingMessage { body, delay: Some(Duration::from_secs(delay.as_secs())), ..Default::default() };
+        // SQS delays are whole seconds: round up, so a check never arrives before it is due.
+        let delay = Duration::from_secs(delay_ms.div_ceil(1000)).min(MAX_DELAY);
+        let message = OutgoingMessage { body, delay: Some(delay), ..Default::default() };
         let failures = self.checks.send_batch(&[message]).await?;
         if let Some(f) = failures.first() {
             return Err(QueueError::Unavailable {

@@ -485,3 +485,45 @@ params = { pending_checks = 1, check_after_ms = 2400000 }
         "a 40-minute wait is three delays of at most 15 minutes: missing `{line}` in\n{text}"
     );
 }
+
+#[tokio::test]
+async fn a_pending_job_whose_checks_stopped_starts_again_after_its_lease_lapses() {
+    let fleet = Fleet::with(&format!(
+        "{}{}",
+        BASE.replace("lease_secs = 5", "lease_secs = 3"),
+        r#"
+[[tasks]]
+name = "slow"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 1, check_after_ms = 500 }
+"#
+    ))
+    .await;
+    let job = fleet.job("slow", "e", "i-1");
+    fleet.send(&job, "first").await;
+    let (stop, handle) = fleet.start(None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fleet.ledger.job(&job.id).await.expect("ledger").map(|r| r.status) != Some(Status::Pending) {
+        let seen = fleet.ledger.job(&job.id).await.expect("ledger");
+        assert!(tokio::time::Instant::now() < deadline, "the job never went pending: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    handle.await.expect("worker");
+    // The check is lost (say it went to the checks DLQ), and the job is delivered again.
+    let checks = fleet.backend.queue(&names::checks_queue("w")).await.expect("checks");
+    let lost = checks.receive(10, Duration::from_secs(2), None).await.expect("receive");
+    assert_eq!(lost.len(), 1);
+    checks.delete_batch(&[lost[0].receipt.clone()]).await.expect("delete");
+    fleet.send(&job, "again").await;
+    let (stop, handle) = fleet.start(None).await;
+    fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(20)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!(record.status, Status::Succeeded);
+    assert!(record.fence >= 2, "the new holder took over with a newer fence: {record:?}");
+    assert_eq!(record.attempts, 2);
+}
