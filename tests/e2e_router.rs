@@ -105,6 +105,26 @@ fn router_process_routes_events_from_a_real_client() {
         assert_eq!(job["params"], plan["params"]);
     }
 
+    // `opsfleet dlq list` shows the rejected events with their reasons and leaves them there;
+    // `redrive` sends them back, and the router rejects them again.
+    let listed = opsfleet(&["dlq", "list", "--config", config.to_str().unwrap_or_default(), "--queue", "events"])
+        .output()
+        .expect("dlq list");
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let listed: Vec<Value> =
+        String::from_utf8_lossy(&listed.stdout).lines().map(|l| serde_json::from_str(l).expect("dlq line")).collect();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(
+        listed.iter().all(|m| m["reason"].is_string() && m["queue"] == format!("{fleet}-events-dlq")),
+        "{listed:?}"
+    );
+    let redrive = opsfleet(&["dlq", "redrive", "--config", config.to_str().unwrap_or_default(), "--queue", "events"])
+        .output()
+        .expect("dlq redrive");
+    assert!(redrive.status.success(), "{}", String::from_utf8_lossy(&redrive.stderr));
+    assert_eq!(String::from_utf8_lossy(&redrive.stdout).lines().count(), 3);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+
     let dead = drain(&format!("{fleet}-events-dlq"), 2.0);
     let reasons: Vec<String> =
         dead.iter().map(|m| m["attributes"]["opsfleet-reason"].as_str().unwrap_or_default().to_owned()).collect();
@@ -115,12 +135,13 @@ fn router_process_routes_events_from_a_real_client() {
     assert!(dead.iter().any(|m| m["body"] == "this is not json"), "the body is kept as sent");
     assert!(drain(&events_queue, 1.0).is_empty(), "every input message was deleted");
 
+    // Every rejection counted twice: once as sent, once after the redrive.
     let metrics = support::http_get(&metrics_addr, "/metrics");
     for line in [
         "opsfleet_jobs_emitted_total{task=\"snapshot-stopped-instance\",action=\"noop\"} 2",
         "opsfleet_jobs_emitted_total{task=\"recover-alarmed-resource\",action=\"noop\"} 4",
-        "opsfleet_events_rejected_total{reason=\"not_an_event\"} 2",
-        "opsfleet_events_rejected_total{reason=\"account_not_allowed\"} 1",
+        "opsfleet_events_rejected_total{reason=\"not_an_event\"} 4",
+        "opsfleet_events_rejected_total{reason=\"account_not_allowed\"} 2",
         "opsfleet_events_unmatched_total 1",
     ] {
         assert!(metrics.lines().any(|l| l == line), "missing `{line}` in /metrics:\n{metrics}");

@@ -2,6 +2,7 @@
 //! signals).
 
 mod demo;
+mod dlq;
 mod plan;
 mod serve;
 mod setup;
@@ -71,6 +72,12 @@ pub enum Command {
     Worker(ServeArgs),
     /// Router and worker in one process.
     Run(ServeArgs),
+    /// List or redrive dead-lettered messages.
+    Dlq {
+        /// What to do.
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Run the sample events through the whole path on the embedded backend.
     Demo {
         /// The fleet config (default: the bundled `examples/fleet.toml`).
@@ -92,6 +99,35 @@ impl Command {
             _ => "warn",
         }
     }
+}
+
+/// `opsfleet dlq` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum DlqAction {
+    /// Print dead-lettered messages with their reasons as JSON lines; they stay where they are.
+    List {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Which dead-letter queues.
+        #[arg(long, value_enum, default_value = "all")]
+        queue: dlq::Which,
+        /// At most this many messages per queue.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
+    /// Send dead-lettered messages back to the queue they came from.
+    Redrive {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Which dead-letter queues.
+        #[arg(long, value_enum)]
+        queue: dlq::Which,
+        /// At most this many messages per queue.
+        #[arg(long, default_value_t = 100)]
+        max: usize,
+    },
 }
 
 /// What `worker` and `run` take.
@@ -117,6 +153,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Router { config, metrics_addr } => serve::router(&config, metrics_addr).await,
         Command::Worker(args) => serve::worker(args).await,
         Command::Run(args) => serve::both(args).await,
+        Command::Dlq { action: DlqAction::List { config, queue, max } } => dlq::list(&config, queue, max).await,
+        Command::Dlq { action: DlqAction::Redrive { config, queue, max } } => dlq::redrive(&config, queue, max).await,
         Command::Demo { config, events } => demo::run(config, events).await,
     }
 }
