@@ -112,7 +112,7 @@ pub async fn redrive(path: &Path, which: Which, max: usize) -> anyhow::Result<Ex
             opsfleet_router::send_all(pair.live.as_ref(), vec![out])
                 .await
                 .with_context(|| format!("cannot send {} back to {}", m.message_id, pair.live.name()))?;
-            pair.dead.delete_batch(&[m.receipt.clone()]).await?;
+            pair.dead.delete_batch(std::slice::from_ref(&m.receipt)).await?;
             println!("redriven: {} {} -> {}", m.message_id, pair.dead.name(), pair.live.name());
             total += 1;
         }
