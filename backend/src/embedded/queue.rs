@@ -8,7 +8,7 @@ use opsfleet_protocol::ports::{
     DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage, SendFailure, MAX_BATCH,
     MAX_DELAY,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::Notify;
@@ -35,7 +35,12 @@ struct Stored {
 struct State {
     /// Messages by sequence number, so FIFO order is send order.
     messages: BTreeMap<u64, Stored>,
+    /// Deduplication ids seen in the last five minutes, and the same in the order they came,
+    /// so expiring them costs nothing per send.
     dedup: HashMap<String, Instant>,
+    dedup_order: VecDeque<(Instant, String)>,
+    /// Messages received at least once and not deleted: where in-flight FIFO groups are.
+    received: BTreeSet<u64>,
     next_seq: u64,
     next_receipt: u64,
 }
@@ -94,11 +99,21 @@ impl EmbeddedQueue {
             let Some(dedup) = message.dedup_id.as_deref().filter(|d| !d.is_empty()) else {
                 return Err(("InvalidParameterValue".into(), "The queue should either have ContentBasedDeduplication enabled or MessageDeduplicationId provided explicitly".into()));
             };
-            state.dedup.retain(|_, at| now.duration_since(*at) < DEDUP_WINDOW);
+            while let Some((at, _)) = state.dedup_order.front() {
+                if now.duration_since(*at) < DEDUP_WINDOW {
+                    break;
+                }
+                if let Some((at, id)) = state.dedup_order.pop_front() {
+                    if state.dedup.get(&id) == Some(&at) {
+                        state.dedup.remove(&id);
+                    }
+                }
+            }
             if state.dedup.contains_key(dedup) {
                 return Ok(());
             }
             state.dedup.insert(dedup.to_owned(), now);
+            state.dedup_order.push_back((now, dedup.to_owned()));
         } else if message.group_id.is_some() || message.dedup_id.is_some() {
             return Err((
                 "InvalidParameterValue".into(),
@@ -133,10 +148,12 @@ impl EmbeddedQueue {
         let mut blocked: HashSet<String> = HashSet::new();
         let mut next_visible: Option<Instant> = None;
         if self.fifo {
-            for m in state.messages.values() {
-                if m.receive_count > 0 && m.visible_at > now {
-                    if let Some(g) = &m.group {
-                        blocked.insert(g.clone());
+            for seq in &state.received {
+                if let Some(m) = state.messages.get(seq) {
+                    if m.visible_at > now {
+                        if let Some(g) = &m.group {
+                            blocked.insert(g.clone());
+                        }
                     }
                 }
             }
@@ -164,6 +181,7 @@ impl EmbeddedQueue {
             }
         }
         for seq in redrive {
+            state.received.remove(&seq);
             if let (Some(m), Some((dlq, _))) = (state.messages.remove(&seq), &self.dead_letter) {
                 dlq.receive_redriven(m);
             }
@@ -171,6 +189,7 @@ impl EmbeddedQueue {
         let mut out = Vec::with_capacity(chosen.len());
         for seq in chosen {
             state.next_receipt += 1;
+            state.received.insert(seq);
             let receipt = format!("{}#{seq}#{}", self.name, state.next_receipt);
             if let Some(m) = state.messages.get_mut(&seq) {
                 m.receive_count += 1;
@@ -271,6 +290,7 @@ impl Queue for EmbeddedQueue {
             match Self::find_receipt(&state, receipt) {
                 Some(seq) => {
                     state.messages.remove(&seq);
+                    state.received.remove(&seq);
                 }
                 None => failures.push(DeleteFailure {
                     index,
