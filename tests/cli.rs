@@ -110,3 +110,24 @@ fn demo_runs_the_sample_events_on_the_embedded_backend() {
     assert!(text.contains("opsfleet-demo-jobs-0.fifo"), "{text}");
     assert!(text.contains("account 210987654321 is not in fleet.allowed_accounts"), "{text}");
 }
+
+#[test]
+fn actions_lists_noop_with_its_params() {
+    let out = opsfleet(&["actions"]).output().expect("actions");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("noop\n"), "{text}");
+    for param in ["sleep_ms", "fail_rate", "fail_attempts", "pending_checks", "check_after_ms"] {
+        assert!(text.contains(&format!("param {param}:")), "{param} missing in {text}");
+    }
+}
+
+#[test]
+fn iam_policy_prints_a_policy_scoped_to_the_fleet() {
+    let out = opsfleet(&["iam-policy", "--config", FLEET]).output().expect("iam-policy");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let policy: Value = serde_json::from_slice(&out.stdout).expect("JSON policy");
+    assert_eq!(policy["Version"], "2012-10-17");
+    assert_eq!(policy["Statement"][0]["Resource"], "arn:aws:sqs:*:*:opsfleet-demo-*");
+    assert_eq!(policy["Statement"][1]["Resource"], "arn:aws:dynamodb:*:*:table/opsfleet-demo");
+}

@@ -1,6 +1,7 @@
 //! The command line: subcommands and what they share (config loading, tracing, metrics,
 //! signals).
 
+mod catalog;
 mod demo;
 mod dlq;
 mod plan;
@@ -72,6 +73,17 @@ pub enum Command {
     Worker(ServeArgs),
     /// Router and worker in one process.
     Run(ServeArgs),
+    /// List the actions this build ships, with their targets, limits, IAM actions and params.
+    Actions,
+    /// Print the least-privilege IAM policy of a config.
+    IamPolicy {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Include what `opsfleet setup` needs to create the queues and table.
+        #[arg(long)]
+        setup: bool,
+    },
     /// List or redrive dead-lettered messages.
     Dlq {
         /// What to do.
@@ -155,6 +167,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Run(args) => serve::both(args).await,
         Command::Dlq { action: DlqAction::List { config, queue, max } } => dlq::list(&config, queue, max).await,
         Command::Dlq { action: DlqAction::Redrive { config, queue, max } } => dlq::redrive(&config, queue, max).await,
+        Command::Actions => catalog::actions(),
+        Command::IamPolicy { config, setup } => catalog::iam_policy(&config, setup),
         Command::Demo { config, events } => demo::run(config, events).await,
     }
 }

@@ -77,6 +77,11 @@ pub trait Action: Send + Sync {
     /// The IAM actions it needs.
     fn iam_actions(&self) -> &'static [&'static str];
 
+    /// The params it takes, with a line on each, for `opsfleet actions`.
+    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
+        &[]
+    }
+
     /// Checks the task's params (its serde params struct); the error is a one-line reason.
     fn check_params(&self, params: &Value) -> Result<(), String>;
 

@@ -62,6 +62,16 @@ impl Action for Noop {
         &[]
     }
 
+    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("sleep_ms", "how long start takes, in ms (default 0)"),
+            ("fail_rate", "share of starts that fail, 0..1; 1 fails for good (default 0)"),
+            ("fail_attempts", "fail (retryably) the first N attempts (default 0)"),
+            ("pending_checks", "completion checks that report pending before done (default 0)"),
+            ("check_after_ms", "delay before each check, in ms (default 1000)"),
+        ]
+    }
+
     fn check_params(&self, params: &Value) -> Result<(), String> {
         let p: NoopParams = parse_params(params)?;
         if !(0.0..=1.0).contains(&p.fail_rate) {
