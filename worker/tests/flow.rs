@@ -119,6 +119,14 @@ impl Fleet {
         }
     }
 
+    /// Runs a worker until every job is final, then stops it.
+    async fn run_until_final(&self, jobs: &[Job], max_in_flight: Option<u32>, within: Duration) {
+        let (stop, handle) = self.start(max_in_flight).await;
+        self.wait_final(jobs, within).await;
+        stop.cancel();
+        handle.await.expect("worker");
+    }
+
     async fn status(&self, job: &Job) -> Status {
         self.ledger.job(&job.id).await.expect("ledger").expect("record").status
     }
@@ -245,10 +253,7 @@ retries = 1
     let broken = fleet.job("broken", "e", "i-2");
     fleet.send(&flaky, "f").await;
     fleet.send(&broken, "b").await;
-    let (stop, handle) = fleet.start(None).await;
-    fleet.wait_final(&[flaky.clone(), broken.clone()], Duration::from_secs(20)).await;
-    stop.cancel();
-    handle.await.expect("worker");
+    fleet.run_until_final(&[flaky.clone(), broken.clone()], None, Duration::from_secs(20)).await;
     let outcomes =
         |attempts: Vec<opsfleet_worker::ledger::Attempt>| attempts.into_iter().map(|a| a.outcome).collect::<Vec<_>>();
     assert_eq!(fleet.status(&flaky).await, Status::Succeeded);
@@ -309,10 +314,7 @@ limit = "two"
     for job in &jobs {
         fleet.send(job, &job.id).await;
     }
-    let (stop, handle) = fleet.start(None).await;
-    fleet.wait_final(&jobs, Duration::from_secs(30)).await;
-    stop.cancel();
-    handle.await.expect("worker");
+    fleet.run_until_final(&jobs, None, Duration::from_secs(30)).await;
     let mut intervals = Vec::new();
     for job in &jobs {
         for a in fleet.ledger.attempts(&job.id).await.expect("attempts") {
@@ -355,10 +357,7 @@ max_errors = 1
     for job in &jobs {
         fleet.send(job, &job.id).await;
     }
-    let (stop, handle) = fleet.start(Some(1)).await;
-    fleet.wait_final(&jobs, Duration::from_secs(20)).await;
-    stop.cancel();
-    handle.await.expect("worker");
+    fleet.run_until_final(&jobs, Some(1), Duration::from_secs(20)).await;
     let run = fleet.ledger.run(&jobs[0].run_id()).await.expect("run");
     assert_eq!(run.failed, 2, "{run:?}");
     assert_eq!(run.cancelled, 4, "{run:?}");
@@ -412,10 +411,7 @@ params = { sleep_ms = 400 }
     }
     assert_eq!(queued, 10 - done, "the rest stay queued, nothing lost");
     // A second worker finishes them.
-    let (stop, handle) = fleet.start(None).await;
-    fleet.wait_final(&jobs, Duration::from_secs(20)).await;
-    stop.cancel();
-    handle.await.expect("worker");
+    fleet.run_until_final(&jobs, None, Duration::from_secs(20)).await;
 }
 
 #[test]
@@ -428,10 +424,7 @@ fn metrics_count_finished_jobs_durations_in_flight_and_lock_results() {
             let fleet = Fleet::new(NOOP).await;
             let job = fleet.job("quick", "e1", "i-1");
             fleet.send(&job, "m").await;
-            let (stop, handle) = fleet.start(None).await;
-            fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(10)).await;
-            stop.cancel();
-            handle.await.expect("worker");
+            fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(10)).await;
         });
     });
     let text = handle.render();
@@ -518,10 +511,7 @@ params = { pending_checks = 1, check_after_ms = 500 }
     assert_eq!(lost.len(), 1);
     checks.delete_batch(&[lost[0].receipt.clone()]).await.expect("delete");
     fleet.send(&job, "again").await;
-    let (stop, handle) = fleet.start(None).await;
-    fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(20)).await;
-    stop.cancel();
-    handle.await.expect("worker");
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
     let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
     assert_eq!(record.status, Status::Succeeded);
     assert!(record.fence >= 2, "the new holder took over with a newer fence: {record:?}");
