@@ -131,7 +131,21 @@ impl Router {
         if messages.is_empty() {
             return Ok(Vec::new());
         }
-        let outcomes = join_all(messages.iter().map(|m| self.route(m))).await;
+        // Keep the batch hidden while it is routed (a large discovery can take a while).
+        let heartbeat = async {
+            loop {
+                tokio::time::sleep(visibility / 3).await;
+                for m in &messages {
+                    if let Err(e) = self.events.change_visibility(&m.receipt, visibility).await {
+                        tracing::warn!(message_id = %m.message_id, error = %e, "Extending an event's visibility failed.");
+                    }
+                }
+            }
+        };
+        let outcomes = tokio::select! {
+            outcomes = join_all(messages.iter().map(|m| self.route(m))) => outcomes,
+            () = heartbeat => Vec::new(),
+        };
         let done: Vec<String> =
             messages.iter().zip(&outcomes).filter(|(_, o)| o.acknowledges()).map(|(m, _)| m.receipt.clone()).collect();
         if !done.is_empty() {

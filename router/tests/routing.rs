@@ -317,3 +317,45 @@ async fn an_event_whose_job_is_over_the_message_limit_is_dead_lettered() {
     );
     assert_eq!(events.depth().await.expect("depth"), QueueDepth::default());
 }
+
+/// A discoverer that takes its time.
+struct SlowDiscovery;
+
+#[async_trait]
+impl opsfleet_router::Discover for SlowDiscovery {
+    async fn discover(
+        &self,
+        discovery: &opsfleet_protocol::plan::Discovery,
+    ) -> Result<Vec<opsfleet_protocol::Resource>, opsfleet_router::DiscoveryError> {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        Ok(vec![opsfleet_protocol::Resource {
+            account: discovery.accounts[0].clone(),
+            region: discovery.regions[0].clone(),
+            kind: opsfleet_protocol::ResourceType::Volume,
+            id: "vol-1".into(),
+        }])
+    }
+}
+
+#[tokio::test]
+async fn an_event_stays_hidden_while_a_slow_discovery_runs() {
+    let backend = EmbeddedBackend::new();
+    let text = format!(
+        "{CONFIG}\n[router]\nvisibility_secs = 1\n\n[[tasks]]\nname = \"nightly\"\npattern = {{ \"detail-type\" = [\"Scheduled Event\"] }}\ntargets = {{ type = \"ec2:volume\" }}\naction = \"noop\"\n"
+    );
+    let (planner, events) = fleet_of(&backend, &text).await;
+    let router = Arc::new(Router::open(&backend, planner, Arc::new(SlowDiscovery)).await.expect("router"));
+    let scheduled = serde_json::json!({
+        "id": "s1", "detail-type": "Scheduled Event", "source": "aws.events", "account": "123456789012",
+        "region": "us-east-1", "resources": ["arn:aws:events:us-east-1:123456789012:rule/nightly"], "detail": {}
+    });
+    send(events.as_ref(), scheduled.to_string()).await;
+    let routing = tokio::spawn({
+        let router = Arc::clone(&router);
+        async move { router.poll_once(Duration::ZERO).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    assert!(events.receive(10, Duration::ZERO, None).await.expect("receive").is_empty(), "the event is still hidden");
+    let outcomes = routing.await.expect("join").expect("poll");
+    assert!(matches!(&outcomes[..], [Outcome::Routed { jobs, .. }] if jobs.len() == 1), "{outcomes:?}");
+}
