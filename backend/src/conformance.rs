@@ -1,6 +1,10 @@
 //! The conformance suite: the queue and store semantics opsfleet relies on, run against the
 //! embedded backend and against SQS/DynamoDB (the emulator in tests), so the two cannot drift.
 //! Each check creates its own uniquely named queues and table from `prefix`.
+//!
+//! Where the emulator departs from AWS, the suite asserts neither: moto compares numbers with
+//! strings in conditions (DynamoDB says false) and takes more than ten message attributes
+//! (SQS refuses; the embedded queue refuses too).
 
 use opsfleet_protocol::ports::{
     AttrValue, Backend, Cond, Item, Key, OutgoingMessage, Queue, QueueSpec, StoreError, Update,

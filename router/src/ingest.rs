@@ -102,9 +102,14 @@ impl Router {
             tasks.spawn(async move {
                 let mut failures = 0u32;
                 while !shutdown.is_cancelled() {
-                    let polled = tokio::select! {
-                        polled = router.poll_once(LONG_POLL) => polled,
+                    // Stop while waiting for messages, never in the middle of a batch.
+                    let received = tokio::select! {
+                        received = router.receive(LONG_POLL) => received,
                         () = shutdown.cancelled() => break,
+                    };
+                    let polled = match received {
+                        Ok(messages) => router.route_batch(messages).await,
+                        Err(e) => Err(e),
                     };
                     match polled {
                         Ok(_) => failures = 0,
@@ -126,8 +131,22 @@ impl Router {
     /// Receives one batch (waiting up to `wait`), routes every message, and deletes those that
     /// are done with. Returns the outcomes.
     pub async fn poll_once(&self, wait: Duration) -> Result<Vec<Outcome>, RouterError> {
-        let visibility = Duration::from_secs(u64::from(self.planner.config().router.visibility_secs));
-        let messages = self.events.receive(10, wait, Some(visibility)).await?;
+        let messages = self.receive(wait).await?;
+        self.route_batch(messages).await
+    }
+
+    fn visibility(&self) -> Duration {
+        Duration::from_secs(u64::from(self.planner.config().router.visibility_secs))
+    }
+
+    /// Receives up to ten events, waiting up to `wait`.
+    async fn receive(&self, wait: Duration) -> Result<Vec<ReceivedMessage>, RouterError> {
+        Ok(self.events.receive(10, wait, Some(self.visibility())).await?)
+    }
+
+    /// Routes a received batch and deletes the messages that are done with.
+    async fn route_batch(&self, messages: Vec<ReceivedMessage>) -> Result<Vec<Outcome>, RouterError> {
+        let visibility = self.visibility();
         if messages.is_empty() {
             return Ok(Vec::new());
         }
@@ -228,7 +247,9 @@ impl Router {
     }
 
     async fn reject(&self, message: &ReceivedMessage, kind: &'static str, reason: String) -> Outcome {
-        let mut attributes = message.attributes.clone();
+        // SQS takes ten attributes: ours, and as many of the original ones as fit.
+        let mut attributes: BTreeMap<String, String> =
+            message.attributes.iter().take(8).map(|(k, v)| (k.clone(), v.clone())).collect();
         let mut bounded = reason.clone();
         if bounded.len() > MAX_REASON {
             let mut cut = MAX_REASON;

@@ -359,3 +359,18 @@ async fn an_event_stays_hidden_while_a_slow_discovery_runs() {
     let outcomes = routing.await.expect("join").expect("poll");
     assert!(matches!(&outcomes[..], [Outcome::Routed { jobs, .. }] if jobs.len() == 1), "{outcomes:?}");
 }
+
+#[tokio::test]
+async fn a_rejected_event_with_many_attributes_still_reaches_the_dlq() {
+    let backend = EmbeddedBackend::new();
+    let (planner, events) = fleet(&backend).await;
+    let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await.expect("router");
+    let mut message = OutgoingMessage { body: "nope".into(), ..Default::default() };
+    message.attributes = (0..10).map(|i| (format!("attr{i}"), "v".to_owned())).collect();
+    assert!(events.send_batch(&[message]).await.expect("send").is_empty());
+    let outcomes = router.poll_once(Duration::ZERO).await.expect("poll");
+    assert!(matches!(&outcomes[..], [Outcome::DeadLettered { kind: "not_an_event", .. }]), "{outcomes:?}");
+    let attributes = &backend.embedded_queue("t-events-dlq").expect("dlq").peek_attributes()[0];
+    assert_eq!(attributes.len(), 10, "ours and eight of the original ten: {attributes:?}");
+    assert!(attributes[names::REASON_ATTRIBUTE].starts_with("body is not JSON"));
+}

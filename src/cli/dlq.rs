@@ -5,6 +5,8 @@ use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage, Queue, ReceivedMessage};
 use opsfleet_protocol::{Config, Job};
+use opsfleet_worker::clock::Clock;
+use opsfleet_worker::ledger::Ledger;
 use serde_json::json;
 use std::path::Path;
 use std::process::ExitCode;
@@ -90,11 +92,17 @@ pub async fn list(path: &Path, which: Which, max: usize) -> anyhow::Result<ExitC
 
 /// Sends up to `max` dead-lettered messages per queue back where they came from, then deletes
 /// them from the dead-letter queue. A job goes back to its partition in its resource's group
-/// with a new deduplication id, so FIFO deduplication does not swallow it.
+/// with a new deduplication id, so FIFO deduplication does not swallow it, and a job that
+/// failed for good is reopened in the ledger so that it runs again.
 pub async fn redrive(path: &Path, which: Which, max: usize) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
     let backend = AwsBackend::from_env().await;
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+    let ledger = Ledger::new(
+        backend.store(&names::table(&config.fleet.name)).await?,
+        Clock::new(),
+        Duration::from_secs(u64::from(config.worker.ledger_retention_days) * 86_400),
+    );
     let mut total = 0;
     for pair in pairs(&backend, &config, which).await? {
         let fifo = pair.live.name().ends_with(".fifo");
@@ -108,6 +116,8 @@ pub async fn redrive(path: &Path, which: Which, max: usize) -> anyhow::Result<Ex
                 };
                 out.group_id = Some(job.resource.key());
                 out.dedup_id = Some(format!("{}-redrive-{stamp}", job.id));
+                // A job that failed for good runs again.
+                ledger.reopen(&job.id).await?;
             }
             opsfleet_router::send_all(pair.live.as_ref(), vec![out])
                 .await

@@ -226,10 +226,33 @@ async fn poll(
                 }
             }
         };
+        // A receive may return several messages of one FIFO group (one resource): run only the
+        // first, and hand the others back; the group stays blocked until the first is done,
+        // so they come back in order.
+        let mut groups = std::collections::HashSet::new();
+        let (mut run, mut later) = (Vec::new(), Vec::new());
         for message in messages {
-            let permit = tokio::select! {
-                permit = Arc::clone(&permits).acquire_owned() => permit.ok(),
-                () = shutdown.cancelled() => None,
+            match &message.group_id {
+                Some(group) if !groups.insert(group.clone()) => later.push(message),
+                _ => run.push(message),
+            }
+        }
+        for message in later {
+            let _ = queue.change_visibility(&message.receipt, Duration::ZERO).await;
+        }
+        let mut waiting = run.into_iter();
+        while let Some(message) = waiting.next() {
+            let permit = loop {
+                tokio::select! {
+                    permit = Arc::clone(&permits).acquire_owned() => break permit.ok(),
+                    () = shutdown.cancelled() => break None,
+                    // Received messages waiting for a free slot keep their visibility.
+                    () = tokio::time::sleep(visibility / 3) => {
+                        for m in std::iter::once(&message).chain(waiting.as_slice()) {
+                            let _ = queue.change_visibility(&m.receipt, visibility).await;
+                        }
+                    }
+                }
             };
             let Some(permit) = permit else {
                 // Not started: hand it back at once.

@@ -232,13 +232,39 @@ impl Ledger {
         self.fenced(job, fence, update).await
     }
 
-    /// Records how many checks ran.
-    pub async fn checked(&self, job: &Job, fence: i64, checks: u32) -> Result<bool, StoreError> {
-        self.fenced(job, fence, Update::default().set("checks", i64::from(checks))).await
+    /// Records that check number `next` runs, only when the previous one was `previous`: a
+    /// duplicated check message cannot fork the chain of checks.
+    pub async fn checked(&self, job: &Job, fence: i64, previous: u32, next: u32) -> Result<bool, StoreError> {
+        let mut same = vec![Cond::eq("checks", i64::from(previous))];
+        if previous == 0 {
+            same.push(Cond::Lacks("checks".into()));
+        }
+        let cond = Cond::And(vec![fenced(fence), Cond::Or(same)]);
+        match self.store.update(&job_key(&job.id), Update::default().set("checks", i64::from(next)), cond).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::ConditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn fenced(&self, job: &Job, fence: i64, update: Update) -> Result<bool, StoreError> {
         match self.store.update(&job_key(&job.id), update, fenced(fence)).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::ConditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reopens a job that failed for good, so that it runs again when it is redriven from the
+    /// DLQ; false when it is not failed.
+    pub async fn reopen(&self, job_id: &str) -> Result<bool, StoreError> {
+        let update = Update::default()
+            .set("status", Status::InProgress.as_str())
+            .set("failures", 0i64)
+            .set("expires_at", self.expires_at())
+            .remove("error")
+            .remove("finished_ms");
+        match self.store.update(&job_key(job_id), update, Cond::eq("status", Status::Failed.as_str())).await {
             Ok(_) => Ok(true),
             Err(StoreError::ConditionFailed { .. }) => Ok(false),
             Err(e) => Err(e),

@@ -81,6 +81,7 @@ pub struct Worker {
     ledger: Ledger,
     clock: Clock,
     checks: Arc<dyn Queue>,
+    partitions: Vec<Arc<dyn Queue>>,
     dead_letters: Vec<Arc<dyn Queue>>,
     checks_dead_letter: Arc<dyn Queue>,
     id: String,
@@ -104,8 +105,10 @@ impl Worker {
         let clock = Clock::new();
         let retention = Duration::from_secs(u64::from(config.worker.ledger_retention_days) * 86_400);
         let mut dead_letters = Vec::new();
+        let mut partitions = Vec::new();
         for p in 0..config.fleet.partitions.get() {
             dead_letters.push(backend.queue(&names::jobs_dlq(fleet, p)).await?);
+            partitions.push(backend.queue(&names::jobs_queue(fleet, p)).await?);
         }
         Ok(Worker {
             leases: Leases::new(Arc::clone(&store), clock),
@@ -116,6 +119,7 @@ impl Worker {
             config,
             actions,
             clock,
+            partitions,
             dead_letters,
             id,
             dry_run,
@@ -182,6 +186,14 @@ impl Worker {
                 .await);
         };
         if let Some(record) = self.ledger.job(&job.id).await? {
+            if record.status == Status::Failed {
+                // Failed for good: make sure it is in the DLQ (its first dead-lettering may not
+                // have gone through; a repeat within five minutes is deduplicated).
+                let reason = record.error.unwrap_or_else(|| "failed".to_owned());
+                return Ok(self
+                    .dead_letter(job.partition, &serde_json::to_string(job).unwrap_or_default(), &reason)
+                    .await);
+            }
             if record.status.is_final() {
                 JobAlreadyFinished { job_id: &job.id, status: record.status.as_str() }.emit();
                 return Ok(Disposition::Delete);
@@ -264,13 +276,13 @@ impl Worker {
         }
         .emit();
         let started = tokio::time::Instant::now();
-        let ctx = ActionContext { job, dry_run: self.dry_run, attempt };
+        let ctx = ActionContext { job, dry_run: self.dry_run, attempt, check: 0 };
         let step = if self.dry_run && action.mutates() {
             Guarded::Step(Step::Done { summary: format!("dry run: {}", action.describe(ctx)) })
         } else {
             self.guarded(action.start(ctx), &holding, &job.id).await
         };
-        self.settle(job, task, &action, holding, attempt, 0, step, started.elapsed()).await
+        self.settle(job, task, &action, holding, attempt, None, step, started.elapsed()).await
     }
 
     async fn run_check(&self, check: CheckMessage) -> Result<Disposition, CallError> {
@@ -292,7 +304,7 @@ impl Worker {
             if !self.leases.heartbeat(lease, self.lease).await? {
                 CheckRan { job_id: &job.id, result: "stale" }.emit();
                 LeaseLost { job_id: &job.id, key: &lease.key }.emit();
-                return Ok(Disposition::Delete);
+                return self.resume_lapsed(job, holding.lock.fence).await;
             }
         }
         let (Some(task), Some(action)) = (self.config.task(&job.task), self.actions.get(&job.action).cloned()) else {
@@ -307,12 +319,12 @@ impl Worker {
                 .await);
         };
         let checks = check.checks + 1;
-        if !self.ledger.checked(job, holding.lock.fence, checks).await? {
+        if !self.ledger.checked(job, holding.lock.fence, check.checks, checks).await? {
             CheckRan { job_id: &job.id, result: "stale" }.emit();
             return Ok(Disposition::Delete);
         }
         let started = tokio::time::Instant::now();
-        let ctx = ActionContext { job, dry_run: self.dry_run, attempt: check.attempt };
+        let ctx = ActionContext { job, dry_run: self.dry_run, attempt: check.attempt, check: checks };
         let step = self.guarded(action.check(ctx, &check.state), &holding, &job.id).await;
         let result = match &step {
             Guarded::Step(Step::Done { .. }) => "done",
@@ -322,15 +334,52 @@ impl Worker {
             Guarded::Interrupted => "interrupted",
         };
         CheckRan { job_id: &job.id, result }.emit();
-        self.settle(job, task, &action, holding, check.attempt, checks, step, started.elapsed()).await
+        self.settle(job, task, &action, holding, check.attempt, Some((checks, &check.state)), step, started.elapsed())
+            .await
+    }
+
+    /// A pending job whose leases lapsed before its check ran (the check came late, or was
+    /// handed back): when the ledger still shows it pending under the lapsed fence, the job goes
+    /// back to its partition, to start again under a new lock; otherwise someone else has it.
+    async fn resume_lapsed(&self, job: &Job, fence: i64) -> Result<Disposition, CallError> {
+        let record = self.ledger.job(&job.id).await?;
+        if !record.is_some_and(|r| r.status == Status::Pending && r.fence == fence) {
+            return Ok(Disposition::Delete);
+        }
+        let queue = &self.partitions[job.partition as usize % self.partitions.len()];
+        let body = job.to_json().map_err(|e| QueueError::Invalid {
+            queue: queue.name().to_owned(),
+            operation: "SendMessageBatch",
+            message: e.to_string(),
+        })?;
+        let message = OutgoingMessage {
+            body,
+            group_id: Some(job.resource.key()),
+            dedup_id: Some(format!("{}-resume-{fence}", job.id)),
+            ..Default::default()
+        };
+        let failures = queue.send_batch(&[message]).await?;
+        if let Some(f) = failures.first() {
+            return Err(QueueError::Unavailable {
+                queue: queue.name().to_owned(),
+                operation: "SendMessageBatch",
+                message: format!("{}: {}", f.code, f.message),
+            }
+            .into());
+        }
+        tracing::warn!(job_id = %job.id, fence, "A pending job's leases lapsed before its check; it starts again.");
+        Ok(Disposition::Delete)
     }
 
     /// Runs an action step while heartbeating every lease held; stops when one is lost or the
     /// shutdown grace runs out.
     async fn guarded(&self, step: impl std::future::Future<Output = Step>, holding: &Holding, job_id: &str) -> Guarded {
         let beat = async {
+            // When heartbeats keep failing, the leases may lapse unseen: stop well before.
+            let mut last_ok = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(self.lease / 3).await;
+                let mut all_ok = true;
                 for lease in holding.all() {
                     match self.leases.heartbeat(lease, self.lease).await {
                         Ok(true) => {}
@@ -338,8 +387,17 @@ impl Worker {
                             LeaseLost { job_id, key: &lease.key }.emit();
                             return;
                         }
-                        Err(e) => WorkerCallFailed { what: "heartbeat", error: &e.to_string() }.emit(),
+                        Err(e) => {
+                            all_ok = false;
+                            WorkerCallFailed { what: "heartbeat", error: &e.to_string() }.emit();
+                        }
                     }
+                }
+                if all_ok {
+                    last_ok = tokio::time::Instant::now();
+                } else if last_ok.elapsed() >= self.lease * 2 / 3 {
+                    LeaseLost { job_id, key: &holding.lock.key }.emit();
+                    return;
                 }
             }
         };
@@ -359,14 +417,18 @@ impl Worker {
         action: &Arc<dyn Action>,
         holding: Holding,
         attempt: u32,
-        checks: u32,
+        checking: Option<(u32, &serde_json::Value)>,
         step: Guarded,
         took: Duration,
     ) -> Result<Disposition, CallError> {
         let fence = holding.lock.fence;
+        let checks = checking.map_or(0, |(n, _)| n);
         let step = match step {
             Guarded::Step(step) => step,
+            Guarded::LeaseLost if checking.is_some() => return self.resume_lapsed(job, fence).await,
             Guarded::LeaseLost => return Ok(Disposition::Retry(Duration::ZERO)),
+            // A check keeps its leases: whoever takes the check message next holds them.
+            Guarded::Interrupted if checking.is_some() => return Ok(Disposition::Retry(Duration::ZERO)),
             Guarded::Interrupted => {
                 self.release(&holding).await;
                 return Ok(Disposition::Retry(Duration::ZERO));
@@ -390,38 +452,26 @@ impl Worker {
                 Ok(Disposition::Delete)
             }
             Step::Pending { check_after, state } => {
-                for lease in holding.all() {
-                    if !self.leases.heartbeat(lease, check_after + self.lease).await? {
-                        LeaseLost { job_id: &job.id, key: &lease.key }.emit();
-                        return Ok(Disposition::Retry(Duration::ZERO));
-                    }
-                }
                 if !self.ledger.pending(job, fence, &state, checks).await? {
+                    self.release(&holding).await;
                     return Ok(Disposition::Delete);
                 }
-                let check = CheckMessage {
-                    v: CHECK_VERSION,
-                    job: job.clone(),
-                    lock: holding.lock.clone(),
-                    slots: holding.slots.clone(),
-                    state,
-                    due_ms: self.clock.now_ms() + check_after.as_millis() as u64,
-                    checks,
-                    attempt,
-                    locked_ms: holding.locked_ms,
-                    started_ms: holding.started_ms,
-                };
-                self.send_check(check, check_after.as_millis() as u64).await?;
-                Ok(Disposition::Delete)
+                self.schedule_check(job, &holding, attempt, checks, state, check_after).await
             }
             Step::Failed { retryable, error } => {
                 let Some(failures) = self.ledger.failure(job, fence, &error).await? else {
                     return Ok(Disposition::Retry(Duration::ZERO));
                 };
                 if retryable && failures <= task.retries {
-                    self.record_attempt(job, &holding, attempt, "RETRY", Some(&error)).await;
                     JobFinished { job_id: &job.id, action: action.name(), outcome: "retried", took, detail: &error }
                         .emit();
+                    if let Some((_, state)) = checking {
+                        // A failed check is checked again later, the job keeping its leases.
+                        return self
+                            .schedule_check(job, &holding, attempt, checks, state.clone(), failure_backoff(failures))
+                            .await;
+                    }
+                    self.record_attempt(job, &holding, attempt, "RETRY", Some(&error)).await;
                     self.release(&holding).await;
                     return Ok(Disposition::Retry(failure_backoff(failures)));
                 }
@@ -447,6 +497,42 @@ impl Worker {
                 Ok(self.dead_letter(job.partition, &body, &reason).await)
             }
         }
+    }
+
+    /// Keeps the leases for the wait and sends the check that continues the job; when the
+    /// check cannot be sent, the leases are released and the message comes back.
+    async fn schedule_check(
+        &self,
+        job: &Job,
+        holding: &Holding,
+        attempt: u32,
+        checks: u32,
+        state: serde_json::Value,
+        after: Duration,
+    ) -> Result<Disposition, CallError> {
+        for lease in holding.all() {
+            if !self.leases.heartbeat(lease, after + self.lease).await? {
+                LeaseLost { job_id: &job.id, key: &lease.key }.emit();
+                return Ok(Disposition::Retry(Duration::ZERO));
+            }
+        }
+        let check = CheckMessage {
+            v: CHECK_VERSION,
+            job: job.clone(),
+            lock: holding.lock.clone(),
+            slots: holding.slots.clone(),
+            state,
+            due_ms: self.clock.now_ms() + after.as_millis() as u64,
+            checks,
+            attempt,
+            locked_ms: holding.locked_ms,
+            started_ms: holding.started_ms,
+        };
+        if let Err(e) = self.send_check(check, after.as_millis() as u64).await {
+            self.release(holding).await;
+            return Err(e);
+        }
+        Ok(Disposition::Delete)
     }
 
     async fn no_slot(&self, job: &Job, holding: &Holding, limit: &str) -> Disposition {

@@ -7,6 +7,7 @@ use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
 use opsfleet_protocol::{Config, Job, Resource, ResourceType};
 use opsfleet_worker::clock::Clock;
+use opsfleet_worker::lease::{lock_key, Acquire, Leases};
 use opsfleet_worker::ledger::{Ledger, Status};
 use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Worker};
 use std::sync::Arc;
@@ -66,10 +67,14 @@ impl Fleet {
     }
 
     async fn send(&self, job: &Job, dedup: &str) {
+        self.send_in_group(job, &job.id, dedup).await;
+    }
+
+    async fn send_in_group(&self, job: &Job, group: &str, dedup: &str) {
         let queue = self.backend.queue(&names::jobs_queue("w", job.partition)).await.expect("queue");
         let message = OutgoingMessage {
             body: job.to_json().expect("json"),
-            group_id: Some(job.id.clone()),
+            group_id: Some(group.into()),
             dedup_id: Some(dedup.into()),
             ..Default::default()
         };
@@ -516,4 +521,125 @@ params = { pending_checks = 1, check_after_ms = 500 }
     assert_eq!(record.status, Status::Succeeded);
     assert!(record.fence >= 2, "the new holder took over with a newer fence: {record:?}");
     assert_eq!(record.attempts, 2);
+}
+
+#[tokio::test]
+async fn a_failed_check_is_checked_again_and_the_job_completes() {
+    let fleet = Fleet::new(
+        r#"
+[[tasks]]
+name = "bumpy"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 1, fail_checks = 1, check_after_ms = 500 }
+retries = 2
+"#,
+    )
+    .await;
+    let job = fleet.job("bumpy", "e", "i-1");
+    fleet.send(&job, "b").await;
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!(
+        (record.status, record.checks, record.failures, record.fence),
+        (Status::Succeeded, 2, 1, 1),
+        "{record:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_check_that_comes_after_its_leases_lapsed_starts_the_job_again() {
+    let fleet = Fleet::with(&format!(
+        "{}{}",
+        BASE.replace("lease_secs = 5", "lease_secs = 3"),
+        r#"
+[[tasks]]
+name = "slow"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 1, check_after_ms = 500 }
+"#
+    ))
+    .await;
+    let job = fleet.job("slow", "e", "i-1");
+    fleet.send(&job, "first").await;
+    let (stop, handle) = fleet.start(None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fleet.ledger.job(&job.id).await.expect("ledger").map(|r| r.status) != Some(Status::Pending) {
+        assert!(tokio::time::Instant::now() < deadline, "the job never went pending");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    handle.await.expect("worker");
+    // No worker runs the check until the leases (check_after + lease = 3.5 s) have lapsed,
+    // and another job of the resource takes the lock meanwhile.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let leases = Leases::new(fleet.backend.store("w").await.expect("store"), Clock::new());
+    let key = lock_key(&job.resource.key());
+    let Acquire::Acquired(other) = leases.acquire(&key, "another-job", Duration::from_secs(5)).await.expect("acquire")
+    else {
+        panic!("the lapsed lock is free to take");
+    };
+    assert!(leases.release(&other).await.expect("release"));
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.status, record.attempts, record.fence), (Status::Succeeded, 2, 3), "{record:?}");
+}
+
+#[tokio::test]
+async fn jobs_of_one_resource_in_one_batch_run_in_order() {
+    let fleet = Fleet::new(
+        r#"
+[[tasks]]
+name = "first"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { sleep_ms = 300 }
+
+[[tasks]]
+name = "second"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+"#,
+    )
+    .await;
+    let a = fleet.job("first", "e", "i-1");
+    let b = fleet.job("second", "e", "i-1");
+    let group = a.resource.key();
+    fleet.send_in_group(&a, &group, "a").await;
+    fleet.send_in_group(&b, &group, "b").await;
+    fleet.run_until_final(&[a.clone(), b.clone()], None, Duration::from_secs(20)).await;
+    let first = &fleet.ledger.attempts(&a.id).await.expect("attempts")[0];
+    let second = &fleet.ledger.attempts(&b.id).await.expect("attempts")[0];
+    assert!(second.started_ms >= first.released_ms, "second started before first finished: {first:?} {second:?}");
+}
+
+#[tokio::test]
+async fn a_job_that_failed_for_good_runs_again_once_reopened() {
+    let fleet = Fleet::new(
+        r#"
+[[tasks]]
+name = "once"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { fail_attempts = 1 }
+retries = 0
+"#,
+    )
+    .await;
+    let job = fleet.job("once", "e", "i-1");
+    fleet.send(&job, "first").await;
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(10)).await;
+    assert_eq!(fleet.status(&job).await, Status::Failed);
+    assert!(!fleet.ledger.reopen("no-such-job").await.expect("reopen"), "only failed jobs reopen");
+    assert!(fleet.ledger.reopen(&job.id).await.expect("reopen"));
+    fleet.send(&job, "redriven").await;
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(10)).await;
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.status, record.attempts), (Status::Succeeded, 2));
 }

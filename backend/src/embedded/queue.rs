@@ -17,6 +17,9 @@ use tokio::time::Instant;
 /// How long SQS remembers a FIFO deduplication id.
 const DEDUP_WINDOW: Duration = Duration::from_secs(5 * 60);
 
+/// The most message attributes SQS takes on one message.
+const MAX_ATTRIBUTES: usize = 10;
+
 /// The longest visibility timeout SQS allows.
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
 
@@ -82,6 +85,15 @@ impl EmbeddedQueue {
     }
 
     fn accept(&self, state: &mut State, message: &OutgoingMessage, now: Instant) -> Result<(), (String, String)> {
+        if message.attributes.len() > MAX_ATTRIBUTES {
+            return Err((
+                "InvalidParameterValue".into(),
+                format!(
+                    "Number of message attributes [{}] exceeds the allowed maximum [{MAX_ATTRIBUTES}].",
+                    message.attributes.len()
+                ),
+            ));
+        }
         if self.fifo {
             let group = message.group_id.as_deref().filter(|g| !g.is_empty());
             if group.is_none() {
@@ -154,6 +166,8 @@ impl EmbeddedQueue {
                         if let Some(g) = &m.group {
                             blocked.insert(g.clone());
                         }
+                        // Wake a long poll when an in-flight message comes back.
+                        next_visible = Some(next_visible.map_or(m.visible_at, |n: Instant| n.min(m.visible_at)));
                     }
                 }
             }

@@ -47,6 +47,8 @@ pub struct ActionContext<'a> {
     pub dry_run: bool,
     /// The attempt number, from 1.
     pub attempt: u32,
+    /// The number of this completion check, from 1 (0 in `start`).
+    pub check: u32,
 }
 
 /// One kind of action.

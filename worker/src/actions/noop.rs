@@ -23,6 +23,9 @@ pub struct NoopParams {
     /// Fail (retryably) the first this many attempts, then succeed: deterministic retries.
     #[serde(default)]
     pub fail_attempts: u32,
+    /// Fail (retryably) the first this many checks.
+    #[serde(default)]
+    pub fail_checks: u32,
     /// How many checks report pending before the job completes.
     #[serde(default)]
     pub pending_checks: u32,
@@ -68,6 +71,7 @@ impl Action for Noop {
             ("fail_rate", "share of starts that fail, 0..1; 1 fails for good (default 0)"),
             ("fail_attempts", "fail (retryably) the first N attempts (default 0)"),
             ("pending_checks", "completion checks that report pending before done (default 0)"),
+            ("fail_checks", "fail (retryably) the first N checks (default 0)"),
             ("check_after_ms", "delay before each check, in ms (default 1000)"),
         ]
     }
@@ -105,6 +109,9 @@ impl Action for Noop {
 
     async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
         let p = Self::params(&ctx);
+        if ctx.check <= p.fail_checks {
+            return Step::Failed { retryable: true, error: format!("noop: failing check {}", ctx.check) };
+        }
         let checks = state.get("checks").and_then(Value::as_u64).unwrap_or(0) + 1;
         if checks >= u64::from(p.pending_checks) {
             Step::Done { summary: format!("noop on {} after {checks} checks", ctx.job.resource.id) }
