@@ -213,14 +213,33 @@ impl Worker {
         };
         let now = self.clock.now_ms();
         let mut holding = Holding { lock, slots: Vec::new(), locked_ms: now, started_ms: now };
+        let result = self.run_locked(job, message, task, &action, &owner, &mut holding).await;
+        if result.is_err() {
+            // A store or queue call failed: free what the job holds now rather than at lease
+            // expiry (releasing what was already released changes nothing).
+            self.release(&holding).await;
+        }
+        result
+    }
 
+    /// The part of a job run that holds its lock.
+    async fn run_locked(
+        &self,
+        job: &Job,
+        message: &ReceivedMessage,
+        task: &Task,
+        action: &Arc<dyn Action>,
+        owner: &str,
+        holding: &mut Holding,
+    ) -> Result<Disposition, CallError> {
+        let input = TemplateInput { resource: &job.resource, task: &job.task, params: &job.params };
         if task.max_errors.is_some() {
             let run = self.ledger.run(&job.run_id()).await?;
             if let Some(reason) = run.cancelled_because {
                 let reason = format!("cancelled: {reason}");
-                if self.ledger.cancel(job, &owner, holding.lock.fence, &reason).await? {
+                if self.ledger.cancel(job, owner, holding.lock.fence, &reason).await? {
                     self.ledger.count(job, Status::Cancelled).await?;
-                    self.record_attempt(job, &holding, 0, "CANCELLED", Some(&reason)).await;
+                    self.record_attempt(job, holding, 0, "CANCELLED", Some(&reason)).await;
                 }
                 JobFinished {
                     job_id: &job.id,
@@ -230,20 +249,20 @@ impl Worker {
                     detail: &reason,
                 }
                 .emit();
-                self.release(&holding).await;
+                self.release(holding).await;
                 return Ok(Disposition::Delete);
             }
         }
 
         if let Some(max) = task.max_concurrency {
-            match self.leases.acquire_slot("run", &job.run_id(), max, &owner, self.lease).await? {
+            match self.leases.acquire_slot("run", &job.run_id(), max, owner, self.lease).await? {
                 Some(slot) => holding.slots.push(slot),
-                None => return Ok(self.no_slot(job, &holding, "max_concurrency").await),
+                None => return Ok(self.no_slot(job, holding, "max_concurrency").await),
             }
         }
         if let Some(limit) = task.limit.as_ref().and_then(|name| self.config.limits.get(name)) {
             let pool = limit.pool.render(input);
-            match self.leases.acquire_slot(&limit.name, &pool, limit.max, &owner, self.lease).await? {
+            match self.leases.acquire_slot(&limit.name, &pool, limit.max, owner, self.lease).await? {
                 Some(slot) => {
                     let waited = if message.receive_count > 1 {
                         Duration::from_millis(self.clock.now_ms().saturating_sub(message.sent_ms))
@@ -253,19 +272,19 @@ impl Worker {
                     SlotAcquired { limit: &limit.name, waited }.emit();
                     holding.slots.push(slot);
                 }
-                None => return Ok(self.no_slot(job, &holding, &limit.name).await),
+                None => return Ok(self.no_slot(job, holding, &limit.name).await),
             }
         }
 
-        let attempt = match self.ledger.begin(job, &owner, holding.lock.fence).await? {
+        let attempt = match self.ledger.begin(job, owner, holding.lock.fence).await? {
             Begin::Started(n) => n,
             Begin::Finished(status) => {
                 JobAlreadyFinished { job_id: &job.id, status: status.as_str() }.emit();
-                self.release(&holding).await;
+                self.release(holding).await;
                 return Ok(Disposition::Delete);
             }
             Begin::Stale => {
-                self.release(&holding).await;
+                self.release(holding).await;
                 return Ok(Disposition::Retry(contention_backoff(message.receive_count)));
             }
         };
@@ -280,9 +299,9 @@ impl Worker {
         let step = if self.dry_run && action.mutates() {
             Guarded::Step(Step::Done { summary: format!("dry run: {}", action.describe(ctx)) })
         } else {
-            self.guarded(action.start(ctx), &holding, &job.id).await
+            self.guarded(action.start(ctx), holding, &job.id).await
         };
-        self.settle(job, task, &action, holding, attempt, None, step, started.elapsed()).await
+        self.settle(job, task, action, holding.clone(), attempt, None, step, started.elapsed()).await
     }
 
     async fn run_check(&self, check: CheckMessage) -> Result<Disposition, CallError> {

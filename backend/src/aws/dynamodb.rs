@@ -5,7 +5,7 @@ use super::errors::{classify, ErrorClass};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification,
+    TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_dynamodb::Client;
 use opsfleet_protocol::ports::{AttrValue, Attrs, Cond, Item, Key, Store, StoreError, Update};
@@ -264,7 +264,8 @@ impl Store for DynamoStore {
     }
 }
 
-/// Creates the table (on-demand capacity, TTL on [`TTL_ATTRIBUTE`]) unless it exists.
+/// Creates the table (on-demand capacity) unless it exists, and turns on TTL on
+/// [`TTL_ATTRIBUTE`] unless it is on.
 pub(super) async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError> {
     let attr = |name: &str| {
         AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().map_err(
@@ -288,14 +289,10 @@ pub(super) async fn ensure_table(client: &Client, table: &str) -> Result<(), Sto
         .billing_mode(BillingMode::PayPerRequest)
         .send()
         .await;
-    match created {
-        Ok(_) => {}
-        Err(e) => {
-            let code = aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e).unwrap_or_default();
-            if code != "ResourceInUseException" {
-                return Err(error(table, "CreateTable", &e, None));
-            }
-            return Ok(());
+    if let Err(e) = created {
+        let code = aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e).unwrap_or_default();
+        if code != "ResourceInUseException" {
+            return Err(error(table, "CreateTable", &e, None));
         }
     }
     // Wait for the table to become active before turning on TTL.
@@ -310,6 +307,20 @@ pub(super) async fn ensure_table(client: &Client, table: &str) -> Result<(), Sto
             break;
         }
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    // The table may exist from an earlier run that stopped before this step: check TTL too.
+    let current = client
+        .describe_time_to_live()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| error(table, "DescribeTimeToLive", &e, None))?;
+    let enabled = current.time_to_live_description.is_some_and(|d| {
+        d.attribute_name.as_deref() == Some(TTL_ATTRIBUTE)
+            && matches!(d.time_to_live_status, Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling))
+    });
+    if enabled {
+        return Ok(());
     }
     let ttl = TimeToLiveSpecification::builder().attribute_name(TTL_ATTRIBUTE).enabled(true).build().map_err(|e| {
         StoreError::Invalid { table: table.to_owned(), operation: "UpdateTimeToLive", message: e.to_string() }
