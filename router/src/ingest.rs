@@ -136,7 +136,7 @@ impl Router {
     }
 
     fn visibility(&self) -> Duration {
-        Duration::from_secs(u64::from(self.planner.config().router.visibility_secs))
+        Duration::from_secs(u64::from(self.planner.config().router.visibility_secs.max(2)))
     }
 
     /// Receives up to ten events, waiting up to `wait`.

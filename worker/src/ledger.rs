@@ -207,11 +207,8 @@ impl Ledger {
     /// Counts a real failure; returns the failures so far, or `None` when the fence is no
     /// longer current.
     pub async fn failure(&self, job: &Job, fence: i64, error: &str) -> Result<Option<u32>, StoreError> {
-        let update = Update::default()
-            .set("status", Status::InProgress.as_str())
-            .set("error", error)
-            .set("expires_at", self.expires_at())
-            .add("failures", 1);
+        // The status stays: IN_PROGRESS for a start, PENDING for a check.
+        let update = Update::default().set("error", error).set("expires_at", self.expires_at()).add("failures", 1);
         match self.store.update(&job_key(&job.id), update, fenced(fence)).await {
             Ok(item) => Ok(Some(item.int("failures").unwrap_or(1) as u32)),
             Err(StoreError::ConditionFailed { .. }) => Ok(None),
@@ -232,15 +229,27 @@ impl Ledger {
         self.fenced(job, fence, update).await
     }
 
-    /// Records that check number `next` runs, only when the previous one was `previous`: a
-    /// duplicated check message cannot fork the chain of checks.
-    pub async fn checked(&self, job: &Job, fence: i64, previous: u32, next: u32) -> Result<bool, StoreError> {
-        let mut same = vec![Cond::eq("checks", i64::from(previous))];
+    /// Records that check number `next` runs, only when the previous one was `previous`, or
+    /// when this very check message (`token`) recorded it already and comes again: a
+    /// duplicated check message cannot fork the chain of checks, and a handed-back one goes on.
+    pub async fn checked(
+        &self,
+        job: &Job,
+        fence: i64,
+        previous: u32,
+        next: u32,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        let mut same = vec![
+            Cond::eq("checks", i64::from(previous)),
+            Cond::And(vec![Cond::eq("checks", i64::from(next)), Cond::eq("check_token", token)]),
+        ];
         if previous == 0 {
             same.push(Cond::Lacks("checks".into()));
         }
         let cond = Cond::And(vec![fenced(fence), Cond::Or(same)]);
-        match self.store.update(&job_key(&job.id), Update::default().set("checks", i64::from(next)), cond).await {
+        let update = Update::default().set("checks", i64::from(next)).set("check_token", token);
+        match self.store.update(&job_key(&job.id), update, cond).await {
             Ok(_) => Ok(true),
             Err(StoreError::ConditionFailed { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -368,3 +377,6 @@ fn run_record(item: &Item) -> RunRecord {
         cancelled_because: item.str("cancelled_because").map(str::to_owned),
     }
 }
+
+#[cfg(test)]
+mod tests;

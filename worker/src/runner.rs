@@ -56,6 +56,9 @@ struct Holding {
     slots: Vec<Lease>,
     locked_ms: u64,
     started_ms: u64,
+    /// When the oldest of the leases was last written (taken before the call was sent), so
+    /// the worker knows when they lapse if heartbeats keep failing.
+    renewed: tokio::time::Instant,
 }
 
 impl Holding {
@@ -141,7 +144,7 @@ impl Worker {
     pub async fn handle_job(&self, message: &ReceivedMessage, partition: u32) -> Disposition {
         let job = match Job::from_json(&message.body) {
             Ok(job) => job,
-            Err(e) => return self.dead_letter(partition, &message.body, &e.to_string()).await,
+            Err(e) => return self.dead_letter(partition, &message.body, &e.to_string(), 0).await,
         };
         match self.run_job(&job, message).await {
             Ok(d) => d,
@@ -158,10 +161,10 @@ impl Worker {
             Ok(check) => check,
             Err(e) => {
                 let queue = Arc::clone(&self.checks_dead_letter);
-                return self.dead_letter_to(queue.as_ref(), &message.body, &e).await;
+                return self.dead_letter_to(queue.as_ref(), &message.body, &e, 0).await;
             }
         };
-        match self.run_check(check).await {
+        match self.run_check(check, &message.message_id).await {
             Ok(d) => d,
             Err(e) => {
                 WorkerCallFailed { what: "check", error: &e.to_string() }.emit();
@@ -173,7 +176,12 @@ impl Worker {
     async fn run_job(&self, job: &Job, message: &ReceivedMessage) -> Result<Disposition, CallError> {
         let Some(task) = self.config.task(&job.task) else {
             return Ok(self
-                .dead_letter(job.partition, &message.body, &format!("task {} is not in this worker's config", job.task))
+                .dead_letter(
+                    job.partition,
+                    &message.body,
+                    &format!("task {} is not in this worker's config", job.task),
+                    0,
+                )
                 .await);
         };
         let Some(action) = self.actions.get(&job.action).cloned() else {
@@ -182,6 +190,7 @@ impl Worker {
                     job.partition,
                     &message.body,
                     &format!("action {} is not known to this worker", job.action),
+                    0,
                 )
                 .await);
         };
@@ -190,9 +199,8 @@ impl Worker {
                 // Failed for good: make sure it is in the DLQ (its first dead-lettering may not
                 // have gone through; a repeat within five minutes is deduplicated).
                 let reason = record.error.unwrap_or_else(|| "failed".to_owned());
-                return Ok(self
-                    .dead_letter(job.partition, &serde_json::to_string(job).unwrap_or_default(), &reason)
-                    .await);
+                let body = serde_json::to_string(job).unwrap_or_default();
+                return Ok(self.dead_letter(job.partition, &body, &reason, record.fence).await);
             }
             if record.status.is_final() {
                 JobAlreadyFinished { job_id: &job.id, status: record.status.as_str() }.emit();
@@ -201,6 +209,7 @@ impl Worker {
         }
         let owner = format!("{}/{}", self.id, job.id);
         let input = TemplateInput { resource: &job.resource, task: &job.task, params: &job.params };
+        let asked = tokio::time::Instant::now();
         let lock = match self.leases.acquire(&lock_key(&task.lock.render(input)), &owner, self.lease).await? {
             Acquire::Acquired(lock) => {
                 LockAcquisition { job_id: &job.id, result: "acquired", holder: &owner }.emit();
@@ -212,7 +221,7 @@ impl Worker {
             }
         };
         let now = self.clock.now_ms();
-        let mut holding = Holding { lock, slots: Vec::new(), locked_ms: now, started_ms: now };
+        let mut holding = Holding { lock, slots: Vec::new(), locked_ms: now, started_ms: now, renewed: asked };
         let result = self.run_locked(job, message, task, &action, &owner, &mut holding).await;
         if result.is_err() {
             // A store or queue call failed: free what the job holds now rather than at lease
@@ -304,7 +313,7 @@ impl Worker {
         self.settle(job, task, action, holding.clone(), attempt, None, step, started.elapsed()).await
     }
 
-    async fn run_check(&self, check: CheckMessage) -> Result<Disposition, CallError> {
+    async fn run_check(&self, check: CheckMessage, token: &str) -> Result<Disposition, CallError> {
         let job = &check.job;
         let now = self.clock.now_ms();
         if check.due_ms > now + 100 {
@@ -318,6 +327,7 @@ impl Worker {
             slots: check.slots.clone(),
             locked_ms: check.locked_ms,
             started_ms: check.started_ms,
+            renewed: tokio::time::Instant::now(),
         };
         for lease in holding.all() {
             if !self.leases.heartbeat(lease, self.lease).await? {
@@ -334,13 +344,15 @@ impl Worker {
                     job.partition,
                     &body,
                     "the task or action of a pending job is gone from this worker's config",
+                    holding.lock.fence,
                 )
                 .await);
         };
         let checks = check.checks + 1;
-        if !self.ledger.checked(job, holding.lock.fence, check.checks, checks).await? {
+        if !self.ledger.checked(job, holding.lock.fence, check.checks, checks, token).await? {
+            // A duplicate of a check that already ran, or a job that finished meanwhile.
             CheckRan { job_id: &job.id, result: "stale" }.emit();
-            return Ok(Disposition::Delete);
+            return self.dead_letter_if_failed(job).await;
         }
         let started = tokio::time::Instant::now();
         let ctx = ActionContext { job, dry_run: self.dry_run, attempt: check.attempt, check: checks };
@@ -362,8 +374,8 @@ impl Worker {
     /// back to its partition, to start again under a new lock; otherwise someone else has it.
     async fn resume_lapsed(&self, job: &Job, fence: i64) -> Result<Disposition, CallError> {
         let record = self.ledger.job(&job.id).await?;
-        if !record.is_some_and(|r| r.status == Status::Pending && r.fence == fence) {
-            return Ok(Disposition::Delete);
+        if !record.as_ref().is_some_and(|r| r.status == Status::Pending && r.fence == fence) {
+            return self.dead_letter_if_failed(job).await;
         }
         let queue = &self.partitions[job.partition as usize % self.partitions.len()];
         let body = job.to_json().map_err(|e| QueueError::Invalid {
@@ -390,33 +402,62 @@ impl Worker {
         Ok(Disposition::Delete)
     }
 
+    /// A check that stops: when its job failed for good, make sure the job is in its DLQ (the
+    /// dead-lettering may not have gone through before); otherwise nothing is left to do.
+    async fn dead_letter_if_failed(&self, job: &Job) -> Result<Disposition, CallError> {
+        match self.ledger.job(&job.id).await? {
+            Some(record) if record.status == Status::Failed => {
+                let reason = record.error.unwrap_or_else(|| "failed".to_owned());
+                let body = serde_json::to_string(job).unwrap_or_default();
+                Ok(self.dead_letter(job.partition, &body, &reason, record.fence).await)
+            }
+            _ => Ok(Disposition::Delete),
+        }
+    }
+
     /// Runs an action step while heartbeating every lease held; stops when one is lost or the
     /// shutdown grace runs out.
     async fn guarded(&self, step: impl std::future::Future<Output = Step>, holding: &Holding, job_id: &str) -> Guarded {
         let beat = async {
-            // When heartbeats keep failing, the leases may lapse unseen: stop well before.
-            let mut last_ok = tokio::time::Instant::now();
+            // Renew every lease a third of the way through; when renewals keep failing (or
+            // hang), stop two thirds of the way, before the leases can lapse unseen.
+            let mut renewed = holding.renewed;
             loop {
-                tokio::time::sleep(self.lease / 3).await;
-                let mut all_ok = true;
-                for lease in holding.all() {
-                    match self.leases.heartbeat(lease, self.lease).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            LeaseLost { job_id, key: &lease.key }.emit();
-                            return;
-                        }
-                        Err(e) => {
-                            all_ok = false;
-                            WorkerCallFailed { what: "heartbeat", error: &e.to_string() }.emit();
+                let give_up = renewed + self.lease * 2 / 3;
+                tokio::time::sleep_until(renewed + self.lease / 3).await;
+                let sent = tokio::time::Instant::now();
+                let renew = async {
+                    let mut all_ok = true;
+                    for lease in holding.all() {
+                        match self.leases.heartbeat(lease, self.lease).await {
+                            Ok(true) => {}
+                            Ok(false) => return Err(lease.key.clone()),
+                            Err(e) => {
+                                all_ok = false;
+                                WorkerCallFailed { what: "heartbeat", error: &e.to_string() }.emit();
+                            }
                         }
                     }
-                }
-                if all_ok {
-                    last_ok = tokio::time::Instant::now();
-                } else if last_ok.elapsed() >= self.lease * 2 / 3 {
-                    LeaseLost { job_id, key: &holding.lock.key }.emit();
-                    return;
+                    Ok(all_ok)
+                };
+                match tokio::time::timeout_at(give_up, renew).await {
+                    Ok(Ok(true)) => renewed = sent,
+                    Ok(Ok(false)) => {
+                        // Try again soon, until the deadline.
+                        if tokio::time::Instant::now() >= give_up {
+                            LeaseLost { job_id, key: &holding.lock.key }.emit();
+                            return;
+                        }
+                        tokio::time::sleep((self.lease / 20).max(Duration::from_millis(100))).await;
+                    }
+                    Ok(Err(key)) => {
+                        LeaseLost { job_id, key: &key }.emit();
+                        return;
+                    }
+                    Err(_) => {
+                        LeaseLost { job_id, key: &holding.lock.key }.emit();
+                        return;
+                    }
                 }
             }
         };
@@ -513,7 +554,7 @@ impl Worker {
                 JobFinished { job_id: &job.id, action: action.name(), outcome: "failed", took, detail: &reason }.emit();
                 self.release(&holding).await;
                 let body = serde_json::to_string(job).unwrap_or_default();
-                Ok(self.dead_letter(job.partition, &body, &reason).await)
+                Ok(self.dead_letter(job.partition, &body, &reason, fence).await)
             }
         }
     }
@@ -604,16 +645,19 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(&self, partition: u32, body: &str, reason: &str) -> Disposition {
+    /// Dead-letters a job body to its partition's DLQ. The fence of the attempt that failed
+    /// goes into the FIFO deduplication id: a repeat of the same failure is deduplicated, a new
+    /// failure after a redrive is not.
+    async fn dead_letter(&self, partition: u32, body: &str, reason: &str, fence: i64) -> Disposition {
         let queue = Arc::clone(&self.dead_letters[partition as usize % self.dead_letters.len()]);
-        self.dead_letter_to(queue.as_ref(), body, reason).await
+        self.dead_letter_to(queue.as_ref(), body, reason, fence).await
     }
 
-    async fn dead_letter_to(&self, queue: &dyn Queue, body: &str, reason: &str) -> Disposition {
+    async fn dead_letter_to(&self, queue: &dyn Queue, body: &str, reason: &str, fence: i64) -> Disposition {
         let mut message = OutgoingMessage { body: body.to_owned(), ..Default::default() };
         message.attributes.insert(names::REASON_ATTRIBUTE.to_owned(), reason.chars().take(1000).collect());
         if queue.name().ends_with(".fifo") {
-            let digest = opsfleet_protocol::job::job_id(body, reason, queue.name());
+            let digest = opsfleet_protocol::job::job_id(body, &format!("{fence}/{reason}"), queue.name());
             message.group_id = Some("dead-letters".to_owned());
             message.dedup_id = Some(digest);
         }
