@@ -486,30 +486,7 @@ params = { pending_checks = 1, check_after_ms = 2400000 }
 
 #[tokio::test]
 async fn a_pending_job_whose_checks_stopped_starts_again_after_its_lease_lapses() {
-    let fleet = Fleet::with(&format!(
-        "{}{}",
-        BASE.replace("lease_secs = 5", "lease_secs = 3"),
-        r#"
-[[tasks]]
-name = "slow"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 1, check_after_ms = 500 }
-"#
-    ))
-    .await;
-    let job = fleet.job("slow", "e", "i-1");
-    fleet.send(&job, "first").await;
-    let (stop, handle) = fleet.start(None).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while fleet.ledger.job(&job.id).await.expect("ledger").map(|r| r.status) != Some(Status::Pending) {
-        let seen = fleet.ledger.job(&job.id).await.expect("ledger");
-        assert!(tokio::time::Instant::now() < deadline, "the job never went pending: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.cancel();
-    handle.await.expect("worker");
+    let (fleet, job) = pending_then_stopped().await;
     // The check is lost (say it went to the checks DLQ), and the job is delivered again.
     let checks = fleet.backend.queue(&names::checks_queue("w")).await.expect("checks");
     let lost = checks.receive(10, Duration::from_secs(2), None).await.expect("receive");
@@ -550,29 +527,7 @@ retries = 2
 
 #[tokio::test]
 async fn a_check_that_comes_after_its_leases_lapsed_starts_the_job_again() {
-    let fleet = Fleet::with(&format!(
-        "{}{}",
-        BASE.replace("lease_secs = 5", "lease_secs = 3"),
-        r#"
-[[tasks]]
-name = "slow"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 1, check_after_ms = 500 }
-"#
-    ))
-    .await;
-    let job = fleet.job("slow", "e", "i-1");
-    fleet.send(&job, "first").await;
-    let (stop, handle) = fleet.start(None).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while fleet.ledger.job(&job.id).await.expect("ledger").map(|r| r.status) != Some(Status::Pending) {
-        assert!(tokio::time::Instant::now() < deadline, "the job never went pending");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.cancel();
-    handle.await.expect("worker");
+    let (fleet, job) = pending_then_stopped().await;
     // No worker runs the check until the leases (check_after + lease = 3.5 s) have lapsed,
     // and another job of the resource takes the lock meanwhile.
     tokio::time::sleep(Duration::from_millis(4000)).await;
@@ -642,4 +597,37 @@ retries = 0
     fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(10)).await;
     let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
     assert_eq!((record.status, record.attempts), (Status::Succeeded, 2));
+}
+
+/// A fleet with a 3 s lease whose job goes pending for one check after 500 ms: the job is sent,
+/// run until it is pending, and the worker stopped; the check is left in its queue.
+async fn pending_then_stopped() -> (Fleet, Job) {
+    let fleet = Fleet::with(&format!(
+        "{}{}",
+        BASE.replace("lease_secs = 5", "lease_secs = 3"),
+        r#"
+[[tasks]]
+name = "slow"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 1, check_after_ms = 500 }
+"#
+    ))
+    .await;
+    let job = fleet.job("slow", "e", "i-1");
+    fleet.send(&job, "first").await;
+    let (stop, handle) = fleet.start(None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen = fleet.ledger.job(&job.id).await.expect("ledger");
+        if seen.as_ref().map(|r| r.status) == Some(Status::Pending) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the job never went pending: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    handle.await.expect("worker");
+    (fleet, job)
 }
