@@ -349,6 +349,35 @@ async fn poison_redelivery_and_completion_checks() {
     assert!(reasons.iter().any(|(b, r)| b.contains(&poison.id) && r == "noop: fail_rate = 1"), "{reasons:?}");
     assert!(reasons.iter().any(|(b, r)| b == "{garbage" && r.starts_with("not a job")), "{reasons:?}");
 
+    // `opsfleet dlq redrive` reopens the failed job and sends it back: it runs again (and fails
+    // again, into the DLQ once more, not swallowed by deduplication); the garbage stays.
+    for m in &dead {
+        dlq.change_visibility(&m.receipt, Duration::ZERO).await.expect("return to the DLQ");
+    }
+    let redrive = opsfleet(&["dlq", "redrive", "--config", fleet.path.to_str().unwrap_or_default(), "--queue", "jobs"])
+        .output()
+        .expect("dlq redrive");
+    assert!(redrive.status.success(), "{}", String::from_utf8_lossy(&redrive.stderr));
+    assert_eq!(String::from_utf8_lossy(&redrive.stdout).lines().count(), 1, "only the job is redriven");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let record = fleet.ledger.job(&poison.id).await.expect("ledger").expect("record");
+        if record.attempts == 2 && record.status == Status::Failed {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the redriven job did not run again: {record:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut again = Vec::new();
+    for _ in 0..10 {
+        again.extend(dlq.receive(10, Duration::from_secs(1), None).await.expect("receive"));
+        if again.iter().any(|m| m.body.contains(&poison.id)) && again.iter().any(|m| m.body == "{garbage") {
+            break;
+        }
+    }
+    assert!(again.iter().any(|m| m.body.contains(&poison.id)), "the job failed into the DLQ again");
+    assert!(again.iter().any(|m| m.body == "{garbage"), "the garbage stayed in the DLQ");
+
     // (g) The pending job completed through the checks queue.
     let record = fleet.ledger.job(&slow.id).await.expect("ledger").expect("record");
     assert_eq!((record.status, record.checks), (Status::Succeeded, 2));
