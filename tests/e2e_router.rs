@@ -193,4 +193,27 @@ async fn run_routes_and_runs_an_event_end_to_end_in_one_process() {
     }
     support::terminate(&mut run.0);
     assert!(run.0.wait().expect("exit").success(), "run exits 0 on SIGTERM");
+
+    // The audit trail of the event: its run, and each job with its attempt.
+    let body: Value =
+        serde_json::from_str(&std::fs::read_to_string(support::root().join(event)).expect("event")).expect("json");
+    let event_id = body["id"].as_str().unwrap_or_default();
+    let audit = opsfleet(&["audit", "--config", &config_arg, "--event", event_id]).output().expect("audit");
+    assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&audit.stdout).lines().map(|l| serde_json::from_str(l).expect("audit line")).collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert_eq!(
+        (lines[0]["task"].as_str(), lines[0]["succeeded"].as_u64()),
+        (Some("recover-alarmed-resource"), Some(2))
+    );
+    for line in &lines[1..] {
+        assert!(ids.iter().any(|id| line["job"] == id.as_str()), "{line}");
+        assert_eq!(line["status"], "SUCCEEDED");
+        assert_eq!(line["attempts"].as_array().map(Vec::len), Some(1));
+        assert_eq!(line["attempts"][0]["outcome"], "SUCCEEDED");
+    }
+    let one = opsfleet(&["audit", "--config", &config_arg, "--job", &ids[0]]).output().expect("audit job");
+    let one: Value = serde_json::from_slice(&one.stdout).expect("one JSON line");
+    assert_eq!((one["job"].as_str(), one["status"].as_str()), (Some(ids[0].as_str()), Some("SUCCEEDED")));
 }

@@ -1,6 +1,7 @@
 //! The command line: subcommands and what they share (config loading, tracing, metrics,
 //! signals).
 
+mod audit;
 mod catalog;
 mod demo;
 mod dlq;
@@ -73,6 +74,18 @@ pub enum Command {
     Worker(ServeArgs),
     /// Router and worker in one process.
     Run(ServeArgs),
+    /// Print the ledger of a job, or of every run of an event, as JSON lines.
+    Audit {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// A job id.
+        #[arg(long, required_unless_present = "event")]
+        job: Option<String>,
+        /// An event id: every task's run of it, and their jobs.
+        #[arg(long)]
+        event: Option<String>,
+    },
     /// List the actions this build ships, with their targets, limits, IAM actions and params.
     Actions,
     /// Print the least-privilege IAM policy of a config.
@@ -167,6 +180,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Run(args) => serve::both(args).await,
         Command::Dlq { action: DlqAction::List { config, queue, max } } => dlq::list(&config, queue, max).await,
         Command::Dlq { action: DlqAction::Redrive { config, queue, max } } => dlq::redrive(&config, queue, max).await,
+        Command::Audit { config, job, event } => audit::run(&config, job, event).await,
         Command::Actions => catalog::actions(),
         Command::IamPolicy { config, setup } => catalog::iam_policy(&config, setup),
         Command::Demo { config, events } => demo::run(config, events).await,

@@ -184,7 +184,18 @@ impl Ledger {
             Cond::And(vec![Cond::eq("status", Status::Pending.as_str()), Cond::lt("fence", fence)]),
         ]);
         match self.store.update(&job_key(&job.id), update, cond).await {
-            Ok(item) => Ok(Begin::Started(item.int("attempts").unwrap_or(1) as u32)),
+            Ok(item) => {
+                let attempt = item.int("attempts").unwrap_or(1) as u32;
+                if attempt == 1 {
+                    // The run lists its jobs, for the audit trail.
+                    let mut attrs = Attrs::new();
+                    attrs.insert("resource".into(), job.resource.key().into());
+                    attrs.insert("expires_at".into(), self.expires_at().into());
+                    let key = Key::new(format!("run#{}", job.run_id()), format!("job#{}", job.id));
+                    self.store.put(Item { key, attrs }, Cond::Always).await?;
+                }
+                Ok(Begin::Started(attempt))
+            }
             Err(StoreError::ConditionFailed { .. }) => match self.job(&job.id).await? {
                 Some(r) if r.status.is_final() => Ok(Begin::Finished(r.status)),
                 _ => Ok(Begin::Stale),
@@ -335,6 +346,17 @@ impl Ledger {
     /// The counts of a run.
     pub async fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
         Ok(self.store.get(&run_key(run)).await?.map(|i| run_record(&i)).unwrap_or_default())
+    }
+
+    /// The ids of the jobs of a run that have begun.
+    pub async fn run_jobs(&self, run: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .store
+            .query_prefix(&format!("run#{run}"), "job#")
+            .await?
+            .into_iter()
+            .filter_map(|i| i.key.sk.strip_prefix("job#").map(str::to_owned))
+            .collect())
     }
 
     /// Cancels a run (once) with a reason.

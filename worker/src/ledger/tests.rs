@@ -60,3 +60,13 @@ async fn a_failed_check_keeps_the_job_pending() {
     assert_eq!((record.status, record.failures), (Status::Pending, 1));
     assert_eq!(l.failure(&j, 7, "stale").await.expect("failure"), None, "another fence cannot count failures");
 }
+
+#[tokio::test]
+async fn a_run_lists_the_jobs_that_began() {
+    let l = ledger().await;
+    let j = job();
+    assert!(l.run_jobs(&j.run_id()).await.expect("run jobs").is_empty());
+    l.begin(&j, "a", 1).await.expect("begin");
+    l.begin(&j, "a", 2).await.expect("begin again");
+    assert_eq!(l.run_jobs(&j.run_id()).await.expect("run jobs"), [j.id.clone()]);
+}
