@@ -68,5 +68,5 @@ async fn a_run_lists_the_jobs_that_began() {
     assert!(l.run_jobs(&j.run_id()).await.expect("run jobs").is_empty());
     l.begin(&j, "a", 1).await.expect("begin");
     l.begin(&j, "a", 2).await.expect("begin again");
-    assert_eq!(l.run_jobs(&j.run_id()).await.expect("run jobs"), [j.id.clone()]);
+    assert_eq!(l.run_jobs(&j.run_id()).await.expect("run jobs"), std::slice::from_ref(&j.id));
 }
