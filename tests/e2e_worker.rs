@@ -335,9 +335,15 @@ async fn poison_redelivery_and_completion_checks() {
     assert_eq!(fleet.ledger.job(&poison.id).await.expect("ledger").expect("record").status, Status::Failed);
     fleet.assert_succeeded_exactly_once(&good).await;
     let dlq = fleet.backend.queue(&format!("{}-jobs-{partition}-dlq.fifo", fleet.name)).await.expect("dlq");
-    let mut dead = Vec::new();
-    for _ in 0..5 {
-        dead.extend(dlq.receive(10, Duration::from_secs(1), None).await.expect("receive"));
+    // The DLQ is one FIFO group: hand each message back at once, so none blocks the next.
+    let mut dead: Vec<opsfleet_protocol::ports::ReceivedMessage> = Vec::new();
+    for _ in 0..20 {
+        for m in dlq.receive(10, Duration::from_secs(1), None).await.expect("receive") {
+            dlq.change_visibility(&m.receipt, Duration::ZERO).await.expect("hand back");
+            if !dead.iter().any(|d| d.message_id == m.message_id) {
+                dead.push(m);
+            }
+        }
         if dead.len() >= 2 {
             break;
         }
@@ -351,9 +357,6 @@ async fn poison_redelivery_and_completion_checks() {
 
     // `opsfleet dlq redrive` reopens the failed job and sends it back: it runs again (and fails
     // again, into the DLQ once more, not swallowed by deduplication); the garbage stays.
-    for m in &dead {
-        dlq.change_visibility(&m.receipt, Duration::ZERO).await.expect("return to the DLQ");
-    }
     let redrive = opsfleet(&["dlq", "redrive", "--config", fleet.path.to_str().unwrap_or_default(), "--queue", "jobs"])
         .output()
         .expect("dlq redrive");
@@ -369,8 +372,11 @@ async fn poison_redelivery_and_completion_checks() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let mut again = Vec::new();
-    for _ in 0..10 {
-        again.extend(dlq.receive(10, Duration::from_secs(1), None).await.expect("receive"));
+    for _ in 0..20 {
+        for m in dlq.receive(10, Duration::from_secs(1), None).await.expect("receive") {
+            dlq.change_visibility(&m.receipt, Duration::ZERO).await.expect("hand back");
+            again.push(m);
+        }
         if again.iter().any(|m| m.body.contains(&poison.id)) && again.iter().any(|m| m.body == "{garbage") {
             break;
         }

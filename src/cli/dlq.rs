@@ -67,7 +67,8 @@ async fn take(queue: &dyn Queue, max: usize, hide: Duration) -> anyhow::Result<V
 }
 
 /// Prints up to `max` dead-lettered messages per queue as JSON lines (`queue`, `message_id`,
-/// `reason`, `receive_count`, `body`); they stay in their queue.
+/// `reason`, `receive_count`, `body`); they stay in their queue. A FIFO dead-letter queue
+/// (the jobs') shows its first ten: SQS shows no more of a FIFO group until those are gone.
 pub async fn list(path: &Path, which: Which, max: usize) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
     let backend = AwsBackend::from_env().await;
@@ -106,26 +107,44 @@ pub async fn redrive(path: &Path, which: Which, max: usize) -> anyhow::Result<Ex
     let mut total = 0;
     for pair in pairs(&backend, &config, which).await? {
         let fifo = pair.live.name().ends_with(".fifo");
-        for m in take(pair.dead.as_ref(), max, Duration::from_secs(60)).await? {
-            let mut out = OutgoingMessage { body: m.body.clone(), ..Default::default() };
-            if fifo {
-                let Ok(job) = Job::from_json(&m.body) else {
-                    eprintln!("{}: {} is not a job; left in place", pair.dead.name(), m.message_id);
-                    pair.dead.change_visibility(&m.receipt, Duration::ZERO).await?;
-                    continue;
-                };
-                out.group_id = Some(job.resource.key());
-                out.dedup_id = Some(format!("{}-redrive-{stamp}", job.id));
-                // A job that failed for good runs again.
-                ledger.reopen(&job.id).await?;
+        let mut left = std::collections::HashSet::new();
+        let mut redriven = 0;
+        // What is there now, not what comes back meanwhile (a redriven event the router
+        // rejects again lands here anew).
+        let there = pair.dead.depth().await?.visible as usize;
+        let limit = max.min(there);
+        // Batch by batch: a FIFO DLQ shows more only once what it showed is gone.
+        while redriven < limit {
+            let batch = take(pair.dead.as_ref(), (limit - redriven).min(10), Duration::from_secs(60)).await?;
+            let mut progressed = false;
+            for m in batch {
+                let mut out = OutgoingMessage { body: m.body.clone(), ..Default::default() };
+                if fifo {
+                    let Ok(job) = Job::from_json(&m.body) else {
+                        if left.insert(m.message_id.clone()) {
+                            eprintln!("{}: {} is not a job; left in place", pair.dead.name(), m.message_id);
+                        }
+                        pair.dead.change_visibility(&m.receipt, Duration::ZERO).await?;
+                        continue;
+                    };
+                    out.group_id = Some(job.resource.key());
+                    out.dedup_id = Some(format!("{}-redrive-{stamp}", job.id));
+                    // A job that failed for good runs again.
+                    ledger.reopen(&job.id).await?;
+                }
+                opsfleet_router::send_all(pair.live.as_ref(), vec![out])
+                    .await
+                    .with_context(|| format!("cannot send {} back to {}", m.message_id, pair.live.name()))?;
+                pair.dead.delete_batch(std::slice::from_ref(&m.receipt)).await?;
+                println!("redriven: {} {} -> {}", m.message_id, pair.dead.name(), pair.live.name());
+                redriven += 1;
+                progressed = true;
             }
-            opsfleet_router::send_all(pair.live.as_ref(), vec![out])
-                .await
-                .with_context(|| format!("cannot send {} back to {}", m.message_id, pair.live.name()))?;
-            pair.dead.delete_batch(std::slice::from_ref(&m.receipt)).await?;
-            println!("redriven: {} {} -> {}", m.message_id, pair.dead.name(), pair.live.name());
-            total += 1;
+            if !progressed {
+                break;
+            }
         }
+        total += redriven;
     }
     eprintln!("{total} messages redriven");
     Ok(ExitCode::SUCCESS)
