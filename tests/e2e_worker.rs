@@ -335,7 +335,7 @@ async fn poison_redelivery_and_completion_checks() {
     assert_eq!(fleet.ledger.job(&poison.id).await.expect("ledger").expect("record").status, Status::Failed);
     fleet.assert_succeeded_exactly_once(&good).await;
     let dlq = fleet.backend.queue(&format!("{}-jobs-{partition}-dlq.fifo", fleet.name)).await.expect("dlq");
-    // The DLQ is one FIFO group: hand each message back at once, so none blocks the next.
+    // Hand each dead letter back at once, so none blocks a later one of its FIFO group.
     let mut dead: Vec<opsfleet_protocol::ports::ReceivedMessage> = Vec::new();
     for _ in 0..20 {
         for m in dlq.receive(10, Duration::from_secs(1), None).await.expect("receive") {

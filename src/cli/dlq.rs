@@ -67,8 +67,9 @@ async fn take(queue: &dyn Queue, max: usize, hide: Duration) -> anyhow::Result<V
 }
 
 /// Prints up to `max` dead-lettered messages per queue as JSON lines (`queue`, `message_id`,
-/// `reason`, `receive_count`, `body`); they stay in their queue. A FIFO dead-letter queue
-/// (the jobs') shows its first ten: SQS shows no more of a FIFO group until those are gone.
+/// `reason`, `receive_count`, `body`); they stay in their queue. A jobs DLQ (FIFO, one group
+/// per resource) shows the oldest dead letter of each resource: SQS shows no more of a FIFO
+/// group until that one is gone.
 pub async fn list(path: &Path, which: Which, max: usize) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
     let backend = AwsBackend::from_env().await;

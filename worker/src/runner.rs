@@ -658,7 +658,10 @@ impl Worker {
         message.attributes.insert(names::REASON_ATTRIBUTE.to_owned(), reason.chars().take(1000).collect());
         if queue.name().ends_with(".fifo") {
             let digest = opsfleet_protocol::job::job_id(body, &format!("{fence}/{reason}"), queue.name());
-            message.group_id = Some("dead-letters".to_owned());
+            // One group per resource, so that one dead letter never hides the others from
+            // `opsfleet dlq list`; bodies that are not jobs share one group.
+            let group = Job::from_json(body).map(|j| j.resource.key()).unwrap_or_else(|_| "not-a-job".to_owned());
+            message.group_id = Some(group);
             message.dedup_id = Some(digest);
         }
         match queue.send_batch(&[message]).await {
