@@ -21,6 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+mod checks;
+mod dead_letter;
+
 /// What to do with a message once it was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -313,108 +316,6 @@ impl Worker {
         self.settle(job, task, action, holding.clone(), attempt, None, step, started.elapsed()).await
     }
 
-    async fn run_check(&self, check: CheckMessage, token: &str) -> Result<Disposition, CallError> {
-        let job = &check.job;
-        let now = self.clock.now_ms();
-        if check.due_ms > now + 100 {
-            // Chained past SQS's 15-minute delay: wait again.
-            CheckRan { job_id: &job.id, result: "early" }.emit();
-            self.send_check(check.clone(), check.due_ms - now).await?;
-            return Ok(Disposition::Delete);
-        }
-        let holding = Holding {
-            lock: check.lock.clone(),
-            slots: check.slots.clone(),
-            locked_ms: check.locked_ms,
-            started_ms: check.started_ms,
-            renewed: tokio::time::Instant::now(),
-        };
-        for lease in holding.all() {
-            if !self.leases.heartbeat(lease, self.lease).await? {
-                CheckRan { job_id: &job.id, result: "stale" }.emit();
-                LeaseLost { job_id: &job.id, key: &lease.key }.emit();
-                return self.resume_lapsed(job, holding.lock.fence).await;
-            }
-        }
-        let (Some(task), Some(action)) = (self.config.task(&job.task), self.actions.get(&job.action).cloned()) else {
-            let body = serde_json::to_string(job).unwrap_or_default();
-            self.release(&holding).await;
-            return Ok(self
-                .dead_letter(
-                    job.partition,
-                    &body,
-                    "the task or action of a pending job is gone from this worker's config",
-                    holding.lock.fence,
-                )
-                .await);
-        };
-        let checks = check.checks + 1;
-        if !self.ledger.checked(job, holding.lock.fence, check.checks, checks, token).await? {
-            // A duplicate of a check that already ran, or a job that finished meanwhile.
-            CheckRan { job_id: &job.id, result: "stale" }.emit();
-            return self.dead_letter_if_failed(job).await;
-        }
-        let started = tokio::time::Instant::now();
-        let ctx = ActionContext { job, dry_run: self.dry_run, attempt: check.attempt, check: checks };
-        let step = self.guarded(action.check(ctx, &check.state), &holding, &job.id).await;
-        let result = match &step {
-            Guarded::Step(Step::Done { .. }) => "done",
-            Guarded::Step(Step::Pending { .. }) => "pending",
-            Guarded::Step(Step::Failed { .. }) => "failed",
-            Guarded::LeaseLost => "stale",
-            Guarded::Interrupted => "interrupted",
-        };
-        CheckRan { job_id: &job.id, result }.emit();
-        self.settle(job, task, &action, holding, check.attempt, Some((checks, &check.state)), step, started.elapsed())
-            .await
-    }
-
-    /// A pending job whose leases lapsed before its check ran (the check came late, or was
-    /// handed back): when the ledger still shows it pending under the lapsed fence, the job goes
-    /// back to its partition, to start again under a new lock; otherwise someone else has it.
-    async fn resume_lapsed(&self, job: &Job, fence: i64) -> Result<Disposition, CallError> {
-        let record = self.ledger.job(&job.id).await?;
-        if !record.as_ref().is_some_and(|r| r.status == Status::Pending && r.fence == fence) {
-            return self.dead_letter_if_failed(job).await;
-        }
-        let queue = &self.partitions[job.partition as usize % self.partitions.len()];
-        let body = job.to_json().map_err(|e| QueueError::Invalid {
-            queue: queue.name().to_owned(),
-            operation: "SendMessageBatch",
-            message: e.to_string(),
-        })?;
-        let message = OutgoingMessage {
-            body,
-            group_id: Some(job.resource.key()),
-            dedup_id: Some(format!("{}-resume-{fence}", job.id)),
-            ..Default::default()
-        };
-        let failures = queue.send_batch(&[message]).await?;
-        if let Some(f) = failures.first() {
-            return Err(QueueError::Unavailable {
-                queue: queue.name().to_owned(),
-                operation: "SendMessageBatch",
-                message: format!("{}: {}", f.code, f.message),
-            }
-            .into());
-        }
-        tracing::warn!(job_id = %job.id, fence, "A pending job's leases lapsed before its check; it starts again.");
-        Ok(Disposition::Delete)
-    }
-
-    /// A check that stops: when its job failed for good, make sure the job is in its DLQ (the
-    /// dead-lettering may not have gone through before); otherwise nothing is left to do.
-    async fn dead_letter_if_failed(&self, job: &Job) -> Result<Disposition, CallError> {
-        match self.ledger.job(&job.id).await? {
-            Some(record) if record.status == Status::Failed => {
-                let reason = record.error.unwrap_or_else(|| "failed".to_owned());
-                let body = serde_json::to_string(job).unwrap_or_default();
-                Ok(self.dead_letter(job.partition, &body, &reason, record.fence).await)
-            }
-            _ => Ok(Disposition::Delete),
-        }
-    }
-
     /// Runs an action step while heartbeating every lease held; stops when one is lost or the
     /// shutdown grace runs out.
     async fn guarded(&self, step: impl std::future::Future<Output = Step>, holding: &Holding, job_id: &str) -> Guarded {
@@ -559,67 +460,10 @@ impl Worker {
         }
     }
 
-    /// Keeps the leases for the wait and sends the check that continues the job; when the
-    /// check cannot be sent, the leases are released and the message comes back.
-    async fn schedule_check(
-        &self,
-        job: &Job,
-        holding: &Holding,
-        attempt: u32,
-        checks: u32,
-        state: serde_json::Value,
-        after: Duration,
-    ) -> Result<Disposition, CallError> {
-        for lease in holding.all() {
-            if !self.leases.heartbeat(lease, after + self.lease).await? {
-                LeaseLost { job_id: &job.id, key: &lease.key }.emit();
-                return Ok(Disposition::Retry(Duration::ZERO));
-            }
-        }
-        let check = CheckMessage {
-            v: CHECK_VERSION,
-            job: job.clone(),
-            lock: holding.lock.clone(),
-            slots: holding.slots.clone(),
-            state,
-            due_ms: self.clock.now_ms() + after.as_millis() as u64,
-            checks,
-            attempt,
-            locked_ms: holding.locked_ms,
-            started_ms: holding.started_ms,
-        };
-        if let Err(e) = self.send_check(check, after.as_millis() as u64).await {
-            self.release(holding).await;
-            return Err(e);
-        }
-        Ok(Disposition::Delete)
-    }
-
     async fn no_slot(&self, job: &Job, holding: &Holding, limit: &str) -> Disposition {
         SlotUnavailable { job_id: &job.id, limit }.emit();
         self.release(holding).await;
         Disposition::Retry(Duration::from_millis(rand::thread_rng().gen_range(300..2_000)))
-    }
-
-    async fn send_check(&self, check: CheckMessage, delay_ms: u64) -> Result<(), CallError> {
-        let body = serde_json::to_string(&check).map_err(|e| QueueError::Invalid {
-            queue: self.checks.name().to_owned(),
-            operation: "SendMessageBatch",
-            message: e.to_string(),
-        })?;
-        // SQS delays are whole seconds: round up, so a check never arrives before it is due.
-        let delay = Duration::from_secs(delay_ms.div_ceil(1000)).min(MAX_DELAY);
-        let message = OutgoingMessage { body, delay: Some(delay), ..Default::default() };
-        let failures = self.checks.send_batch(&[message]).await?;
-        if let Some(f) = failures.first() {
-            return Err(QueueError::Unavailable {
-                queue: self.checks.name().to_owned(),
-                operation: "SendMessageBatch",
-                message: format!("{}: {}", f.code, f.message),
-            }
-            .into());
-        }
-        Ok(())
     }
 
     async fn release(&self, holding: &Holding) {
@@ -642,42 +486,6 @@ impl Worker {
         };
         if let Err(e) = self.ledger.attempt(&job.id, number, &attempt).await {
             WorkerCallFailed { what: "attempt", error: &e.to_string() }.emit();
-        }
-    }
-
-    /// Dead-letters a job body to its partition's DLQ. The fence of the attempt that failed
-    /// goes into the FIFO deduplication id: a repeat of the same failure is deduplicated, a new
-    /// failure after a redrive is not.
-    async fn dead_letter(&self, partition: u32, body: &str, reason: &str, fence: i64) -> Disposition {
-        let queue = Arc::clone(&self.dead_letters[partition as usize % self.dead_letters.len()]);
-        self.dead_letter_to(queue.as_ref(), body, reason, fence).await
-    }
-
-    async fn dead_letter_to(&self, queue: &dyn Queue, body: &str, reason: &str, fence: i64) -> Disposition {
-        let mut message = OutgoingMessage { body: body.to_owned(), ..Default::default() };
-        message.attributes.insert(names::REASON_ATTRIBUTE.to_owned(), reason.chars().take(1000).collect());
-        if queue.name().ends_with(".fifo") {
-            let digest = opsfleet_protocol::job::job_id(body, &format!("{fence}/{reason}"), queue.name());
-            // One group per resource, so that one dead letter never hides the others from
-            // `opsfleet dlq list`; bodies that are not jobs share one group.
-            let group = Job::from_json(body).map(|j| j.resource.key()).unwrap_or_else(|_| "not-a-job".to_owned());
-            message.group_id = Some(group);
-            message.dedup_id = Some(digest);
-        }
-        match queue.send_batch(&[message]).await {
-            Ok(failures) if failures.is_empty() => {
-                MessageDeadLettered { queue: queue.name(), reason }.emit();
-                Disposition::Delete
-            }
-            Ok(failures) => {
-                let error = failures.iter().map(|f| f.message.clone()).collect::<Vec<_>>().join("; ");
-                WorkerCallFailed { what: "dead-letter", error: &error }.emit();
-                Disposition::Retry(jitter(Duration::from_secs(5)))
-            }
-            Err(e) => {
-                WorkerCallFailed { what: "dead-letter", error: &e.to_string() }.emit();
-                Disposition::Retry(jitter(Duration::from_secs(5)))
-            }
         }
     }
 }

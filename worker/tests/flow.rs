@@ -1,159 +1,14 @@
 //! The worker on the embedded backend: exactly-once effect, redelivery, poison jobs,
-//! retries, completion checks, limits, `max_errors`, and graceful shutdown.
+//! retries, limits, `max_errors`, per-resource order, reopening, metrics and graceful shutdown.
 
-use opsfleet_backend::{setup::setup, EmbeddedBackend};
-use opsfleet_protocol::job::JobOrigin;
+mod support;
+
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
-use opsfleet_protocol::{Config, Job, Resource, ResourceType};
-use opsfleet_worker::clock::Clock;
-use opsfleet_worker::lease::{lock_key, Acquire, Leases};
-use opsfleet_worker::ledger::{Ledger, Status};
-use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Worker};
-use std::sync::Arc;
+use opsfleet_protocol::Job;
+use opsfleet_worker::ledger::Status;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
-
-const BASE: &str = r#"
-[fleet]
-name = "w"
-partitions = 2
-
-[limits.two]
-max = 2
-
-[worker]
-lease_secs = 5
-visibility_secs = 10
-shutdown_grace_secs = 5
-"#;
-
-struct Fleet {
-    backend: Arc<EmbeddedBackend>,
-    config: Arc<Config>,
-    ledger: Ledger,
-}
-
-impl Fleet {
-    async fn new(tasks: &str) -> Self {
-        Self::with(&format!("{BASE}{tasks}")).await
-    }
-
-    async fn with(text: &str) -> Self {
-        let config = Config::parse(text, Some(&ActionRegistry::builtin())).expect("config");
-        let backend = Arc::new(EmbeddedBackend::new());
-        setup(backend.as_ref(), &config).await.expect("setup");
-        let store = backend.store("w").await.expect("store");
-        Fleet { backend, config: Arc::new(config), ledger: Ledger::new(store, Clock::new(), Duration::from_secs(3600)) }
-    }
-
-    fn job(&self, task: &str, event: &str, instance: &str) -> Job {
-        let resource = Resource {
-            account: "123456789012".into(),
-            region: "us-east-1".into(),
-            kind: ResourceType::Instance,
-            id: instance.into(),
-        };
-        let t = self.config.task(task).expect("task");
-        let origin = JobOrigin {
-            event_id: event,
-            event_time: None,
-            received_ms: Clock::new().now_ms(),
-            task,
-            action: &t.action,
-            params: &t.params,
-        };
-        Job::new(origin, resource, self.config.fleet.partitions.get())
-    }
-
-    async fn send(&self, job: &Job, dedup: &str) {
-        self.send_in_group(job, &job.id, dedup).await;
-    }
-
-    async fn send_in_group(&self, job: &Job, group: &str, dedup: &str) {
-        let queue = self.backend.queue(&names::jobs_queue("w", job.partition)).await.expect("queue");
-        let message = OutgoingMessage {
-            body: job.to_json().expect("json"),
-            group_id: Some(group.into()),
-            dedup_id: Some(dedup.into()),
-            ..Default::default()
-        };
-        assert!(queue.send_batch(&[message]).await.expect("send").is_empty());
-    }
-
-    /// Starts a worker; returns its shutdown token and handle.
-    async fn start(&self, max_in_flight: Option<u32>) -> (CancellationToken, tokio::task::JoinHandle<ConsumeSummary>) {
-        let mut config = self.config.as_ref().clone();
-        if let Some(n) = max_in_flight {
-            config.worker.max_in_flight = n.try_into().expect("non-zero");
-        }
-        let config = Arc::new(config);
-        let hard_stop = CancellationToken::new();
-        let worker = Worker::open(
-            self.backend.as_ref(),
-            Arc::clone(&config),
-            ActionRegistry::builtin(),
-            "test".into(),
-            false,
-            hard_stop.clone(),
-        )
-        .await
-        .expect("worker");
-        let consumer = Consumer::open(self.backend.as_ref(), Arc::new(worker), &config)
-            .await
-            .expect("consumer")
-            .with_long_poll(Duration::from_millis(20));
-        let shutdown = CancellationToken::new();
-        (shutdown.clone(), tokio::spawn(consumer.run(shutdown, hard_stop)))
-    }
-
-    async fn wait_final(&self, jobs: &[Job], within: Duration) {
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            let mut open = Vec::new();
-            for job in jobs {
-                if !self.ledger.job(&job.id).await.expect("ledger").is_some_and(|r| r.status.is_final()) {
-                    open.push(job.id.clone());
-                }
-            }
-            if open.is_empty() {
-                return;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "jobs not finished in time: {open:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Runs a worker until every job is final, then stops it.
-    async fn run_until_final(&self, jobs: &[Job], max_in_flight: Option<u32>, within: Duration) {
-        let (stop, handle) = self.start(max_in_flight).await;
-        self.wait_final(jobs, within).await;
-        stop.cancel();
-        handle.await.expect("worker");
-    }
-
-    async fn status(&self, job: &Job) -> Status {
-        self.ledger.job(&job.id).await.expect("ledger").expect("record").status
-    }
-
-    fn dead_letters(&self, partition: u32) -> Vec<(String, String)> {
-        let q = self.backend.embedded_queue(&names::jobs_dlq("w", partition)).expect("dlq");
-        q.peek_bodies()
-            .into_iter()
-            .zip(q.peek_attributes())
-            .map(|(b, a)| (b, a.get(names::REASON_ATTRIBUTE).cloned().unwrap_or_default()))
-            .collect()
-    }
-}
-
-const NOOP: &str = r#"
-[[tasks]]
-name = "quick"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 10 }
-"#;
+use support::*;
 
 #[tokio::test]
 async fn a_job_succeeds_once_and_its_redelivery_is_acknowledged_without_running() {
@@ -270,38 +125,6 @@ retries = 1
 }
 
 #[tokio::test]
-async fn a_pending_job_completes_through_the_checks_queue_holding_its_lock() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "slow"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 2, check_after_ms = 1000 }
-"#,
-    )
-    .await;
-    let job = fleet.job("slow", "e", "i-1");
-    fleet.send(&job, "s").await;
-    let (stop, handle) = fleet.start(None).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(fleet.status(&job).await, Status::Pending);
-    let store = fleet.backend.store("w").await.expect("store");
-    let lock = store
-        .get(&opsfleet_protocol::ports::Key::new(format!("lock#{}", job.resource.key()), "lease"))
-        .await
-        .expect("get")
-        .expect("lock item");
-    assert!(lock.str("owner").is_some(), "the lock is held while the job waits");
-    fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(10)).await;
-    stop.cancel();
-    handle.await.expect("worker");
-    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
-    assert_eq!((record.status, record.checks), (Status::Succeeded, 2));
-}
-
-#[tokio::test]
 async fn a_limit_bounds_concurrent_holders() {
     let fleet = Fleet::new(
         r#"
@@ -330,18 +153,6 @@ limit = "two"
     let peak = peak_overlap(&intervals);
     assert!(peak <= 2, "{peak} holders at once: {intervals:?}");
     assert_eq!(peak, 2, "the limit is used up to its maximum");
-}
-
-/// The largest number of intervals that overlap at one instant.
-fn peak_overlap(intervals: &[(u64, u64)]) -> usize {
-    let mut edges: Vec<(u64, i32)> = intervals.iter().flat_map(|&(s, e)| [(s, 1), (e, -1)]).collect();
-    edges.sort_by_key(|&(t, d)| (t, d));
-    let (mut now, mut peak) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        peak = peak.max(now);
-    }
-    peak as usize
 }
 
 #[tokio::test]
@@ -444,105 +255,6 @@ fn metrics_count_finished_jobs_durations_in_flight_and_lock_results() {
     }
 }
 
-#[test]
-fn a_check_due_past_the_15_minute_delay_is_chained_until_it_is_due() {
-    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
-    let handle = recorder.handle();
-    let waited = metrics::with_local_recorder(&recorder, || {
-        let runtime =
-            tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
-        runtime.block_on(async {
-            let fleet = Fleet::new(
-                r#"
-[[tasks]]
-name = "glacial"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 1, check_after_ms = 2400000 }
-"#,
-            )
-            .await;
-            let job = fleet.job("glacial", "e", "i-1");
-            fleet.send(&job, "g").await;
-            let started = tokio::time::Instant::now();
-            let (stop, handle) = fleet.start(None).await;
-            fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(3 * 3600)).await;
-            let waited = started.elapsed();
-            stop.cancel();
-            handle.await.expect("worker");
-            assert_eq!(fleet.status(&job).await, Status::Succeeded);
-            waited
-        })
-    });
-    assert!(waited >= Duration::from_secs(40 * 60), "completed after {waited:?}, before the 40 minutes were up");
-    let text = handle.render();
-    let line = "opsfleet_checks_total{result=\"early\"} 2";
-    assert!(
-        text.lines().any(|l| l == line),
-        "a 40-minute wait is three delays of at most 15 minutes: missing `{line}` in\n{text}"
-    );
-}
-
-#[tokio::test]
-async fn a_pending_job_whose_checks_stopped_starts_again_after_its_lease_lapses() {
-    let (fleet, job) = pending_then_stopped().await;
-    // The check is lost (say it went to the checks DLQ), and the job is delivered again.
-    let checks = fleet.backend.queue(&names::checks_queue("w")).await.expect("checks");
-    let lost = checks.receive(10, Duration::from_secs(2), None).await.expect("receive");
-    assert_eq!(lost.len(), 1);
-    checks.delete_batch(&[lost[0].receipt.clone()]).await.expect("delete");
-    fleet.send(&job, "again").await;
-    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
-    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
-    assert_eq!(record.status, Status::Succeeded);
-    assert!(record.fence >= 2, "the new holder took over with a newer fence: {record:?}");
-    assert_eq!(record.attempts, 2);
-}
-
-#[tokio::test]
-async fn a_failed_check_is_checked_again_and_the_job_completes() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "bumpy"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 1, fail_checks = 1, check_after_ms = 500 }
-retries = 2
-"#,
-    )
-    .await;
-    let job = fleet.job("bumpy", "e", "i-1");
-    fleet.send(&job, "b").await;
-    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
-    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
-    assert_eq!(
-        (record.status, record.checks, record.failures, record.fence),
-        (Status::Succeeded, 2, 1, 1),
-        "{record:?}"
-    );
-}
-
-#[tokio::test]
-async fn a_check_that_comes_after_its_leases_lapsed_starts_the_job_again() {
-    let (fleet, job) = pending_then_stopped().await;
-    // No worker runs the check until the leases (check_after + lease = 3.5 s) have lapsed,
-    // and another job of the resource takes the lock meanwhile.
-    tokio::time::sleep(Duration::from_millis(4000)).await;
-    let leases = Leases::new(fleet.backend.store("w").await.expect("store"), Clock::new());
-    let key = lock_key(&job.resource.key());
-    let Acquire::Acquired(other) = leases.acquire(&key, "another-job", Duration::from_secs(5)).await.expect("acquire")
-    else {
-        panic!("the lapsed lock is free to take");
-    };
-    assert!(leases.release(&other).await.expect("release"));
-    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
-    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
-    assert_eq!((record.status, record.attempts, record.fence), (Status::Succeeded, 2, 3), "{record:?}");
-}
-
 #[tokio::test]
 async fn jobs_of_one_resource_in_one_batch_run_in_order() {
     let fleet = Fleet::new(
@@ -597,37 +309,4 @@ retries = 0
     fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(10)).await;
     let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
     assert_eq!((record.status, record.attempts), (Status::Succeeded, 2));
-}
-
-/// A fleet with a 3 s lease whose job goes pending for one check after 500 ms: the job is sent,
-/// run until it is pending, and the worker stopped; the check is left in its queue.
-async fn pending_then_stopped() -> (Fleet, Job) {
-    let fleet = Fleet::with(&format!(
-        "{}{}",
-        BASE.replace("lease_secs = 5", "lease_secs = 3"),
-        r#"
-[[tasks]]
-name = "slow"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 1, check_after_ms = 500 }
-"#
-    ))
-    .await;
-    let job = fleet.job("slow", "e", "i-1");
-    fleet.send(&job, "first").await;
-    let (stop, handle) = fleet.start(None).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let seen = fleet.ledger.job(&job.id).await.expect("ledger");
-        if seen.as_ref().map(|r| r.status) == Some(Status::Pending) {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "the job never went pending: {seen:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stop.cancel();
-    handle.await.expect("worker");
-    (fleet, job)
 }

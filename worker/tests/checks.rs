@@ -1,0 +1,143 @@
+//! Completion checks on the embedded backend: pending jobs holding their leases, checks
+//! chained past 15 minutes, failed checks, and checks that come after their leases lapsed.
+
+mod support;
+
+use opsfleet_protocol::names;
+use opsfleet_protocol::ports::Backend;
+use opsfleet_worker::clock::Clock;
+use opsfleet_worker::lease::{lock_key, Acquire, Leases};
+use opsfleet_worker::ledger::Status;
+use std::time::Duration;
+use support::*;
+
+#[tokio::test]
+async fn a_pending_job_completes_through_the_checks_queue_holding_its_lock() {
+    let fleet = Fleet::new(
+        r#"
+[[tasks]]
+name = "slow"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 2, check_after_ms = 1000 }
+"#,
+    )
+    .await;
+    let job = fleet.job("slow", "e", "i-1");
+    fleet.send(&job, "s").await;
+    let (stop, handle) = fleet.start(None).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(fleet.status(&job).await, Status::Pending);
+    let store = fleet.backend.store("w").await.expect("store");
+    let lock = store
+        .get(&opsfleet_protocol::ports::Key::new(format!("lock#{}", job.resource.key()), "lease"))
+        .await
+        .expect("get")
+        .expect("lock item");
+    assert!(lock.str("owner").is_some(), "the lock is held while the job waits");
+    fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(10)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.status, record.checks), (Status::Succeeded, 2));
+}
+
+#[test]
+fn a_check_due_past_the_15_minute_delay_is_chained_until_it_is_due() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let waited = metrics::with_local_recorder(&recorder, || {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
+        runtime.block_on(async {
+            let fleet = Fleet::new(
+                r#"
+[[tasks]]
+name = "glacial"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 1, check_after_ms = 2400000 }
+"#,
+            )
+            .await;
+            let job = fleet.job("glacial", "e", "i-1");
+            fleet.send(&job, "g").await;
+            let started = tokio::time::Instant::now();
+            let (stop, handle) = fleet.start(None).await;
+            fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(3 * 3600)).await;
+            let waited = started.elapsed();
+            stop.cancel();
+            handle.await.expect("worker");
+            assert_eq!(fleet.status(&job).await, Status::Succeeded);
+            waited
+        })
+    });
+    assert!(waited >= Duration::from_secs(40 * 60), "completed after {waited:?}, before the 40 minutes were up");
+    let text = handle.render();
+    let line = "opsfleet_checks_total{result=\"early\"} 2";
+    assert!(
+        text.lines().any(|l| l == line),
+        "a 40-minute wait is three delays of at most 15 minutes: missing `{line}` in\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_pending_job_whose_checks_stopped_starts_again_after_its_lease_lapses() {
+    let (fleet, job) = pending_then_stopped().await;
+    // The check is lost (say it went to the checks DLQ), and the job is delivered again.
+    let checks = fleet.backend.queue(&names::checks_queue("w")).await.expect("checks");
+    let lost = checks.receive(10, Duration::from_secs(2), None).await.expect("receive");
+    assert_eq!(lost.len(), 1);
+    checks.delete_batch(&[lost[0].receipt.clone()]).await.expect("delete");
+    fleet.send(&job, "again").await;
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!(record.status, Status::Succeeded);
+    assert!(record.fence >= 2, "the new holder took over with a newer fence: {record:?}");
+    assert_eq!(record.attempts, 2);
+}
+
+#[tokio::test]
+async fn a_failed_check_is_checked_again_and_the_job_completes() {
+    let fleet = Fleet::new(
+        r#"
+[[tasks]]
+name = "bumpy"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 1, fail_checks = 1, check_after_ms = 500 }
+retries = 2
+"#,
+    )
+    .await;
+    let job = fleet.job("bumpy", "e", "i-1");
+    fleet.send(&job, "b").await;
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!(
+        (record.status, record.checks, record.failures, record.fence),
+        (Status::Succeeded, 2, 1, 1),
+        "{record:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_check_that_comes_after_its_leases_lapsed_starts_the_job_again() {
+    let (fleet, job) = pending_then_stopped().await;
+    // No worker runs the check until the leases (check_after + lease = 3.5 s) have lapsed,
+    // and another job of the resource takes the lock meanwhile.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    let leases = Leases::new(fleet.backend.store("w").await.expect("store"), Clock::new());
+    let key = lock_key(&job.resource.key());
+    let Acquire::Acquired(other) = leases.acquire(&key, "another-job", Duration::from_secs(5)).await.expect("acquire")
+    else {
+        panic!("the lapsed lock is free to take");
+    };
+    assert!(leases.release(&other).await.expect("release"));
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.status, record.attempts, record.fence), (Status::Succeeded, 2, 3), "{record:?}");
+}
