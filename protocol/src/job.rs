@@ -121,22 +121,23 @@ impl Job {
 /// `event_id`: the first 128 bits of SHA-256 over the three, in hex. Redelivering the event
 /// yields the same ids, which FIFO deduplication and the ledger rely on.
 pub fn job_id(event_id: &str, task: &str, resource_key: &str) -> String {
-    let mut hasher = Sha256::new();
-    for part in [event_id, task, resource_key] {
-        hasher.update((part.len() as u64).to_be_bytes());
-        hasher.update(part.as_bytes());
-    }
-    hex(&hasher.finalize()[..16])
+    digest(&[event_id, task, resource_key], 16)
 }
 
 /// The id of the run of `task` for event `event_id`.
 pub fn run_id(event_id: &str, task: &str) -> String {
+    digest(&[event_id, task], 12)
+}
+
+/// The first `bytes` of SHA-256 over length-prefixed parts, in hex: parts cannot run into
+/// each other (`ab`+`c` differs from `a`+`bc`).
+fn digest(parts: &[&str], bytes: usize) -> String {
     let mut hasher = Sha256::new();
-    for part in [event_id, task] {
+    for part in parts {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());
     }
-    hex(&hasher.finalize()[..12])
+    hex(&hasher.finalize()[..bytes])
 }
 
 /// The partition of a resource: XXH3-64 of its key modulo the partition count. XXH3 is

@@ -199,11 +199,7 @@ impl Worker {
         };
         if let Some(record) = self.ledger.job(&job.id).await? {
             if record.status == Status::Failed {
-                // Failed for good: make sure it is in the DLQ (its first dead-lettering may not
-                // have gone through; a repeat within five minutes is deduplicated).
-                let reason = record.error.unwrap_or_else(|| "failed".to_owned());
-                let body = serde_json::to_string(job).unwrap_or_default();
-                return Ok(self.dead_letter(job.partition, &body, &reason, record.fence).await);
+                return Ok(self.dead_letter_failed(job, record).await);
             }
             if record.status.is_final() {
                 JobAlreadyFinished { job_id: &job.id, status: record.status.as_str() }.emit();

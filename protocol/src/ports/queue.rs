@@ -138,6 +138,23 @@ pub trait Queue: Send + Sync {
     /// Sends up to [`MAX_BATCH`] messages; returns the entries not accepted.
     async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<SendFailure>, QueueError>;
 
+    /// Sends one message; an entry the queue did not accept becomes an error (`Invalid` when
+    /// it is the sender's fault, `Unavailable` otherwise).
+    async fn send_one(&self, message: OutgoingMessage) -> Result<(), QueueError> {
+        match self.send_batch(std::slice::from_ref(&message)).await?.into_iter().next() {
+            None => Ok(()),
+            Some(f) => {
+                let (queue, operation, message) =
+                    (self.name().to_owned(), "SendMessageBatch", format!("{}: {}", f.code, f.message));
+                Err(if f.sender_fault {
+                    QueueError::Invalid { queue, operation, message }
+                } else {
+                    QueueError::Unavailable { queue, operation, message }
+                })
+            }
+        }
+    }
+
     /// Receives up to `max` messages (at most [`MAX_BATCH`]), waiting up to `wait` for the
     /// first, hiding them for `visibility` (the queue's default when `None`).
     async fn receive(

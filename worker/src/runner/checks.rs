@@ -80,15 +80,7 @@ impl Worker {
             dedup_id: Some(format!("{}-resume-{fence}", job.id)),
             ..Default::default()
         };
-        let failures = queue.send_batch(&[message]).await?;
-        if let Some(f) = failures.first() {
-            return Err(QueueError::Unavailable {
-                queue: queue.name().to_owned(),
-                operation: "SendMessageBatch",
-                message: format!("{}: {}", f.code, f.message),
-            }
-            .into());
-        }
+        queue.send_one(message).await?;
         tracing::warn!(job_id = %job.id, fence, "A pending job's leases lapsed before its check; it starts again.");
         Ok(Disposition::Delete)
     }
@@ -97,11 +89,7 @@ impl Worker {
     /// dead-lettering may not have gone through before); otherwise nothing is left to do.
     pub(super) async fn dead_letter_if_failed(&self, job: &Job) -> Result<Disposition, CallError> {
         match self.ledger.job(&job.id).await? {
-            Some(record) if record.status == Status::Failed => {
-                let reason = record.error.unwrap_or_else(|| "failed".to_owned());
-                let body = serde_json::to_string(job).unwrap_or_default();
-                Ok(self.dead_letter(job.partition, &body, &reason, record.fence).await)
-            }
+            Some(record) if record.status == Status::Failed => Ok(self.dead_letter_failed(job, record).await),
             _ => Ok(Disposition::Delete),
         }
     }
@@ -151,15 +139,6 @@ impl Worker {
         // SQS delays are whole seconds: round up, so a check never arrives before it is due.
         let delay = Duration::from_secs(delay_ms.div_ceil(1000)).min(MAX_DELAY);
         let message = OutgoingMessage { body, delay: Some(delay), ..Default::default() };
-        let failures = self.checks.send_batch(&[message]).await?;
-        if let Some(f) = failures.first() {
-            return Err(QueueError::Unavailable {
-                queue: self.checks.name().to_owned(),
-                operation: "SendMessageBatch",
-                message: format!("{}: {}", f.code, f.message),
-            }
-            .into());
-        }
-        Ok(())
+        Ok(self.checks.send_one(message).await?)
     }
 }
