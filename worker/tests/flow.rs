@@ -257,6 +257,7 @@ fn metrics_count_finished_jobs_durations_in_flight_and_lock_results() {
 
 #[tokio::test]
 async fn jobs_of_one_resource_in_one_batch_run_in_order() {
+    // Each job takes a lock of its own, so only the FIFO group keeps them in order.
     let fleet = Fleet::new(
         r#"
 [[tasks]]
@@ -265,12 +266,14 @@ pattern = { source = ["x"] }
 targets = "event"
 action = "noop"
 params = { sleep_ms = 300 }
+lock = "{task}"
 
 [[tasks]]
 name = "second"
 pattern = { source = ["x"] }
 targets = "event"
 action = "noop"
+lock = "{task}"
 "#,
     )
     .await;
