@@ -1,6 +1,6 @@
-//! End to end: `opsfleet worker` processes on the same queues and table of the emulator.
-//! Jobs are sent straight to the partitions with a real SQS client; the ledger is read back
-//! from DynamoDB.
+//! End to end: `opsfleet worker` processes on the same queues and table, on the fast
+//! emulators (fauxqs, DynamoDB Local). Jobs are sent straight to the partitions with a real
+//! SQS client; the ledger is read back from DynamoDB.
 
 mod support;
 
@@ -14,7 +14,7 @@ use opsfleet_worker::ActionRegistry;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::{opsfleet, unique_fleet, write_config, ChildGuard};
+use support::{opsfleet_fast, unique_fleet, write_config, ChildGuard};
 
 const CONFIG: &str = r#"
 [fleet]
@@ -86,11 +86,11 @@ impl Fleet {
     async fn new(prefix: &str) -> Self {
         let name = unique_fleet(prefix);
         let path = write_config(&name, CONFIG);
-        let setup = opsfleet(&["setup", "--config", path.to_str().unwrap_or_default()]).output().expect("setup");
+        let setup = opsfleet_fast(&["setup", "--config", path.to_str().unwrap_or_default()]).output().expect("setup");
         assert!(setup.status.success(), "setup: {}", String::from_utf8_lossy(&setup.stderr));
         let text = std::fs::read_to_string(&path).expect("config");
         let config = Config::parse(&text, Some(&ActionRegistry::builtin())).expect("config");
-        let backend = AwsBackend::from_env().await;
+        let backend = support::fast_backend().await;
         let store = backend.store(&name).await.expect("table");
         Fleet { ledger: Ledger::new(store, Clock::new(), Duration::from_secs(3600)), name, path, config, backend }
     }
@@ -138,7 +138,7 @@ impl Fleet {
         let log = std::fs::File::create(support::root().join("target/e2e").join(format!("{}-{label}.log", self.name)))
             .expect("log");
         ChildGuard(
-            opsfleet(&["worker", "--config", self.path.to_str().unwrap_or_default()])
+            opsfleet_fast(&["worker", "--config", self.path.to_str().unwrap_or_default()])
                 .stderr(log)
                 .spawn()
                 .expect("worker"),
@@ -357,9 +357,10 @@ async fn poison_redelivery_and_completion_checks() {
 
     // `opsfleet dlq redrive` reopens the failed job and sends it back: it runs again (and fails
     // again, into the DLQ once more, not swallowed by deduplication); the garbage stays.
-    let redrive = opsfleet(&["dlq", "redrive", "--config", fleet.path.to_str().unwrap_or_default(), "--queue", "jobs"])
-        .output()
-        .expect("dlq redrive");
+    let redrive =
+        opsfleet_fast(&["dlq", "redrive", "--config", fleet.path.to_str().unwrap_or_default(), "--queue", "jobs"])
+            .output()
+            .expect("dlq redrive");
     assert!(redrive.status.success(), "{}", String::from_utf8_lossy(&redrive.stderr));
     assert_eq!(String::from_utf8_lossy(&redrive.stdout).lines().count(), 1, "only the job is redriven");
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -77,6 +77,18 @@ pub async fn queue_basics(backend: &dyn Backend, prefix: &str) {
     assert_eq!(back[0].receive_count, 3);
     let mut receipts: Vec<String> = again.iter().skip(1).map(|m| m.receipt.clone()).collect();
     receipts.push(back[0].receipt.clone());
+    // A batch visibility change: a good receipt is extended, a made-up one is the sender's
+    // fault and fails alone.
+    let changed = q
+        .change_visibility_batch(&[
+            (back[0].receipt.clone(), Duration::from_secs(60)),
+            ("nonsense".into(), Duration::ZERO),
+        ])
+        .await
+        .expect("change visibility batch");
+    assert_eq!(changed.len(), 1, "{changed:?}");
+    assert_eq!(changed[0].index, 1);
+    assert!(changed[0].sender_fault, "{changed:?}");
     assert!(q.delete_batch(&receipts).await.expect("delete").is_empty());
     let depth = q.depth().await.expect("depth");
     assert_eq!(depth.visible + depth.in_flight, (2 - receipts.len()) as u64);
@@ -181,7 +193,14 @@ pub async fn store_semantics(backend: &dyn Backend, prefix: &str) {
         .expect("take over an expired lease");
     assert_eq!(updated.int("fence"), Some(2));
     let refused = store.update(&key, Update::default().set("owner", "w3"), Cond::lt("lease_until", 100i64)).await;
-    assert!(matches!(refused, Err(StoreError::ConditionFailed { .. })), "{refused:?}");
+    // A refused write says what the item was, so the writer needs no second read.
+    match refused {
+        Err(StoreError::ConditionFailed { current: Some(item), .. }) => {
+            assert_eq!((item.str("owner"), item.int("fence")), (Some("w2"), Some(2)), "{item:?}")
+        }
+        other => panic!("a refused write returns the item: {other:?}"),
+    }
+    assert_eq!(store.peek(&key).await.expect("peek").and_then(|i| i.int("fence")), Some(2));
     let updated = store
         .update(
             &key,
@@ -205,6 +224,7 @@ pub async fn store_semantics(backend: &dyn Backend, prefix: &str) {
     assert_eq!(attempts.iter().map(|i| i.key.sk.as_str()).collect::<Vec<_>>(), ["attempt#001", "attempt#002"]);
     assert_eq!(attempts[0].attrs.get("flag"), Some(&AttrValue::Bool(true)));
     assert_eq!(store.query_prefix("job#7", "").await.expect("query").len(), 4);
+    assert_eq!(store.peek_prefix("job#7", "attempt#").await.expect("peek query").len(), 2);
     assert!(matches!(store.delete(&key, Cond::eq("owner", "nobody")).await, Err(StoreError::ConditionFailed { .. })));
     store.delete(&key, Cond::Exists).await.expect("delete");
     assert_eq!(store.get(&key).await.expect("get"), None);

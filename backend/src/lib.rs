@@ -5,8 +5,10 @@
 
 pub mod aws;
 pub mod conformance;
+pub mod counting;
 pub mod embedded;
 pub mod setup;
 
 pub use aws::AwsBackend;
+pub use counting::{CountingBackend, Counts};
 pub use embedded::EmbeddedBackend;

@@ -17,8 +17,18 @@ async fn aws() -> AwsBackend {
     AwsBackend::from_env().await
 }
 
-macro_rules! both {
-    ($embedded:ident, $aws:ident, $check:path) => {
+/// SQS on fauxqs and DynamoDB on DynamoDB Local, the fast emulators `tests/run.sh` starts.
+async fn fast() -> AwsBackend {
+    let (Ok(sqs), Ok(dynamodb)) =
+        (std::env::var("OPSFLEET_TEST_FAST_SQS"), std::env::var("OPSFLEET_TEST_FAST_DYNAMODB"))
+    else {
+        panic!("the fast emulator tests need OPSFLEET_TEST_FAST_SQS and OPSFLEET_TEST_FAST_DYNAMODB: run them with tests/run.sh");
+    };
+    AwsBackend::with_endpoints(&AwsBackend::sdk_config().await, &sqs, &dynamodb)
+}
+
+macro_rules! every {
+    ($embedded:ident, $aws:ident, $fast:ident, $check:path) => {
         #[tokio::test]
         async fn $embedded() {
             $check(&EmbeddedBackend::new(), &unique("emb")).await;
@@ -28,11 +38,16 @@ macro_rules! both {
         async fn $aws() {
             $check(&aws().await, &unique("aws")).await;
         }
+
+        #[tokio::test]
+        async fn $fast() {
+            $check(&fast().await, &unique("fast")).await;
+        }
     };
 }
 
-both!(embedded_queue_basics, aws_queue_basics, conformance::queue_basics);
-both!(embedded_queue_redrive, aws_queue_redrive, conformance::queue_redrive);
-both!(embedded_queue_fifo, aws_queue_fifo, conformance::queue_fifo);
-both!(embedded_queue_delay, aws_queue_delay, conformance::queue_delay);
-both!(embedded_store_semantics, aws_store_semantics, conformance::store_semantics);
+every!(embedded_queue_basics, aws_queue_basics, fast_queue_basics, conformance::queue_basics);
+every!(embedded_queue_redrive, aws_queue_redrive, fast_queue_redrive, conformance::queue_redrive);
+every!(embedded_queue_fifo, aws_queue_fifo, fast_queue_fifo, conformance::queue_fifo);
+every!(embedded_queue_delay, aws_queue_delay, fast_queue_delay, conformance::queue_delay);
+every!(embedded_store_semantics, aws_store_semantics, fast_store_semantics, conformance::store_semantics);

@@ -43,6 +43,30 @@ pub fn opsfleet(args: &[&str]) -> Command {
     command
 }
 
+/// The endpoints of the fast emulators (fauxqs for SQS, DynamoDB Local) that `tests/run.sh`
+/// starts, for fleets under load or faults.
+pub fn fast_endpoints() -> (String, String) {
+    match (std::env::var("OPSFLEET_TEST_FAST_SQS"), std::env::var("OPSFLEET_TEST_FAST_DYNAMODB")) {
+        (Ok(sqs), Ok(dynamodb)) => (sqs, dynamodb),
+        _ => panic!("the load and fault tests need the fast emulators: run them with tests/run.sh"),
+    }
+}
+
+/// The `opsfleet` binary against the fast emulators (the SDK's per-service endpoint
+/// variables), in the repository root.
+pub fn opsfleet_fast(args: &[&str]) -> Command {
+    let (sqs, dynamodb) = fast_endpoints();
+    let mut command = opsfleet(args);
+    command.env("AWS_ENDPOINT_URL_SQS", sqs).env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb);
+    command
+}
+
+/// A backend on the fast emulators, for a test process that talks to them itself.
+pub async fn fast_backend() -> opsfleet_backend::AwsBackend {
+    let (sqs, dynamodb) = fast_endpoints();
+    opsfleet_backend::AwsBackend::with_endpoints(&opsfleet_backend::AwsBackend::sdk_config().await, &sqs, &dynamodb)
+}
+
 /// The `opsfleet` binary for commands that need no AWS endpoint.
 pub fn opsfleet_offline(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_opsfleet"));

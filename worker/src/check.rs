@@ -6,8 +6,8 @@ use opsfleet_protocol::Job;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The version of the check JSON.
-pub const CHECK_VERSION: u32 = 1;
+/// The version of the check JSON this build writes.
+pub const CHECK_VERSION: u32 = 2;
 
 /// A delayed completion check of a pending job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,8 +23,14 @@ pub struct CheckMessage {
     pub slots: Vec<Lease>,
     /// The action's state for `check`.
     pub state: Value,
-    /// When the check is due, Unix ms (checks past SQS's 15-minute delay are chained).
-    pub due_ms: u64,
+    /// How much longer to wait once this message arrives, in ms: a check due past SQS's
+    /// 15-minute delay is chained, each link carrying what is left. A duration, not a time,
+    /// so no two machines' clocks are compared.
+    #[serde(default)]
+    pub wait_ms: u64,
+    /// Version 1 only: when the check was due, Unix ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due_ms: Option<u64>,
     /// Checks run so far.
     pub checks: u32,
     /// The attempt the job is in.
@@ -36,11 +42,17 @@ pub struct CheckMessage {
 }
 
 impl CheckMessage {
-    /// Reads a check from a message body.
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        let check: CheckMessage = serde_json::from_str(text).map_err(|e| format!("not a check: {e}"))?;
-        if check.v != CHECK_VERSION {
-            return Err(format!("check version {} is not {CHECK_VERSION}", check.v));
+    /// Reads a check from a message body (this version, or version 1, whose due time is read
+    /// against `now_ms`).
+    pub fn from_json(text: &str, now_ms: u64) -> Result<Self, String> {
+        let mut check: CheckMessage = serde_json::from_str(text).map_err(|e| format!("not a check: {e}"))?;
+        match check.v {
+            CHECK_VERSION => {}
+            1 => {
+                check.wait_ms = check.due_ms.take().unwrap_or(0).saturating_sub(now_ms);
+                check.v = CHECK_VERSION;
+            }
+            v => return Err(format!("check version {v} is not {CHECK_VERSION}")),
         }
         Ok(check)
     }

@@ -1,31 +1,52 @@
-//! Wall-clock time for leases, on tokio's clock so tests can pause and advance it.
+//! Wall-clock time for the audit trail: when a job was locked, started, finished; when ledger
+//! items expire. No lease decision reads it (leases are timed on each process's own monotonic
+//! clock, see `lease`), so two workers whose clocks disagree still never hold one lock.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::time::Instant;
 
-/// Unix milliseconds that advance with tokio's clock: the wall clock read once, plus the time
-/// tokio says has passed since. Leases are compared across processes in these units.
+/// Unix milliseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
-    base_ms: u64,
-    base: Instant,
+    source: Source,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    /// The system's wall clock, read afresh every time (an NTP step shows at once), shifted by
+    /// an offset that only tests set.
+    Wall { offset_ms: i64 },
+    /// A fixed start plus the time tokio says has passed: tests that pause time.
+    Tokio { base_ms: u64, base: Instant },
 }
 
 impl Clock {
-    /// A clock starting at the current wall-clock time.
+    /// The system's wall clock.
     pub fn new() -> Self {
-        let base_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        Clock { base_ms, base: Instant::now() }
+        Clock { source: Source::Wall { offset_ms: 0 } }
     }
 
-    /// A clock starting at a given Unix millisecond (tests).
+    /// The system's wall clock shifted by `offset_ms`: for tests of workers whose clocks
+    /// disagree, nothing else.
+    pub fn skewed(offset_ms: i64) -> Self {
+        Clock { source: Source::Wall { offset_ms } }
+    }
+
+    /// A clock starting at a given Unix millisecond and advancing with tokio's clock (tests
+    /// on a paused clock).
     pub fn starting_at(base_ms: u64) -> Self {
-        Clock { base_ms, base: Instant::now() }
+        Clock { source: Source::Tokio { base_ms, base: Instant::now() } }
     }
 
     /// Now, in Unix milliseconds.
     pub fn now_ms(&self) -> u64 {
-        self.base_ms + self.base.elapsed().as_millis() as u64
+        match self.source {
+            Source::Wall { offset_ms } => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+                (now + offset_ms).max(0) as u64
+            }
+            Source::Tokio { base_ms, base } => base_ms + base.elapsed().as_millis() as u64,
+        }
     }
 }
 

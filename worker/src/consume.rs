@@ -1,15 +1,17 @@
 //! The consume loop: one long-poll loop per queue (every job partition and the checks queue),
-//! a bounded number of jobs in flight per process, a visibility heartbeat for running jobs,
-//! batched deletes, and graceful shutdown.
+//! a bounded number of messages held per process (running, and waiting for a lock or a slot),
+//! one batched visibility heartbeat per queue, batched deletes and hand-backs, and graceful
+//! shutdown.
 
+use crate::acker::Acker;
 use crate::runner::{Disposition, Worker};
-use crate::telemetry::{jobs_in_flight, queue_messages, WorkerCallFailed};
+use crate::telemetry::{queue_messages, WorkerCallFailed};
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, Queue, QueueError, ReceivedMessage, MAX_BATCH};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -31,6 +33,7 @@ pub struct Consumer {
     worker: Arc<Worker>,
     queues: Vec<(Source, Arc<dyn Queue>)>,
     max_in_flight: usize,
+    max_waiting: usize,
     visibility: Duration,
     grace: Duration,
     long_poll: Duration,
@@ -64,6 +67,7 @@ impl Consumer {
             worker,
             queues,
             max_in_flight: config.worker.max_in_flight.get() as usize,
+            max_waiting: config.worker.max_waiting as usize,
             visibility: Duration::from_secs(u64::from(config.worker.visibility_secs.max(2))),
             grace: Duration::from_secs(u64::from(config.worker.shutdown_grace_secs)),
             long_poll: LONG_POLL,
@@ -76,55 +80,76 @@ impl Consumer {
         self
     }
 
-    /// Runs until `shutdown` is cancelled, then stops receiving, hands back messages it has
-    /// not started, lets running jobs finish within the grace, cancels `hard_stop` (running
-    /// actions stop and release what they hold) and returns.
+    /// Runs until `shutdown` is cancelled, then stops receiving (a long poll under way
+    /// finishes, and what it brings is handed back), hands back the messages of jobs waiting
+    /// for a lock or a slot, lets running jobs finish within the grace, cancels `hard_stop`
+    /// (running actions stop and release what they hold) and returns.
     pub async fn run(self, shutdown: CancellationToken, hard_stop: CancellationToken) -> ConsumeSummary {
-        let permits = Arc::new(Semaphore::new(self.max_in_flight));
-        let in_flight = Arc::new(AtomicUsize::new(0));
+        // Messages held at once: running jobs plus waiting ones; checks apart.
+        let job_room = Arc::new(Semaphore::new(self.max_in_flight + self.max_waiting));
+        let check_room = Arc::new(Semaphore::new(self.max_in_flight));
+        // A long poll never outlasts the grace: one under way at shutdown finishes within it
+        // and hands back what it brings, instead of being cut off with messages in it.
+        let long_poll =
+            self.long_poll.min(self.grace.saturating_sub(Duration::from_secs(1)).max(Duration::from_secs(1)));
         let handled = Arc::new(AtomicUsize::new(0));
         let returned = Arc::new(AtomicUsize::new(0));
         let mut jobs: JoinSet<()> = JoinSet::new();
-        let (spawn_tx, mut spawn_rx) = mpsc::unbounded_channel::<Work>();
+        let (spawn_tx, mut spawn_rx) = tokio::sync::mpsc::unbounded_channel::<Work>();
         let mut pollers = JoinSet::new();
-        let mut deleters = JoinSet::new();
+        let mut ackers = Vec::new();
+        let mut acker_tasks = Vec::new();
         for (source, queue) in &self.queues {
-            let (delete_tx, delete_rx) = mpsc::unbounded_channel::<String>();
-            deleters.spawn(delete_batches(Arc::clone(queue), delete_rx));
+            let (acker, task) = Acker::start(Arc::clone(queue));
+            acker_tasks.push(task);
+            ackers.push(acker.clone());
+            let room = match source {
+                Source::Partition(_) => Arc::clone(&job_room),
+                Source::Checks => Arc::clone(&check_room),
+            };
             pollers.spawn(poll(
                 *source,
-                Arc::clone(queue),
-                Arc::clone(&permits),
-                self.long_poll,
+                acker,
+                room,
+                long_poll,
                 self.visibility,
                 shutdown.clone(),
                 spawn_tx.clone(),
-                delete_tx,
                 Arc::clone(&returned),
             ));
         }
         drop(spawn_tx);
+        // At shutdown, jobs waiting for a lock or a slot hand their messages back at once, and
+        // the grace starts.
+        let stopper = {
+            let (worker, shutdown) = (Arc::clone(&self.worker), shutdown.clone());
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                worker.stop_waiting();
+                tokio::time::Instant::now()
+            })
+        };
+        let keeper = tokio::spawn(keep_hidden(ackers.clone(), self.visibility, hard_stop.clone()));
         let depths =
             tokio::spawn(export_depths(self.queues.iter().map(|(_, q)| Arc::clone(q)).collect(), shutdown.clone()));
 
         // Start every received message as its own task until the pollers stop.
         while let Some(work) = spawn_rx.recv().await {
             let worker = Arc::clone(&self.worker);
-            let in_flight = Arc::clone(&in_flight);
-            let handled = Arc::clone(&handled);
-            let visibility = self.visibility;
+            let (handled, returned) = (Arc::clone(&handled), Arc::clone(&returned));
             jobs.spawn(async move {
-                jobs_in_flight(in_flight.fetch_add(1, Ordering::SeqCst) + 1);
-                work.run(&worker, visibility).await;
-                jobs_in_flight(in_flight.fetch_sub(1, Ordering::SeqCst) - 1);
-                handled.fetch_add(1, Ordering::SeqCst);
+                let counter = if work.run(&worker).await { handled } else { returned };
+                counter.fetch_add(1, Ordering::SeqCst);
             });
             while jobs.try_join_next().is_some() {}
         }
         while pollers.join_next().await.is_some() {}
 
-        // Shutdown: running jobs get the grace, then are told to stop and release.
-        let finished = tokio::time::timeout(self.grace, async { while jobs.join_next().await.is_some() {} }).await;
+        // Shutdown: running jobs get the grace, counted from the signal, then are told to stop
+        // and release.
+        let stopped_at = stopper.await.unwrap_or_else(|_| tokio::time::Instant::now());
+        let finished =
+            tokio::time::timeout_at(stopped_at + self.grace, async { while jobs.join_next().await.is_some() {} }).await;
         let mut interrupted = 0;
         if finished.is_err() {
             interrupted = jobs.len();
@@ -133,8 +158,12 @@ impl Consumer {
                 tokio::time::timeout(Duration::from_secs(3), async { while jobs.join_next().await.is_some() {} }).await;
             jobs.abort_all();
         }
-        while deleters.join_next().await.is_some() {}
+        keeper.abort();
         depths.abort();
+        drop(ackers);
+        for task in acker_tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
         ConsumeSummary {
             handled: handled.load(Ordering::SeqCst),
             returned: returned.load(Ordering::SeqCst),
@@ -143,76 +172,57 @@ impl Consumer {
     }
 }
 
-/// One received message with its permit and its queue.
+/// One received message with its room and its queue.
 struct Work {
     source: Source,
-    queue: Arc<dyn Queue>,
+    acker: Acker,
     message: ReceivedMessage,
-    deletes: mpsc::UnboundedSender<String>,
-    _permit: tokio::sync::OwnedSemaphorePermit,
+    _room: OwnedSemaphorePermit,
 }
 
 impl Work {
-    async fn run(self, worker: &Worker, visibility: Duration) {
-        let handle = async {
-            match self.source {
-                Source::Partition(p) => worker.handle_job(&self.message, p).await,
-                Source::Checks => worker.handle_check(&self.message).await,
-            }
-        };
-        // Extend the message's visibility while it runs, before it expires.
-        let heartbeat = async {
-            loop {
-                tokio::time::sleep(visibility / 3).await;
-                if let Err(e) = self.queue.change_visibility(&self.message.receipt, visibility).await {
-                    WorkerCallFailed { what: "visibility", error: &e.to_string() }.emit();
-                }
-            }
-        };
-        let disposition = tokio::select! {
-            d = handle => d,
-            () = heartbeat => Disposition::Retry(Duration::ZERO),
+    /// Handles the message; false when it was handed back unstarted.
+    async fn run(self, worker: &Worker) -> bool {
+        let disposition = match self.source {
+            Source::Partition(p) => worker.handle_job(&self.message, p).await,
+            Source::Checks => worker.handle_check(&self.message).await,
         };
         match disposition {
-            Disposition::Delete => {
-                let _ = self.deletes.send(self.message.receipt.clone());
-            }
-            Disposition::Retry(after) => {
-                if let Err(e) = self.queue.change_visibility(&self.message.receipt, after).await {
-                    WorkerCallFailed { what: "visibility", error: &e.to_string() }.emit();
-                }
+            Disposition::Delete => self.acker.delete(&self.message.receipt),
+            Disposition::Retry(after) => self.acker.hand_back(&self.message.receipt, after),
+            Disposition::Returned => {
+                self.acker.hand_back(&self.message.receipt, Duration::ZERO);
+                return false;
             }
         }
+        true
     }
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn poll(
     source: Source,
-    queue: Arc<dyn Queue>,
-    permits: Arc<Semaphore>,
+    acker: Acker,
+    room: Arc<Semaphore>,
     long_poll: Duration,
     visibility: Duration,
     shutdown: CancellationToken,
-    spawn: mpsc::UnboundedSender<Work>,
-    deletes: mpsc::UnboundedSender<String>,
+    spawn: tokio::sync::mpsc::UnboundedSender<Work>,
     returned: Arc<AtomicUsize>,
 ) {
+    let queue = Arc::clone(acker.queue());
     let mut failures = 0u32;
-    loop {
-        // Wait for capacity, but hold none while long-polling: a poller waiting on an empty
-        // queue must not keep permits from the pollers of busy ones.
-        let capacity = tokio::select! {
-            permit = Arc::clone(&permits).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+    while !shutdown.is_cancelled() {
+        // Wait for room, but hold none while long-polling: a poller waiting on an empty
+        // queue must not keep room from the pollers of busy ones.
+        let first = tokio::select! {
+            permit = Arc::clone(&room).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
             () = shutdown.cancelled() => return,
         };
-        let want = (permits.available_permits() + 1).min(MAX_BATCH);
-        drop(capacity);
-        let received = tokio::select! {
-            r = queue.receive(want, long_poll, Some(visibility)) => r,
-            () = shutdown.cancelled() => return,
-        };
-        let messages = match received {
+        let want = (room.available_permits() + 1).min(MAX_BATCH);
+        drop(first);
+        // A long poll under way at shutdown is not dropped: what it brings is handed back.
+        let messages = match queue.receive(want, long_poll, Some(visibility)).await {
             Ok(messages) => {
                 failures = 0;
                 messages
@@ -230,64 +240,48 @@ async fn poll(
         // first, and hand the others back; the group stays blocked until the first is done,
         // so they come back in order.
         let mut groups = std::collections::HashSet::new();
-        let (mut run, mut later) = (Vec::new(), Vec::new());
         for message in messages {
-            match &message.group_id {
-                Some(group) if !groups.insert(group.clone()) => later.push(message),
-                _ => run.push(message),
-            }
-        }
-        for message in later {
-            let _ = queue.change_visibility(&message.receipt, Duration::ZERO).await;
-        }
-        let mut waiting = run.into_iter();
-        while let Some(message) = waiting.next() {
-            let permit = loop {
-                tokio::select! {
-                    permit = Arc::clone(&permits).acquire_owned() => break permit.ok(),
-                    () = shutdown.cancelled() => break None,
-                    // Received messages waiting for a free slot keep their visibility.
-                    () = tokio::time::sleep(visibility / 3) => {
-                        for m in std::iter::once(&message).chain(waiting.as_slice()) {
-                            let _ = queue.change_visibility(&m.receipt, visibility).await;
-                        }
-                    }
+            acker.hold(&message.receipt);
+            if message.group_id.as_ref().is_some_and(|g| !groups.insert(g.clone())) || shutdown.is_cancelled() {
+                acker.hand_back(&message.receipt, Duration::ZERO);
+                if shutdown.is_cancelled() {
+                    returned.fetch_add(1, Ordering::SeqCst);
                 }
+                continue;
+            }
+            // Received messages waiting for room keep their visibility (the keeper extends
+            // every message held).
+            let permit = tokio::select! {
+                permit = Arc::clone(&room).acquire_owned() => permit.ok(),
+                () = shutdown.cancelled() => None,
             };
             let Some(permit) = permit else {
                 // Not started: hand it back at once.
-                let _ = queue.change_visibility(&message.receipt, Duration::ZERO).await;
+                acker.hand_back(&message.receipt, Duration::ZERO);
                 returned.fetch_add(1, Ordering::SeqCst);
                 continue;
             };
-            let work = Work { source, queue: Arc::clone(&queue), message, deletes: deletes.clone(), _permit: permit };
-            if let Err(mpsc::error::SendError(work)) = spawn.send(work) {
-                let _ = work.queue.change_visibility(&work.message.receipt, Duration::ZERO).await;
+            let work = Work { source, acker: acker.clone(), message, _room: permit };
+            if let Err(tokio::sync::mpsc::error::SendError(work)) = spawn.send(work) {
+                work.acker.hand_back(&work.message.receipt, Duration::ZERO);
                 returned.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
 }
 
-/// Deletes finished messages in batches of up to ten.
-async fn delete_batches(queue: Arc<dyn Queue>, mut receipts: mpsc::UnboundedReceiver<String>) {
-    while let Some(first) = receipts.recv().await {
-        let mut batch = vec![first];
-        // Gather what is already waiting, or arrives within a moment.
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(20);
-        while batch.len() < MAX_BATCH {
-            match tokio::time::timeout_at(deadline, receipts.recv()).await {
-                Ok(Some(r)) => batch.push(r),
-                _ => break,
-            }
+/// Extends the visibility of every message held, a third of the way through its visibility
+/// timeout, in batches per queue, until the hard stop.
+async fn keep_hidden(ackers: Vec<Acker>, visibility: Duration, hard_stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(visibility / 3) => {}
+            () = hard_stop.cancelled() => return,
         }
-        match queue.delete_batch(&batch).await {
-            Ok(failures) => {
-                for f in failures {
-                    WorkerCallFailed { what: "delete", error: &f.message }.emit();
-                }
+        for acker in &ackers {
+            if acker.len() > 0 {
+                acker.extend_all(visibility);
             }
-            Err(e) => WorkerCallFailed { what: "delete", error: &e.to_string() }.emit(),
         }
     }
 }

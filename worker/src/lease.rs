@@ -5,12 +5,22 @@
 //! (`dynamodb-lock`, `rusoto_dynamodb`-era clients) hand out leases without fencing tokens, and
 //! the guarantees need one: the `fence` of a lock increments on every acquisition and is never
 //! reset, so the ledger can refuse the writes of a holder whose lease lapsed and was taken over.
+//!
+//! No lease decision compares two machines' clocks (the amazon-dynamodb-lock-client way). A
+//! holder writes a fresh record version (`rvn`) with every acquire and heartbeat, and states its
+//! lease as a duration. A taker that finds a lease held remembers the version and when it saw it
+//! on its own monotonic clock ([`Watch`]); only when the same version is still there a whole lease
+//! later may it take the lease over, with a write conditional on that version. The holder, for
+//! its part, counts its lease from when it *sent* its last successful write and stops well before
+//! it ends, so the holder's lease always ends before any taker's wait does.
 
-use crate::clock::Clock;
-use opsfleet_protocol::ports::{AttrValue, Cond, Key, Store, StoreError, Update};
-use rand::seq::SliceRandom;
-use std::sync::Arc;
+use opsfleet_protocol::ports::{AttrValue, Cond, Item, Key, Store, StoreError, Update};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// The outcome of an acquire: contention is an expected outcome, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,120 +28,379 @@ pub enum Acquire {
     /// The lease is ours, with this fence.
     Acquired(Lease),
     /// Someone else holds it.
-    Held {
-        /// The holder.
-        by: String,
-        /// When their lease ends, in Unix ms.
-        until: u64,
-    },
+    Held(Holder),
+}
+
+/// What a taker saw of a held lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// The holder (`worker/job`).
+    pub owner: String,
+    /// The job holding it, if it said.
+    pub job: Option<String>,
+    /// Whether the holder is a pending job waiting for its completion check (no process holds
+    /// it; the check message does).
+    pub pending: bool,
+    /// The lease the holder stated, counted by takers from when they first see `version`.
+    pub lease: Duration,
+    /// The record version: changes with every write of the holder.
+    pub version: String,
 }
 
 /// A held lease: what heartbeats and releases need.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
-    /// The item's partition key (`lock#…` or `slot#…`).
+    /// The item's partition key (`lock#…` or `slot#<limit>#<pool>`).
     pub key: String,
+    /// The item's sort key (`lease` for locks, the slot's index for slots).
+    #[serde(default = "lock_sk")]
+    pub sk: String,
     /// The holder.
     pub owner: String,
     /// The fence of this acquisition.
     pub fence: i64,
 }
 
-const SK: &str = "lease";
+impl Lease {
+    fn item_key(&self) -> Key {
+        Key::new(&self.key, &self.sk)
+    }
 
-fn item_key(key: &str) -> Key {
-    Key::new(key, SK)
+    /// A readable name of the leased item (`lock#…`, `slot#<limit>#<pool>#<i>`).
+    pub fn name(&self) -> String {
+        if self.sk == LOCK_SK {
+            self.key.clone()
+        } else {
+            format!("{}#{}", self.key, self.sk)
+        }
+    }
+}
+
+const LOCK_SK: &str = "lease";
+
+fn lock_sk() -> String {
+    LOCK_SK.to_owned()
+}
+
+/// What a taker remembers of the leases it found held: the version it saw and when, on its own
+/// monotonic clock.
+#[derive(Debug, Default)]
+pub struct Watch {
+    seen: HashMap<Key, Sighting>,
+}
+
+#[derive(Debug)]
+struct Sighting {
+    version: String,
+    since: Instant,
+    lease: Duration,
+}
+
+impl Watch {
+    /// Records a sighting of a held lease; true when the same version has been there for a
+    /// whole lease of the taker's own clock (the holder is gone).
+    fn lapsed(&mut self, key: &Key, holder: &Holder) -> bool {
+        let now = Instant::now();
+        match self.seen.get_mut(key) {
+            Some(seen) if seen.version == holder.version => {
+                seen.lease = holder.lease;
+                now.duration_since(seen.since) >= holder.lease
+            }
+            _ => {
+                let seen = Sighting { version: holder.version.clone(), since: now, lease: holder.lease };
+                self.seen.insert(key.clone(), seen);
+                false
+            }
+        }
+    }
+
+    /// The version of a lease this watch has seen unchanged for a whole lease.
+    fn lapsed_version(&self, key: &Key) -> Option<&str> {
+        self.seen.get(key).filter(|s| s.since.elapsed() >= s.lease).map(|s| s.version.as_str())
+    }
+}
+
+/// What is wanted when a job waits: a lock, or a slot of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wanted {
+    /// The lock of this key (`lock#…`).
+    Lock(String),
+    /// A slot of this pool (`slot#<limit>#<pool>`) of this many.
+    Slot {
+        /// The pool's partition key.
+        pool: String,
+        /// The number of slots.
+        max: u32,
+    },
+}
+
+impl Wanted {
+    /// The partition key of what is wanted: where releases are announced.
+    pub fn key(&self) -> &str {
+        match self {
+            Wanted::Lock(key) => key,
+            Wanted::Slot { pool, .. } => pool,
+        }
+    }
 }
 
 /// Leases in one table.
 #[derive(Clone)]
 pub struct Leases {
     store: Arc<dyn Store>,
-    clock: Clock,
+    wakers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    versions: Arc<AtomicU64>,
+    prefix: String,
 }
 
 impl Leases {
-    /// Leases in a store, timed by a clock.
-    pub fn new(store: Arc<dyn Store>, clock: Clock) -> Self {
-        Leases { store, clock }
+    /// Leases in a store. Record versions are unique per process (`prefix`, a counter).
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Leases {
+            store,
+            wakers: Arc::default(),
+            versions: Arc::default(),
+            prefix: format!("{:x}-{nanos:x}", std::process::id()),
+        }
     }
 
-    /// Takes the lease on `key` for `owner` when it is free, lapsed, or already the owner's;
-    /// the fence increments on every acquisition.
-    pub async fn acquire(&self, key: &str, owner: &str, lease: Duration) -> Result<Acquire, StoreError> {
-        let now = self.clock.now_ms() as i64;
-        let until = now + lease.as_millis() as i64;
-        let update = Update::default().set("owner", owner).set("lease_until", until).add("fence", 1);
-        let cond = Cond::Or(vec![
-            Cond::NotExists,
-            Cond::Lacks("owner".into()),
-            Cond::lt("lease_until", now),
-            Cond::eq("owner", owner),
-        ]);
-        match self.store.update(&item_key(key), update, cond).await {
-            Ok(item) => Ok(Acquire::Acquired(Lease {
-                key: key.to_owned(),
-                owner: owner.to_owned(),
-                fence: item.int("fence").unwrap_or(0),
-            })),
-            Err(StoreError::ConditionFailed { .. }) => {
-                let current = self.store.get(&item_key(key)).await?;
-                Ok(Acquire::Held {
-                    by: current.as_ref().and_then(|i| i.str("owner")).unwrap_or_default().to_owned(),
-                    until: current.and_then(|i| i.int("lease_until")).unwrap_or(0).max(0) as u64,
-                })
+    fn version(&self) -> String {
+        format!("{}-{}", self.prefix, self.versions.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn free() -> Cond {
+        Cond::Or(vec![Cond::NotExists, Cond::Lacks("owner".into())])
+    }
+
+    /// Takes the lease of an item when it is free, or when `watch` has seen its holder's record
+    /// unchanged for a whole lease. Never takes a lease from a live holder, the caller's own
+    /// earlier acquisitions included: a job delivered twice waits for its first run.
+    async fn take(
+        &self,
+        key: Key,
+        owner: &str,
+        job: &str,
+        lease: Duration,
+        watch: &mut Watch,
+        expires_at: Option<i64>,
+    ) -> Result<Acquire, StoreError> {
+        for _ in 0..3 {
+            let cond = match watch.lapsed_version(&key) {
+                Some(version) => Cond::Or(vec![Self::free(), Cond::eq("rvn", version)]),
+                None => Self::free(),
+            };
+            let mut update = Update::default()
+                .set("owner", owner)
+                .set("job", job)
+                .set("rvn", self.version())
+                .set("lease_ms", lease.as_millis() as i64)
+                .remove("pending")
+                .add("fence", 1);
+            if let Some(at) = expires_at {
+                update = update.set("expires_at", at);
             }
-            Err(e) => Err(e),
+            match self.store.update(&key, update, cond).await {
+                Ok(item) => {
+                    watch.seen.remove(&key);
+                    return Ok(Acquire::Acquired(Lease {
+                        key: key.pk.clone(),
+                        sk: key.sk.clone(),
+                        owner: owner.to_owned(),
+                        fence: item.int("fence").unwrap_or(0),
+                    }));
+                }
+                Err(StoreError::ConditionFailed { current, .. }) => {
+                    let current = match current {
+                        Some(item) => Some(*item),
+                        None => self.store.get(&key).await?,
+                    };
+                    let Some(holder) = current.as_ref().and_then(holder) else {
+                        continue; // Freed meanwhile: try again at once.
+                    };
+                    if !watch.lapsed(&key, &holder) {
+                        return Ok(Acquire::Held(holder));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
         }
+        let current = self.store.get(&key).await?;
+        Ok(current.as_ref().and_then(holder).map_or_else(|| Acquire::Held(Holder::unknown()), Acquire::Held))
     }
 
-    /// Extends a held lease to `lease` from now; false when it is no longer ours (lapsed and
-    /// taken over).
-    pub async fn heartbeat(&self, held: &Lease, lease: Duration) -> Result<bool, StoreError> {
-        let until = self.clock.now_ms() as i64 + lease.as_millis() as i64;
-        let cond = Cond::And(vec![Cond::eq("owner", held.owner.as_str()), Cond::eq("fence", held.fence)]);
-        match self.store.update(&item_key(&held.key), Update::default().set("lease_until", until), cond).await {
-            Ok(_) => Ok(true),
-            Err(StoreError::ConditionFailed { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+    /// Takes the lock `key` (`lock#…`) for `owner` running `job`.
+    pub async fn acquire(
+        &self,
+        key: &str,
+        owner: &str,
+        job: &str,
+        lease: Duration,
+        watch: &mut Watch,
+    ) -> Result<Acquire, StoreError> {
+        self.take(Key::new(key, LOCK_SK), owner, job, lease, watch, None).await
     }
 
-    /// Releases a held lease; false when it was no longer ours. The fence stays.
-    pub async fn release(&self, held: &Lease) -> Result<bool, StoreError> {
-        let cond = Cond::And(vec![Cond::eq("owner", held.owner.as_str()), Cond::eq("fence", held.fence)]);
-        let update = Update::default().remove("owner").set("lease_until", 0i64);
-        match self.store.update(&item_key(&held.key), update, cond).await {
-            Ok(_) => Ok(true),
-            Err(StoreError::ConditionFailed { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Takes one of `max` slots of a pool (items `slot#<limit>#<pool>#<i>`), trying them in
-    /// random order so holders spread; `None` when every slot is held.
+    /// Takes one of `max` slots of a pool (items under `slot#<limit>#<pool>`), reading the
+    /// pool first so that a full pool costs one read, not `max` refused writes; `None` when
+    /// every slot is held. Slots may carry a TTL (`expires_at`, Unix seconds).
+    #[allow(clippy::too_many_arguments)]
     pub async fn acquire_slot(
         &self,
-        limit: &str,
         pool: &str,
         max: u32,
         owner: &str,
+        job: &str,
         lease: Duration,
+        watch: &mut Watch,
+        expires_at: Option<i64>,
     ) -> Result<Option<Lease>, StoreError> {
-        let mut order: Vec<u32> = (0..max).collect();
-        order.shuffle(&mut rand::thread_rng());
-        for i in order {
-            if let Acquire::Acquired(held) = self.acquire(&slot_key(limit, pool, i), owner, lease).await? {
-                return Ok(Some(held));
+        let held = self.pool_holders(pool).await?;
+        // Free slots first, in an order that spreads holders; then lapsed ones.
+        let start = rand::random::<u32>() % max.max(1);
+        let mut lapsed = Vec::new();
+        for i in (0..max).map(|n| (n + start) % max) {
+            let key = Key::new(pool, i.to_string());
+            match held.get(&i.to_string()) {
+                Some(holder) => {
+                    if watch.lapsed(&key, holder) {
+                        lapsed.push(key);
+                    }
+                }
+                None => {
+                    if let Acquire::Acquired(lease) = self.take(key, owner, job, lease, watch, expires_at).await? {
+                        return Ok(Some(lease));
+                    }
+                }
+            }
+        }
+        for key in lapsed {
+            if let Acquire::Acquired(lease) = self.take(key, owner, job, lease, watch, expires_at).await? {
+                return Ok(Some(lease));
             }
         }
         Ok(None)
     }
 
-    /// The current fence of a key (0 when never taken).
-    pub async fn fence(&self, key: &str) -> Result<i64, StoreError> {
-        Ok(self.store.get(&item_key(key)).await?.and_then(|i| i.int("fence")).unwrap_or(0))
+    /// The holders of a pool's slots, by slot index (an eventually consistent query).
+    async fn pool_holders(&self, pool: &str) -> Result<HashMap<String, Holder>, StoreError> {
+        Ok(self
+            .store
+            .peek_prefix(pool, "")
+            .await?
+            .into_iter()
+            .filter_map(|item| holder(&item).map(|h| (item.key.sk, h)))
+            .collect())
     }
+
+    /// Whether what is wanted looks free now (eventually consistent, so a moment old): free,
+    /// or held by a holder `watch` has seen unchanged for a whole lease. A free answer is a
+    /// reason to try, not a promise.
+    pub async fn looks_free(&self, wanted: &Wanted, watch: &mut Watch) -> Result<bool, StoreError> {
+        match wanted {
+            Wanted::Lock(key) => {
+                let key = Key::new(key, LOCK_SK);
+                Ok(match self.store.peek(&key).await?.as_ref().and_then(holder) {
+                    None => true,
+                    Some(holder) => watch.lapsed(&key, &holder),
+                })
+            }
+            Wanted::Slot { pool, max } => {
+                let held = self.pool_holders(pool).await?;
+                let mut free = false;
+                for i in 0..*max {
+                    let key = Key::new(pool.as_str(), i.to_string());
+                    match held.get(&i.to_string()) {
+                        None => free = true,
+                        Some(holder) => free |= watch.lapsed(&key, holder),
+                    }
+                }
+                Ok(free)
+            }
+        }
+    }
+
+    /// Extends a held lease to `lease` from now (a new record version); false when it is no
+    /// longer ours (lapsed and taken over). `pending` marks a lease kept for a completion check.
+    pub async fn heartbeat(&self, held: &Lease, lease: Duration, pending: bool) -> Result<bool, StoreError> {
+        let mut update = Update::default().set("rvn", self.version()).set("lease_ms", lease.as_millis() as i64);
+        update = if pending { update.set("pending", true) } else { update.remove("pending") };
+        match self.store.update(&held.item_key(), update, Self::mine(held)).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::ConditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn mine(held: &Lease) -> Cond {
+        Cond::And(vec![Cond::eq("owner", held.owner.as_str()), Cond::eq("fence", held.fence)])
+    }
+
+    /// Releases a held lease and wakes this process's waiters for it; false when it was no
+    /// longer ours. The fence stays.
+    pub async fn release(&self, held: &Lease) -> Result<bool, StoreError> {
+        let update = Update::default().remove("owner").remove("job").remove("pending").set("rvn", self.version());
+        let released = match self.store.update(&held.item_key(), update, Self::mine(held)).await {
+            Ok(_) => true,
+            Err(StoreError::ConditionFailed { .. }) => false,
+            Err(e) => return Err(e),
+        };
+        self.wake(&held.key);
+        Ok(released)
+    }
+
+    /// The current fence of a lock (0 when never taken).
+    pub async fn fence(&self, key: &str) -> Result<i64, StoreError> {
+        Ok(self.store.get(&Key::new(key, LOCK_SK)).await?.and_then(|i| i.int("fence")).unwrap_or(0))
+    }
+
+    /// The holder of a lock, if it is held (a strongly consistent read).
+    pub async fn holder(&self, key: &str) -> Result<Option<Holder>, StoreError> {
+        Ok(self.store.get(&Key::new(key, LOCK_SK)).await?.as_ref().and_then(holder))
+    }
+
+    /// What wakes this process's waiters for a key when one of its leases is released here.
+    pub fn waker(&self, key: &str) -> Arc<Notify> {
+        let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(wakers.entry(key.to_owned()).or_default())
+    }
+
+    /// Forgets a waker no one waits on any more.
+    pub fn forget_waker(&self, key: &str, waker: Arc<Notify>) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        // The map's reference and the caller's: nobody else waits.
+        if Arc::strong_count(&waker) <= 2 {
+            wakers.remove(key);
+        }
+    }
+
+    fn wake(&self, key: &str) {
+        let wakers = self.wakers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(waker) = wakers.get(key) {
+            waker.notify_one();
+        }
+    }
+}
+
+impl Holder {
+    fn unknown() -> Self {
+        Holder { owner: String::new(), job: None, pending: false, lease: Duration::ZERO, version: String::new() }
+    }
+}
+
+/// The holder of a lease item, if it is held.
+fn holder(item: &Item) -> Option<Holder> {
+    let owner = item.str("owner")?.to_owned();
+    Some(Holder {
+        owner,
+        job: item.str("job").map(str::to_owned),
+        pending: matches!(item.attrs.get("pending"), Some(AttrValue::Bool(true))),
+        lease: Duration::from_millis(item.int("lease_ms").unwrap_or(0).max(0) as u64),
+        version: item.str("rvn").unwrap_or_default().to_owned(),
+    })
 }
 
 /// The key of a lock.
@@ -139,14 +408,14 @@ pub fn lock_key(key: &str) -> String {
     format!("lock#{key}")
 }
 
-/// The key of one slot of a limit's pool.
-pub fn slot_key(limit: &str, pool: &str, index: u32) -> String {
-    format!("slot#{limit}#{pool}#{index}")
+/// The partition key of a limit's pool: its slots are the items under it, by index.
+pub fn pool_key(limit: &str, pool: &str) -> String {
+    format!("slot#{limit}#{pool}")
 }
 
 impl From<&Lease> for AttrValue {
     fn from(lease: &Lease) -> Self {
-        AttrValue::S(format!("{}@{}", lease.key, lease.fence))
+        AttrValue::S(format!("{}@{}", lease.name(), lease.fence))
     }
 }
 

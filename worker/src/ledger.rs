@@ -70,6 +70,10 @@ pub struct JobRecord {
     pub summary: Option<String>,
     /// Completion checks run.
     pub checks: u32,
+    /// Whether the job was redriven from a DLQ (it runs even when its run was cancelled).
+    pub redriven: bool,
+    /// Whether the dead letter of its final failure or cancellation went out.
+    pub dead_lettered: bool,
     /// Every attribute, for the audit trail.
     pub attrs: Attrs,
 }
@@ -100,11 +104,13 @@ pub enum Begin {
     Started(u32),
     /// The job is already finished with this status.
     Finished(Status),
+    /// The job is pending: its completion check carries it on.
+    Pending,
     /// A newer holder owns the job record.
     Stale,
 }
 
-/// A run's counts.
+/// A run's counts, derived from its jobs' entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunRecord {
     /// Jobs succeeded.
@@ -160,7 +166,9 @@ impl Ledger {
     }
 
     /// Records the start of an attempt by the holder of the job's lock with `fence`: only when
-    /// the job is not finished and no newer holder wrote it.
+    /// the job never began, or is in progress (retrying, or its last holder's lease lapsed)
+    /// under this fence or an older one. A pending job never begins again: its completion
+    /// check carries it on.
     pub async fn begin(&self, job: &Job, owner: &str, fence: i64) -> Result<Begin, StoreError> {
         let update = Update::default()
             .set("task", job.task.as_str())
@@ -175,31 +183,36 @@ impl Ledger {
             .set("started_ms", self.now())
             .set("expires_at", self.expires_at())
             .add("attempts", 1);
-        // A job may begin when it never began, or is in progress (retrying) under this fence or
-        // an older one; or when it is pending under an older fence: its holder's leases lapsed
-        // (its completion checks stopped), so the job starts again under the new holder.
         let cond = Cond::Or(vec![
             Cond::Lacks("status".into()),
             Cond::And(vec![Cond::eq("status", Status::InProgress.as_str()), Cond::Le("fence".into(), fence.into())]),
-            Cond::And(vec![Cond::eq("status", Status::Pending.as_str()), Cond::lt("fence", fence)]),
         ]);
         match self.store.update(&job_key(&job.id), update, cond).await {
-            Ok(item) => {
-                let attempt = item.int("attempts").unwrap_or(1) as u32;
-                if attempt == 1 {
-                    // The run lists its jobs, for the audit trail.
-                    let mut attrs = Attrs::new();
-                    attrs.insert("resource".into(), job.resource.key().into());
-                    attrs.insert("expires_at".into(), self.expires_at().into());
-                    let key = Key::new(format!("run#{}", job.run_id()), format!("job#{}", job.id));
-                    self.store.put(Item { key, attrs }, Cond::Always).await?;
-                }
-                Ok(Begin::Started(attempt))
+            Ok(item) => Ok(Begin::Started(item.int("attempts").unwrap_or(1) as u32)),
+            Err(StoreError::ConditionFailed { current, .. }) => {
+                let current = match current {
+                    Some(item) => record(*item),
+                    None => self.job(&job.id).await?,
+                };
+                Ok(match current {
+                    Some(r) if r.status.is_final() => Begin::Finished(r.status),
+                    Some(r) if r.status == Status::Pending => Begin::Pending,
+                    _ => Begin::Stale,
+                })
             }
-            Err(StoreError::ConditionFailed { .. }) => match self.job(&job.id).await? {
-                Some(r) if r.status.is_final() => Ok(Begin::Finished(r.status)),
-                _ => Ok(Begin::Stale),
-            },
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves a pending job whose leases lapsed (its check came late) to a new holder, so that
+    /// its checks go on under the new fence from the recorded state; false when the job is no
+    /// longer pending under the old fence.
+    pub async fn adopt(&self, job: &Job, old_fence: i64, new_fence: i64, owner: &str) -> Result<bool, StoreError> {
+        let update = Update::default().set("fence", new_fence).set("owner", owner).set("expires_at", self.expires_at());
+        let cond = Cond::And(vec![Cond::eq("status", Status::Pending.as_str()), Cond::eq("fence", old_fence)]);
+        match self.store.update(&job_key(&job.id), update, cond).await {
+            Ok(_) => Ok(true),
+            Err(StoreError::ConditionFailed { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -229,7 +242,25 @@ impl Ledger {
 
     /// Finishes the job with a final status and its summary or error; false when the fence
     /// is no longer current.
+    ///
+    /// The job's entry in its run (`run#<run>` / `job#<id>`, with the status, from which the
+    /// run's counts are derived) is written first, so a crash between the two writes leaves
+    /// an unfinished job that runs again and writes both, never a count without its job or
+    /// a job without its count. Both writes are idempotent and fenced.
     pub async fn finish(&self, job: &Job, fence: i64, status: Status, text: &str) -> Result<bool, StoreError> {
+        let mut attrs = Attrs::new();
+        attrs.insert("resource".into(), job.resource.key().into());
+        attrs.insert("status".into(), status.as_str().into());
+        attrs.insert("fence".into(), fence.into());
+        attrs.insert("finished_ms".into(), self.now().into());
+        attrs.insert("expires_at".into(), self.expires_at().into());
+        let entry = Item { key: Key::new(format!("run#{}", job.run_id()), format!("job#{}", job.id)), attrs };
+        let not_newer = Cond::Or(vec![Cond::Lacks("fence".into()), Cond::Le("fence".into(), fence.into())]);
+        match self.store.put(entry, not_newer).await {
+            Ok(()) => {}
+            Err(StoreError::ConditionFailed { .. }) => return Ok(false),
+            Err(e) => return Err(e),
+        }
         let field = if status == Status::Succeeded { "summary" } else { "error" };
         let update = Update::default()
             .set("status", status.as_str())
@@ -275,20 +306,40 @@ impl Ledger {
         }
     }
 
-    /// Reopens a job that failed for good, so that it runs again when it is redriven from the
-    /// DLQ; false when it is not failed.
+    /// Reopens a job that failed for good or was cancelled, so that it runs again when it is
+    /// redriven from the DLQ (a redriven job of a cancelled run runs); false when it is
+    /// neither.
     pub async fn reopen(&self, job_id: &str) -> Result<bool, StoreError> {
         let update = Update::default()
             .set("status", Status::InProgress.as_str())
             .set("failures", 0i64)
+            .set("redriven", true)
             .set("expires_at", self.expires_at())
             .remove("error")
+            .remove("dead_lettered")
             .remove("finished_ms");
-        match self.store.update(&job_key(job_id), update, Cond::eq("status", Status::Failed.as_str())).await {
+        let cond =
+            Cond::Or(vec![Cond::eq("status", Status::Failed.as_str()), Cond::eq("status", Status::Cancelled.as_str())]);
+        match self.store.update(&job_key(job_id), update, cond).await {
             Ok(_) => Ok(true),
             Err(StoreError::ConditionFailed { .. }) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Records that the dead letter of a job that ended under `fence` went out.
+    pub async fn dead_lettered(&self, job_id: &str, fence: i64) -> Result<(), StoreError> {
+        let update = Update::default().set("dead_lettered", fence);
+        match self.store.update(&job_key(job_id), update, Cond::eq("fence", fence)).await {
+            Ok(_) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The same ledger with another wall clock.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Records one attempt under the job.
@@ -327,28 +378,34 @@ impl Ledger {
             .collect())
     }
 
-    /// Counts an outcome in the job's run; returns the run's counts after it.
-    pub async fn count(&self, job: &Job, outcome: Status) -> Result<RunRecord, StoreError> {
-        let field = match outcome {
-            Status::Succeeded => "succeeded",
-            Status::Failed => "failed",
-            _ => "cancelled",
-        };
-        let update = Update::default()
-            .set("task", job.task.as_str())
-            .set("event_id", job.event_id.as_str())
-            .set("expires_at", self.expires_at())
-            .add(field, 1);
-        let item = self.store.update(&run_key(&job.run_id()), update, Cond::Always).await?;
-        Ok(run_record(&item))
-    }
-
-    /// The counts of a run.
+    /// The counts of a run, derived from its jobs' entries (so they cannot drift from the
+    /// jobs), and whether it was cancelled.
     pub async fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
-        Ok(self.store.get(&run_key(run)).await?.map(|i| run_record(&i)).unwrap_or_default())
+        let mut counts = RunRecord {
+            cancelled_because: self
+                .store
+                .get(&run_key(run))
+                .await?
+                .and_then(|i| i.str("cancelled_because").map(str::to_owned)),
+            ..RunRecord::default()
+        };
+        for entry in self.store.query_prefix(&format!("run#{run}"), "job#").await? {
+            match entry.str("status").and_then(Status::parse) {
+                Some(Status::Succeeded) => counts.succeeded += 1,
+                Some(Status::Failed) => counts.failed += 1,
+                Some(Status::Cancelled) => counts.cancelled += 1,
+                _ => {}
+            }
+        }
+        Ok(counts)
     }
 
-    /// The ids of the jobs of a run that have begun.
+    /// Whether a run was cancelled, and why.
+    pub async fn run_cancelled(&self, run: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.store.get(&run_key(run)).await?.and_then(|i| i.str("cancelled_because").map(str::to_owned)))
+    }
+
+    /// The ids of the jobs of a run that have finished.
     pub async fn run_jobs(&self, run: &str) -> Result<Vec<String>, StoreError> {
         Ok(self
             .store
@@ -361,7 +418,7 @@ impl Ledger {
 
     /// Cancels a run (once) with a reason.
     pub async fn cancel_run(&self, run: &str, reason: &str) -> Result<(), StoreError> {
-        let update = Update::default().set("cancelled_because", reason);
+        let update = Update::default().set("cancelled_because", reason).set("expires_at", self.expires_at());
         match self.store.update(&run_key(run), update, Cond::Lacks("cancelled_because".into())).await {
             Ok(_) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
             Err(e) => Err(e),
@@ -387,17 +444,10 @@ fn record(item: Item) -> Option<JobRecord> {
         error: item.str("error").map(str::to_owned),
         summary: item.str("summary").map(str::to_owned),
         checks: item.int("checks").unwrap_or(0) as u32,
+        redriven: matches!(item.attrs.get("redriven"), Some(opsfleet_protocol::ports::AttrValue::Bool(true))),
+        dead_lettered: item.int("dead_lettered").is_some_and(|f| Some(f) == item.int("fence")),
         attrs: item.attrs,
     })
-}
-
-fn run_record(item: &Item) -> RunRecord {
-    RunRecord {
-        succeeded: item.int("succeeded").unwrap_or(0) as u32,
-        failed: item.int("failed").unwrap_or(0) as u32,
-        cancelled: item.int("cancelled").unwrap_or(0) as u32,
-        cancelled_because: item.str("cancelled_because").map(str::to_owned),
-    }
 }
 
 #[cfg(test)]

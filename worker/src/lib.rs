@@ -5,6 +5,7 @@
 //! message: ledger check, lock, slots, the action, the outcome. Actions (`actions/`) only say
 //! what to do to one resource.
 
+mod acker;
 pub mod actions;
 mod check;
 pub mod clock;
@@ -17,4 +18,4 @@ mod telemetry;
 pub use actions::{Action, ActionContext, ActionRegistry, Step};
 pub use check::CheckMessage;
 pub use consume::{ConsumeSummary, Consumer};
-pub use runner::{Disposition, Worker, WorkerError};
+pub use runner::{Disposition, Worker, WorkerError, PENDING_SLACK};

@@ -54,7 +54,32 @@ impl LockAcquisition<'_> {
     }
 }
 
-/// A job found no free slot of a limit and went back to its queue.
+/// A job began waiting for a lock or a slot (`reason`: `lock`, `max_concurrency`, `limit`).
+pub(crate) struct JobWaitStarted {
+    pub reason: &'static str,
+}
+
+impl JobWaitStarted {
+    pub fn emit(self) {
+        gauge!("opsfleet_jobs_waiting", "reason" => self.reason).increment(1.0);
+    }
+}
+
+/// A job stopped waiting (it got what it waited for, or handed its message back).
+pub(crate) struct JobWaitEnded {
+    pub reason: &'static str,
+    pub waited: Duration,
+}
+
+impl JobWaitEnded {
+    pub fn emit(self) {
+        tracing::debug!(reason = self.reason, waited_ms = self.waited.as_millis() as u64, "Job stopped waiting.");
+        gauge!("opsfleet_jobs_waiting", "reason" => self.reason).decrement(1.0);
+        histogram!("opsfleet_job_wait_seconds", "reason" => self.reason).record(self.waited.as_secs_f64());
+    }
+}
+
+/// A job found no free slot of a limit and waits.
 pub(crate) struct SlotUnavailable<'a> {
     pub job_id: &'a str,
     pub limit: &'a str,
@@ -64,18 +89,6 @@ impl SlotUnavailable<'_> {
     pub fn emit(self) {
         tracing::debug!(job_id = %self.job_id, limit = %self.limit, "No free slot; the job waits.");
         counter!("opsfleet_limit_waits_total", "limit" => self.limit.to_owned()).increment(1);
-    }
-}
-
-/// A job got a slot of a limit after waiting this long.
-pub(crate) struct SlotAcquired<'a> {
-    pub limit: &'a str,
-    pub waited: Duration,
-}
-
-impl SlotAcquired<'_> {
-    pub fn emit(self) {
-        histogram!("opsfleet_slot_wait_seconds", "limit" => self.limit.to_owned()).record(self.waited.as_secs_f64());
     }
 }
 

@@ -5,9 +5,9 @@ mod support;
 
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::Backend;
-use opsfleet_worker::clock::Clock;
-use opsfleet_worker::lease::{lock_key, Acquire, Leases};
+use opsfleet_worker::lease::{lock_key, Acquire, Leases, Watch};
 use opsfleet_worker::ledger::Status;
+use opsfleet_worker::PENDING_SLACK;
 use std::time::Duration;
 use support::*;
 
@@ -83,20 +83,17 @@ params = { pending_checks = 1, check_after_ms = 2400000 }
     );
 }
 
-#[tokio::test]
-async fn a_pending_job_whose_checks_stopped_starts_again_after_its_lease_lapses() {
+#[tokio::test(start_paused = true)]
+async fn a_second_delivery_of_a_pending_job_is_acknowledged_and_the_check_finishes_it_once() {
     let (fleet, job) = pending_then_stopped().await;
-    // The check is lost (say it went to the checks DLQ), and the job is delivered again.
-    let checks = fleet.backend.queue(&names::checks_queue("w")).await.expect("checks");
-    let lost = checks.receive(10, Duration::from_secs(2), None).await.expect("receive");
-    assert_eq!(lost.len(), 1);
-    checks.delete_batch(&[lost[0].receipt.clone()]).await.expect("delete");
+    // The job message comes again (a delete that failed, a visibility that ran out) while
+    // its check waits in the checks queue.
     fleet.send(&job, "again").await;
     fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
     let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
-    assert_eq!(record.status, Status::Succeeded);
-    assert!(record.fence >= 2, "the new holder took over with a newer fence: {record:?}");
-    assert_eq!(record.attempts, 2);
+    assert_eq!((record.status, record.attempts, record.fence), (Status::Succeeded, 1, 1), "{record:?}");
+    let partition = fleet.backend.embedded_queue(&names::jobs_queue("w", job.partition)).expect("queue");
+    assert!(partition.peek_bodies().is_empty(), "the second delivery was acknowledged");
 }
 
 #[tokio::test]
@@ -124,20 +121,32 @@ retries = 2
     );
 }
 
-#[tokio::test]
-async fn a_check_that_comes_after_its_leases_lapsed_starts_the_job_again() {
+#[tokio::test(start_paused = true)]
+async fn a_check_that_comes_after_its_leases_lapsed_goes_on_from_the_recorded_state() {
     let (fleet, job) = pending_then_stopped().await;
-    // No worker runs the check until the leases (check_after + lease = 3.5 s) have lapsed,
-    // and another job of the resource takes the lock meanwhile.
-    tokio::time::sleep(Duration::from_millis(4000)).await;
-    let leases = Leases::new(fleet.backend.store("w").await.expect("store"), Clock::new());
+    // No worker runs the check until the pending leases (check_after + lease + slack) have
+    // lapsed, and another job of the resource takes the lock meanwhile.
+    let leases = Leases::new(fleet.backend.store("w").await.expect("store"));
     let key = lock_key(&job.resource.key());
-    let Acquire::Acquired(other) = leases.acquire(&key, "another-job", Duration::from_secs(5)).await.expect("acquire")
+    let mut watch = Watch::default();
+    let Acquire::Held(holder) =
+        leases.acquire(&key, "another", "another-job", Duration::from_secs(5), &mut watch).await.expect("acquire")
+    else {
+        panic!("the pending job holds its lock");
+    };
+    assert!(holder.pending && holder.lease > PENDING_SLACK, "{holder:?}");
+    tokio::time::sleep(holder.lease).await;
+    let Acquire::Acquired(other) =
+        leases.acquire(&key, "another", "another-job", Duration::from_secs(5), &mut watch).await.expect("acquire")
     else {
         panic!("the lapsed lock is free to take");
     };
     assert!(leases.release(&other).await.expect("release"));
     fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(20)).await;
     let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
-    assert_eq!((record.status, record.attempts, record.fence), (Status::Succeeded, 2, 3), "{record:?}");
+    assert_eq!(
+        (record.status, record.attempts, record.fence, record.checks),
+        (Status::Succeeded, 1, 3, 1),
+        "the job went on under a new fence without starting again: {record:?}"
+    );
 }

@@ -4,8 +4,8 @@
 use super::errors::{classify, ErrorClass};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValuesOnConditionCheckFailure,
+    ScalarAttributeType, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_dynamodb::Client;
 use opsfleet_protocol::ports::{AttrValue, Attrs, Cond, Item, Key, Store, StoreError, Update};
@@ -27,18 +27,56 @@ fn error<E>(
     key: Option<&Key>,
 ) -> StoreError
 where
-    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + std::error::Error + 'static,
+    E: aws_sdk_dynamodb::error::ProvideErrorMetadata + ConditionItem + std::error::Error + 'static,
 {
     match classify(err) {
         ErrorClass::ConditionFailed => StoreError::ConditionFailed {
             pk: key.map(|k| k.pk.clone()).unwrap_or_default(),
             sk: key.map(|k| k.sk.clone()).unwrap_or_default(),
+            current: err.as_service_error().and_then(ConditionItem::item).and_then(to_item).map(Box::new),
         },
         ErrorClass::Missing(_) => StoreError::NotFound { table: table.to_owned() },
         ErrorClass::Refused(message) => StoreError::Invalid { table: table.to_owned(), operation, message },
         ErrorClass::Retry(message) => StoreError::Unavailable { table: table.to_owned(), operation, message },
     }
 }
+
+/// The item a refused conditional write returns (`ReturnValuesOnConditionCheckFailure`).
+trait ConditionItem {
+    fn item(&self) -> Option<&HashMap<String, AttributeValue>> {
+        None
+    }
+}
+
+macro_rules! condition_item {
+    ($($error:path),*) => {$(
+        impl ConditionItem for $error {
+            fn item(&self) -> Option<&HashMap<String, AttributeValue>> {
+                match self {
+                    Self::ConditionalCheckFailedException(e) => e.item.as_ref(),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+use aws_sdk_dynamodb::operation as op;
+
+condition_item!(op::put_item::PutItemError, op::update_item::UpdateItemError, op::delete_item::DeleteItemError);
+
+macro_rules! no_condition_item {
+    ($($error:path),*) => {$(impl ConditionItem for $error {})*};
+}
+
+no_condition_item!(
+    op::get_item::GetItemError,
+    op::query::QueryError,
+    op::describe_table::DescribeTableError,
+    op::create_table::CreateTableError,
+    op::describe_time_to_live::DescribeTimeToLiveError,
+    op::update_time_to_live::UpdateTimeToLiveError
+);
 
 fn to_av(value: &AttrValue) -> AttributeValue {
     match value {
@@ -159,21 +197,60 @@ impl DynamoStore {
         client.describe_table().table_name(table).send().await.map_err(|e| error(table, "DescribeTable", &e, None))?;
         Ok(DynamoStore { client, table: table.to_owned() })
     }
-}
 
-#[async_trait]
-impl Store for DynamoStore {
-    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+    async fn get_item(&self, key: &Key, consistent: bool) -> Result<Option<Item>, StoreError> {
         let out = self
             .client
             .get_item()
             .table_name(&self.table)
             .set_key(Some(key_map(key)))
-            .consistent_read(true)
+            .consistent_read(consistent)
             .send()
             .await
             .map_err(|e| error(&self.table, "GetItem", &e, Some(key)))?;
         Ok(out.item.as_ref().and_then(to_item))
+    }
+
+    async fn query(&self, pk: &str, sk_prefix: &str, consistent: bool) -> Result<Vec<Item>, StoreError> {
+        let mut values = HashMap::from([(":pk".to_owned(), AttributeValue::S(pk.to_owned()))]);
+        let key_condition = if sk_prefix.is_empty() {
+            "pk = :pk".to_owned()
+        } else {
+            values.insert(":prefix".to_owned(), AttributeValue::S(sk_prefix.to_owned()));
+            "pk = :pk AND begins_with(sk, :prefix)".to_owned()
+        };
+        let mut items = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(&key_condition)
+                .set_expression_attribute_values(Some(values.clone()))
+                .consistent_read(consistent)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| error(&self.table, "Query", &e, None))?;
+            items.extend(out.items.unwrap_or_default().iter().filter_map(to_item));
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        Ok(items)
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        self.get_item(key, true).await
+    }
+
+    async fn peek(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        self.get_item(key, false).await
     }
 
     async fn put(&self, item: Item, cond: Cond) -> Result<(), StoreError> {
@@ -188,6 +265,7 @@ impl Store for DynamoStore {
             .table_name(&self.table)
             .set_item(Some(map))
             .set_condition_expression(condition)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .set_expression_attribute_names(expr.names())
             .set_expression_attribute_values(expr.values())
             .send()
@@ -207,6 +285,7 @@ impl Store for DynamoStore {
             .set_key(Some(key_map(key)))
             .set_update_expression(update_expression)
             .set_condition_expression(condition)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .set_expression_attribute_names(expr.names())
             .set_expression_attribute_values(expr.values())
             .return_values(aws_sdk_dynamodb::types::ReturnValue::AllNew)
@@ -224,6 +303,7 @@ impl Store for DynamoStore {
             .table_name(&self.table)
             .set_key(Some(key_map(key)))
             .set_condition_expression(condition)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .set_expression_attribute_names(expr.names())
             .set_expression_attribute_values(expr.values())
             .send()
@@ -233,34 +313,11 @@ impl Store for DynamoStore {
     }
 
     async fn query_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
-        let mut values = HashMap::from([(":pk".to_owned(), AttributeValue::S(pk.to_owned()))]);
-        let key_condition = if sk_prefix.is_empty() {
-            "pk = :pk".to_owned()
-        } else {
-            values.insert(":prefix".to_owned(), AttributeValue::S(sk_prefix.to_owned()));
-            "pk = :pk AND begins_with(sk, :prefix)".to_owned()
-        };
-        let mut items = Vec::new();
-        let mut start: Option<HashMap<String, AttributeValue>> = None;
-        loop {
-            let out = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression(&key_condition)
-                .set_expression_attribute_values(Some(values.clone()))
-                .consistent_read(true)
-                .set_exclusive_start_key(start.take())
-                .send()
-                .await
-                .map_err(|e| error(&self.table, "Query", &e, None))?;
-            items.extend(out.items.unwrap_or_default().iter().filter_map(to_item));
-            match out.last_evaluated_key {
-                Some(key) if !key.is_empty() => start = Some(key),
-                _ => break,
-            }
-        }
-        Ok(items)
+        self.query(pk, sk_prefix, true).await
+    }
+
+    async fn peek_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
+        self.query(pk, sk_prefix, false).await
     }
 }
 

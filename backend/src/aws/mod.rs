@@ -5,6 +5,7 @@
 mod dynamodb;
 mod errors;
 mod sqs;
+pub mod timeouts;
 
 pub use dynamodb::DynamoStore;
 pub use sqs::SqsQueue;
@@ -21,15 +22,34 @@ pub struct AwsBackend {
 }
 
 impl AwsBackend {
-    /// Clients from the environment, profiles and roles, as every AWS tool reads them.
+    /// Clients from the environment, profiles and roles, as every AWS tool reads them, with
+    /// the fleet's [`timeouts`] and the SDK's standard retry mode.
     pub async fn from_env() -> Self {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Self::from_config(&config)
+        Self::from_config(&Self::sdk_config().await)
+    }
+
+    /// The SDK config every client of the fleet starts from: the standard chain, the fleet's
+    /// [`timeouts`], standard retries.
+    pub async fn sdk_config() -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(timeouts::config())
+            .retry_config(aws_config::retry::RetryConfig::standard())
+            .load()
+            .await
     }
 
     /// Clients from an already loaded SDK config.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
         AwsBackend { sqs: aws_sdk_sqs::Client::new(config), dynamodb: aws_sdk_dynamodb::Client::new(config) }
+    }
+
+    /// Clients from an SDK config with SQS and DynamoDB at endpoints of their own, as
+    /// `AWS_ENDPOINT_URL_SQS` and `AWS_ENDPOINT_URL_DYNAMODB` set them for a process (tests
+    /// that talk to two emulators from one process).
+    pub fn with_endpoints(config: &aws_config::SdkConfig, sqs: &str, dynamodb: &str) -> Self {
+        let sqs = aws_sdk_sqs::config::Builder::from(config).endpoint_url(sqs).build();
+        let dynamodb = aws_sdk_dynamodb::config::Builder::from(config).endpoint_url(dynamodb).build();
+        AwsBackend { sqs: aws_sdk_sqs::Client::from_conf(sqs), dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb) }
     }
 
     /// The SQS client.

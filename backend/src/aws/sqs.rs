@@ -3,8 +3,8 @@
 use super::errors::{classify, ErrorClass};
 use async_trait::async_trait;
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, MessageAttributeValue,
+    MessageSystemAttributeName, QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use aws_sdk_sqs::Client;
 use opsfleet_protocol::ports::{
@@ -36,6 +36,16 @@ where
             QueueError::Invalid { queue: queue.to_owned(), operation, message: "condition failed".into() }
         }
     }
+}
+
+/// A long poll's timeouts: the wait plus the usual attempt timeout, so that an attempt is never
+/// cut short while SQS is holding it open on purpose.
+fn long_poll_timeouts(wait: Duration) -> aws_sdk_sqs::config::timeout::TimeoutConfig {
+    let wait = wait.min(Duration::from_secs(20));
+    aws_sdk_sqs::config::timeout::TimeoutConfig::builder()
+        .operation_attempt_timeout(wait + super::timeouts::ATTEMPT)
+        .operation_timeout(wait + super::timeouts::OPERATION)
+        .build()
 }
 
 impl SqsQueue {
@@ -111,6 +121,8 @@ impl Queue for SqsQueue {
             .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
             .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_attribute_names("All")
+            .customize()
+            .config_override(aws_sdk_sqs::config::Builder::default().timeout_config(long_poll_timeouts(wait)))
             .send()
             .await
             .map_err(|e| error(&self.name, "ReceiveMessage", &e))?;
@@ -163,6 +175,34 @@ impl Queue for SqsQueue {
             .map(|f| DeleteFailure {
                 index: f.id.parse().unwrap_or(usize::MAX),
                 message: format!("{}: {}", f.code, f.message.unwrap_or_default()),
+                sender_fault: f.sender_fault,
+            })
+            .collect())
+    }
+
+    async fn change_visibility_batch(&self, entries: &[(String, Duration)]) -> Result<Vec<DeleteFailure>, QueueError> {
+        let mut request = self.client.change_message_visibility_batch().queue_url(&self.url);
+        for (index, (receipt, visibility)) in entries.iter().enumerate() {
+            let entry = ChangeMessageVisibilityBatchRequestEntry::builder()
+                .id(index.to_string())
+                .receipt_handle(receipt)
+                .visibility_timeout(visibility.as_secs().min(43_200) as i32)
+                .build()
+                .map_err(|e| QueueError::Invalid {
+                    queue: self.name.clone(),
+                    operation: "ChangeMessageVisibilityBatch",
+                    message: e.to_string(),
+                })?;
+            request = request.entries(entry);
+        }
+        let out = request.send().await.map_err(|e| error(&self.name, "ChangeMessageVisibilityBatch", &e))?;
+        Ok(out
+            .failed
+            .into_iter()
+            .map(|f| DeleteFailure {
+                index: f.id.parse().unwrap_or(usize::MAX),
+                message: format!("{}: {}", f.code, f.message.unwrap_or_default()),
+                sender_fault: f.sender_fault,
             })
             .collect())
     }
@@ -221,6 +261,11 @@ pub(super) async fn ensure_queue(client: &Client, spec: &QueueSpec) -> Result<()
             .ok_or_else(|| QueueError::NotFound { queue: dlq.clone() })?;
         let policy = serde_json::json!({ "deadLetterTargetArn": arn, "maxReceiveCount": max_receive });
         attributes.insert(QueueAttributeName::RedrivePolicy, policy.to_string());
+    }
+    if spec.is_fifo() {
+        // High-throughput FIFO: deduplication and throughput per message group (one resource).
+        attributes.insert(QueueAttributeName::DeduplicationScope, "messageGroup".into());
+        attributes.insert(QueueAttributeName::FifoThroughputLimit, "perMessageGroupId".into());
     }
     let mut create_attributes = attributes.clone();
     if spec.is_fifo() {

@@ -32,6 +32,8 @@ struct Stored {
     receive_count: u32,
     receipt: Option<String>,
     sent_ms: u64,
+    /// When the current receive happened.
+    received_at: Instant,
 }
 
 #[derive(Default)]
@@ -149,6 +151,7 @@ impl EmbeddedQueue {
                 receive_count: 0,
                 receipt: None,
                 sent_ms: unix_ms(),
+                received_at: now,
             },
         );
         Ok(())
@@ -208,6 +211,7 @@ impl EmbeddedQueue {
             if let Some(m) = state.messages.get_mut(&seq) {
                 m.receive_count += 1;
                 m.visible_at = now + visibility;
+                m.received_at = now;
                 m.receipt = Some(receipt.clone());
                 out.push(ReceivedMessage {
                     message_id: m.id.clone(),
@@ -309,6 +313,7 @@ impl Queue for EmbeddedQueue {
                 None => failures.push(DeleteFailure {
                     index,
                     message: format!("ReceiptHandleIsInvalid: {receipt} is not the current receipt of a message"),
+                    sender_fault: true,
                 }),
             }
         }
@@ -332,7 +337,15 @@ impl Queue for EmbeddedQueue {
         if m.visible_at <= now {
             return Err(invalid(format!("MessageNotInflight: {}", m.id)));
         }
-        m.visible_at = now + visibility.min(MAX_VISIBILITY);
+        // As in SQS, a message stays hidden at most 12 hours from when it was received.
+        if now + visibility > m.received_at + MAX_VISIBILITY {
+            return Err(invalid(format!(
+                "InvalidParameterValue: visibility {} s would hide {} past 12 hours from its receive",
+                visibility.as_secs(),
+                m.id
+            )));
+        }
+        m.visible_at = now + visibility;
         drop(state);
         self.arrived.notify_waiters();
         Ok(())

@@ -27,8 +27,8 @@ impl EmbeddedStore {
     }
 }
 
-fn failed(key: &Key) -> StoreError {
-    StoreError::ConditionFailed { pk: key.pk.clone(), sk: key.sk.clone() }
+fn failed(key: &Key, current: Option<Item>) -> StoreError {
+    StoreError::ConditionFailed { pk: key.pk.clone(), sk: key.sk.clone(), current: current.map(Box::new) }
 }
 
 #[async_trait]
@@ -41,7 +41,7 @@ impl Store for EmbeddedStore {
         let mut items = self.items();
         let current = items.get(&item.key).map(|attrs| Item { key: item.key.clone(), attrs: attrs.clone() });
         if !cond.holds(current.as_ref()) {
-            return Err(failed(&item.key));
+            return Err(failed(&item.key, current));
         }
         items.insert(item.key, item.attrs);
         Ok(())
@@ -51,7 +51,7 @@ impl Store for EmbeddedStore {
         let mut items = self.items();
         let current = items.get(key).map(|attrs| Item { key: key.clone(), attrs: attrs.clone() });
         if !cond.holds(current.as_ref()) {
-            return Err(failed(key));
+            return Err(failed(key, current));
         }
         let mut attrs = current.map(|i| i.attrs).unwrap_or_default();
         update.apply(&mut attrs);
@@ -63,7 +63,7 @@ impl Store for EmbeddedStore {
         let mut items = self.items();
         let current = items.get(key).map(|attrs| Item { key: key.clone(), attrs: attrs.clone() });
         if !cond.holds(current.as_ref()) {
-            return Err(failed(key));
+            return Err(failed(key, current));
         }
         items.remove(key);
         Ok(())

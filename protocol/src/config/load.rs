@@ -185,6 +185,7 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 lock,
                 limit,
                 retries: task.retries,
+                timeout: std::time::Duration::from_secs(u64::from(task.timeout_secs.get())),
                 line,
             });
         }

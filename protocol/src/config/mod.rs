@@ -67,6 +67,9 @@ pub struct Task {
     pub limit: Option<String>,
     /// Real failures a job may have before it is dead-lettered.
     pub retries: u32,
+    /// The longest one action step (a start or a check) may take; past it the step counts as
+    /// a retryable failure.
+    pub timeout: std::time::Duration,
     /// The line of the task in the file.
     pub line: usize,
 }

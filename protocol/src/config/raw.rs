@@ -87,6 +87,12 @@ pub(super) struct RawTask {
     pub limit: Option<String>,
     #[serde(default = "default_retries")]
     pub retries: u32,
+    #[serde(default = "default_timeout")]
+    pub timeout_secs: std::num::NonZeroU32,
+}
+
+fn default_timeout() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(300).unwrap_or(std::num::NonZeroU32::MIN)
 }
 
 fn empty_object() -> Value {
@@ -182,9 +188,14 @@ pub struct WorkerSettings {
     /// Visibility timeout of a received job, in seconds; heartbeats extend it.
     #[serde(default = "default_job_visibility")]
     pub visibility_secs: u32,
-    /// Receives after which SQS dead-letters a job that crashes or hangs workers.
+    /// Receives after which SQS dead-letters a job that crashes or hangs workers. Waiting
+    /// for a lock or a slot spends no receives.
     #[serde(default = "default_max_receive_count")]
     pub max_receive_count: u32,
+    /// The most job messages one process holds while they wait for a lock or a slot (on top
+    /// of `max_in_flight`); a waiting job holds no run permit and no lease.
+    #[serde(default = "default_max_waiting")]
+    pub max_waiting: u32,
     /// How long ledger items are kept, in days (DynamoDB TTL).
     #[serde(default = "default_retention_days")]
     pub ledger_retention_days: u32,
@@ -210,6 +221,10 @@ fn default_max_receive_count() -> u32 {
     100
 }
 
+fn default_max_waiting() -> u32 {
+    256
+}
+
 fn default_retention_days() -> u32 {
     30
 }
@@ -222,6 +237,7 @@ impl Default for WorkerSettings {
             lease_secs: default_lease(),
             visibility_secs: default_job_visibility(),
             max_receive_count: default_max_receive_count(),
+            max_waiting: default_max_waiting(),
             ledger_retention_days: default_retention_days(),
         }
     }

@@ -58,13 +58,16 @@ pub struct SendFailure {
     pub sender_fault: bool,
 }
 
-/// One entry of a batch delete that failed.
+/// One entry of a batch delete or visibility change that failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeleteFailure {
     /// The index of the receipt in the batch.
     pub index: usize,
     /// The error code and message.
     pub message: String,
+    /// Whether the fault is the caller's (an invalid or outdated receipt): retrying the same
+    /// entry will fail again.
+    pub sender_fault: bool,
 }
 
 /// Approximate message counts of a queue.
@@ -169,6 +172,22 @@ pub trait Queue: Send + Sync {
 
     /// Sets a received message's visibility timeout, counted from now (zero returns it).
     async fn change_visibility(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError>;
+
+    /// Sets the visibility of up to [`MAX_BATCH`] received messages in one call; returns the
+    /// entries that failed.
+    async fn change_visibility_batch(&self, entries: &[(String, Duration)]) -> Result<Vec<DeleteFailure>, QueueError> {
+        let mut failed = Vec::new();
+        for (index, (receipt, visibility)) in entries.iter().enumerate() {
+            match self.change_visibility(receipt, *visibility).await {
+                Ok(()) => {}
+                Err(QueueError::Unavailable { message, .. }) => {
+                    failed.push(DeleteFailure { index, message, sender_fault: false })
+                }
+                Err(e) => failed.push(DeleteFailure { index, message: e.to_string(), sender_fault: true }),
+            }
+        }
+        Ok(failed)
+    }
 
     /// Approximate message counts.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;

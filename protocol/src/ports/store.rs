@@ -214,6 +214,10 @@ pub enum StoreError {
         pk: String,
         /// The item's sort key.
         sk: String,
+        /// The item as it was when the condition failed, where the store returns it (DynamoDB
+        /// does with `ReturnValuesOnConditionCheckFailure`), so that a refused writer learns
+        /// why without another read.
+        current: Option<Box<Item>>,
     },
     /// The table does not exist.
     #[error("table {table} does not exist (run `opsfleet setup`)")]
@@ -249,6 +253,12 @@ pub trait Store: Send + Sync {
     /// Reads an item (strongly consistent).
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError>;
 
+    /// Reads an item eventually consistently: half the cost of [`Store::get`], and may miss a
+    /// write of the last second. For polling, where a stale answer only delays.
+    async fn peek(&self, key: &Key) -> Result<Option<Item>, StoreError> {
+        self.get(key).await
+    }
+
     /// Writes a whole item if the condition holds.
     async fn put(&self, item: Item, cond: Cond) -> Result<(), StoreError>;
 
@@ -261,4 +271,9 @@ pub trait Store: Send + Sync {
     /// Every item under the partition key whose sort key starts with the prefix, in sort-key
     /// order.
     async fn query_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError>;
+
+    /// As [`Store::query_prefix`], eventually consistent (half the cost, may be a moment old).
+    async fn peek_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
+        self.query_prefix(pk, sk_prefix).await
+    }
 }

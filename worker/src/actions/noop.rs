@@ -32,6 +32,12 @@ pub struct NoopParams {
     /// Delay before each check, in milliseconds.
     #[serde(default = "default_check_ms")]
     pub check_after_ms: u64,
+    /// A folder where each start that takes effect appends a line to a file named after the
+    /// job, the way a real action creates something: it first looks for what it made before
+    /// (the file), then works (`sleep_ms`), then makes it. Two runs of a job at once both
+    /// find nothing and both write, so a test counts double effects instead of guessing.
+    #[serde(default)]
+    pub effects_dir: Option<String>,
 }
 
 fn default_check_ms() -> u64 {
@@ -73,6 +79,7 @@ impl Action for Noop {
             ("pending_checks", "completion checks that report pending before done (default 0)"),
             ("fail_checks", "fail (retryably) the first N checks (default 0)"),
             ("check_after_ms", "delay before each check, in ms (default 1000)"),
+            ("effects_dir", "a folder where each effect is recorded, one file per job (tests; default none)"),
         ]
     }
 
@@ -86,8 +93,18 @@ impl Action for Noop {
 
     async fn start(&self, ctx: ActionContext<'_>) -> Step {
         let p = Self::params(&ctx);
+        let effect = p.effects_dir.as_deref().map(|dir| std::path::Path::new(dir).join(&ctx.job.id));
+        if effect.as_ref().is_some_and(|path| path.exists()) {
+            return Step::Done { summary: format!("noop on {}: done before", ctx.job.resource.id) };
+        }
+        let began = unix_ms();
         if p.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(p.sleep_ms)).await;
+        }
+        if let Some(path) = effect {
+            if let Err(e) = record_effect(&path, ctx, began) {
+                return Step::Failed { retryable: true, error: format!("noop: recording the effect: {e}") };
+            }
         }
         if ctx.attempt <= p.fail_attempts {
             return Step::Failed { retryable: true, error: format!("noop: failing attempt {}", ctx.attempt) };
@@ -119,4 +136,23 @@ impl Action for Noop {
             Step::Pending { check_after: Duration::from_millis(p.check_after_ms), state: json!({ "checks": checks }) }
         }
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Appends one line per effect: the resource, the process, and when the work began and ended
+/// (system time, which tests compare across processes on one machine).
+fn record_effect(path: &std::path::Path, ctx: ActionContext<'_>, began: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let line = json!({
+        "job": ctx.job.id,
+        "resource": ctx.job.resource.key(),
+        "pid": std::process::id(),
+        "began_ms": began,
+        "ended_ms": unix_ms(),
+    });
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(file, "{line}")
 }

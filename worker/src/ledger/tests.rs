@@ -2,6 +2,7 @@ use super::*;
 use opsfleet_backend::EmbeddedBackend;
 use opsfleet_protocol::job::JobOrigin;
 use opsfleet_protocol::ports::Backend;
+use opsfleet_protocol::ports::{Cond, Item, Key};
 use opsfleet_protocol::{Resource, ResourceType};
 use serde_json::json;
 
@@ -61,12 +62,72 @@ async fn a_failed_check_keeps_the_job_pending() {
     assert_eq!(l.failure(&j, 7, "stale").await.expect("failure"), None, "another fence cannot count failures");
 }
 
+fn job_for(resource: &str) -> Job {
+    let mut j = job();
+    j.resource.id = resource.into();
+    j.id = opsfleet_protocol::job::job_id(&j.event_id, &j.task, &j.resource.key());
+    j
+}
+
 #[tokio::test]
-async fn a_run_lists_the_jobs_that_began() {
+async fn a_runs_counts_are_derived_from_its_jobs_so_retries_and_crashes_cannot_skew_them() {
+    let l = ledger().await;
+    let (a, b, c) = (job_for("i-a"), job_for("i-b"), job_for("i-c"));
+    let run = a.run_id();
+    l.begin(&a, "w", 1).await.expect("begin");
+    assert!(l.finish(&a, 1, Status::Succeeded, "ok").await.expect("finish"));
+    // The same write again (an SDK retry whose first response was lost) counts nothing more.
+    assert!(!l.finish(&a, 1, Status::Succeeded, "ok").await.expect("finish again"));
+    l.begin(&b, "w", 1).await.expect("begin");
+    assert!(l.finish(&b, 1, Status::Failed, "boom").await.expect("finish"));
+    // A worker crashed after writing c's entry in its run and before finishing c: c runs again
+    // and its final entry replaces the one of the crashed attempt.
+    l.begin(&c, "w", 1).await.expect("begin");
+    let entry = Item {
+        key: Key::new(format!("run#{run}"), format!("job#{}", c.id)),
+        attrs: [("status".to_owned(), "FAILED".into()), ("fence".to_owned(), 1i64.into())].into_iter().collect(),
+    };
+    l.store.put(entry, Cond::Always).await.expect("crashed write");
+    assert_eq!(l.job(&c.id).await.expect("job").expect("record").status, Status::InProgress);
+    l.begin(&c, "w2", 2).await.expect("begin again");
+    assert!(l.finish(&c, 2, Status::Succeeded, "ok").await.expect("finish"));
+    let counts = l.run(&run).await.expect("run");
+    assert_eq!((counts.succeeded, counts.failed, counts.cancelled), (2, 1, 0), "{counts:?}");
+    // A superseded holder (fence 1) cannot overwrite c's entry.
+    assert!(!l.finish(&c, 1, Status::Failed, "zombie").await.expect("zombie finish"));
+    assert_eq!(l.run(&run).await.expect("run").failed, 1);
+    let mut listed = l.run_jobs(&run).await.expect("run jobs");
+    listed.sort();
+    let mut expected = vec![a.id.clone(), b.id.clone(), c.id.clone()];
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+#[tokio::test]
+async fn a_pending_job_never_begins_again_and_is_adopted_by_a_newer_fence() {
     let l = ledger().await;
     let j = job();
-    assert!(l.run_jobs(&j.run_id()).await.expect("run jobs").is_empty());
     l.begin(&j, "a", 1).await.expect("begin");
-    l.begin(&j, "a", 2).await.expect("begin again");
-    assert_eq!(l.run_jobs(&j.run_id()).await.expect("run jobs"), std::slice::from_ref(&j.id));
+    assert!(l.pending(&j, 1, &json!({"snapshot": "snap-1"}), 0).await.expect("pending"));
+    assert_eq!(l.begin(&j, "b", 2).await.expect("begin"), Begin::Pending, "a second delivery does not start it");
+    assert!(!l.adopt(&j, 7, 8, "c").await.expect("adopt"), "only from the fence it is pending under");
+    assert!(l.adopt(&j, 1, 3, "c").await.expect("adopt"));
+    assert!(!l.adopt(&j, 1, 4, "d").await.expect("adopt"), "once");
+    let record = l.job(&j.id).await.expect("job").expect("record");
+    assert_eq!((record.status, record.fence, record.attempts), (Status::Pending, 3, 1));
+    assert!(l.checked(&j, 3, 0, 1, "m").await.expect("checked"), "its checks go on under the new fence");
+}
+
+#[tokio::test]
+async fn a_reopened_job_is_marked_redriven_and_loses_its_dead_letter_mark() {
+    let l = ledger().await;
+    let j = job();
+    l.begin(&j, "a", 1).await.expect("begin");
+    assert!(l.finish(&j, 1, Status::Cancelled, "cancelled: run failed").await.expect("finish"));
+    l.dead_lettered(&j.id, 1).await.expect("dead-lettered");
+    assert!(l.job(&j.id).await.expect("job").expect("record").dead_lettered);
+    assert!(l.reopen(&j.id).await.expect("reopen"), "a cancelled job reopens");
+    let record = l.job(&j.id).await.expect("job").expect("record");
+    assert_eq!((record.status, record.redriven, record.dead_lettered), (Status::InProgress, true, false));
+    assert!(!l.reopen(&j.id).await.expect("reopen"), "an open job does not");
 }

@@ -1,44 +1,65 @@
-//! Completion checks: running one, scheduling the next, and taking over a job whose check
-//! came after its leases lapsed.
+//! Completion checks: running one, scheduling the next, and taking over a pending job whose
+//! check came after its leases lapsed.
 
+use super::take::{Taken, Waiting};
 use super::*;
+use crate::telemetry::{CheckRan, LeaseLost};
+use opsfleet_protocol::ports::{OutgoingMessage, MAX_DELAY};
+
+/// What taking over a pending job came to.
+enum TakeOver {
+    /// The job is ours under new leases.
+    Taken(Holding, Box<Running>),
+    /// Someone else has it, or it is no longer pending.
+    Gone,
+    /// The worker is shutting down: the check comes back.
+    Stopped,
+}
 
 impl Worker {
     pub(super) async fn run_check(&self, check: CheckMessage, token: &str) -> Result<Disposition, CallError> {
         let job = &check.job;
-        let now = self.clock.now_ms();
-        if check.due_ms > now + 100 {
+        if check.wait_ms > 0 {
             // Chained past SQS's 15-minute delay: wait again.
             CheckRan { job_id: &job.id, result: "early" }.emit();
-            self.send_check(check.clone(), check.due_ms - now).await?;
+            let delay = Duration::from_millis(check.wait_ms).min(MAX_DELAY);
+            let mut next = check.clone();
+            next.wait_ms = check.wait_ms - delay.as_millis() as u64;
+            self.send_check(&next, delay).await?;
             return Ok(Disposition::Delete);
         }
-        let holding = Holding {
+        let mut holding = Holding {
             lock: check.lock.clone(),
             slots: check.slots.clone(),
             locked_ms: check.locked_ms,
             started_ms: check.started_ms,
             renewed: tokio::time::Instant::now(),
         };
-        for lease in holding.all() {
-            if !self.leases.heartbeat(lease, self.lease).await? {
-                CheckRan { job_id: &job.id, result: "stale" }.emit();
-                LeaseLost { job_id: &job.id, key: &lease.key }.emit();
-                return self.resume_lapsed(job, holding.lock.fence).await;
+        let (task, action) = match self.task_and_action(job) {
+            Ok(found) => found,
+            Err(reason) => {
+                self.release(&holding).await;
+                let reason = format!("a pending job can no longer be checked: {reason}");
+                return Ok(self.dead_letter_job(job, &reason, holding.lock.fence, Status::Failed).await);
+            }
+        };
+        let Some(mut running) = self.running(&self.check_permits).await else {
+            return Ok(Disposition::Returned);
+        };
+        let sent = tokio::time::Instant::now();
+        if self.renew(&holding, &job.id, self.lease, false).await? {
+            holding.renewed = sent;
+        } else {
+            // The check came after its leases lapsed and were taken: take the job over under
+            // new leases and go on from its recorded state, never from the start.
+            CheckRan { job_id: &job.id, result: "late" }.emit();
+            drop(running);
+            match self.take_over(job, task, holding).await? {
+                TakeOver::Taken(taken, again) => (holding, running) = (taken, *again),
+                TakeOver::Gone => return self.dead_letter_if_failed(job).await,
+                TakeOver::Stopped => return Ok(Disposition::Returned),
             }
         }
-        let (Some(task), Some(action)) = (self.config.task(&job.task), self.actions.get(&job.action).cloned()) else {
-            let body = serde_json::to_string(job).unwrap_or_default();
-            self.release(&holding).await;
-            return Ok(self
-                .dead_letter(
-                    job.partition,
-                    &body,
-                    "the task or action of a pending job is gone from this worker's config",
-                    holding.lock.fence,
-                )
-                .await);
-        };
         let checks = check.checks + 1;
         if !self.ledger.checked(job, holding.lock.fence, check.checks, checks, token).await? {
             // A duplicate of a check that already ran, or a job that finished meanwhile.
@@ -47,97 +68,128 @@ impl Worker {
         }
         let started = tokio::time::Instant::now();
         let ctx = ActionContext { job, dry_run: self.dry_run, attempt: check.attempt, check: checks };
-        let step = self.guarded(action.check(ctx, &check.state), &holding, &job.id).await;
+        let step = self.guarded(action.check(ctx, &check.state), &holding, &job.id, task).await;
         let result = match &step {
-            Guarded::Step(Step::Done { .. }) => "done",
-            Guarded::Step(Step::Pending { .. }) => "pending",
-            Guarded::Step(Step::Failed { .. }) => "failed",
-            Guarded::LeaseLost => "stale",
-            Guarded::Interrupted => "interrupted",
+            settle::Guarded::Step(Step::Done { .. }) => "done",
+            settle::Guarded::Step(Step::Pending { .. }) => "pending",
+            settle::Guarded::Step(Step::Failed { .. }) => "failed",
+            settle::Guarded::LeaseLost => "lease_lost",
+            settle::Guarded::Interrupted => "interrupted",
         };
         CheckRan { job_id: &job.id, result }.emit();
-        self.settle(job, task, &action, holding, check.attempt, Some((checks, &check.state)), step, started.elapsed())
-            .await
+        let settled = self
+            .settle(job, task, &action, holding, check.attempt, Some((checks, &check.state)), step, started.elapsed())
+            .await;
+        drop(running);
+        settled
     }
 
-    /// A pending job whose leases lapsed before its check ran (the check came late, or was
-    /// handed back): when the ledger still shows it pending under the lapsed fence, the job goes
-    /// back to its partition, to start again under a new lock; otherwise someone else has it.
-    pub(super) async fn resume_lapsed(&self, job: &Job, fence: i64) -> Result<Disposition, CallError> {
+    /// Takes over a pending job whose check found its leases taken: when the ledger still
+    /// shows it pending under the lapsed fence, takes the leases anew (waiting for them like
+    /// any job) and moves the job to the new fence. `None` when someone else has the job.
+    async fn take_over(&self, job: &Job, task: &Task, lapsed: Holding) -> Result<TakeOver, CallError> {
+        let old_fence = lapsed.lock.fence;
+        // Free what the check still held, so that taking it again does not wait on itself.
+        self.release(&lapsed).await;
         let record = self.ledger.job(&job.id).await?;
-        if !record.as_ref().is_some_and(|r| r.status == Status::Pending && r.fence == fence) {
-            return self.dead_letter_if_failed(job).await;
+        if !record.as_ref().is_some_and(|r| r.status == Status::Pending && r.fence == old_fence) {
+            return Ok(TakeOver::Gone);
         }
-        let queue = &self.partitions[job.partition as usize % self.partitions.len()];
-        let body = job.to_json().map_err(|e| QueueError::Invalid {
-            queue: queue.name().to_owned(),
-            operation: "SendMessageBatch",
-            message: e.to_string(),
-        })?;
-        let message = OutgoingMessage {
-            body,
-            group_id: Some(job.resource.key()),
-            dedup_id: Some(format!("{}-resume-{fence}", job.id)),
-            ..Default::default()
-        };
-        queue.send_one(message).await?;
-        tracing::warn!(job_id = %job.id, fence, "A pending job's leases lapsed before its check; it starts again.");
-        Ok(Disposition::Delete)
+        let owner = format!("{}/{}", self.id, job.id);
+        let mut waiting = Waiting::new();
+        loop {
+            let Some(running) = self.running(&self.check_permits).await else {
+                return Ok(TakeOver::Stopped);
+            };
+            match self.take(job, task, &owner, waiting.watch(), false).await? {
+                Taken::All(holding) | Taken::Cancelled(holding, _) => {
+                    if self.ledger.adopt(job, old_fence, holding.lock.fence, &owner).await? {
+                        tracing::warn!(job_id = %job.id, old_fence, fence = holding.lock.fence, "A pending job's check came after its leases lapsed; it goes on under new ones from its recorded state.");
+                        return Ok(TakeOver::Taken(holding, Box::new(running)));
+                    }
+                    self.release(&holding).await;
+                    return Ok(TakeOver::Gone);
+                }
+                Taken::Busy { wanted, reason, .. } => {
+                    drop(running);
+                    if !waiting.wait(self, &wanted, reason).await? {
+                        return Ok(TakeOver::Stopped);
+                    }
+                }
+            }
+        }
     }
 
     /// A check that stops: when its job failed for good, make sure the job is in its DLQ (the
     /// dead-lettering may not have gone through before); otherwise nothing is left to do.
     pub(super) async fn dead_letter_if_failed(&self, job: &Job) -> Result<Disposition, CallError> {
         match self.ledger.job(&job.id).await? {
-            Some(record) if record.status == Status::Failed => Ok(self.dead_letter_failed(job, record).await),
+            Some(record) if matches!(record.status, Status::Failed | Status::Cancelled) => {
+                Ok(self.dead_letter_finished(job, &record).await)
+            }
             _ => Ok(Disposition::Delete),
         }
     }
 
-    /// Keeps the leases for the wait and sends the check that continues the job; when the
-    /// check cannot be sent, the leases are released and the message comes back.
+    /// Keeps the leases for the wait (until the check is due plus [`PENDING_SLACK`]), sends the
+    /// check that continues the job and, for a step that came to `Pending`, records the job
+    /// pending with its state. The check goes out before the ledger says pending, so a pending
+    /// job always has a check on its way. When the check cannot be sent, a job's first step
+    /// releases its leases and its message comes back; a check keeps them and comes back.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn schedule_check(
         &self,
         job: &Job,
-        holding: &Holding,
+        holding: Holding,
         attempt: u32,
         checks: u32,
         state: serde_json::Value,
         after: Duration,
+        mark_pending: bool,
     ) -> Result<Disposition, CallError> {
-        for lease in holding.all() {
-            if !self.leases.heartbeat(lease, after + self.lease).await? {
-                LeaseLost { job_id: &job.id, key: &lease.key }.emit();
-                return Ok(Disposition::Retry(Duration::ZERO));
+        let from_start = checks == 0;
+        if !self.renew(&holding, &job.id, after + self.lease + PENDING_SLACK, true).await? {
+            LeaseLost { job_id: &job.id, key: &holding.lock.name() }.emit();
+            if from_start {
+                self.release(&holding).await;
             }
+            return Ok(Disposition::Retry(Duration::ZERO));
         }
+        let first = after.min(MAX_DELAY);
         let check = CheckMessage {
             v: CHECK_VERSION,
             job: job.clone(),
             lock: holding.lock.clone(),
             slots: holding.slots.clone(),
-            state,
-            due_ms: self.clock.now_ms() + after.as_millis() as u64,
+            state: state.clone(),
+            wait_ms: (after - first).as_millis() as u64,
+            due_ms: None,
             checks,
             attempt,
             locked_ms: holding.locked_ms,
             started_ms: holding.started_ms,
         };
-        if let Err(e) = self.send_check(check, after.as_millis() as u64).await {
-            self.release(holding).await;
+        if let Err(e) = self.send_check(&check, first).await {
+            if from_start {
+                self.release(&holding).await;
+            }
             return Err(e);
+        }
+        if mark_pending && !self.ledger.pending(job, holding.lock.fence, &state, checks).await? {
+            // A newer holder has the job; the check just sent will find that and stop.
+            self.release(&holding).await;
         }
         Ok(Disposition::Delete)
     }
 
-    pub(super) async fn send_check(&self, check: CheckMessage, delay_ms: u64) -> Result<(), CallError> {
-        let body = serde_json::to_string(&check).map_err(|e| QueueError::Invalid {
+    pub(super) async fn send_check(&self, check: &CheckMessage, delay: Duration) -> Result<(), CallError> {
+        let body = serde_json::to_string(check).map_err(|e| QueueError::Invalid {
             queue: self.checks.name().to_owned(),
             operation: "SendMessageBatch",
             message: e.to_string(),
         })?;
         // SQS delays are whole seconds: round up, so a check never arrives before it is due.
-        let delay = Duration::from_secs(delay_ms.div_ceil(1000)).min(MAX_DELAY);
+        let delay = Duration::from_secs(delay.as_millis().div_ceil(1000) as u64).min(MAX_DELAY);
         let message = OutgoingMessage { body, delay: Some(delay), ..Default::default() };
         Ok(self.checks.send_one(message).await?)
     }

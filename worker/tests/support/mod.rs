@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod faulty;
+
 use opsfleet_backend::{setup::setup, EmbeddedBackend};
 use opsfleet_protocol::job::JobOrigin;
 use opsfleet_protocol::names;
@@ -86,6 +88,18 @@ impl Fleet {
         &self,
         max_in_flight: Option<u32>,
     ) -> (CancellationToken, tokio::task::JoinHandle<ConsumeSummary>) {
+        let backend: Arc<dyn Backend> = self.backend.clone();
+        self.start_on(backend, max_in_flight, "test").await
+    }
+
+    /// Starts a worker with its own id on a backend (the fleet's, or a layer around it) whose
+    /// audit clock advances with tokio's; returns its shutdown token and handle.
+    pub async fn start_on(
+        &self,
+        backend: Arc<dyn Backend>,
+        max_in_flight: Option<u32>,
+        id: &str,
+    ) -> (CancellationToken, tokio::task::JoinHandle<ConsumeSummary>) {
         let mut config = self.config.as_ref().clone();
         if let Some(n) = max_in_flight {
             config.worker.max_in_flight = n.try_into().expect("non-zero");
@@ -93,16 +107,17 @@ impl Fleet {
         let config = Arc::new(config);
         let hard_stop = CancellationToken::new();
         let worker = Worker::open(
-            self.backend.as_ref(),
+            backend.as_ref(),
             Arc::clone(&config),
             ActionRegistry::builtin(),
-            "test".into(),
+            id.into(),
             false,
             hard_stop.clone(),
         )
         .await
-        .expect("worker");
-        let consumer = Consumer::open(self.backend.as_ref(), Arc::new(worker), &config)
+        .expect("worker")
+        .with_clock(Clock::starting_at(Clock::new().now_ms()));
+        let consumer = Consumer::open(backend.as_ref(), Arc::new(worker), &config)
             .await
             .expect("consumer")
             .with_long_poll(Duration::from_millis(20));

@@ -1,0 +1,173 @@
+//! A job message: its ledger check, its leases (waiting for them as long as it takes), and its
+//! action's first step.
+
+use super::take::{Taken, Waiting};
+use super::*;
+use crate::ledger::Begin;
+use crate::telemetry::{JobAlreadyFinished, JobFinished, JobStarted};
+
+impl Worker {
+    pub(super) async fn run_job(&self, job: &Job, message: &ReceivedMessage) -> Result<Disposition, CallError> {
+        let (task, action) = match self.task_and_action(job) {
+            Ok(found) => found,
+            Err(reason) => return Ok(self.dead_letter_message(job.partition, message, &reason).await),
+        };
+        let record = self.ledger.job(&job.id).await?;
+        if let Some(record) = &record {
+            if record.status == Status::Failed || record.status == Status::Cancelled {
+                return Ok(self.dead_letter_finished(job, record).await);
+            }
+            if record.status.is_final() {
+                JobAlreadyFinished { job_id: &job.id, status: record.status.as_str() }.emit();
+                return Ok(Disposition::Delete);
+            }
+            if record.status == Status::Pending {
+                // A second delivery of a job waiting for its completion check: the check
+                // carries the job on, so this message is done with.
+                JobAlreadyFinished { job_id: &job.id, status: record.status.as_str() }.emit();
+                return Ok(Disposition::Delete);
+            }
+        }
+        let redriven = record.as_ref().is_some_and(|r| r.redriven);
+        let owner = format!("{}/{}", self.id, job.id);
+        let mut waiting = Waiting::new();
+        loop {
+            let Some(running) = self.running(&self.run_permits).await else {
+                return Ok(Disposition::Returned);
+            };
+            match self.take(job, task, &owner, waiting.watch(), !redriven).await? {
+                Taken::All(holding) => {
+                    drop(waiting);
+                    return self.run_locked(job, task, &action, &owner, holding, running).await;
+                }
+                Taken::Cancelled(holding, reason) => {
+                    drop(waiting);
+                    return self.cancel(job, &action, &owner, holding, &reason).await;
+                }
+                Taken::Busy { wanted, reason, holder } => {
+                    drop(running);
+                    if holder.is_some_and(|h| h.pending && h.job.as_deref() == Some(job.id.as_str()))
+                        && self.ledger.job(&job.id).await?.is_some_and(|r| r.status == Status::Pending)
+                    {
+                        // Its own pending run holds the lock: the check carries it on.
+                        JobAlreadyFinished { job_id: &job.id, status: Status::Pending.as_str() }.emit();
+                        return Ok(Disposition::Delete);
+                    }
+                    if !waiting.wait(self, &wanted, reason).await? {
+                        return Ok(Disposition::Returned);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The part of a job run that holds its leases: begin the attempt, start the action.
+    async fn run_locked(
+        &self,
+        job: &Job,
+        task: &Task,
+        action: &Arc<dyn Action>,
+        owner: &str,
+        mut holding: Holding,
+        _running: Running,
+    ) -> Result<Disposition, CallError> {
+        let attempt = match self.ledger.begin(job, owner, holding.lock.fence).await {
+            Ok(Begin::Started(n)) => n,
+            Ok(Begin::Finished(status)) => {
+                JobAlreadyFinished { job_id: &job.id, status: status.as_str() }.emit();
+                self.release(&holding).await;
+                return Ok(Disposition::Delete);
+            }
+            Ok(Begin::Pending) => {
+                JobAlreadyFinished { job_id: &job.id, status: Status::Pending.as_str() }.emit();
+                self.release(&holding).await;
+                return Ok(Disposition::Delete);
+            }
+            Ok(Begin::Stale) => {
+                self.release(&holding).await;
+                return Ok(Disposition::Retry(jitter(Duration::from_secs(2))));
+            }
+            Err(e) => {
+                self.release(&holding).await;
+                return Err(e.into());
+            }
+        };
+        // Never start an action on a lease that may have lapsed: renew what is older than a
+        // third of a lease (a slow set-up) before starting.
+        if holding.renewed.elapsed() > self.lease / 3 {
+            match self.renew(&holding, &job.id, self.lease, false).await {
+                Ok(true) => holding.renewed = tokio::time::Instant::now(),
+                Ok(false) => {
+                    self.release(&holding).await;
+                    return Ok(Disposition::Retry(Duration::ZERO));
+                }
+                Err(e) => {
+                    self.release(&holding).await;
+                    return Err(e.into());
+                }
+            }
+        }
+        holding.started_ms = self.clock.now_ms();
+        JobStarted {
+            job_id: &job.id,
+            since_event: Duration::from_millis(self.clock.now_ms().saturating_sub(job.received_ms)),
+        }
+        .emit();
+        let started = tokio::time::Instant::now();
+        let ctx = ActionContext { job, dry_run: self.dry_run, attempt, check: 0 };
+        let step = if self.dry_run && action.mutates() {
+            settle::Guarded::Step(Step::Done { summary: format!("dry run: {}", action.describe(ctx)) })
+        } else {
+            self.guarded(action.start(ctx), &holding, &job.id, task).await
+        };
+        self.settle(job, task, action, holding, attempt, None, step, started.elapsed()).await
+    }
+
+    /// Cancels a job of a cancelled run (as the holder of its lock) and dead-letters it with
+    /// the reason, so that `opsfleet dlq redrive` can run it later.
+    async fn cancel(
+        &self,
+        job: &Job,
+        action: &Arc<dyn Action>,
+        owner: &str,
+        holding: Holding,
+        reason: &str,
+    ) -> Result<Disposition, CallError> {
+        let reason = format!("cancelled: {reason}");
+        let fence = holding.lock.fence;
+        let cancelled = self.ledger.cancel(job, owner, fence, &reason).await;
+        if matches!(cancelled, Ok(true)) {
+            self.record_attempt(job, &holding, 0, "CANCELLED", Some(&reason)).await;
+        }
+        self.release(&holding).await;
+        if !cancelled? {
+            return Ok(Disposition::Retry(jitter(Duration::from_secs(2))));
+        }
+        JobFinished {
+            job_id: &job.id,
+            action: action.name(),
+            outcome: "cancelled",
+            took: Duration::ZERO,
+            detail: &reason,
+        }
+        .emit();
+        Ok(self.dead_letter_job(job, &reason, fence, Status::Cancelled).await)
+    }
+
+    /// Heartbeats every lease held; false when one was taken over.
+    pub(super) async fn renew(
+        &self,
+        holding: &Holding,
+        job_id: &str,
+        lease: Duration,
+        pending: bool,
+    ) -> Result<bool, StoreError> {
+        for held in holding.all() {
+            if !self.leases.heartbeat(held, lease, pending).await? {
+                crate::telemetry::LeaseLost { job_id, key: &held.name() }.emit();
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
