@@ -161,6 +161,9 @@ impl Planner {
         let allowed = &self.config.fleet.allowed_accounts;
         let mut jobs = Vec::with_capacity(resources.len());
         for resource in resources {
+            resource
+                .check()
+                .map_err(|e| PlanError::Targets { task: task.name.clone(), error: TargetError::Invalid(e) })?;
             if !allowed.is_empty() && !allowed.contains(&resource.account) {
                 return Err(PlanError::ResourceAccountNotAllowed {
                     task: task.name.clone(),

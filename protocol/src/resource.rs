@@ -79,11 +79,54 @@ pub struct Resource {
     pub id: String,
 }
 
+/// The longest resource id accepted (real EC2 ids are a prefix and 8 or 17 hex digits).
+pub const MAX_ID_LEN: usize = 64;
+
 impl Resource {
     /// The stable key of the resource: `account/region/type/id`. It names the FIFO message
     /// group, the default lock and the partition.
     pub fn key(&self) -> String {
         format!("{}/{}/{}/{}", self.account, self.region, self.kind, self.id)
+    }
+
+    /// Checks that the resource can be acted on and its key used as a FIFO group id (at most
+    /// 128 of SQS's characters) and a lock: a 12-digit account, a region's shape, and an id
+    /// of its type's prefix followed by letters and digits. The error is a one-line reason.
+    pub fn check(&self) -> Result<(), String> {
+        let shown: String = self.id.chars().take(MAX_ID_LEN).collect();
+        if !is_account_id(&self.account) {
+            return Err(format!("resource {shown}: account `{}` is not a 12-digit account id", clip(&self.account)));
+        }
+        if !looks_like_region(&self.region) {
+            return Err(format!("resource {shown}: `{}` is not a region", clip(&self.region)));
+        }
+        let prefix = match self.kind {
+            ResourceType::Instance => "i-",
+            ResourceType::Volume => "vol-",
+            ResourceType::Snapshot => "snap-",
+            ResourceType::Image => "ami-",
+        };
+        let rest = self.id.strip_prefix(prefix).unwrap_or_default();
+        if self.id.len() > MAX_ID_LEN || rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Err(format!(
+                "resource id `{}` is not a {} id (`{prefix}` and up to {} letters and digits)",
+                clip(&self.id),
+                self.kind,
+                MAX_ID_LEN - prefix.len()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// At most 64 characters of a text from outside, with control characters shown escaped.
+fn clip(text: &str) -> String {
+    let clipped: String = text.chars().take(64).collect();
+    let clipped = clipped.escape_debug().to_string();
+    if text.chars().count() > 64 {
+        format!("{clipped}…")
+    } else {
+        clipped
     }
 }
 
@@ -186,6 +229,33 @@ mod tests {
         assert!(Arn::parse("arn:aws:events:us-east-1:123456789012:rule/nightly").unwrap().ec2_resource().is_none());
         assert!(Arn::parse("arn:aws:ec2:us-east-1:123456789012:security-group/sg-1").unwrap().ec2_resource().is_none());
         assert!(Arn::parse("not-an-arn").is_none());
+    }
+
+    #[test]
+    fn resources_that_cannot_name_a_group_or_a_lock_are_refused() {
+        let good = Resource {
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+            kind: ResourceType::Instance,
+            id: "i-0123456789abcdef0".into(),
+        };
+        assert_eq!(good.check(), Ok(()));
+        for (id, why) in [
+            ("i-01 23", "a space"),
+            ("i-", "no digits"),
+            ("vol-0123", "another type's prefix"),
+            ("i-0123\n", "a control character"),
+            (&*format!("i-{}", "a".repeat(200)), "too long"),
+            ("i-012é", "not ASCII"),
+        ] {
+            let bad = Resource { id: id.to_owned(), ..good.clone() };
+            let err = bad.check().expect_err(why);
+            assert!(err.contains("is not a ec2:instance id") && err.len() < 200, "{why}: {err}");
+        }
+        let bad = Resource { region: "us east".into(), ..good.clone() };
+        assert!(bad.check().is_err());
+        let bad = Resource { account: "12345".into(), ..good };
+        assert!(bad.check().is_err());
     }
 
     #[test]

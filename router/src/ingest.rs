@@ -3,10 +3,10 @@
 use crate::discovery::{Discover, DiscoveryError};
 use crate::send::{job_message, send_all, SendError};
 use crate::telemetry::{
-    EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted, PollFailed,
+    EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted, PollFailed, TaskFoundNothing,
 };
 use futures::future::join_all;
-use opsfleet_protocol::event::normalize;
+use opsfleet_protocol::event::{normalize, TargetError};
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage, Queue, QueueError, ReceivedMessage};
 use opsfleet_protocol::{Job, PlanError, Planner};
@@ -209,6 +209,12 @@ impl Router {
             EventUnmatched { event_id: &event.id }.emit();
             return Outcome::Unmatched { event_id: event.id };
         }
+        // A task that matched and found nothing to act on is reported, not silently done.
+        for task in &plan.matched {
+            if !jobs.iter().any(|j| &j.task == task) {
+                TaskFoundNothing { event_id: &event.id, task }.emit();
+            }
+        }
         match self.send(&jobs).await {
             Ok(()) => {}
             Err(SendError::TooLarge(e)) => return self.reject(message, "job_too_large", e.to_string()).await,
@@ -279,6 +285,7 @@ fn plan_error_kind(error: &PlanError) -> &'static str {
     match error {
         PlanError::AccountNotAllowed { .. } | PlanError::ResourceAccountNotAllowed { .. } => "account_not_allowed",
         PlanError::NoAccount => "no_account",
+        PlanError::Targets { error: TargetError::Invalid(_), .. } => "invalid_resource",
         PlanError::Targets { .. } => "targets",
         PlanError::TooManyJobs { .. } => "too_many_jobs",
         PlanError::Job(_) => "job_too_large",

@@ -48,6 +48,20 @@ impl EventUnmatched<'_> {
     }
 }
 
+/// A task matched an event and found no resource to act on (an event that names none, or a
+/// discovery that found none).
+pub(crate) struct TaskFoundNothing<'a> {
+    pub event_id: &'a str,
+    pub task: &'a str,
+}
+
+impl TaskFoundNothing<'_> {
+    pub fn emit(self) {
+        tracing::warn!(event_id = %self.event_id, task = %self.task, "A task matched the event and found no resource to act on.");
+        counter!("opsfleet_tasks_found_nothing_total", "task" => self.task.to_owned()).increment(1);
+    }
+}
+
 /// Jobs of one task were emitted.
 pub(crate) struct JobsEmitted<'a> {
     pub task: &'a str,

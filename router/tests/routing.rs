@@ -374,3 +374,50 @@ async fn a_rejected_event_with_many_attributes_still_reaches_the_dlq() {
     assert_eq!(attributes.len(), 10, "ours and eight of the original ten: {attributes:?}");
     assert!(attributes[names::REASON_ATTRIBUTE].starts_with("body is not JSON"));
 }
+
+#[tokio::test]
+async fn an_event_naming_an_invalid_id_is_dead_lettered_at_once_and_sends_nothing() {
+    let backend = EmbeddedBackend::new();
+    let (planner, events) = fleet(&backend).await;
+    let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await.expect("router");
+    let long = format!("i-{}", "f".repeat(200));
+    for ids in [vec!["i-1", "i-01 23"], vec![long.as_str()], vec!["i-2", "vol-0123"]] {
+        send(events.as_ref(), alarm(&ids)).await;
+        let outcomes = router.poll_once(Duration::ZERO).await.expect("poll");
+        assert!(
+            matches!(&outcomes[..], [Outcome::DeadLettered { kind: "invalid_resource", .. }]),
+            "{ids:?}: {outcomes:?}"
+        );
+    }
+    let dlq = backend.embedded_queue("t-events-dlq").expect("dlq");
+    let reasons: Vec<String> = dlq.peek_attributes().iter().map(|a| a[names::REASON_ATTRIBUTE].clone()).collect();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(reasons[0].contains("`i-01 23` is not a ec2:instance id"), "{reasons:?}");
+    assert!(reasons[1].len() < 300 && reasons[1].contains('…'), "a long id is shown clipped: {reasons:?}");
+    assert!(reasons[2].contains("`vol-0123` is not a ec2:instance id"), "{reasons:?}");
+    let sent: usize =
+        (0..4).map(|p| backend.embedded_queue(&names::jobs_queue("t", p)).map_or(0, |q| q.peek_bodies().len())).sum();
+    assert_eq!(sent, 0, "no job of an event with an invalid id is sent, not even its valid ones");
+    assert_eq!(events.depth().await.expect("depth"), QueueDepth::default(), "nothing is left to be received again");
+}
+
+#[test]
+fn a_task_that_matches_and_finds_nothing_is_counted_and_reported() {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let outcomes = metrics::with_local_recorder(&recorder, || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async {
+            let backend = EmbeddedBackend::new();
+            let (planner, events) = fleet(&backend).await;
+            let router = Router::open(&backend, planner, Arc::new(NoDiscovery)).await.expect("router");
+            // A composite alarm names no instance.
+            send(events.as_ref(), alarm(&[])).await;
+            router.poll_once(Duration::ZERO).await.expect("poll")
+        })
+    });
+    assert!(matches!(&outcomes[..], [Outcome::Routed { jobs, .. }] if jobs.is_empty()), "{outcomes:?}");
+    let line = "opsfleet_tasks_found_nothing_total{task=\"alarm\"} 1";
+    let text = handle.render();
+    assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+}

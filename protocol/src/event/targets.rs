@@ -19,6 +19,9 @@ pub enum TargetError {
         /// The resource id.
         id: String,
     },
+    /// A resource's id, account or region cannot be acted on (see [`Resource::check`]).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The resources an event names: the instance of an EC2 state-change event; the snapshot of an
@@ -66,12 +69,13 @@ pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
         let account = account
             .or_else(|| event.account.clone())
             .filter(|a| is_account_id(a))
-            .ok_or_else(|| TargetError::NoAccount { id: id.clone() })?;
+            .ok_or_else(|| TargetError::NoAccount { id: id.chars().take(64).collect() })?;
         let region = region
             .or_else(|| event.region.clone())
             .filter(|r| !r.is_empty())
-            .ok_or_else(|| TargetError::NoRegion { id: id.clone() })?;
+            .ok_or_else(|| TargetError::NoRegion { id: id.chars().take(64).collect() })?;
         let resource = Resource { account, region, kind, id };
+        resource.check().map_err(TargetError::Invalid)?;
         if !out.contains(&resource) {
             out.push(resource);
         }
