@@ -201,6 +201,12 @@ pub async fn store_semantics(backend: &dyn Backend, prefix: &str) {
         other => panic!("a refused write returns the item: {other:?}"),
     }
     assert_eq!(store.peek(&key).await.expect("peek").and_then(|i| i.int("fence")), Some(2));
+    // "Missing or different": holds on a missing attribute and on another value only.
+    let token = |t: &str| Update::default().set("token", t);
+    store.update(&key, token("a"), Cond::missing_or_not("token", "a")).await.expect("missing");
+    store.update(&key, token("b"), Cond::missing_or_not("token", "b")).await.expect("different");
+    let same = store.update(&key, token("b"), Cond::missing_or_not("token", "b")).await;
+    assert!(matches!(same, Err(StoreError::ConditionFailed { .. })), "{same:?}");
     let updated = store
         .update(
             &key,

@@ -178,7 +178,9 @@ impl Leases {
 
     /// Takes the lease of an item when it is free, or when `watch` has seen its holder's record
     /// unchanged for a whole lease. Never takes a lease from a live holder, the caller's own
-    /// earlier acquisitions included: a job delivered twice waits for its first run.
+    /// earlier acquisitions included: a job delivered twice waits for its first run. `owner`
+    /// must be unique per acquisition, so that a write the SDK retried after its first try
+    /// went through is recognised as this acquisition's own.
     async fn take(
         &self,
         key: Key,
@@ -221,6 +223,18 @@ impl Leases {
                     let Some(holder) = current.as_ref().and_then(holder) else {
                         continue; // Freed meanwhile: try again at once.
                     };
+                    if holder.owner == owner {
+                        // This very acquisition: the SDK retried a write whose first try went
+                        // through (owners are unique per acquisition).
+                        watch.seen.remove(&key);
+                        let fence = current.as_ref().and_then(|i| i.int("fence")).unwrap_or(0);
+                        return Ok(Acquire::Acquired(Lease {
+                            key: key.pk.clone(),
+                            sk: key.sk.clone(),
+                            owner: owner.to_owned(),
+                            fence,
+                        }));
+                    }
                     if !watch.lapsed(&key, &holder) {
                         return Ok(Acquire::Held(holder));
                     }

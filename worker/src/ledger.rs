@@ -183,9 +183,11 @@ impl Ledger {
             .set("started_ms", self.now())
             .set("expires_at", self.expires_at())
             .add("attempts", 1);
+        // Fences are unique per acquisition, so "older than mine" also refuses a retry of this
+        // very write, which is then recognised by its fence and owner.
         let cond = Cond::Or(vec![
             Cond::Lacks("status".into()),
-            Cond::And(vec![Cond::eq("status", Status::InProgress.as_str()), Cond::Le("fence".into(), fence.into())]),
+            Cond::And(vec![Cond::eq("status", Status::InProgress.as_str()), Cond::lt("fence", fence)]),
         ]);
         match self.store.update(&job_key(&job.id), update, cond).await {
             Ok(item) => Ok(Begin::Started(item.int("attempts").unwrap_or(1) as u32)),
@@ -195,6 +197,13 @@ impl Ledger {
                     None => self.job(&job.id).await?,
                 };
                 Ok(match current {
+                    Some(r)
+                        if r.status == Status::InProgress
+                            && r.fence == fence
+                            && r.attrs.get("owner") == Some(&owner.into()) =>
+                    {
+                        Begin::Started(r.attempts)
+                    }
                     Some(r) if r.status.is_final() => Begin::Finished(r.status),
                     Some(r) if r.status == Status::Pending => Begin::Pending,
                     _ => Begin::Stale,
@@ -212,6 +221,10 @@ impl Ledger {
         let cond = Cond::And(vec![Cond::eq("status", Status::Pending.as_str()), Cond::eq("fence", old_fence)]);
         match self.store.update(&job_key(&job.id), update, cond).await {
             Ok(_) => Ok(true),
+            // A retried write whose first try went through.
+            Err(StoreError::ConditionFailed { current: Some(item), .. }) => {
+                Ok(item.int("fence") == Some(new_fence) && item.str("owner") == Some(owner))
+            }
             Err(StoreError::ConditionFailed { .. }) => Ok(false),
             Err(e) => Err(e),
         }
@@ -230,11 +243,25 @@ impl Ledger {
 
     /// Counts a real failure; returns the failures so far, or `None` when the fence is no
     /// longer current.
-    pub async fn failure(&self, job: &Job, fence: i64, error: &str) -> Result<Option<u32>, StoreError> {
+    ///
+    /// `step` names the step that failed (`start/<attempt>`, `check/<n>`): a failure is
+    /// counted once per step, so a write the SDK retried after its first try went through
+    /// does not count twice.
+    pub async fn failure(&self, job: &Job, fence: i64, error: &str, step: &str) -> Result<Option<u32>, StoreError> {
         // The status stays: IN_PROGRESS for a start, PENDING for a check.
-        let update = Update::default().set("error", error).set("expires_at", self.expires_at()).add("failures", 1);
-        match self.store.update(&job_key(&job.id), update, fenced(fence)).await {
+        let update = Update::default()
+            .set("error", error)
+            .set("failed_step", step)
+            .set("expires_at", self.expires_at())
+            .add("failures", 1);
+        let cond = Cond::And(vec![fenced(fence), Cond::missing_or_not("failed_step", step)]);
+        match self.store.update(&job_key(&job.id), update, cond).await {
             Ok(item) => Ok(Some(item.int("failures").unwrap_or(1) as u32)),
+            Err(StoreError::ConditionFailed { current: Some(item), .. })
+                if item.int("fence") == Some(fence) && item.str("failed_step") == Some(step) =>
+            {
+                Ok(Some(item.int("failures").unwrap_or(1) as u32))
+            }
             Err(StoreError::ConditionFailed { .. }) => Ok(None),
             Err(e) => Err(e),
         }
@@ -268,7 +295,15 @@ impl Ledger {
             .set("finished_ms", self.now())
             .set("expires_at", self.expires_at())
             .remove("state");
-        self.fenced(job, fence, update).await
+        match self.store.update(&job_key(&job.id), update, fenced(fence)).await {
+            Ok(_) => Ok(true),
+            // A retried write whose first try went through.
+            Err(StoreError::ConditionFailed { current: Some(item), .. }) => {
+                Ok(item.int("fence") == Some(fence) && item.str("status") == Some(status.as_str()))
+            }
+            Err(StoreError::ConditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Records that check number `next` runs, only when the previous one was `previous`, or

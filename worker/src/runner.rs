@@ -117,6 +117,8 @@ pub struct Worker {
     /// checks of pending ones.
     check_permits: Arc<Semaphore>,
     in_flight: Arc<AtomicUsize>,
+    /// Numbers this worker's acquisitions, so that each has an owner of its own.
+    acquisitions: std::sync::atomic::AtomicU64,
     /// Cancelled at shutdown: jobs waiting for a lock or a slot hand their messages back.
     stop_waiting: CancellationToken,
     hard_stop: CancellationToken,
@@ -149,6 +151,7 @@ impl Worker {
             run_permits: Arc::new(Semaphore::new(in_flight)),
             check_permits: Arc::new(Semaphore::new(in_flight)),
             in_flight: Arc::default(),
+            acquisitions: Default::default(),
             stop_waiting: CancellationToken::new(),
             config,
             actions,
@@ -223,6 +226,11 @@ impl Worker {
         };
         jobs_in_flight(self.in_flight.fetch_add(1, Ordering::SeqCst) + 1);
         Some(Running { _permit: permit, count: Arc::clone(&self.in_flight) })
+    }
+
+    /// A lease owner unique to one acquisition: `worker/job/n`.
+    fn owner(&self, job: &Job) -> String {
+        format!("{}/{}/{}", self.id, job.id, self.acquisitions.fetch_add(1, Ordering::Relaxed))
     }
 
     async fn release(&self, holding: &Holding) {

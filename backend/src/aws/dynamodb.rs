@@ -144,6 +144,9 @@ impl Expr {
             Cond::Has(name) => format!("attribute_exists({})", self.name(name)),
             Cond::Lacks(name) => format!("attribute_not_exists({})", self.name(name)),
             Cond::Eq(name, v) => format!("{} = {}", self.name(name), self.value(to_av(v))),
+            // Always paired with `Lacks` (see `Cond::missing_or_not`), so a missing attribute
+            // reads the same here and in the embedded store.
+            Cond::Ne(name, v) => format!("{} <> {}", self.name(name), self.value(to_av(v))),
             Cond::Lt(name, v) => format!("{} < {}", self.name(name), self.value(to_av(v))),
             Cond::Le(name, v) => format!("{} <= {}", self.name(name), self.value(to_av(v))),
             Cond::And(all) => self.join(all, " AND ", "attribute_exists(pk) OR attribute_not_exists(pk)")?,

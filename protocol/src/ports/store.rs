@@ -112,6 +112,10 @@ pub enum Cond {
     Lacks(String),
     /// The attribute equals the value.
     Eq(String, AttrValue),
+    /// The attribute exists and differs from the value. Use it only next to [`Cond::Lacks`]
+    /// of the same attribute ([`Cond::missing_or_not`]): DynamoDB's `<>` on a missing
+    /// attribute is not this.
+    Ne(String, AttrValue),
     /// The attribute is less than the value.
     Lt(String, AttrValue),
     /// The attribute is less than or equal to the value.
@@ -126,6 +130,11 @@ impl Cond {
     /// `name = value`.
     pub fn eq(name: &str, value: impl Into<AttrValue>) -> Self {
         Cond::Eq(name.to_owned(), value.into())
+    }
+
+    /// The attribute is missing or differs from the value.
+    pub fn missing_or_not(name: &str, value: impl Into<AttrValue>) -> Self {
+        Cond::Or(vec![Cond::Lacks(name.to_owned()), Cond::Ne(name.to_owned(), value.into())])
     }
 
     /// `name < value`.
@@ -145,6 +154,7 @@ impl Cond {
             Cond::Has(name) => attr(name).is_some(),
             Cond::Lacks(name) => attr(name).is_none(),
             Cond::Eq(name, v) => attr(name) == Some(v),
+            Cond::Ne(name, v) => attr(name).is_some_and(|a| a != v),
             Cond::Lt(name, v) => attr(name).is_some_and(|a| same_type(a, v) && a < v),
             Cond::Le(name, v) => attr(name).is_some_and(|a| same_type(a, v) && a <= v),
             Cond::And(all) => all.iter().all(|c| c.holds(item)),

@@ -71,10 +71,10 @@ async fn heartbeats_keep_a_lease_however_long_and_release_keeps_the_fence() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_same_owner_cannot_take_its_own_lease_again() {
+async fn a_second_acquisition_for_the_same_job_waits_for_the_first() {
     let (a, _) = leases().await;
-    let Acquire::Acquired(first) = acquire(&a, "w1/job", &mut Watch::default()).await else { panic!() };
-    match acquire(&a, "w1/job", &mut Watch::default()).await {
+    let Acquire::Acquired(first) = acquire(&a, "w1/job/1", &mut Watch::default()).await else { panic!() };
+    match acquire(&a, "w1/job/2", &mut Watch::default()).await {
         Acquire::Held(holder) => assert_eq!(holder.job.as_deref(), Some("job")),
         other => panic!("a second delivery took the lease of the first: {other:?}"),
     }
@@ -132,4 +132,15 @@ async fn a_release_wakes_this_processs_waiters() {
     notified.as_mut().enable();
     assert!(a.release(&held).await.expect("release"));
     tokio::time::timeout(Duration::from_millis(1), notified).await.expect("woken by the release");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_acquisition_the_sdk_retried_after_its_first_try_went_through_is_its_own() {
+    let (a, _) = leases().await;
+    let Acquire::Acquired(first) = acquire(&a, "w1/job/1", &mut Watch::default()).await else { panic!() };
+    // The same write again, with the same owner: it finds its own acquisition.
+    let Acquire::Acquired(again) = acquire(&a, "w1/job/1", &mut Watch::default()).await else {
+        panic!("a retried acquisition waited for itself")
+    };
+    assert_eq!(again, first);
 }

@@ -56,10 +56,14 @@ async fn a_failed_check_keeps_the_job_pending() {
     let j = job();
     l.begin(&j, "a", 1).await.expect("begin");
     l.pending(&j, 1, &json!({}), 0).await.expect("pending");
-    assert_eq!(l.failure(&j, 1, "throttled").await.expect("failure"), Some(1));
+    assert_eq!(l.failure(&j, 1, "throttled", "check/1").await.expect("failure"), Some(1));
     let record = l.job(&j.id).await.expect("job").expect("record");
     assert_eq!((record.status, record.failures), (Status::Pending, 1));
-    assert_eq!(l.failure(&j, 7, "stale").await.expect("failure"), None, "another fence cannot count failures");
+    assert_eq!(
+        l.failure(&j, 7, "stale", "check/2").await.expect("failure"),
+        None,
+        "another fence cannot count failures"
+    );
 }
 
 fn job_for(resource: &str) -> Job {
@@ -77,7 +81,7 @@ async fn a_runs_counts_are_derived_from_its_jobs_so_retries_and_crashes_cannot_s
     l.begin(&a, "w", 1).await.expect("begin");
     assert!(l.finish(&a, 1, Status::Succeeded, "ok").await.expect("finish"));
     // The same write again (an SDK retry whose first response was lost) counts nothing more.
-    assert!(!l.finish(&a, 1, Status::Succeeded, "ok").await.expect("finish again"));
+    assert!(l.finish(&a, 1, Status::Succeeded, "ok").await.expect("finish again"));
     l.begin(&b, "w", 1).await.expect("begin");
     assert!(l.finish(&b, 1, Status::Failed, "boom").await.expect("finish"));
     // A worker crashed after writing c's entry in its run and before finishing c: c runs again
@@ -130,4 +134,22 @@ async fn a_reopened_job_is_marked_redriven_and_loses_its_dead_letter_mark() {
     let record = l.job(&j.id).await.expect("job").expect("record");
     assert_eq!((record.status, record.redriven, record.dead_lettered), (Status::InProgress, true, false));
     assert!(!l.reopen(&j.id).await.expect("reopen"), "an open job does not");
+}
+
+#[tokio::test]
+async fn writes_the_sdk_retried_after_their_first_try_went_through_count_once() {
+    let l = ledger().await;
+    let j = job();
+    assert_eq!(l.begin(&j, "w/j/1", 1).await.expect("begin"), Begin::Started(1));
+    assert_eq!(l.begin(&j, "w/j/1", 1).await.expect("retried begin"), Begin::Started(1), "the same attempt");
+    assert_eq!(l.begin(&j, "w/j/2", 1).await.expect("begin"), Begin::Stale, "another owner of that fence is not");
+    assert_eq!(l.failure(&j, 1, "throttled", "start/1").await.expect("failure"), Some(1));
+    assert_eq!(l.failure(&j, 1, "throttled", "start/1").await.expect("retried failure"), Some(1));
+    assert_eq!(l.begin(&j, "w/j/3", 2).await.expect("begin"), Begin::Started(2));
+    assert_eq!(l.failure(&j, 2, "throttled", "start/2").await.expect("failure"), Some(2));
+    assert!(l.finish(&j, 2, Status::Succeeded, "ok").await.expect("finish"));
+    assert!(l.finish(&j, 2, Status::Succeeded, "ok").await.expect("retried finish"));
+    assert!(!l.finish(&j, 2, Status::Failed, "no").await.expect("finish"), "another outcome is refused");
+    let record = l.job(&j.id).await.expect("job").expect("record");
+    assert_eq!((record.status, record.attempts, record.failures), (Status::Succeeded, 2, 2));
 }

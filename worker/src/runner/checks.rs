@@ -95,7 +95,7 @@ impl Worker {
         if !record.as_ref().is_some_and(|r| r.status == Status::Pending && r.fence == old_fence) {
             return Ok(TakeOver::Gone);
         }
-        let owner = format!("{}/{}", self.id, job.id);
+        let owner = self.owner(job);
         let mut waiting = Waiting::new();
         loop {
             let Some(running) = self.running(&self.check_permits).await else {

@@ -29,7 +29,7 @@ impl Worker {
             }
         }
         let redriven = record.as_ref().is_some_and(|r| r.redriven);
-        let owner = format!("{}/{}", self.id, job.id);
+        let owner = self.owner(job);
         let mut waiting = Waiting::new();
         loop {
             let Some(running) = self.running(&self.run_permits).await else {

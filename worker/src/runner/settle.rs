@@ -125,7 +125,11 @@ impl Worker {
                 self.schedule_check(job, holding, attempt, checks, state, check_after, true).await
             }
             Step::Failed { retryable, error } => {
-                let failures = match self.ledger.failure(job, fence, &error).await {
+                let step = match checking {
+                    Some((n, _)) => format!("check/{n}"),
+                    None => format!("start/{attempt}"),
+                };
+                let failures = match self.ledger.failure(job, fence, &error, &step).await {
                     Ok(Some(n)) => n,
                     Ok(None) => {
                         // A newer holder has the job: write nothing more, dead-letter nothing.
