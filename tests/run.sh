@@ -79,4 +79,9 @@ export OPSFLEET_TEST_FAST_SQS="http://127.0.0.1:$fauxqs_port"
 export OPSFLEET_TEST_FAST_DYNAMODB="http://127.0.0.1:$dynamodb_port"
 echo "moto on 127.0.0.1:$moto_port, fauxqs on 127.0.0.1:$fauxqs_port, DynamoDB Local on 127.0.0.1:$dynamodb_port"
 
-cargo test --workspace "$@"
+# With arguments, they choose what to test (`tests/run.sh -p opsfleet-router`); without, all.
+if [ $# -gt 0 ]; then
+  cargo test "$@"
+else
+  cargo test --workspace
+fi

@@ -2,6 +2,7 @@
 //! emulator that `tests/run.sh` starts.
 
 use opsfleet_backend::{conformance, AwsBackend, EmbeddedBackend};
+use opsfleet_protocol::ports::Backend;
 
 fn unique(prefix: &str) -> String {
     let nanos =
@@ -51,3 +52,59 @@ every!(embedded_queue_redrive, aws_queue_redrive, fast_queue_redrive, conformanc
 every!(embedded_queue_fifo, aws_queue_fifo, fast_queue_fifo, conformance::queue_fifo);
 every!(embedded_queue_delay, aws_queue_delay, fast_queue_delay, conformance::queue_delay);
 every!(embedded_store_semantics, aws_store_semantics, fast_store_semantics, conformance::store_semantics);
+
+/// An endpoint that accepts connections and never answers: every call still ends, with a
+/// retryable error, within the fleet's operation timeout.
+#[tokio::test]
+async fn a_silent_endpoint_fails_calls_within_the_operation_timeout() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let config = AwsBackend::sdk_config().await;
+    let backend = AwsBackend::with_endpoints(&config, &url, &url);
+    let started = std::time::Instant::now();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(120), backend.store("never")).await;
+    let took = started.elapsed();
+    silent.abort();
+    let Ok(result) = result else { panic!("a call to a silent endpoint hung past 120 s") };
+    assert!(matches!(result, Err(opsfleet_protocol::ports::StoreError::Unavailable { .. })), "{:?}", result.err());
+    let limit = opsfleet_backend::aws::timeouts::OPERATION + std::time::Duration::from_secs(5);
+    assert!(took <= limit, "the call took {took:?}, over the {limit:?} operation timeout");
+}
+
+/// `setup` makes the job partitions high-throughput FIFO queues.
+#[tokio::test]
+async fn setup_makes_high_throughput_fifo_partitions() {
+    let backend = fast().await;
+    let fleet = unique("ht");
+    let config = opsfleet_protocol::Config::parse(&format!("[fleet]\nname = \"{fleet}\"\npartitions = 1\n"), None)
+        .expect("config");
+    opsfleet_backend::setup::setup(&backend, &config).await.expect("setup");
+    let url = backend
+        .sqs()
+        .get_queue_url()
+        .queue_name(format!("{fleet}-jobs-0.fifo"))
+        .send()
+        .await
+        .expect("url")
+        .queue_url
+        .expect("url");
+    let attrs = backend
+        .sqs()
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .expect("attributes")
+        .attributes
+        .unwrap_or_default();
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    assert_eq!(attrs.get(&A::DeduplicationScope).map(String::as_str), Some("messageGroup"), "{attrs:?}");
+    assert_eq!(attrs.get(&A::FifoThroughputLimit).map(String::as_str), Some("perMessageGroupId"), "{attrs:?}");
+}

@@ -5,6 +5,7 @@ use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::ports::Backend;
 use opsfleet_protocol::{Config, Planner};
 use opsfleet_router::{NoDiscovery, Router};
+use opsfleet_worker::clock::Clock;
 use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Worker};
 use std::path::Path;
 use std::process::ExitCode;
@@ -71,16 +72,27 @@ pub async fn start_worker_with(
 ) -> anyhow::Result<tokio::task::JoinHandle<ConsumeSummary>> {
     let hard_stop = CancellationToken::new();
     let id = worker_id();
-    let worker = Arc::new(
+    let mut worker =
         Worker::open(backend, Arc::clone(&config), ActionRegistry::builtin(), id.clone(), dry_run, hard_stop.clone())
-            .await?,
-    );
+            .await?;
+    if let Some(offset) = test_clock_offset() {
+        tracing::warn!(offset_ms = offset, "This worker's wall clock is shifted (a test-only setting).");
+        worker = worker.with_clock(Clock::skewed(offset));
+    }
+    let worker = Arc::new(worker);
     let mut consumer = Consumer::open(backend, worker, &config).await?;
     if let Some(wait) = long_poll {
         consumer = consumer.with_long_poll(wait);
     }
     tracing::info!(worker = %id, dry_run, "Worker started.");
     Ok(tokio::spawn(consumer.run(shutdown, hard_stop)))
+}
+
+/// `OPSFLEET_TEST_CLOCK_OFFSET_MS`: shifts the worker's wall clock, for tests of workers whose
+/// clocks disagree. Test-only: nothing an operator sets. Leases never read the wall clock, so
+/// it only moves the audit trail's times.
+fn test_clock_offset() -> Option<i64> {
+    std::env::var("OPSFLEET_TEST_CLOCK_OFFSET_MS").ok().and_then(|v| v.parse().ok())
 }
 
 /// A worker id unique across hosts and restarts: host, process id and a random suffix.

@@ -3,6 +3,9 @@
 
 #![allow(dead_code)]
 
+pub mod fault_proxy;
+pub mod process_fleet;
+
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::{Child, Command};

@@ -103,14 +103,15 @@ impl Consumer {
             let (acker, task) = Acker::start(Arc::clone(queue));
             acker_tasks.push(task);
             ackers.push(acker.clone());
-            let room = match source {
-                Source::Partition(_) => Arc::clone(&job_room),
-                Source::Checks => Arc::clone(&check_room),
+            let (room, capacity) = match source {
+                Source::Partition(_) => (Arc::clone(&job_room), self.worker.run_capacity()),
+                Source::Checks => (Arc::clone(&check_room), self.worker.check_capacity()),
             };
             pollers.spawn(poll(
                 *source,
                 acker,
                 room,
+                capacity,
                 long_poll,
                 self.visibility,
                 shutdown.clone(),
@@ -204,6 +205,7 @@ async fn poll(
     source: Source,
     acker: Acker,
     room: Arc<Semaphore>,
+    capacity: Arc<Semaphore>,
     long_poll: Duration,
     visibility: Duration,
     shutdown: CancellationToken,
@@ -213,14 +215,21 @@ async fn poll(
     let queue = Arc::clone(acker.queue());
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
-        // Wait for room, but hold none while long-polling: a poller waiting on an empty
-        // queue must not keep room from the pollers of busy ones.
+        // Wait for room and for a job to be able to run now, but hold neither while
+        // long-polling: a poller waiting on an empty queue must not keep them from the pollers
+        // of busy ones. Messages are taken for jobs that can start, never hoarded while others'
+        // workers idle; the room beyond `max_in_flight` fills only with jobs that wait for a
+        // lock or a slot (they give their run permit back while they wait).
         let first = tokio::select! {
             permit = Arc::clone(&room).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
             () = shutdown.cancelled() => return,
         };
-        let want = (room.available_permits() + 1).min(MAX_BATCH);
-        drop(first);
+        let runnable = tokio::select! {
+            permit = Arc::clone(&capacity).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            () = shutdown.cancelled() => return,
+        };
+        let want = (room.available_permits() + 1).min(capacity.available_permits() + 1).min(MAX_BATCH);
+        drop((first, runnable));
         // A long poll under way at shutdown is not dropped: what it brings is handed back.
         let messages = match queue.receive(want, long_poll, Some(visibility)).await {
             Ok(messages) => {

@@ -180,6 +180,17 @@ impl Worker {
         &self.ledger
     }
 
+    /// The permits of jobs running actions (`max_in_flight`): the consumer receives only as
+    /// many job messages as can start now.
+    pub(crate) fn run_capacity(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.run_permits)
+    }
+
+    /// The permits of running completion checks.
+    pub(crate) fn check_capacity(&self) -> Arc<Semaphore> {
+        Arc::clone(&self.check_permits)
+    }
+
     /// Tells jobs waiting for a lock or a slot to hand their messages back (shutdown).
     pub fn stop_waiting(&self) {
         self.stop_waiting.cancel();

@@ -65,6 +65,7 @@ pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
         _ => found.extend(from_resources(event)),
     }
     let mut out: Vec<Resource> = Vec::with_capacity(found.len());
+    let mut seen = std::collections::HashSet::with_capacity(found.len());
     for (kind, id, account, region) in found {
         let account = account
             .or_else(|| event.account.clone())
@@ -76,7 +77,7 @@ pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
             .ok_or_else(|| TargetError::NoRegion { id: id.chars().take(64).collect() })?;
         let resource = Resource { account, region, kind, id };
         resource.check().map_err(TargetError::Invalid)?;
-        if !out.contains(&resource) {
+        if seen.insert(resource.key()) {
             out.push(resource);
         }
     }

@@ -148,6 +148,7 @@ fn record_effect(path: &std::path::Path, ctx: ActionContext<'_>, began: u64) -> 
     use std::io::Write;
     let line = json!({
         "job": ctx.job.id,
+        "task": ctx.job.task,
         "resource": ctx.job.resource.key(),
         "pid": std::process::id(),
         "began_ms": began,

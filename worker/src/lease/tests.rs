@@ -144,3 +144,19 @@ async fn an_acquisition_the_sdk_retried_after_its_first_try_went_through_is_its_
     };
     assert_eq!(again, first);
 }
+
+#[tokio::test(start_paused = true)]
+async fn slots_of_a_run_carry_the_ttl_they_are_given_and_locks_none() {
+    let backend = EmbeddedBackend::new();
+    backend.ensure_table("t").await.expect("table");
+    let store = backend.store("t").await.expect("store");
+    let l = Leases::new(Arc::clone(&store));
+    let pool = pool_key("run", "r1");
+    let slot = l.acquire_slot(&pool, 2, "w", "j", LEASE, &mut Watch::default(), Some(1_900_000_000)).await;
+    let slot = slot.expect("slot").expect("free");
+    let item = store.get(&Key::new(&slot.key, &slot.sk)).await.expect("get").expect("item");
+    assert_eq!(item.int("expires_at"), Some(1_900_000_000));
+    let Acquire::Acquired(lock) = acquire(&l, "w", &mut Watch::default()).await else { panic!() };
+    let item = store.get(&Key::new(&lock.key, &lock.sk)).await.expect("get").expect("item");
+    assert_eq!(item.int("expires_at"), None, "a lock's fence must never be reset by a TTL");
+}

@@ -1,0 +1,186 @@
+//! A loopback HTTP proxy in front of an emulator that injects the faults a fleet meets on the
+//! way to AWS: latency, 5xx answers, throttling errors in the service's own dialect, connections
+//! reset before a request reaches the service or after it was applied, and the service being
+//! unreachable altogether. The plan can change while a fleet runs; every injected fault is
+//! counted.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rand::Rng;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+/// Which faults to inject, as shares of requests (each drawn on its own).
+#[derive(Debug, Clone, Default)]
+pub struct FaultPlan {
+    /// Requests delayed by 50 to 300 ms.
+    pub latency: f64,
+    /// Requests answered 500 without reaching the service.
+    pub server_error: f64,
+    /// Requests answered with the service's throttling error without reaching it.
+    pub throttle: f64,
+    /// Connections reset before the request reaches the service.
+    pub reset_before: f64,
+    /// Connections reset after the service applied the request (the caller never learns).
+    pub reset_after: f64,
+    /// Every connection refused at once: the service is unreachable.
+    pub down: bool,
+}
+
+/// One proxy.
+pub struct FaultProxy {
+    /// Where the proxy listens: point the SDK's endpoint here.
+    pub url: String,
+    plan: Arc<Mutex<FaultPlan>>,
+    counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct Injected;
+
+impl std::fmt::Display for Injected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection reset by the fault proxy")
+    }
+}
+
+impl std::error::Error for Injected {}
+
+impl FaultProxy {
+    /// Starts a proxy on a free loopback port in front of `upstream` (`http://host:port`).
+    pub async fn start(upstream: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the fault proxy");
+        let addr: SocketAddr = listener.local_addr().expect("proxy address");
+        let plan = Arc::new(Mutex::new(FaultPlan::default()));
+        let counts: Arc<Mutex<BTreeMap<&'static str, u64>>> = Arc::default();
+        let upstream = upstream.trim_end_matches('/').to_owned();
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let (p, c) = (Arc::clone(&plan), Arc::clone(&counts));
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                if p.lock().unwrap_or_else(PoisonError::into_inner).down {
+                    *c.lock().unwrap_or_else(PoisonError::into_inner).entry("unreachable").or_default() += 1;
+                    drop(stream);
+                    continue;
+                }
+                let (p, c, client, upstream) = (Arc::clone(&p), Arc::clone(&c), client.clone(), upstream.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req| {
+                        let (p, c, client, upstream) =
+                            (Arc::clone(&p), Arc::clone(&c), client.clone(), upstream.clone());
+                        async move { handle(req, &p, &c, &client, &upstream).await }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        FaultProxy { url: format!("http://{addr}"), plan, counts, task }
+    }
+
+    /// Sets the faults to inject from now on.
+    pub fn set(&self, plan: FaultPlan) {
+        *self.plan.lock().unwrap_or_else(PoisonError::into_inner) = plan;
+    }
+
+    /// The faults injected so far, by kind.
+    pub fn injected(&self) -> BTreeMap<&'static str, u64> {
+        self.counts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The number of faults injected so far.
+    pub fn total(&self) -> u64 {
+        self.injected().values().sum()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Upstream = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn handle(
+    req: Request<Incoming>,
+    plan: &Mutex<FaultPlan>,
+    counts: &Mutex<BTreeMap<&'static str, u64>>,
+    client: &Upstream,
+    upstream: &str,
+) -> Result<Response<Full<Bytes>>, Injected> {
+    let plan = plan.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let count =
+        |kind: &'static str| *counts.lock().unwrap_or_else(PoisonError::into_inner).entry(kind).or_default() += 1;
+    let (draws, pause) = {
+        let mut rng = rand::thread_rng();
+        let draws: [f64; 5] = [rng.gen(), rng.gen(), rng.gen(), rng.gen(), rng.gen()];
+        (draws, Duration::from_millis(rng.gen_range(50..300)))
+    };
+    if plan.down {
+        count("unreachable");
+        return Err(Injected);
+    }
+    let target = req.headers().get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let dynamodb = target.starts_with("DynamoDB");
+    if draws[0] < plan.latency {
+        count("latency");
+        tokio::time::sleep(pause).await;
+    }
+    if draws[1] < plan.reset_before {
+        count("reset_before");
+        return Err(Injected);
+    }
+    if draws[2] < plan.server_error {
+        count("server_error");
+        let kind = if dynamodb { "com.amazonaws.dynamodb.v20120810#InternalServerError" } else { "InternalError" };
+        return Ok(error(StatusCode::INTERNAL_SERVER_ERROR, kind, dynamodb));
+    }
+    if draws[3] < plan.throttle {
+        count("throttle");
+        let kind = if dynamodb {
+            "com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException"
+        } else {
+            "ThrottlingException"
+        };
+        return Ok(error(StatusCode::BAD_REQUEST, kind, dynamodb));
+    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map_err(|_| Injected)?.to_bytes();
+    let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut forward = Request::builder().method(parts.method.clone()).uri(format!("{upstream}{path}"));
+    for (name, value) in &parts.headers {
+        forward = forward.header(name, value);
+    }
+    let forward = forward.body(Full::new(body)).map_err(|_| Injected)?;
+    let answer = client.request(forward).await.map_err(|_| Injected)?;
+    let (parts, body) = answer.into_parts();
+    let body = body.collect().await.map_err(|_| Injected)?.to_bytes();
+    if draws[4] < plan.reset_after {
+        count("reset_after");
+        return Err(Injected);
+    }
+    Ok(Response::from_parts(parts, Full::new(body)))
+}
+
+/// An error answer in the service's JSON dialect.
+fn error(status: StatusCode, kind: &str, dynamodb: bool) -> Response<Full<Bytes>> {
+    let body = serde_json::json!({ "__type": kind, "message": "injected by the fault proxy" }).to_string();
+    // Both services speak AWS JSON 1.0.
+    let mut response = Response::builder().status(status).header("content-type", "application/x-amz-json-1.0");
+    if !dynamodb {
+        // SQS's JSON protocol names the error code in this header too.
+        let code = kind.rsplit('#').next().unwrap_or(kind);
+        response = response.header("x-amzn-query-error", format!("{code};Receiver"));
+    }
+    response.body(Full::new(Bytes::from(body))).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
