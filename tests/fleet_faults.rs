@@ -110,7 +110,8 @@ async fn kill_9_of_random_workers_every_few_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_errors_throttling_and_resets_on_the_wire() {
     let _one = ONE_AT_A_TIME.lock().await;
-    let mut fleet = fleet("fault-wire", 3).await;
+    // The faults start before the processes do: start-up meets them too.
+    let mut fleet = ProcessFleet::new("fault-wire", CONFIG).await;
     let plan = FaultPlan {
         latency: 0.10,
         server_error: 0.03,
@@ -121,6 +122,10 @@ async fn latency_errors_throttling_and_resets_on_the_wire() {
     };
     fleet.sqs.set(plan.clone());
     fleet.dynamodb.set(plan);
+    fleet.start("router", None);
+    for _ in 0..3 {
+        fleet.start("worker", None);
+    }
     let since = Instant::now();
     let jobs = fleet.send(&alarms("wire", 60, 5)).await;
     tokio::time::sleep(Duration::from_secs(45)).await;

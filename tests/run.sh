@@ -16,6 +16,12 @@ if [ ! -x "$venv/bin/moto_server" ] || ! cmp -s tests/requirements.txt "$stamp";
   cp tests/requirements.txt "$stamp"
 fi
 
+apt_install() {
+  apt-get install -y --no-install-recommends "$@" > target/apt.log 2>&1 \
+    || { apt-get update > target/apt.log 2>&1 && apt-get install -y --no-install-recommends "$@" >> target/apt.log 2>&1; }
+}
+command -v npm > /dev/null || apt_install npm
+
 # Node 22 and DynamoDB Local are single tarballs (npm pack), fauxqs and its dependencies an
 # `npm ci` of tests/emulators.
 node_version=22.23.3
@@ -37,10 +43,7 @@ if [ "$(cat "$emulators/.installed" 2>/dev/null)" != "$wanted" ]; then
   )
   echo "$wanted" > "$emulators/.installed"
 fi
-if ! java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])'; then
-  apt-get install -y --no-install-recommends openjdk-17-jre-headless > target/apt.log 2>&1 \
-    || { apt-get update > target/apt.log 2>&1 && apt-get install -y --no-install-recommends openjdk-17-jre-headless >> target/apt.log 2>&1; }
-fi
+java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || apt_install openjdk-17-jre-headless
 
 free_port() { "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() {

@@ -5,6 +5,7 @@ use crate::resource::Resource;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// The version of the job JSON this build writes and reads.
 pub const JOB_VERSION: u32 = 1;
@@ -37,6 +38,9 @@ pub struct Job {
     pub resource: Resource,
     /// The partition the job is queued on.
     pub partition: u32,
+    /// The event's fields the task's templates read (`{event.detail.state}`), by path.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub event_fields: BTreeMap<String, String>,
 }
 
 /// Why a job cannot be made or read.
@@ -90,6 +94,7 @@ impl Job {
             params: origin.params.clone(),
             partition: partition_of(&key, partitions),
             resource,
+            event_fields: BTreeMap::new(),
         }
     }
 
@@ -182,6 +187,7 @@ mod tests {
             params,
             resource,
             partition: 0,
+            event_fields: BTreeMap::new(),
         }
     }
 

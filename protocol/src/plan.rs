@@ -179,7 +179,12 @@ impl Planner {
                 action: &task.action,
                 params: &task.params,
             };
-            let job = Job::new(origin, resource.clone(), partitions);
+            let mut job = Job::new(origin, resource.clone(), partitions);
+            for path in &task.event_fields {
+                if let Some(value) = crate::template::event_field(&event.document, path) {
+                    job.event_fields.insert(path.clone(), value);
+                }
+            }
             jobs.push(job);
         }
         Ok(jobs)

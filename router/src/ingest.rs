@@ -29,6 +29,15 @@ pub enum RouterError {
     Queue(#[from] QueueError),
 }
 
+impl RouterError {
+    /// Whether trying again later may succeed (transport, throttling, a server error).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RouterError::Queue(e) => e.is_transient(),
+        }
+    }
+}
+
 /// What became of one input message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {

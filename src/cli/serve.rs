@@ -20,10 +20,64 @@ async fn prepare(path: &Path, metrics_addr: Option<&str>) -> anyhow::Result<(Con
     Ok((config, AwsBackend::from_env().await, super::shutdown_on_signal()))
 }
 
+/// How long start-up keeps trying when AWS answers with throttling, server errors or not at
+/// all, before the process gives up (with a one-line reason and a non-zero exit).
+const START_PATIENCE: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Opens what a process needs, trying again while the failures are transient (a throttled
+/// `GetQueueUrl` must not kill a worker at start, nor a minute's outage a whole deploy).
+async fn opened<T, E, F, Fut>(what: &str, shutdown: &CancellationToken, open: F) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: Transient,
+{
+    let deadline = tokio::time::Instant::now() + START_PATIENCE;
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match open().await {
+            Ok(opened) => return Ok(opened),
+            Err(e) if e.transient() && tokio::time::Instant::now() < deadline && !shutdown.is_cancelled() => {
+                tracing::warn!(what, error = %e, "Opening failed; trying again.");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Errors that may pass.
+trait Transient {
+    fn transient(&self) -> bool;
+}
+
+impl Transient for opsfleet_worker::WorkerError {
+    fn transient(&self) -> bool {
+        self.is_transient()
+    }
+}
+
+impl Transient for opsfleet_router::RouterError {
+    fn transient(&self) -> bool {
+        self.is_transient()
+    }
+}
+
+impl Transient for opsfleet_protocol::ports::QueueError {
+    fn transient(&self) -> bool {
+        self.is_transient()
+    }
+}
+
 /// Routes events until SIGTERM/SIGINT.
 pub async fn router(path: &Path, metrics_addr: Option<String>) -> anyhow::Result<ExitCode> {
     let (config, backend, shutdown) = prepare(path, metrics_addr.as_deref()).await?;
-    let router = Arc::new(Router::open(&backend, Arc::new(Planner::new(config)), Arc::new(NoDiscovery)).await?);
+    let planner = Arc::new(Planner::new(config));
+    let router = Arc::new(
+        opened("router", &shutdown, || Router::open(&backend, Arc::clone(&planner), Arc::new(NoDiscovery))).await?,
+    );
     tracing::info!("Router started.");
     router.run(shutdown).await;
     tracing::info!("Router stopped.");
@@ -43,7 +97,9 @@ pub async fn both(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (config, backend, shutdown) = prepare(&args.config, args.metrics_addr.as_deref()).await?;
     let config = Arc::new(config);
     let planner = Arc::new(Planner::new(config.as_ref().clone()));
-    let router = Arc::new(Router::open(&backend, planner, Arc::new(NoDiscovery)).await?);
+    let router = Arc::new(
+        opened("router", &shutdown, || Router::open(&backend, Arc::clone(&planner), Arc::new(NoDiscovery))).await?,
+    );
     let worker = start_worker(&backend, Arc::clone(&config), args.dry_run, shutdown.clone()).await?;
     tracing::info!("Router and worker started.");
     router.run(shutdown).await;
@@ -72,15 +128,16 @@ pub async fn start_worker_with(
 ) -> anyhow::Result<tokio::task::JoinHandle<ConsumeSummary>> {
     let hard_stop = CancellationToken::new();
     let id = worker_id();
-    let mut worker =
+    let mut worker = opened("worker", &shutdown, || {
         Worker::open(backend, Arc::clone(&config), ActionRegistry::builtin(), id.clone(), dry_run, hard_stop.clone())
-            .await?;
+    })
+    .await?;
     if let Some(offset) = test_clock_offset() {
         tracing::warn!(offset_ms = offset, "This worker's wall clock is shifted (a test-only setting).");
         worker = worker.with_clock(Clock::skewed(offset));
     }
     let worker = Arc::new(worker);
-    let mut consumer = Consumer::open(backend, worker, &config).await?;
+    let mut consumer = opened("consumer", &shutdown, || Consumer::open(backend, Arc::clone(&worker), &config)).await?;
     if let Some(wait) = long_poll {
         consumer = consumer.with_long_poll(wait);
     }

@@ -178,6 +178,8 @@ struct Work {
     source: Source,
     acker: Acker,
     message: ReceivedMessage,
+    /// The run (or check) permit the message starts with.
+    start: OwnedSemaphorePermit,
     _room: OwnedSemaphorePermit,
 }
 
@@ -185,8 +187,8 @@ impl Work {
     /// Handles the message; false when it was handed back unstarted.
     async fn run(self, worker: &Worker) -> bool {
         let disposition = match self.source {
-            Source::Partition(p) => worker.handle_job(&self.message, p).await,
-            Source::Checks => worker.handle_check(&self.message).await,
+            Source::Partition(p) => worker.handle_job(&self.message, p, self.start).await,
+            Source::Checks => worker.handle_check(&self.message, self.start).await,
         };
         match disposition {
             Disposition::Delete => self.acker.delete(&self.message.receipt),
@@ -258,19 +260,23 @@ async fn poll(
                 }
                 continue;
             }
-            // Received messages waiting for room keep their visibility (the keeper extends
-            // every message held).
-            let permit = tokio::select! {
-                permit = Arc::clone(&room).acquire_owned() => permit.ok(),
+            // Received messages waiting for room and a permit to start keep their visibility
+            // (the keeper extends every message held).
+            let permits = tokio::select! {
+                permits = async {
+                    let room = Arc::clone(&room).acquire_owned().await.ok()?;
+                    let start = Arc::clone(&capacity).acquire_owned().await.ok()?;
+                    Some((room, start))
+                } => permits,
                 () = shutdown.cancelled() => None,
             };
-            let Some(permit) = permit else {
+            let Some((room_permit, start)) = permits else {
                 // Not started: hand it back at once.
                 acker.hand_back(&message.receipt, Duration::ZERO);
                 returned.fetch_add(1, Ordering::SeqCst);
                 continue;
             };
-            let work = Work { source, acker: acker.clone(), message, _room: permit };
+            let work = Work { source, acker: acker.clone(), message, start, _room: room_permit };
             if let Err(tokio::sync::mpsc::error::SendError(work)) = spawn.send(work) {
                 work.acker.hand_back(&work.message.receipt, Duration::ZERO);
                 returned.fetch_add(1, Ordering::SeqCst);

@@ -22,6 +22,8 @@ pub enum Status {
     Failed,
     /// Cancelled because its run passed `max_errors`.
     Cancelled,
+    /// Not acted on: the resource opted out (`opsfleet:skip = true`).
+    Skipped,
 }
 
 impl Status {
@@ -33,6 +35,7 @@ impl Status {
             Status::Succeeded => "SUCCEEDED",
             Status::Failed => "FAILED",
             Status::Cancelled => "CANCELLED",
+            Status::Skipped => "SKIPPED",
         }
     }
 
@@ -43,13 +46,14 @@ impl Status {
             "SUCCEEDED" => Status::Succeeded,
             "FAILED" => Status::Failed,
             "CANCELLED" => Status::Cancelled,
+            "SKIPPED" => Status::Skipped,
             _ => return None,
         })
     }
 
     /// Whether the job is finished for good.
     pub fn is_final(self) -> bool {
-        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled)
+        matches!(self, Status::Succeeded | Status::Failed | Status::Cancelled | Status::Skipped)
     }
 }
 
@@ -119,6 +123,8 @@ pub struct RunRecord {
     pub failed: u32,
     /// Jobs cancelled.
     pub cancelled: u32,
+    /// Jobs skipped.
+    pub skipped: u32,
     /// Why the run was cancelled, if it was.
     pub cancelled_because: Option<String>,
 }
@@ -288,7 +294,7 @@ impl Ledger {
             Err(StoreError::ConditionFailed { .. }) => return Ok(false),
             Err(e) => return Err(e),
         }
-        let field = if status == Status::Succeeded { "summary" } else { "error" };
+        let field = if matches!(status, Status::Succeeded | Status::Skipped) { "summary" } else { "error" };
         let update = Update::default()
             .set("status", status.as_str())
             .set(field, text)
@@ -429,6 +435,7 @@ impl Ledger {
                 Some(Status::Succeeded) => counts.succeeded += 1,
                 Some(Status::Failed) => counts.failed += 1,
                 Some(Status::Cancelled) => counts.cancelled += 1,
+                Some(Status::Skipped) => counts.skipped += 1,
                 _ => {}
             }
         }

@@ -54,6 +54,16 @@ pub enum WorkerError {
     Store(#[from] StoreError),
 }
 
+impl WorkerError {
+    /// Whether trying again later may succeed (transport, throttling, a server error).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WorkerError::Queue(e) => e.is_transient(),
+            WorkerError::Store(e) => e.is_transient(),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum CallError {
     #[error(transparent)]
@@ -180,14 +190,15 @@ impl Worker {
         &self.ledger
     }
 
-    /// The permits of jobs running actions (`max_in_flight`): the consumer receives only as
-    /// many job messages as can start now.
-    pub(crate) fn run_capacity(&self) -> Arc<Semaphore> {
+    /// The permits of jobs running actions (`max_in_flight`): the consumer takes one for each
+    /// job message it receives, so it holds only as many unstarted messages as can start; a job
+    /// that waits for a lock or a slot gives its permit back while it waits.
+    pub fn run_capacity(&self) -> Arc<Semaphore> {
         Arc::clone(&self.run_permits)
     }
 
     /// The permits of running completion checks.
-    pub(crate) fn check_capacity(&self) -> Arc<Semaphore> {
+    pub fn check_capacity(&self) -> Arc<Semaphore> {
         Arc::clone(&self.check_permits)
     }
 
@@ -196,13 +207,19 @@ impl Worker {
         self.stop_waiting.cancel();
     }
 
-    /// Handles one message of a job partition.
-    pub async fn handle_job(&self, message: &ReceivedMessage, partition: u32) -> Disposition {
+    /// Handles one message of a job partition, starting with the run permit the consumer
+    /// took for it (see [`Worker::run_capacity`]).
+    pub async fn handle_job(
+        &self,
+        message: &ReceivedMessage,
+        partition: u32,
+        permit: OwnedSemaphorePermit,
+    ) -> Disposition {
         let job = match Job::from_json(&message.body) {
             Ok(job) => job,
             Err(e) => return self.dead_letter_message(partition, message, &e.to_string()).await,
         };
-        match self.run_job(&job, message).await {
+        match self.run_job(&job, message, self.running_with(permit)).await {
             Ok(d) => d,
             Err(e) => {
                 WorkerCallFailed { what: "job", error: &e.to_string() }.emit();
@@ -211,8 +228,9 @@ impl Worker {
         }
     }
 
-    /// Handles one message of the checks queue.
-    pub async fn handle_check(&self, message: &ReceivedMessage) -> Disposition {
+    /// Handles one message of the checks queue, starting with the check permit the consumer
+    /// took for it.
+    pub async fn handle_check(&self, message: &ReceivedMessage, permit: OwnedSemaphorePermit) -> Disposition {
         let check = match CheckMessage::from_json(&message.body, self.clock.now_ms()) {
             Ok(check) => check,
             Err(e) => {
@@ -220,7 +238,7 @@ impl Worker {
                 return self.dead_letter_to(queue.as_ref(), &message.body, &e, &message.message_id).await;
             }
         };
-        match self.run_check(check, &message.message_id).await {
+        match self.run_check(check, &message.message_id, self.running_with(permit)).await {
             Ok(d) => d,
             Err(e) => {
                 WorkerCallFailed { what: "check", error: &e.to_string() }.emit();
@@ -235,8 +253,13 @@ impl Worker {
             permit = Arc::clone(permits).acquire_owned() => permit.ok()?,
             () = self.stop_waiting.cancelled() => return None,
         };
+        Some(self.running_with(permit))
+    }
+
+    /// Counts a permit already taken as a running job.
+    fn running_with(&self, permit: OwnedSemaphorePermit) -> Running {
         jobs_in_flight(self.in_flight.fetch_add(1, Ordering::SeqCst) + 1);
-        Some(Running { _permit: permit, count: Arc::clone(&self.in_flight) })
+        Running { _permit: permit, count: Arc::clone(&self.in_flight) }
     }
 
     /// A lease owner unique to one acquisition: `worker/job/n`.

@@ -79,6 +79,18 @@ impl JobWaitEnded {
     }
 }
 
+/// A job came before its task's settle delay was over and went back to its queue until then.
+pub(crate) struct SettleDelay {
+    pub left: Duration,
+}
+
+impl SettleDelay {
+    pub fn emit(self) {
+        tracing::debug!(left_ms = self.left.as_millis() as u64, "Job waits for its settle delay.");
+        histogram!("opsfleet_job_wait_seconds", "reason" => "settle").record(self.left.as_secs_f64());
+    }
+}
+
 /// A job found no free slot of a limit and waits.
 pub(crate) struct SlotUnavailable<'a> {
     pub job_id: &'a str,

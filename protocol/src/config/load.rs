@@ -16,6 +16,9 @@ pub struct ActionInfo {
     pub targets: Vec<ResourceType>,
     /// The fleet-wide limit the action takes a slot of, with its defaults.
     pub limit: Option<LimitDefault>,
+    /// The params that are templates, by name, with their text (checked and read for
+    /// `{event.FIELD}` placeholders).
+    pub templates: Vec<(String, String)>,
 }
 
 /// A limit an action uses, with what applies when the config has no `[limits.NAME]`.
@@ -173,6 +176,16 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 }
             }
         }
+        let mut event_fields = BTreeSet::new();
+        for (param, text) in info.as_ref().map(|i| i.templates.as_slice()).unwrap_or_default() {
+            match Template::parse(text) {
+                Ok(template) => event_fields.extend(template.event_fields().map(str::to_owned)),
+                Err(e) => task_problem(&format!("params.{param}"), e),
+            }
+        }
+        if task.delay_secs > 12 * 3600 {
+            task_problem("delay_secs", format!("{} s is over the 12 hours a message can wait hidden", task.delay_secs));
+        }
         if let (Some(pattern), Some(lock)) = (pattern, lock) {
             tasks.push(Task {
                 name: task.name.clone(),
@@ -186,6 +199,8 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 limit,
                 retries: task.retries,
                 timeout: std::time::Duration::from_secs(u64::from(task.timeout_secs.get())),
+                delay: std::time::Duration::from_secs(u64::from(task.delay_secs)),
+                event_fields: event_fields.into_iter().collect(),
                 line,
             });
         }

@@ -70,6 +70,12 @@ pub struct Task {
     /// The longest one action step (a start or a check) may take; past it the step counts as
     /// a retryable failure.
     pub timeout: std::time::Duration,
+    /// How long after its event a job may start at the earliest (`delay_secs`), for tags and
+    /// volumes that appear a little after a launch.
+    pub delay: std::time::Duration,
+    /// The event fields the action's param templates read (`{event.FIELD}`), copied into each
+    /// job by the router.
+    pub event_fields: Vec<String>,
     /// The line of the task in the file.
     pub line: usize,
 }

@@ -89,6 +89,8 @@ pub(super) struct RawTask {
     pub retries: u32,
     #[serde(default = "default_timeout")]
     pub timeout_secs: std::num::NonZeroU32,
+    #[serde(default)]
+    pub delay_secs: u32,
 }
 
 fn default_timeout() -> std::num::NonZeroU32 {

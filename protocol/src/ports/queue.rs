@@ -132,6 +132,13 @@ pub enum QueueError {
     },
 }
 
+impl QueueError {
+    /// Whether trying again later may succeed (transport, throttling, a server error).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, QueueError::Unavailable { .. })
+    }
+}
+
 /// One queue.
 #[async_trait]
 pub trait Queue: Send + Sync {

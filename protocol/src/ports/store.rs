@@ -257,6 +257,13 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    /// Whether trying again later may succeed (transport, throttling, a server error).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. })
+    }
+}
+
 /// One table.
 #[async_trait]
 pub trait Store: Send + Sync {

@@ -29,6 +29,12 @@ pub enum Step {
         /// What the check needs to find the work again (such as a snapshot id).
         state: Value,
     },
+    /// The resource opted out (`opsfleet:skip = true`) or has nothing to act on: nothing was
+    /// done, for this reason.
+    Skipped {
+        /// A one-line reason.
+        reason: String,
+    },
     /// The action failed.
     Failed {
         /// Whether trying again may succeed (throttling, a server error).
@@ -82,6 +88,13 @@ pub trait Action: Send + Sync {
     /// The params it takes, with a line on each, for `opsfleet actions`.
     fn params_help(&self) -> &'static [(&'static str, &'static str)] {
         &[]
+    }
+
+    /// The params that are templates (`{task}`, `{date}`, `{event.FIELD}`, …), by name with
+    /// their text, so that `opsfleet validate` checks them and the router copies the event
+    /// fields they read into each job.
+    fn templates(&self, _params: &Value) -> Vec<(String, String)> {
+        Vec::new()
     }
 
     /// Checks the task's params (its serde params struct); the error is a one-line reason.

@@ -43,7 +43,7 @@ impl ActionCatalog for ActionRegistry {
             format!("unknown action `{action}`; known: {}", known.join(", "))
         })?;
         found.check_params(params)?;
-        Ok(ActionInfo { targets: found.targets().to_vec(), limit: found.limit() })
+        Ok(ActionInfo { targets: found.targets().to_vec(), limit: found.limit(), templates: found.templates(params) })
     }
 }
 

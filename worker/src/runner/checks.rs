@@ -17,7 +17,12 @@ enum TakeOver {
 }
 
 impl Worker {
-    pub(super) async fn run_check(&self, check: CheckMessage, token: &str) -> Result<Disposition, CallError> {
+    pub(super) async fn run_check(
+        &self,
+        check: CheckMessage,
+        token: &str,
+        running: Running,
+    ) -> Result<Disposition, CallError> {
         let job = &check.job;
         if check.wait_ms > 0 {
             // Chained past SQS's 15-minute delay: wait again.
@@ -43,9 +48,7 @@ impl Worker {
                 return Ok(self.dead_letter_job(job, &reason, holding.lock.fence, Status::Failed).await);
             }
         };
-        let Some(mut running) = self.running(&self.check_permits).await else {
-            return Ok(Disposition::Returned);
-        };
+        let mut running = running;
         let sent = tokio::time::Instant::now();
         if self.renew(&holding, &job.id, self.lease, false).await? {
             holding.renewed = sent;
@@ -73,6 +76,7 @@ impl Worker {
             settle::Guarded::Step(Step::Done { .. }) => "done",
             settle::Guarded::Step(Step::Pending { .. }) => "pending",
             settle::Guarded::Step(Step::Failed { .. }) => "failed",
+            settle::Guarded::Step(Step::Skipped { .. }) => "skipped",
             settle::Guarded::LeaseLost => "lease_lost",
             settle::Guarded::Interrupted => "interrupted",
         };

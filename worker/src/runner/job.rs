@@ -4,14 +4,25 @@
 use super::take::{Taken, Waiting};
 use super::*;
 use crate::ledger::Begin;
-use crate::telemetry::{JobAlreadyFinished, JobFinished, JobStarted};
+use crate::telemetry::{JobAlreadyFinished, JobFinished, JobStarted, SettleDelay};
 
 impl Worker {
-    pub(super) async fn run_job(&self, job: &Job, message: &ReceivedMessage) -> Result<Disposition, CallError> {
+    pub(super) async fn run_job(
+        &self,
+        job: &Job,
+        message: &ReceivedMessage,
+        first: Running,
+    ) -> Result<Disposition, CallError> {
         let (task, action) = match self.task_and_action(job) {
             Ok(found) => found,
             Err(reason) => return Ok(self.dead_letter_message(job.partition, message, &reason).await),
         };
+        if let Some(left) = self.settling(job, task) {
+            // Not yet: the message comes back when the task's settle delay is over, holding
+            // no worker meanwhile (FIFO queues take no per-message delay).
+            SettleDelay { left }.emit();
+            return Ok(Disposition::Retry(left));
+        }
         let record = self.ledger.job(&job.id).await?;
         if let Some(record) = &record {
             if record.status == Status::Failed || record.status == Status::Cancelled {
@@ -31,9 +42,14 @@ impl Worker {
         let redriven = record.as_ref().is_some_and(|r| r.redriven);
         let owner = self.owner(job);
         let mut waiting = Waiting::new();
+        let mut first = Some(first);
         loop {
-            let Some(running) = self.running(&self.run_permits).await else {
-                return Ok(Disposition::Returned);
+            let running = match first.take() {
+                Some(running) => running,
+                None => match self.running(&self.run_permits).await {
+                    Some(running) => running,
+                    None => return Ok(Disposition::Returned),
+                },
             };
             match self.take(job, task, &owner, waiting.watch(), !redriven).await? {
                 Taken::All(holding) => {
@@ -152,6 +168,17 @@ impl Worker {
         }
         .emit();
         Ok(self.dead_letter_job(job, &reason, fence, Status::Cancelled).await)
+    }
+
+    /// How much of the task's settle delay (`delay_secs`, from when the event was received)
+    /// is left, if any.
+    fn settling(&self, job: &Job, task: &Task) -> Option<Duration> {
+        if task.delay.is_zero() {
+            return None;
+        }
+        let due = job.received_ms + task.delay.as_millis() as u64;
+        let now = self.clock.now_ms();
+        (due > now).then(|| Duration::from_millis(due - now))
     }
 
     /// Heartbeats every lease held; false when one was taken over.

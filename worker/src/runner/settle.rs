@@ -121,6 +121,16 @@ impl Worker {
                 self.release(&holding).await;
                 Ok(if finished? { Disposition::Delete } else { Disposition::Retry(Duration::ZERO) })
             }
+            Step::Skipped { reason } => {
+                let finished = self.ledger.finish(job, fence, Status::Skipped, &reason).await;
+                if matches!(finished, Ok(true)) {
+                    self.record_attempt(job, &holding, attempt, "SKIPPED", Some(&reason)).await;
+                    JobFinished { job_id: &job.id, action: action.name(), outcome: "skipped", took, detail: &reason }
+                        .emit();
+                }
+                self.release(&holding).await;
+                Ok(if finished? { Disposition::Delete } else { Disposition::Retry(Duration::ZERO) })
+            }
             Step::Pending { check_after, state } => {
                 self.schedule_check(job, holding, attempt, checks, state, check_after, true).await
             }

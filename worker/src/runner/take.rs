@@ -58,7 +58,7 @@ impl Worker {
         watch: &mut Watch,
         check_run: bool,
     ) -> Result<Taken, CallError> {
-        let input = TemplateInput { resource: &job.resource, task: &job.task, params: &job.params };
+        let input = TemplateInput::of(job, self.clock.now_ms());
         let key = lock_key(&task.lock.render(input));
         let asked = Instant::now();
         let lock = match self.leases.acquire(&key, owner, &job.id, self.lease, watch).await? {
@@ -101,7 +101,7 @@ impl Worker {
                 return Ok(Some(Taken::Cancelled(holding.clone(), reason)));
             }
         }
-        let input = TemplateInput { resource: &job.resource, task: &job.task, params: &job.params };
+        let input = TemplateInput::of(job, self.clock.now_ms());
         let ttl = (self.clock.now_ms() / 1000 + RUN_SLOT_TTL.as_secs()) as i64;
         let mut wanted: Vec<(String, u32, Option<i64>, &'static str, &str)> = Vec::new();
         if let Some(max) = task.max_concurrency {

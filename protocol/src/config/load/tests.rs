@@ -107,7 +107,12 @@ impl ActionCatalog for Catalog {
                 if params.get("bogus").is_some() {
                     return Err("unknown param `bogus`".into());
                 }
-                Ok(ActionInfo { targets: vec![ResourceType::Instance], limit: None })
+                let templates = params
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .map(|d| vec![("description".to_owned(), d.to_owned())])
+                    .unwrap_or_default();
+                Ok(ActionInfo { targets: vec![ResourceType::Instance], limit: None, templates })
             }
             "copy" => Ok(ActionInfo {
                 targets: vec![ResourceType::Snapshot],
@@ -116,6 +121,7 @@ impl ActionCatalog for Catalog {
                     max: 20,
                     pool: "{params.destination_region}".into(),
                 }),
+                templates: vec![],
             }),
             other => Err(format!("unknown action `{other}`")),
         }
@@ -173,7 +179,7 @@ impl ActionCatalog for NoopOnly {
                 return Err(format!("bad noop param `{key}` = {value}"));
             }
         }
-        Ok(ActionInfo { targets: ResourceType::ALL.to_vec(), limit: None })
+        Ok(ActionInfo { targets: ResourceType::ALL.to_vec(), limit: None, templates: vec![] })
     }
 }
 
@@ -281,4 +287,35 @@ fn every_example_event_is_checked() {
         .collect();
     on_disk.sort_unstable();
     assert_eq!(listed, on_disk, "an example event without an expectation, or the other way round");
+}
+
+#[test]
+fn action_param_templates_are_checked_and_their_event_fields_kept() {
+    let text = r#"
+[fleet]
+name = "f"
+
+[[tasks]]
+name = "good"
+pattern = { source = ["aws.ec2"] }
+targets = "event"
+action = "ebs-snapshot"
+params = { description = "{task} {date} {event.detail.state} {event.detail.instance-id}" }
+delay_secs = 30
+
+[[tasks]]
+name = "bad"
+pattern = { source = ["aws.ec2"] }
+targets = "event"
+action = "ebs-snapshot"
+params = { description = "{when}" }
+"#;
+    let err = Config::parse(text, Some(&Catalog)).expect_err("an unknown placeholder");
+    assert_eq!(err.problems.len(), 1, "{err}");
+    assert_eq!(err.problems[0].path, "tasks[1] \"bad\".params.description");
+    assert!(err.problems[0].message.contains("unknown placeholder `{when}`"), "{err}");
+    let config = Config::parse(&text.replace("{when}", "{datetime}"), Some(&Catalog)).expect("config");
+    let good = config.task("good").expect("task");
+    assert_eq!(good.event_fields, ["detail.instance-id", "detail.state"]);
+    assert_eq!(good.delay, std::time::Duration::from_secs(30));
 }
