@@ -30,8 +30,14 @@ fn plan_prints_one_job_per_line_with_the_contract_fields() {
         resource.sort();
         assert_eq!(resource, ["account", "id", "region", "type"]);
         assert!(job["partition"].as_u64().expect("partition") < 4);
-        assert_eq!(job["task"], "recover-alarmed-resource");
+        match job["task"].as_str() {
+            // instance-power acts on instances only: the alarm's volumes get no job of it.
+            Some("reboot-alarmed-instance") => assert_eq!(job["resource"]["type"], "ec2:instance"),
+            Some("page-on-alarm") => {}
+            other => panic!("unexpected task {other:?}"),
+        }
     }
+    assert!(jobs.iter().any(|j| j["task"] == "page-on-alarm" && j["resource"]["type"] == "ec2:volume"));
     let again = opsfleet(&["plan", "--config", FLEET, "examples/events/alarm-io-pressure-metric-math.json"])
         .output()
         .expect("plan");
@@ -109,17 +115,44 @@ fn demo_runs_the_sample_events_on_the_embedded_backend() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("opsfleet-demo-jobs-0.fifo"), "{text}");
     assert!(text.contains("account 210987654321 is not in fleet.allowed_accounts"), "{text}");
+    // Plan mode: each real action says what it would do.
+    for would in [
+        "would snapshot every volume of i-0a1b2c3d4e5f60718 and keep the newest 7 this task made",
+        "would copy snap-0b1c2d3e4f5a60718 from us-west-2 to eu-west-1",
+        "would reboot i-0123456789abcdef0",
+        "would image i-0a1b2c3d4e5f60006 as `nightly-i-0a1b2c3d4e5f60006-",
+        "would set FirstSeen=",
+        "would publish `ALARM on i-0123456789abcdef0 (us-east-1)`",
+    ] {
+        assert!(text.contains(would), "missing `{would}` in {text}");
+    }
+    assert!(!text.contains("FAILED"), "{text}");
 }
 
 #[test]
-fn actions_lists_noop_with_its_params() {
+fn actions_lists_every_action_with_its_targets_limit_iam_and_params() {
     let out = opsfleet(&["actions"]).output().expect("actions");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("noop\n"), "{text}");
-    for param in ["sleep_ms", "fail_rate", "fail_attempts", "pending_checks", "check_after_ms"] {
+    let names: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
+    assert_eq!(
+        names,
+        [
+            "ami-create",
+            "ebs-snapshot",
+            "instance-power",
+            "noop",
+            "notify",
+            "snapshot-copy",
+            "snapshot-retention",
+            "tag"
+        ]
+    );
+    for param in ["sleep_ms", "fail_rate", "retain", "destination_region", "operation", "topic_arn", "max_age_days"] {
         assert!(text.contains(&format!("param {param}:")), "{param} missing in {text}");
     }
+    assert!(text.contains("limit:    snapshot-copy (default max 5, pool {params.destination_region})"), "{text}");
+    assert!(text.contains("ec2:CreateSnapshot"), "{text}");
 }
 
 #[test]
@@ -129,5 +162,9 @@ fn iam_policy_prints_a_policy_scoped_to_the_fleet() {
     let policy: Value = serde_json::from_slice(&out.stdout).expect("JSON policy");
     assert_eq!(policy["Version"], "2012-10-17");
     assert_eq!(policy["Statement"][0]["Resource"], "arn:aws:sqs:*:*:opsfleet-demo-*");
-    assert_eq!(policy["Statement"][1]["Resource"], "arn:aws:dynamodb:*:*:table/opsfleet-demo");
+    assert_eq!(policy["Statement"][1]["Resource"][0], "arn:aws:dynamodb:*:*:table/opsfleet-demo");
+    let text = policy.to_string();
+    for action in ["ec2:CreateSnapshot", "ec2:CopySnapshot", "ec2:CreateImage", "ec2:RebootInstances", "sns:Publish"] {
+        assert!(text.contains(action), "{action} missing: {text}");
+    }
 }

@@ -198,7 +198,7 @@ async fn run_routes_and_runs_an_event_end_to_end_in_one_process() {
     let body: Value =
         serde_json::from_str(&std::fs::read_to_string(support::root().join(event)).expect("event")).expect("json");
     let event_id = body["id"].as_str().unwrap_or_default();
-    let audit = opsfleet(&["audit", "--config", &config_arg, "--event", event_id]).output().expect("audit");
+    let audit = opsfleet(&["audit", "--json", "--config", &config_arg, "--event", event_id]).output().expect("audit");
     assert!(audit.status.success(), "{}", String::from_utf8_lossy(&audit.stderr));
     let lines: Vec<Value> =
         String::from_utf8_lossy(&audit.stdout).lines().map(|l| serde_json::from_str(l).expect("audit line")).collect();
@@ -213,7 +213,7 @@ async fn run_routes_and_runs_an_event_end_to_end_in_one_process() {
         assert_eq!(line["attempts"].as_array().map(Vec::len), Some(1));
         assert_eq!(line["attempts"][0]["outcome"], "SUCCEEDED");
     }
-    let one = opsfleet(&["audit", "--config", &config_arg, "--job", &ids[0]]).output().expect("audit job");
+    let one = opsfleet(&["audit", "--json", "--config", &config_arg, "--job", &ids[0]]).output().expect("audit job");
     let one: Value = serde_json::from_slice(&one.stdout).expect("one JSON line");
     assert_eq!((one["job"].as_str(), one["status"].as_str()), (Some(ids[0].as_str()), Some("SUCCEEDED")));
 }

@@ -2,7 +2,8 @@
 # Installs what the tests need and runs every test of the workspace:
 # - moto (PyPI `moto[server]`, in .venv) for EC2, STS, SNS and semantic tests;
 # - fauxqs (npm, SQS) and DynamoDB Local (AWS's own engine, from npm's
-#   `amplify-dynamodb-simulator`, on Java 17) in .emulators, for fleets under load and faults.
+#   `amplify-dynamodb-simulator`, on Java 17) in .emulators, for fleets under load and faults;
+# - Prometheus and promtool (Debian's `prometheus`) for the metrics and alert-rule tests.
 # Each emulator starts on a free loopback port and stops when the tests end, also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,6 +45,9 @@ if [ "$(cat "$emulators/.installed" 2>/dev/null)" != "$wanted" ]; then
   echo "$wanted" > "$emulators/.installed"
 fi
 java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])' || apt_install openjdk-17-jre-headless
+# Prometheus and promtool (Debian's package) check the metrics, the alert rules and their
+# unit tests; the package's service is not started.
+command -v promtool > /dev/null && command -v prometheus > /dev/null || apt_install prometheus
 
 free_port() { "$venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 wait_port() {

@@ -7,7 +7,8 @@
 //! (SQS refuses; the embedded queue refuses too).
 
 use opsfleet_protocol::ports::{
-    AttrValue, Backend, Cond, Item, Key, OutgoingMessage, Queue, QueueSpec, StoreError, Update,
+    AttrValue, Attrs, Backend, Cond, IndexQuery, Item, Key, OutgoingMessage, Queue, QueueSpec, StoreError, Update,
+    INDEXES,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -235,4 +236,72 @@ pub async fn store_semantics(backend: &dyn Backend, prefix: &str) {
     store.delete(&key, Cond::Exists).await.expect("delete");
     assert_eq!(store.get(&key).await.expect("get"), None);
     assert!(matches!(backend.store(&format!("{prefix}-missing")).await.err(), Some(StoreError::NotFound { .. })));
+}
+
+/// The secondary indexes: keys of the items whose attribute matches, newest first, cut by
+/// `since` and `limit`; items lacking the attribute (a sparse index) are not in it, and an
+/// item whose attribute goes away leaves it.
+pub async fn store_indexes(backend: &dyn Backend, prefix: &str) {
+    let table = format!("{prefix}-indexed");
+    backend.ensure_table(&table).await.expect("create table");
+    let store = backend.store(&table).await.expect("open table");
+    let [by_resource, by_task, by_status] = INDEXES;
+    let job = |n: i64, resource: &str, task: &str, open: Option<&str>| {
+        let mut attrs: Attrs = [
+            (by_resource.key.to_owned(), AttrValue::from(resource)),
+            (by_task.key.to_owned(), AttrValue::from(task)),
+            (by_resource.order.to_owned(), AttrValue::from(1_000 + n)),
+        ]
+        .into();
+        if let Some(status) = open {
+            attrs.insert(by_status.key.to_owned(), status.into());
+        }
+        Item { key: Key::new(format!("job#{n}"), "job"), attrs }
+    };
+    for item in [
+        job(1, "i-1", "backup", Some("FAILED")),
+        job(2, "i-2", "backup", None),
+        job(3, "i-1", "reboot", Some("IN_PROGRESS")),
+        job(4, "i-1", "backup", None),
+        job(5, "vol-9", "backup", Some("FAILED")),
+    ] {
+        store.put(item, Cond::Always).await.expect("put");
+    }
+    // Not a job: it has the order attribute but none of the keys.
+    let attempt = Item {
+        key: Key::new("job#1", "attempt#0001"),
+        attrs: [(by_resource.order.to_owned(), 5_000i64.into())].into(),
+    };
+    store.put(attempt, Cond::Always).await.expect("put");
+    let query = |index, value: &str, since, limit| IndexQuery { index, value: value.to_owned(), since, limit };
+    let pks = |keys: Vec<Key>| keys.into_iter().map(|k| k.pk).collect::<Vec<_>>();
+    // Indexes are eventually consistent: wait (a little) for the last write to show.
+    let mut found = Vec::new();
+    for _ in 0..50 {
+        found = pks(store.query_index(&query(by_resource, "i-1", None, 10)).await.expect("query"));
+        if found.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(found, ["job#4", "job#3", "job#1"], "newest first");
+    assert_eq!(
+        pks(store.query_index(&query(by_resource, "i-1", Some(1_003), 10)).await.expect("q")),
+        ["job#4", "job#3"]
+    );
+    assert_eq!(pks(store.query_index(&query(by_resource, "i-1", None, 1)).await.expect("q")), ["job#4"]);
+    assert_eq!(pks(store.query_index(&query(by_task, "backup", None, 10)).await.expect("q")).len(), 4);
+    assert_eq!(pks(store.query_index(&query(by_status, "FAILED", None, 10)).await.expect("q")), ["job#5", "job#1"]);
+    assert!(store.query_index(&query(by_resource, "i-404", None, 10)).await.expect("q").is_empty());
+    // The job leaves the sparse index when its attribute goes.
+    store.update(&Key::new("job#5", "job"), Update::default().remove(by_status.key), Cond::Exists).await.expect("u");
+    let mut left = Vec::new();
+    for _ in 0..50 {
+        left = pks(store.query_index(&query(by_status, "FAILED", None, 10)).await.expect("query"));
+        if left.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(left, ["job#1"]);
 }

@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use opsfleet_protocol::ports::{
-    Backend, Cond, DeleteFailure, Item, Key, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec,
+    Backend, Cond, DeleteFailure, IndexQuery, Item, Key, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec,
     ReceivedMessage, SendFailure, Store, StoreError, Update,
 };
 use std::collections::BTreeMap;
@@ -199,5 +199,10 @@ impl Store for CountingStore {
     async fn peek_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
         self.counter.count("Query(eventual)");
         self.inner.peek_prefix(pk, sk_prefix).await
+    }
+
+    async fn query_index(&self, query: &IndexQuery) -> Result<Vec<Key>, StoreError> {
+        self.counter.count("Query(index)");
+        self.inner.query_index(query).await
     }
 }

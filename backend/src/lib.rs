@@ -7,6 +7,7 @@ pub mod aws;
 pub mod conformance;
 pub mod counting;
 pub mod embedded;
+pub mod presence;
 pub mod setup;
 
 pub use aws::AwsBackend;

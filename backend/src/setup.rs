@@ -9,7 +9,7 @@ use std::time::Duration;
 const RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// Receives after which an event the router keeps failing on moves to the events DLQ.
-const EVENTS_MAX_RECEIVE: u32 = 10;
+pub const EVENTS_MAX_RECEIVE: u32 = 10;
 
 /// Why setup failed.
 #[derive(Debug, thiserror::Error)]

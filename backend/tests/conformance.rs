@@ -52,6 +52,7 @@ every!(embedded_queue_redrive, aws_queue_redrive, fast_queue_redrive, conformanc
 every!(embedded_queue_fifo, aws_queue_fifo, fast_queue_fifo, conformance::queue_fifo);
 every!(embedded_queue_delay, aws_queue_delay, fast_queue_delay, conformance::queue_delay);
 every!(embedded_store_semantics, aws_store_semantics, fast_store_semantics, conformance::store_semantics);
+every!(embedded_store_indexes, aws_store_indexes, fast_store_indexes, conformance::store_indexes);
 
 /// An endpoint that accepts connections and never answers: every call still ends, with a
 /// retryable error, within the fleet's operation timeout.
@@ -107,4 +108,47 @@ async fn setup_makes_high_throughput_fifo_partitions() {
     use aws_sdk_sqs::types::QueueAttributeName as A;
     assert_eq!(attrs.get(&A::DeduplicationScope).map(String::as_str), Some("messageGroup"), "{attrs:?}");
     assert_eq!(attrs.get(&A::FifoThroughputLimit).map(String::as_str), Some("perMessageGroupId"), "{attrs:?}");
+}
+
+/// `setup` on a table made before the indexes existed adds them, one at a time.
+#[tokio::test]
+async fn setup_adds_the_indexes_a_table_lacks() {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let Ok(endpoint) = std::env::var("OPSFLEET_TEST_FAST_DYNAMODB") else {
+        panic!("the fast emulator tests need OPSFLEET_TEST_FAST_DYNAMODB: run them with tests/run.sh");
+    };
+    let config = AwsBackend::sdk_config().await;
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&config).endpoint_url(&endpoint).build(),
+    );
+    let table = unique("legacy");
+    let attr = |name: &str| {
+        AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().expect("a")
+    };
+    let key = |name: &str, kind| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().expect("k");
+    client
+        .create_table()
+        .table_name(&table)
+        .attribute_definitions(attr("pk"))
+        .attribute_definitions(attr("sk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create a table without indexes");
+    let backend = fast().await;
+    backend.ensure_table(&table).await.expect("add the indexes");
+    let described = client.describe_table().table_name(&table).send().await.expect("describe");
+    let mut names: Vec<String> = described
+        .table
+        .and_then(|t| t.global_secondary_indexes)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| i.index_name)
+        .collect();
+    names.sort();
+    let mut expected: Vec<&str> = opsfleet_protocol::ports::INDEXES.iter().map(|i| i.name).collect();
+    expected.sort();
+    assert_eq!(names, expected);
 }

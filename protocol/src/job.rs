@@ -136,7 +136,7 @@ pub fn run_id(event_id: &str, task: &str) -> String {
 
 /// The first `bytes` of SHA-256 over length-prefixed parts, in hex: parts cannot run into
 /// each other (`ab`+`c` differs from `a`+`bc`).
-fn digest(parts: &[&str], bytes: usize) -> String {
+pub(crate) fn digest(parts: &[&str], bytes: usize) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         hasher.update((part.len() as u64).to_be_bytes());

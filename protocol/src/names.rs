@@ -35,5 +35,34 @@ pub fn table(fleet: &str) -> String {
     fleet.to_owned()
 }
 
+/// The message attribute of a dead letter that says when the fleet first saw the message
+/// (Unix ms); the dead letter's own send time says when it was dead-lettered.
+pub const FIRST_SEEN_ATTRIBUTE: &str = "opsfleet-first-seen";
+
 /// The message attribute that carries the reason a message was dead-lettered.
 pub const REASON_ATTRIBUTE: &str = "opsfleet-reason";
+
+/// The EventBridge rule of a task (its pattern's, or its schedule's): `{fleet}-{task}`, cut
+/// to EventBridge's 64 characters with a digest of the whole name when longer.
+pub fn rule(fleet: &str, task: &str) -> String {
+    let name = format!("{fleet}-{task}");
+    if name.len() <= 64 {
+        return name;
+    }
+    let digest = crate::job::digest(&[&name], 4);
+    let mut cut = 64 - digest.len() - 1;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}-{digest}", &name[..cut])
+}
+
+/// The pattern of the events a schedule rule sends: EventBridge's `Scheduled Event`, whose
+/// `resources` name the rule's ARN.
+pub fn schedule_pattern(rule: &str) -> serde_json::Value {
+    serde_json::json!({
+        "source": ["aws.events"],
+        "detail-type": ["Scheduled Event"],
+        "resources": [{ "suffix": format!(":rule/{rule}") }],
+    })
+}

@@ -160,7 +160,7 @@ impl Planner {
         let partitions = self.config.fleet.partitions.get();
         let allowed = &self.config.fleet.allowed_accounts;
         let mut jobs = Vec::with_capacity(resources.len());
-        for resource in resources {
+        for resource in resources.iter().filter(|r| task.acts_on.is_empty() || task.acts_on.contains(&r.kind)) {
             resource
                 .check()
                 .map_err(|e| PlanError::Targets { task: task.name.clone(), error: TargetError::Invalid(e) })?;

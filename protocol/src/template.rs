@@ -169,6 +169,12 @@ pub fn utc(ms: u64) -> (String, String) {
     (format!("{year:04}-{month:02}-{day:02}"), format!("{year:04}{month:02}{day:02}T{h:02}{m:02}{s:02}Z"))
 }
 
+/// A Unix time in ms in ISO 8601's extended format: `2026-11-25T18:30:00Z`.
+pub fn iso(ms: u64) -> String {
+    let (date, basic) = utc(ms);
+    format!("{date}T{}:{}:{}Z", &basic[9..11], &basic[11..13], &basic[13..15])
+}
+
 /// The value of a field of an event's document by path (`detail.state`), as text: strings as
 /// they are, other values as JSON; `None` when missing.
 pub fn event_field(document: &serde_json::Map<String, Value>, path: &str) -> Option<String> {
@@ -223,6 +229,7 @@ mod tests {
         assert_eq!(utc(0), ("1970-01-01".to_owned(), "19700101T000000Z".to_owned()));
         assert_eq!(utc(951_782_400_000).0, "2000-02-29");
         assert_eq!(utc(4_102_444_799_000).1, "20991231T235959Z");
+        assert_eq!(iso(1_764_095_405_000), "2025-11-25T18:30:05Z");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::telemetry::{
     EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted, PollFailed, TaskFoundNothing,
 };
 use futures::future::join_all;
+use opsfleet_backend::setup::EVENTS_MAX_RECEIVE;
 use opsfleet_protocol::event::{normalize, TargetError};
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage, Queue, QueueError, ReceivedMessage};
@@ -198,13 +199,21 @@ impl Router {
             Err(e) => return self.reject(message, plan_error_kind(&e), e.to_string()).await,
         };
         let mut jobs = plan.jobs;
+        // A discovery that fails does not hold back the jobs of the other tasks: they go out,
+        // and the event comes again for the failed discovery (its jobs' ids are the same, so
+        // what went out already is deduplicated), until its last receive, when it goes to the
+        // DLQ with the reason.
+        let mut failed_discovery: Option<String> = None;
         for discovery in &plan.discoveries {
             let resources = match self.discover.discover(discovery).await {
                 Ok(resources) => resources,
                 Err(e @ DiscoveryError::Unavailable { .. }) => {
                     return self.reject(message, "discovery", e.to_string()).await
                 }
-                Err(e) => return self.defer(message, e.to_string()),
+                Err(e) => {
+                    failed_discovery = Some(e.to_string());
+                    continue;
+                }
             };
             if let Err(e) = self.planner.check_cap(jobs.len() + resources.len()) {
                 return self.reject(message, plan_error_kind(&e), e.to_string()).await;
@@ -229,6 +238,12 @@ impl Router {
             Err(SendError::TooLarge(e)) => return self.reject(message, "job_too_large", e.to_string()).await,
             Err(e @ SendError::Refused { .. }) => return self.reject(message, "job_refused", e.to_string()).await,
             Err(e) => return self.defer(message, e.to_string()),
+        }
+        if let Some(error) = failed_discovery {
+            if message.receive_count + 1 >= EVENTS_MAX_RECEIVE {
+                return self.reject(message, "discovery", error).await;
+            }
+            return self.defer(message, error);
         }
         let mut per_task: BTreeMap<(&str, &str), usize> = BTreeMap::new();
         for job in &jobs {
@@ -262,9 +277,16 @@ impl Router {
     }
 
     async fn reject(&self, message: &ReceivedMessage, kind: &'static str, reason: String) -> Outcome {
-        // SQS takes ten attributes: ours, and as many of the original ones as fit.
+        // SQS takes ten attributes: ours (reason, source queue, first seen), and as many of the
+        // original ones as fit.
         let mut attributes: BTreeMap<String, String> =
-            message.attributes.iter().take(8).map(|(k, v)| (k.clone(), v.clone())).collect();
+            message.attributes.iter().take(7).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let first_seen = message
+            .attributes
+            .get(names::FIRST_SEEN_ATTRIBUTE)
+            .cloned()
+            .unwrap_or_else(|| (if message.sent_ms > 0 { message.sent_ms } else { unix_ms() }).to_string());
+        attributes.insert(names::FIRST_SEEN_ATTRIBUTE.to_owned(), first_seen);
         let mut bounded = reason.clone();
         if bounded.len() > MAX_REASON {
             let mut cut = MAX_REASON;

@@ -18,10 +18,13 @@ pub struct InventoryItem {
     /// Its tags.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Its state (`running`, `available`, …), if known.
+    #[serde(default)]
+    pub state: Option<String>,
 }
 
 /// Finds resources in a fixed list, with the same filters as EC2 discovery: type, every tag
-/// equal, account and region among those asked for.
+/// equal, state among those asked for, account and region among those asked for.
 pub struct StaticInventory {
     items: Vec<InventoryItem>,
 }
@@ -49,6 +52,7 @@ impl Discover for StaticInventory {
             .filter(|item| discovery.accounts.contains(&item.resource.account))
             .filter(|item| discovery.regions.contains(&item.resource.region))
             .filter(|item| query.tags.iter().all(|(k, v)| item.tags.get(k) == Some(v)))
+            .filter(|item| query.state.is_empty() || item.state.as_ref().is_some_and(|s| query.state.contains(s)))
             .map(|item| item.resource.clone())
             .collect())
     }
@@ -77,6 +81,7 @@ mod tests {
             query: DiscoveryQuery {
                 kind: ResourceType::Volume,
                 tags: [("Backup".to_owned(), "nightly".to_owned())].into(),
+                state: vec![],
                 regions: vec![],
                 accounts: vec![],
             },

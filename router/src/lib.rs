@@ -8,12 +8,14 @@
 //! not act on, go to `<name>-events-dlq` at once with the reason as a message attribute.
 
 mod discovery;
+mod ec2_discovery;
 mod ingest;
 mod inventory;
 mod send;
 mod telemetry;
 
 pub use discovery::{Discover, DiscoveryError, NoDiscovery};
+pub use ec2_discovery::Ec2Discovery;
 pub use ingest::{Outcome, Router, RouterError};
 pub use inventory::{InventoryItem, StaticInventory};
 pub use send::{send_all, SendError};

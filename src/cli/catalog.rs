@@ -1,9 +1,9 @@
 //! `opsfleet actions` and `opsfleet iam-policy`: what the actions are, and what the fleet needs.
 
-use opsfleet_protocol::Config;
+use opsfleet_protocol::config::Targets;
+use opsfleet_protocol::{Config, ResourceType};
 use opsfleet_worker::ActionRegistry;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -48,16 +48,65 @@ const DYNAMODB_RUN: &[&str] = &[
     "dynamodb:UpdateItem",
 ];
 
-/// Prints the least-privilege IAM policy of a config: its own queues and table, the IAM
-/// actions of the actions its tasks use, and the member role when one is set. `setup` adds
-/// what `opsfleet setup` needs to create the queues and table.
-pub fn iam_policy(path: &Path, setup: bool) -> anyhow::Result<ExitCode> {
+/// Prints the least-privilege IAM policy of a config: its own queues and table, what the
+/// actions its tasks use need (scoped to resource ARNs and tag conditions where EC2 allows),
+/// the describes its discoveries need, and the member role when one is set. `setup` adds what
+/// `opsfleet setup` needs. With `member_of` (the fleet role's ARN), prints instead the policy of
+/// the role in member accounts and its trust policy.
+pub fn iam_policy(path: &Path, setup: bool, member_of: Option<String>) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
-    println!("{}", serde_json::to_string_pretty(&policy(&config, setup))?);
+    let out = match member_of {
+        Some(fleet_role) => json!({
+            "RoleName": config.fleet.member_role.as_deref().and_then(|r| r.rsplit('/').next()).unwrap_or("OpsFleetMember"),
+            "Policy": member_policy(&config),
+            "TrustPolicy": trust_policy(&config, &fleet_role),
+        }),
+        None => policy(&config, setup),
+    };
+    println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
 }
 
-fn policy(config: &Config, setup: bool) -> Value {
+/// What the tasks' actions and discoveries need, each statement once.
+fn action_statements(config: &Config) -> Vec<Value> {
+    let registry = ActionRegistry::builtin();
+    let mut statements: Vec<Value> = Vec::new();
+    let mut add = |statement: Value| {
+        if !statements.contains(&statement) {
+            statements.push(statement);
+        }
+    };
+    for task in &config.tasks {
+        if let Some(action) = registry.get(&task.action) {
+            // An action that calls nothing (noop) needs no statement: IAM refuses empty ones.
+            for statement in action.iam_statements(&task.params) {
+                if statement["Action"].as_array().is_none_or(|a| !a.is_empty()) {
+                    add(statement);
+                }
+            }
+        }
+        if let Targets::Discover(query) = &task.targets {
+            let describe = match query.kind {
+                ResourceType::Instance => "ec2:DescribeInstances",
+                ResourceType::Volume => "ec2:DescribeVolumes",
+                ResourceType::Snapshot => "ec2:DescribeSnapshots",
+                ResourceType::Image => "ec2:DescribeImages",
+            };
+            add(json!({ "Effect": "Allow", "Action": [describe], "Resource": ["*"] }));
+        }
+    }
+    statements
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            s["Sid"] = json!(format!("Actions{i}"));
+            s
+        })
+        .collect()
+}
+
+/// The policy of the fleet's own role.
+pub fn policy(config: &Config, setup: bool) -> Value {
     let fleet = &config.fleet.name;
     let mut sqs: Vec<&str> = SQS_RUN.to_vec();
     let mut dynamodb: Vec<&str> = DYNAMODB_RUN.to_vec();
@@ -67,18 +116,15 @@ fn policy(config: &Config, setup: bool) -> Value {
     }
     let mut statements = vec![
         json!({ "Sid": "FleetQueues", "Effect": "Allow", "Action": sqs, "Resource": format!("arn:aws:sqs:*:*:{fleet}-*") }),
-        json!({ "Sid": "FleetTable", "Effect": "Allow", "Action": dynamodb, "Resource": format!("arn:aws:dynamodb:*:*:table/{fleet}") }),
+        json!({ "Sid": "FleetTable", "Effect": "Allow", "Action": dynamodb,
+            "Resource": [format!("arn:aws:dynamodb:*:*:table/{fleet}"), format!("arn:aws:dynamodb:*:*:table/{fleet}/index/*")] }),
+        json!({ "Sid": "FleetIdentity", "Effect": "Allow", "Action": ["sts:GetCallerIdentity"], "Resource": "*" }),
+        // On ECS, a worker keeps its task out of scale-ins while it runs jobs (the rendered
+        // service stack names its cluster after the fleet).
+        json!({ "Sid": "ScaleInProtection", "Effect": "Allow", "Action": ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"],
+            "Resource": format!("arn:aws:ecs:*:*:task/{fleet}/*") }),
     ];
-    let registry = ActionRegistry::builtin();
-    let used: BTreeSet<&str> = config
-        .tasks
-        .iter()
-        .filter_map(|t| registry.get(&t.action))
-        .flat_map(|a| a.iam_actions().iter().copied())
-        .collect();
-    if !used.is_empty() {
-        statements.push(json!({ "Sid": "Actions", "Effect": "Allow", "Action": used, "Resource": "*" }));
-    }
+    statements.extend(action_statements(config));
     if let Some(role) = &config.fleet.member_role {
         statements.push(json!({
             "Sid": "MemberAccounts",
@@ -88,6 +134,21 @@ fn policy(config: &Config, setup: bool) -> Value {
         }));
     }
     json!({ "Version": "2012-10-17", "Statement": statements })
+}
+
+/// The policy of the role in member accounts: what the actions and discoveries need there.
+pub fn member_policy(config: &Config) -> Value {
+    json!({ "Version": "2012-10-17", "Statement": action_statements(config) })
+}
+
+/// The trust policy of the role in member accounts: the fleet's role may assume it, with the
+/// fleet's external id.
+pub fn trust_policy(config: &Config, fleet_role: &str) -> Value {
+    let mut statement = json!({ "Effect": "Allow", "Principal": { "AWS": fleet_role }, "Action": "sts:AssumeRole" });
+    if let Some(external_id) = &config.fleet.external_id {
+        statement["Condition"] = json!({ "StringEquals": { "sts:ExternalId": external_id } });
+    }
+    json!({ "Version": "2012-10-17", "Statement": [statement] })
 }
 
 #[cfg(test)]
@@ -101,15 +162,61 @@ mod tests {
         let p = policy(&config, false);
         let statements = p["Statement"].as_array().expect("statements");
         assert_eq!(statements[0]["Resource"], "arn:aws:sqs:*:*:ops-*");
-        assert_eq!(statements[1]["Resource"], "arn:aws:dynamodb:*:*:table/ops");
+        assert_eq!(statements[1]["Resource"][0], "arn:aws:dynamodb:*:*:table/ops");
         assert!(!statements[0]["Action"].as_array().expect("actions").contains(&json!("sqs:CreateQueue")));
-        assert_eq!(statements.len(), 3, "noop needs no IAM action: {statements:?}");
-        assert_eq!(statements[2]["Resource"], "arn:aws:iam::*:role/Member");
+        assert_eq!(statements[3]["Resource"], "arn:aws:ecs:*:*:task/ops/*");
+        assert_eq!(statements.len(), 5, "noop calls nothing and needs no statement: {statements:?}");
+        assert!(statements.iter().all(|s| s["Action"] != json!([])), "IAM refuses empty statements");
+        assert_eq!(statements[4]["Resource"], "arn:aws:iam::*:role/Member");
         let with_setup = policy(&config, true);
         assert!(with_setup["Statement"][0]["Action"].as_array().expect("actions").contains(&json!("sqs:CreateQueue")));
         assert!(with_setup["Statement"][1]["Action"]
             .as_array()
             .expect("actions")
             .contains(&json!("dynamodb:CreateTable")));
+    }
+
+    #[test]
+    fn actions_are_scoped_to_what_opsfleet_made_and_member_roles_trust_the_fleet_with_its_external_id() {
+        let text = r#"
+[fleet]
+name = "ops"
+external_id = "secret-id"
+member_role = "arn:aws:iam::{account}:role/OpsFleetMember"
+
+[[tasks]]
+name = "backup"
+pattern = { source = ["x"] }
+targets = { type = "ec2:volume", tags = { Backup = "yes" }, regions = ["us-east-1"] }
+action = "ebs-snapshot"
+params = { retain = 3 }
+
+[[tasks]]
+name = "page"
+pattern = { source = ["x"] }
+targets = "event"
+action = "notify"
+params = { topic_arn = "arn:aws:sns:us-east-1:123456789012:ops" }
+"#;
+        let config = Config::parse(text, Some(&ActionRegistry::builtin())).expect("config");
+        let p = policy(&config, false).to_string();
+        assert!(
+            p.contains(
+                r#""Action":["ec2:DeleteSnapshot"],"Condition":{"StringLike":{"aws:ResourceTag/opsfleet:job":"*"}}"#
+            ),
+            "{p}"
+        );
+        assert!(p.contains(r#""ec2:CreateAction":["CreateSnapshot"]"#), "{p}");
+        assert!(
+            p.contains(
+                r#""Action":["sns:Publish"],"Effect":"Allow","Resource":"arn:aws:sns:us-east-1:123456789012:ops""#
+            ),
+            "{p}"
+        );
+        let member = member_policy(&config).to_string();
+        assert!(member.contains("ec2:CreateSnapshot") && !member.contains("sqs:"), "{member}");
+        let trust = trust_policy(&config, "arn:aws:iam::111111111111:role/ops-fleet");
+        assert_eq!(trust["Statement"][0]["Principal"]["AWS"], "arn:aws:iam::111111111111:role/ops-fleet");
+        assert_eq!(trust["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"], "secret-id");
     }
 }

@@ -107,6 +107,8 @@ pub async fn run(config: Option<PathBuf>, events: Option<PathBuf>) -> anyhow::Re
         true,
         shutdown.clone(),
         Some(Duration::from_millis(100)),
+        None,
+        super::serve::process_id(),
     )
     .await?;
     let ledger = Ledger::new(backend.store(&names::table(&fleet)).await?, Clock::new(), Duration::from_secs(86_400));

@@ -76,11 +76,16 @@ pub async fn list(path: &Path, which: Which, max: usize) -> anyhow::Result<ExitC
     for pair in pairs(&backend, &config, which).await? {
         let messages = take(pair.dead.as_ref(), max, Duration::from_secs(30)).await?;
         for m in &messages {
+            // First seen: when the fleet first got it; last seen: when it was dead-lettered.
+            let first_seen: u64 =
+                m.attributes.get(names::FIRST_SEEN_ATTRIBUTE).and_then(|v| v.parse().ok()).unwrap_or(m.sent_ms);
             let line = json!({
                 "queue": pair.dead.name(),
                 "message_id": m.message_id,
                 "reason": m.attributes.get(names::REASON_ATTRIBUTE),
                 "receive_count": m.receive_count,
+                "first_seen": opsfleet_protocol::template::iso(first_seen),
+                "last_seen": opsfleet_protocol::template::iso(m.sent_ms),
                 "body": m.body,
             });
             println!("{line}");

@@ -5,6 +5,9 @@ mod audit;
 mod catalog;
 mod demo;
 mod dlq;
+pub mod exporter;
+mod health;
+mod infra;
 mod plan;
 mod serve;
 mod setup;
@@ -48,6 +51,10 @@ pub enum Command {
         config: PathBuf,
         /// Event files; without any, events are read as JSON lines from stdin.
         events: Vec<PathBuf>,
+        /// Expand tasks that find their resources by discovery, with EC2 `Describe*` calls
+        /// (the AWS chain's credentials; member accounts through `member_role`).
+        #[arg(long)]
+        discover: bool,
     },
     /// Check a config and report every problem with its place.
     Validate {
@@ -74,17 +81,37 @@ pub enum Command {
     Worker(ServeArgs),
     /// Router and worker in one process.
     Run(ServeArgs),
-    /// Print the ledger of a job, or of every run of an event, as JSON lines.
+    /// What happened: jobs of a resource, a task or a status (newest first, from the table's
+    /// indexes), one job, or every run of an event, each with its attempts.
     Audit {
         /// The fleet config.
         #[arg(long, short)]
         config: PathBuf,
         /// A job id.
-        #[arg(long, required_unless_present = "event")]
+        #[arg(long)]
         job: Option<String>,
         /// An event id: every task's run of it, and their jobs.
         #[arg(long)]
         event: Option<String>,
+        /// A resource: its id (`i-…`, `vol-…`) or its key (`account/region/type/id`).
+        #[arg(long)]
+        resource: Option<String>,
+        /// A task.
+        #[arg(long)]
+        task: Option<String>,
+        /// A status: IN_PROGRESS, PENDING, SUCCEEDED, FAILED, CANCELLED, SKIPPED (SUCCEEDED and
+        /// SKIPPED only with --resource or --task). With no filter: every job not done well.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs whose event arrived at most this long ago (`30m`, `6h`, `7d`).
+        #[arg(long)]
+        since: Option<String>,
+        /// The most jobs to show.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// List the actions this build ships, with their targets, limits, IAM actions and params.
     Actions,
@@ -96,6 +123,25 @@ pub enum Command {
         /// Include what `opsfleet setup` needs to create the queues and table.
         #[arg(long)]
         setup: bool,
+        /// Print instead the policy of the role in member accounts, and its trust policy.
+        #[arg(long, requires = "fleet_role")]
+        member: bool,
+        /// The ARN of the fleet's own role, which member roles trust (with `--member`).
+        #[arg(long)]
+        fleet_role: Option<String>,
+    },
+    /// Render the CloudFormation templates of a config (core, service, member role).
+    Infra {
+        /// What to do.
+        #[command(subcommand)]
+        action: InfraAction,
+    },
+    /// Check that a router or worker here answers on its metrics address (for container
+    /// health checks): exits 0 when it does, 1 with a one-line reason when not.
+    Healthcheck {
+        /// The metrics address of the process.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        address: String,
     },
     /// List or redrive dead-lettered messages.
     Dlq {
@@ -124,6 +170,20 @@ impl Command {
             _ => "warn",
         }
     }
+}
+
+/// `opsfleet infra` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum InfraAction {
+    /// Write opsfleet-core.yaml, opsfleet-service.yaml and member-role.yaml for a config.
+    Render {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The directory to write the templates in (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 /// `opsfleet dlq` subcommands.
@@ -172,7 +232,7 @@ pub struct ServeArgs {
 /// Runs a subcommand.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
-        Command::Plan { config, events } => plan::run(&config, &events),
+        Command::Plan { config, events, discover } => plan::run(&config, &events, discover).await,
         Command::Validate { config } => validate::run(&config),
         Command::Setup { config } => setup::run(&config).await,
         Command::Router { config, metrics_addr } => serve::router(&config, metrics_addr).await,
@@ -180,10 +240,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Run(args) => serve::both(args).await,
         Command::Dlq { action: DlqAction::List { config, queue, max } } => dlq::list(&config, queue, max).await,
         Command::Dlq { action: DlqAction::Redrive { config, queue, max } } => dlq::redrive(&config, queue, max).await,
-        Command::Audit { config, job, event } => audit::run(&config, job, event).await,
+        Command::Audit { config, job, event, resource, task, status, since, limit, json } => {
+            let query = audit::Query { job, event, resource, task, status, since, limit, json };
+            audit::run(&config, query).await
+        }
         Command::Actions => catalog::actions(),
-        Command::IamPolicy { config, setup } => catalog::iam_policy(&config, setup),
+        Command::IamPolicy { config, setup, member, fleet_role } => {
+            catalog::iam_policy(&config, setup, member.then_some(fleet_role).flatten())
+        }
         Command::Demo { config, events } => demo::run(config, events).await,
+        Command::Infra { action: InfraAction::Render { config, out } } => infra::render(&config, &out),
+        Command::Healthcheck { address } => health::check(&address),
     }
 }
 
@@ -194,7 +261,8 @@ pub fn init_tracing(format: &LogFormat, default_level: &str) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+        // The current span's fields (a job's id, task, resource and event) go on every line.
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).try_init(),
     };
 }
 
@@ -216,10 +284,11 @@ pub fn serve_metrics(address: Option<&str>) -> anyhow::Result<()> {
     };
     let addr: std::net::SocketAddr =
         address.parse().with_context(|| format!("metrics address `{address}` is not host:port"))?;
-    metrics_exporter_prometheus::PrometheusBuilder::new()
+    exporter::builder()?
         .with_http_listener(addr)
         .install()
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    exporter::describe();
     tracing::info!(%addr, "Serving Prometheus metrics.");
     Ok(())
 }

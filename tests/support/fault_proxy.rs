@@ -39,6 +39,7 @@ pub struct FaultProxy {
     pub url: String,
     plan: Arc<Mutex<FaultPlan>>,
     counts: Arc<Mutex<BTreeMap<&'static str, u64>>>,
+    log: Arc<Mutex<Vec<(std::time::Instant, String)>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -60,9 +61,10 @@ impl FaultProxy {
         let addr: SocketAddr = listener.local_addr().expect("proxy address");
         let plan = Arc::new(Mutex::new(FaultPlan::default()));
         let counts: Arc<Mutex<BTreeMap<&'static str, u64>>> = Arc::default();
+        let log: Arc<Mutex<Vec<(std::time::Instant, String)>>> = Arc::default();
         let upstream = upstream.trim_end_matches('/').to_owned();
         let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-        let (p, c) = (Arc::clone(&plan), Arc::clone(&counts));
+        let (p, c, l) = (Arc::clone(&plan), Arc::clone(&counts), Arc::clone(&log));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
@@ -71,12 +73,13 @@ impl FaultProxy {
                     drop(stream);
                     continue;
                 }
-                let (p, c, client, upstream) = (Arc::clone(&p), Arc::clone(&c), client.clone(), upstream.clone());
+                let (p, c, l, client, upstream) =
+                    (Arc::clone(&p), Arc::clone(&c), Arc::clone(&l), client.clone(), upstream.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
-                        let (p, c, client, upstream) =
-                            (Arc::clone(&p), Arc::clone(&c), client.clone(), upstream.clone());
-                        async move { handle(req, &p, &c, &client, &upstream).await }
+                        let (p, c, l, client, upstream) =
+                            (Arc::clone(&p), Arc::clone(&c), Arc::clone(&l), client.clone(), upstream.clone());
+                        async move { handle(req, &p, &c, &l, &client, &upstream).await }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -84,7 +87,7 @@ impl FaultProxy {
                 });
             }
         });
-        FaultProxy { url: format!("http://{addr}"), plan, counts, task }
+        FaultProxy { url: format!("http://{addr}"), plan, counts, log, task }
     }
 
     /// Sets the faults to inject from now on.
@@ -95,6 +98,12 @@ impl FaultProxy {
     /// The faults injected so far, by kind.
     pub fn injected(&self) -> BTreeMap<&'static str, u64> {
         self.counts.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Every request forwarded, with when it was forwarded and its action (the `Action` of a
+    /// query-protocol body, or the `X-Amz-Target` operation).
+    pub fn requests(&self) -> Vec<(std::time::Instant, String)> {
+        self.log.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// The number of faults injected so far.
@@ -115,6 +124,7 @@ async fn handle(
     req: Request<Incoming>,
     plan: &Mutex<FaultPlan>,
     counts: &Mutex<BTreeMap<&'static str, u64>>,
+    log: &Mutex<Vec<(std::time::Instant, String)>>,
     client: &Upstream,
     upstream: &str,
 ) -> Result<Response<Full<Bytes>>, Injected> {
@@ -156,6 +166,11 @@ async fn handle(
     }
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map_err(|_| Injected)?.to_bytes();
+    let action = String::from_utf8_lossy(&body)
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("Action=").map(str::to_owned))
+        .unwrap_or_else(|| target.rsplit('.').next().unwrap_or_default().to_owned());
+    log.lock().unwrap_or_else(PoisonError::into_inner).push((std::time::Instant::now(), action));
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let mut forward = Request::builder().method(parts.method.clone()).uri(format!("{upstream}{path}"));
     for (name, value) in &parts.headers {

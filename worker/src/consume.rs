@@ -5,7 +5,8 @@
 
 use crate::acker::Acker;
 use crate::runner::{Disposition, Worker};
-use crate::telemetry::{queue_messages, WorkerCallFailed};
+use crate::sampler::Sampler;
+use crate::telemetry::WorkerCallFailed;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, Queue, QueueError, ReceivedMessage, MAX_BATCH};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,9 +19,6 @@ use tokio_util::sync::CancellationToken;
 /// How long one receive waits for messages.
 const LONG_POLL: Duration = Duration::from_secs(20);
 
-/// How often queue depths are exported.
-const DEPTH_EVERY: Duration = Duration::from_secs(15);
-
 /// Which queue a poller serves.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -31,6 +29,7 @@ enum Source {
 /// Consumes a fleet's job partitions and checks queue.
 pub struct Consumer {
     worker: Arc<Worker>,
+    sampler: Sampler,
     queues: Vec<(Source, Arc<dyn Queue>)>,
     max_in_flight: usize,
     max_waiting: usize,
@@ -63,8 +62,10 @@ impl Consumer {
             queues.push((Source::Partition(p), backend.queue(&names::jobs_queue(fleet, p)).await?));
         }
         queues.push((Source::Checks, backend.queue(&names::checks_queue(fleet)).await?));
+        let sampler = Sampler::open(backend, worker.store(), config, worker.id().to_owned()).await?;
         Ok(Consumer {
             worker,
+            sampler,
             queues,
             max_in_flight: config.worker.max_in_flight.get() as usize,
             max_waiting: config.worker.max_waiting as usize,
@@ -131,8 +132,8 @@ impl Consumer {
             })
         };
         let keeper = tokio::spawn(keep_hidden(ackers.clone(), self.visibility, hard_stop.clone()));
-        let depths =
-            tokio::spawn(export_depths(self.queues.iter().map(|(_, q)| Arc::clone(q)).collect(), shutdown.clone()));
+        let in_flight = self.worker.in_flight_counter();
+        let sampler = tokio::spawn(self.sampler.run(shutdown.clone(), move || in_flight.load(Ordering::SeqCst)));
 
         // Start every received message as its own task until the pollers stop.
         while let Some(work) = spawn_rx.recv().await {
@@ -160,7 +161,7 @@ impl Consumer {
             jobs.abort_all();
         }
         keeper.abort();
-        depths.abort();
+        let _ = tokio::time::timeout(Duration::from_secs(5), sampler).await;
         drop(ackers);
         for task in acker_tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -297,20 +298,6 @@ async fn keep_hidden(ackers: Vec<Acker>, visibility: Duration, hard_stop: Cancel
             if acker.len() > 0 {
                 acker.extend_all(visibility);
             }
-        }
-    }
-}
-
-async fn export_depths(queues: Vec<Arc<dyn Queue>>, shutdown: CancellationToken) {
-    loop {
-        for queue in &queues {
-            if let Ok(depth) = queue.depth().await {
-                queue_messages(queue.name(), depth.visible, depth.in_flight, depth.delayed);
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(DEPTH_EVERY) => {}
-            () = shutdown.cancelled() => return,
         }
     }
 }

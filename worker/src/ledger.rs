@@ -3,7 +3,7 @@
 //! `run#<id>` item per (event, task) counting outcomes.
 
 use crate::clock::Clock;
-use opsfleet_protocol::ports::{Attrs, Cond, Item, Key, Store, StoreError, Update};
+use opsfleet_protocol::ports::{Attrs, Cond, Item, Key, Store, StoreError, Update, OPEN_STATUS};
 use opsfleet_protocol::Job;
 use serde_json::Value;
 use std::sync::Arc;
@@ -180,15 +180,16 @@ impl Ledger {
             .set("task", job.task.as_str())
             .set("action", job.action.as_str())
             .set("resource", job.resource.key())
+            .set("resource_id", job.resource.id.as_str())
             .set("event_id", job.event_id.as_str())
             .set("run", job.run_id())
             .set("received_ms", job.received_ms as i64)
-            .set("status", Status::InProgress.as_str())
             .set("owner", owner)
             .set("fence", fence)
             .set("started_ms", self.now())
             .set("expires_at", self.expires_at())
             .add("attempts", 1);
+        let update = with_status(update, Status::InProgress);
         // Fences are unique per acquisition, so "older than mine" also refuses a retry of this
         // very write, which is then recognised by its fence and owner.
         let cond = Cond::Or(vec![
@@ -239,8 +240,7 @@ impl Ledger {
     /// Marks the job pending completion checks, keeping the check state; false when the fence
     /// is no longer current.
     pub async fn pending(&self, job: &Job, fence: i64, state: &Value, checks: u32) -> Result<bool, StoreError> {
-        let update = Update::default()
-            .set("status", Status::Pending.as_str())
+        let update = with_status(Update::default(), Status::Pending)
             .set("state", state.to_string())
             .set("checks", i64::from(checks))
             .set("expires_at", self.expires_at());
@@ -295,8 +295,7 @@ impl Ledger {
             Err(e) => return Err(e),
         }
         let field = if matches!(status, Status::Succeeded | Status::Skipped) { "summary" } else { "error" };
-        let update = Update::default()
-            .set("status", status.as_str())
+        let update = with_status(Update::default(), status)
             .set(field, text)
             .set("finished_ms", self.now())
             .set("expires_at", self.expires_at())
@@ -351,8 +350,7 @@ impl Ledger {
     /// redriven from the DLQ (a redriven job of a cancelled run runs); false when it is
     /// neither.
     pub async fn reopen(&self, job_id: &str) -> Result<bool, StoreError> {
-        let update = Update::default()
-            .set("status", Status::InProgress.as_str())
+        let update = with_status(Update::default(), Status::InProgress)
             .set("failures", 0i64)
             .set("redriven", true)
             .set("expires_at", self.expires_at())
@@ -417,6 +415,32 @@ impl Ledger {
                 error: i.str("error").map(str::to_owned),
             })
             .collect())
+    }
+
+    /// The jobs of a secondary index's key (a resource id, a task, an open status), newest
+    /// first by when their event arrived, at least `since_ms` when given, as they are now.
+    pub async fn jobs_by(
+        &self,
+        index: opsfleet_protocol::ports::Index,
+        value: &str,
+        since_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(String, JobRecord)>, StoreError> {
+        let query = opsfleet_protocol::ports::IndexQuery {
+            index,
+            value: value.to_owned(),
+            since: since_ms.map(|s| s as i64),
+            limit,
+        };
+        let mut jobs = Vec::new();
+        for key in self.store.query_index(&query).await? {
+            let Some(id) = key.pk.strip_prefix("job#").filter(|_| key.sk == "job") else { continue };
+            // The index holds keys only, and may be a moment behind: the item says what is now.
+            if let Some(record) = self.store.get(&key).await?.and_then(record) {
+                jobs.push((id.to_owned(), record));
+            }
+        }
+        Ok(jobs)
     }
 
     /// The counts of a run, derived from its jobs' entries (so they cannot drift from the
@@ -494,3 +518,14 @@ fn record(item: Item) -> Option<JobRecord> {
 
 #[cfg(test)]
 mod tests;
+
+/// Sets a job's status, and its [`OPEN_STATUS`] (the sparse `by-status` index's key) while it
+/// is not done well.
+fn with_status(update: Update, status: Status) -> Update {
+    let update = update.set("status", status.as_str());
+    if matches!(status, Status::Succeeded | Status::Skipped) {
+        update.remove(OPEN_STATUS)
+    } else {
+        update.set(OPEN_STATUS, status.as_str())
+    }
+}

@@ -13,6 +13,8 @@ mod consume;
 pub mod lease;
 pub mod ledger;
 mod runner;
+mod sampler;
+pub mod task_protection;
 mod telemetry;
 
 pub use actions::{Action, ActionContext, ActionRegistry, Step};

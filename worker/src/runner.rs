@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 mod checks;
 mod dead_letter;
@@ -111,6 +112,7 @@ pub const PENDING_SLACK: Duration = Duration::from_secs(3600);
 /// Handles job and check messages for one fleet.
 pub struct Worker {
     config: Arc<Config>,
+    store: Arc<dyn opsfleet_protocol::ports::Store>,
     actions: ActionRegistry,
     leases: Leases,
     ledger: Ledger,
@@ -129,6 +131,8 @@ pub struct Worker {
     in_flight: Arc<AtomicUsize>,
     /// Numbers this worker's acquisitions, so that each has an owner of its own.
     acquisitions: std::sync::atomic::AtomicU64,
+    /// AWS clients for the actions (none in plan mode and on the embedded backend).
+    aws: Option<Arc<opsfleet_backend::aws::AwsAccounts>>,
     /// Cancelled at shutdown: jobs waiting for a lock or a slot hand their messages back.
     stop_waiting: CancellationToken,
     hard_stop: CancellationToken,
@@ -154,7 +158,8 @@ impl Worker {
         let in_flight = config.worker.max_in_flight.get() as usize;
         Ok(Worker {
             leases: Leases::new(Arc::clone(&store)),
-            ledger: Ledger::new(store, clock, retention(&config)),
+            ledger: Ledger::new(Arc::clone(&store), clock, retention(&config)),
+            store,
             checks: backend.queue(&names::checks_queue(fleet)).await?,
             checks_dead_letter: backend.queue(&names::checks_dlq(fleet)).await?,
             lease: Duration::from_secs(u64::from(config.worker.lease_secs.max(3))),
@@ -162,6 +167,7 @@ impl Worker {
             check_permits: Arc::new(Semaphore::new(in_flight)),
             in_flight: Arc::default(),
             acquisitions: Default::default(),
+            aws: None,
             stop_waiting: CancellationToken::new(),
             config,
             actions,
@@ -171,6 +177,12 @@ impl Worker {
             dry_run,
             hard_stop,
         })
+    }
+
+    /// The same worker with AWS clients for its actions.
+    pub fn with_aws(mut self, aws: Arc<opsfleet_backend::aws::AwsAccounts>) -> Self {
+        self.aws = Some(aws);
+        self
     }
 
     /// The same worker with another wall clock for its audit trail (tests of skewed clocks).
@@ -188,6 +200,16 @@ impl Worker {
     /// The ledger.
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// The fleet's table.
+    pub(crate) fn store(&self) -> Arc<dyn opsfleet_protocol::ports::Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// How many jobs run now (their action steps, not the ones waiting).
+    pub fn in_flight_counter(&self) -> Arc<AtomicUsize> {
+        Arc::clone(&self.in_flight)
     }
 
     /// The permits of jobs running actions (`max_in_flight`): the consumer takes one for each
@@ -219,7 +241,9 @@ impl Worker {
             Ok(job) => job,
             Err(e) => return self.dead_letter_message(partition, message, &e.to_string()).await,
         };
-        match self.run_job(&job, message, self.running_with(permit)).await {
+        // Every line logged about the job carries its id, task, resource and event.
+        let span = tracing::info_span!("job", job_id = %job.id, task = %job.task, resource = %job.resource.key(), event_id = %job.event_id);
+        match self.run_job(&job, message, self.running_with(permit)).instrument(span).await {
             Ok(d) => d,
             Err(e) => {
                 WorkerCallFailed { what: "job", error: &e.to_string() }.emit();
@@ -235,10 +259,13 @@ impl Worker {
             Ok(check) => check,
             Err(e) => {
                 let queue = Arc::clone(&self.checks_dead_letter);
-                return self.dead_letter_to(queue.as_ref(), &message.body, &e, &message.message_id).await;
+                let seed = format!("message/{}", message.message_id);
+                return self.dead_letter_to(queue.as_ref(), &message.body, &e, &seed, message.sent_ms).await;
             }
         };
-        match self.run_check(check, &message.message_id, self.running_with(permit)).await {
+        let job = &check.job;
+        let span = tracing::info_span!("job", job_id = %job.id, task = %job.task, resource = %job.resource.key(), event_id = %job.event_id);
+        match self.run_check(check.clone(), &message.message_id, self.running_with(permit)).instrument(span).await {
             Ok(d) => d,
             Err(e) => {
                 WorkerCallFailed { what: "check", error: &e.to_string() }.emit();

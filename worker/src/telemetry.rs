@@ -3,6 +3,7 @@
 //! resource id.
 
 use metrics::{counter, gauge, histogram};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 /// A job finished (for good, or for this attempt).
@@ -54,6 +55,15 @@ impl LockAcquisition<'_> {
     }
 }
 
+/// Why jobs wait, and how many wait for each in this process (kept here so the gauges can be
+/// refreshed: a gauge idle for a minute leaves the exporter).
+const WAIT_REASONS: [&str; 3] = ["lock", "max_concurrency", "limit"];
+static WAITING: [AtomicI64; 3] = [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)];
+
+fn waiting(reason: &str) -> Option<&'static AtomicI64> {
+    WAIT_REASONS.iter().position(|r| *r == reason).map(|i| &WAITING[i])
+}
+
 /// A job began waiting for a lock or a slot (`reason`: `lock`, `max_concurrency`, `limit`).
 pub(crate) struct JobWaitStarted {
     pub reason: &'static str,
@@ -61,7 +71,10 @@ pub(crate) struct JobWaitStarted {
 
 impl JobWaitStarted {
     pub fn emit(self) {
-        gauge!("opsfleet_jobs_waiting", "reason" => self.reason).increment(1.0);
+        if let Some(n) = waiting(self.reason) {
+            let now = n.fetch_add(1, Ordering::SeqCst) + 1;
+            gauge!("opsfleet_jobs_waiting", "reason" => self.reason).set(now as f64);
+        }
     }
 }
 
@@ -74,7 +87,10 @@ pub(crate) struct JobWaitEnded {
 impl JobWaitEnded {
     pub fn emit(self) {
         tracing::debug!(reason = self.reason, waited_ms = self.waited.as_millis() as u64, "Job stopped waiting.");
-        gauge!("opsfleet_jobs_waiting", "reason" => self.reason).decrement(1.0);
+        if let Some(n) = waiting(self.reason) {
+            let now = n.fetch_sub(1, Ordering::SeqCst) - 1;
+            gauge!("opsfleet_jobs_waiting", "reason" => self.reason).set(now as f64);
+        }
         histogram!("opsfleet_job_wait_seconds", "reason" => self.reason).record(self.waited.as_secs_f64());
     }
 }
@@ -192,5 +208,19 @@ pub(crate) fn jobs_in_flight(n: usize) {
 pub(crate) fn queue_messages(queue: &str, visible: u64, in_flight: u64, delayed: u64) {
     for (state, n) in [("visible", visible), ("in_flight", in_flight), ("delayed", delayed)] {
         gauge!("opsfleet_queue_messages", "queue" => queue.to_owned(), "state" => state).set(n as f64);
+    }
+}
+
+/// Visible job messages per live worker: the figure autoscaling targets.
+pub(crate) fn backlog_per_worker(value: f64) {
+    gauge!("opsfleet_backlog_per_worker").set(value);
+}
+
+/// Sets this process's gauges again (jobs in flight, jobs waiting by reason), so that they
+/// stay in the exporter while nothing changes them.
+pub(crate) fn refresh_gauges(in_flight: usize) {
+    jobs_in_flight(in_flight);
+    for (reason, n) in WAIT_REASONS.iter().zip(&WAITING) {
+        gauge!("opsfleet_jobs_waiting", "reason" => *reason).set(n.load(Ordering::SeqCst) as f64);
     }
 }

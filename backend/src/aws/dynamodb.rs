@@ -4,11 +4,12 @@
 use super::errors::{classify, ErrorClass};
 use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValuesOnConditionCheckFailure,
-    ScalarAttributeType, TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, AttributeValue, BillingMode, CreateGlobalSecondaryIndexAction, GlobalSecondaryIndex,
+    GlobalSecondaryIndexUpdate, KeySchemaElement, KeyType, Projection, ProjectionType,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_dynamodb::Client;
-use opsfleet_protocol::ports::{AttrValue, Attrs, Cond, Item, Key, Store, StoreError, Update};
+use opsfleet_protocol::ports::{AttrValue, Attrs, Cond, IndexQuery, Item, Key, Store, StoreError, Update, INDEXES};
 use std::collections::HashMap;
 
 /// The attribute DynamoDB's TTL reads (Unix seconds).
@@ -75,7 +76,8 @@ no_condition_item!(
     op::describe_table::DescribeTableError,
     op::create_table::CreateTableError,
     op::describe_time_to_live::DescribeTimeToLiveError,
-    op::update_time_to_live::UpdateTimeToLiveError
+    op::update_time_to_live::UpdateTimeToLiveError,
+    op::update_table::UpdateTableError
 );
 
 fn to_av(value: &AttrValue) -> AttributeValue {
@@ -319,55 +321,123 @@ impl Store for DynamoStore {
         self.query(pk, sk_prefix, true).await
     }
 
+    async fn query_index(&self, query: &IndexQuery) -> Result<Vec<Key>, StoreError> {
+        let mut names = HashMap::from([("#k".to_owned(), query.index.key.to_owned())]);
+        let mut values = HashMap::from([(":k".to_owned(), AttributeValue::S(query.value.clone()))]);
+        let mut condition = "#k = :k".to_owned();
+        if let Some(since) = query.since {
+            names.insert("#o".to_owned(), query.index.order.to_owned());
+            values.insert(":o".to_owned(), AttributeValue::N(since.to_string()));
+            condition.push_str(" AND #o >= :o");
+        }
+        let mut items = Vec::new();
+        let mut start: Option<HashMap<String, AttributeValue>> = None;
+        while items.len() < query.limit {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(query.index.name)
+                .key_condition_expression(&condition)
+                .set_expression_attribute_names(Some(names.clone()))
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(false)
+                .limit((query.limit - items.len()).min(1000) as i32)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(|e| error(&self.table, "Query", &e, None))?;
+            items.extend(out.items.unwrap_or_default().iter().filter_map(to_item).map(|item| item.key));
+            match out.last_evaluated_key {
+                Some(key) if !key.is_empty() => start = Some(key),
+                _ => break,
+            }
+        }
+        items.truncate(query.limit);
+        Ok(items)
+    }
+
     async fn peek_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
         self.query(pk, sk_prefix, false).await
     }
 }
 
-/// Creates the table (on-demand capacity) unless it exists, and turns on TTL on
-/// [`TTL_ATTRIBUTE`] unless it is on.
+/// Creates the table (on-demand capacity) with the ledger's [`INDEXES`] unless it exists,
+/// adds an index an existing table lacks (one at a time, as DynamoDB takes them), and turns on
+/// TTL on [`TTL_ATTRIBUTE`] unless it is on.
 pub(super) async fn ensure_table(client: &Client, table: &str) -> Result<(), StoreError> {
-    let attr = |name: &str| {
-        AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().map_err(
-            |e| StoreError::Invalid { table: table.to_owned(), operation: "CreateTable", message: e.to_string() },
-        )
+    let invalid = |operation: &'static str, e: &dyn std::fmt::Display| StoreError::Invalid {
+        table: table.to_owned(),
+        operation,
+        message: e.to_string(),
+    };
+    let attr = |name: &str, kind: ScalarAttributeType| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(kind)
+            .build()
+            .map_err(|e| invalid("CreateTable", &e))
     };
     let key = |name: &str, kind: KeyType| {
-        KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(|e| StoreError::Invalid {
-            table: table.to_owned(),
-            operation: "CreateTable",
-            message: e.to_string(),
-        })
+        KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(|e| invalid("CreateTable", &e))
     };
-    let created = client
+    let index = |i: &opsfleet_protocol::ports::Index| -> Result<GlobalSecondaryIndex, StoreError> {
+        GlobalSecondaryIndex::builder()
+            .index_name(i.name)
+            .key_schema(key(i.key, KeyType::Hash)?)
+            .key_schema(key(i.order, KeyType::Range)?)
+            .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+            .build()
+            .map_err(|e| invalid("CreateTable", &e))
+    };
+    let mut attributes = vec![attr("pk", ScalarAttributeType::S)?, attr("sk", ScalarAttributeType::S)?];
+    for i in &INDEXES {
+        attributes.push(attr(i.key, ScalarAttributeType::S)?);
+    }
+    attributes.push(attr(INDEXES[0].order, ScalarAttributeType::N)?);
+    let mut create = client
         .create_table()
         .table_name(table)
-        .attribute_definitions(attr("pk")?)
-        .attribute_definitions(attr("sk")?)
+        .set_attribute_definitions(Some(attributes.clone()))
         .key_schema(key("pk", KeyType::Hash)?)
         .key_schema(key("sk", KeyType::Range)?)
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await;
-    if let Err(e) = created {
+        .billing_mode(BillingMode::PayPerRequest);
+    for i in &INDEXES {
+        create = create.global_secondary_indexes(index(i)?);
+    }
+    if let Err(e) = create.send().await {
         let code = aws_sdk_dynamodb::error::ProvideErrorMetadata::code(&e).unwrap_or_default();
         if code != "ResourceInUseException" {
             return Err(error(table, "CreateTable", &e, None));
         }
     }
-    // Wait for the table to become active before turning on TTL.
-    for _ in 0..60 {
-        let out = client
-            .describe_table()
+    // Wait for the table (and each index added) to become active.
+    for i in INDEXES.iter() {
+        let described = wait_active(client, table).await?;
+        if described.iter().any(|name| name == i.name) {
+            continue;
+        }
+        let update = GlobalSecondaryIndexUpdate::builder()
+            .create(
+                CreateGlobalSecondaryIndexAction::builder()
+                    .index_name(i.name)
+                    .key_schema(key(i.key, KeyType::Hash)?)
+                    .key_schema(key(i.order, KeyType::Range)?)
+                    .projection(Projection::builder().projection_type(ProjectionType::KeysOnly).build())
+                    .build()
+                    .map_err(|e| invalid("UpdateTable", &e))?,
+            )
+            .build();
+        client
+            .update_table()
             .table_name(table)
+            .set_attribute_definitions(Some(attributes.clone()))
+            .global_secondary_index_updates(update)
             .send()
             .await
-            .map_err(|e| error(table, "DescribeTable", &e, None))?;
-        if out.table.and_then(|t| t.table_status).is_some_and(|s| s == aws_sdk_dynamodb::types::TableStatus::Active) {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            .map_err(|e| error(table, "UpdateTable", &e, None))?;
     }
+    wait_active(client, table).await?;
     // The table may exist from an earlier run that stopped before this step: check TTL too.
     let current = client
         .describe_time_to_live()
@@ -382,9 +452,11 @@ pub(super) async fn ensure_table(client: &Client, table: &str) -> Result<(), Sto
     if enabled {
         return Ok(());
     }
-    let ttl = TimeToLiveSpecification::builder().attribute_name(TTL_ATTRIBUTE).enabled(true).build().map_err(|e| {
-        StoreError::Invalid { table: table.to_owned(), operation: "UpdateTimeToLive", message: e.to_string() }
-    })?;
+    let ttl = TimeToLiveSpecification::builder()
+        .attribute_name(TTL_ATTRIBUTE)
+        .enabled(true)
+        .build()
+        .map_err(|e| invalid("UpdateTimeToLive", &e))?;
     client
         .update_time_to_live()
         .table_name(table)
@@ -393,4 +465,31 @@ pub(super) async fn ensure_table(client: &Client, table: &str) -> Result<(), Sto
         .await
         .map_err(|e| error(table, "UpdateTimeToLive", &e, None))?;
     Ok(())
+}
+
+/// Waits until the table and its indexes are active; returns the names of its indexes.
+async fn wait_active(client: &Client, table: &str) -> Result<Vec<String>, StoreError> {
+    for _ in 0..120 {
+        let out = client
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .map_err(|e| error(table, "DescribeTable", &e, None))?;
+        let Some(t) = out.table else { break };
+        let table_active = t.table_status.as_ref() == Some(&aws_sdk_dynamodb::types::TableStatus::Active);
+        let indexes = t.global_secondary_indexes.unwrap_or_default();
+        let indexes_active = indexes
+            .iter()
+            .all(|i| i.index_status.as_ref().is_none_or(|s| *s == aws_sdk_dynamodb::types::IndexStatus::Active));
+        if table_active && indexes_active {
+            return Ok(indexes.iter().filter_map(|i| i.index_name.clone()).collect());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    Err(StoreError::Unavailable {
+        table: table.to_owned(),
+        operation: "DescribeTable",
+        message: "the table or an index did not become active within a minute".into(),
+    })
 }

@@ -2,12 +2,17 @@
 //! endpoint and credentials come from the SDK's standard chain (`AWS_REGION`,
 //! `AWS_ENDPOINT_URL`, profiles, instance and task roles).
 
+mod accounts;
+pub mod budget;
 mod dynamodb;
 mod errors;
+pub mod metrics;
 mod sqs;
 pub mod timeouts;
 
-pub use dynamodb::DynamoStore;
+pub use accounts::{AccountError, AwsAccounts};
+
+pub use dynamodb::{DynamoStore, TTL_ATTRIBUTE};
 pub use sqs::SqsQueue;
 
 use async_trait::async_trait;
@@ -32,6 +37,7 @@ impl AwsBackend {
     /// [`timeouts`], standard retries.
     pub async fn sdk_config() -> aws_config::SdkConfig {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .http_client(default_http_client())
             .timeout_config(timeouts::config())
             .retry_config(aws_config::retry::RetryConfig::standard())
             .load()
@@ -40,15 +46,20 @@ impl AwsBackend {
 
     /// Clients from an already loaded SDK config.
     pub fn from_config(config: &aws_config::SdkConfig) -> Self {
-        AwsBackend { sqs: aws_sdk_sqs::Client::new(config), dynamodb: aws_sdk_dynamodb::Client::new(config) }
+        let sqs = aws_sdk_sqs::config::Builder::from(config).interceptor(metrics::AwsMetrics).build();
+        let dynamodb = aws_sdk_dynamodb::config::Builder::from(config).interceptor(metrics::AwsMetrics).build();
+        AwsBackend { sqs: aws_sdk_sqs::Client::from_conf(sqs), dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb) }
     }
 
     /// Clients from an SDK config with SQS and DynamoDB at endpoints of their own, as
     /// `AWS_ENDPOINT_URL_SQS` and `AWS_ENDPOINT_URL_DYNAMODB` set them for a process (tests
     /// that talk to two emulators from one process).
     pub fn with_endpoints(config: &aws_config::SdkConfig, sqs: &str, dynamodb: &str) -> Self {
-        let sqs = aws_sdk_sqs::config::Builder::from(config).endpoint_url(sqs).build();
-        let dynamodb = aws_sdk_dynamodb::config::Builder::from(config).endpoint_url(dynamodb).build();
+        let sqs = aws_sdk_sqs::config::Builder::from(config).endpoint_url(sqs).interceptor(metrics::AwsMetrics).build();
+        let dynamodb = aws_sdk_dynamodb::config::Builder::from(config)
+            .endpoint_url(dynamodb)
+            .interceptor(metrics::AwsMetrics)
+            .build();
         AwsBackend { sqs: aws_sdk_sqs::Client::from_conf(sqs), dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb) }
     }
 
@@ -56,6 +67,15 @@ impl AwsBackend {
     pub fn sqs(&self) -> &aws_sdk_sqs::Client {
         &self.sqs
     }
+}
+
+/// The HTTPS client every AWS client of the fleet sends through (the SDK's default: hyper with
+/// rustls), made here so that the EC2 budget can wrap it.
+pub fn default_http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    use aws_smithy_http_client::tls;
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::AwsLc))
+        .build_https()
 }
 
 #[async_trait]

@@ -1,7 +1,7 @@
 //! An in-process table with DynamoDB's conditional-write semantics.
 
 use async_trait::async_trait;
-use opsfleet_protocol::ports::{Attrs, Cond, Item, Key, Store, StoreError, Update};
+use opsfleet_protocol::ports::{Attrs, Cond, IndexQuery, Item, Key, Store, StoreError, Update};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -67,6 +67,20 @@ impl Store for EmbeddedStore {
         }
         items.remove(key);
         Ok(())
+    }
+
+    async fn query_index(&self, query: &IndexQuery) -> Result<Vec<Key>, StoreError> {
+        let items = self.items();
+        let mut found: Vec<(i64, Key)> = items
+            .iter()
+            .filter(|(_, attrs)| attrs.get(query.index.key).and_then(|v| v.as_str()) == Some(query.value.as_str()))
+            .filter_map(|(k, attrs)| {
+                let order = attrs.get(query.index.order).and_then(|v| v.as_i64())?;
+                (query.since.is_none_or(|s| order >= s)).then(|| (order, k.clone()))
+            })
+            .collect();
+        found.sort_by_key(|(order, _)| std::cmp::Reverse(*order));
+        Ok(found.into_iter().take(query.limit).map(|(_, key)| key).collect())
     }
 
     async fn query_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {

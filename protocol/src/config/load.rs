@@ -109,6 +109,11 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
             problem(None, "fleet.member_role".into(), format!("`{role}` must contain `{{account}}`"));
         }
     }
+    for topic in &fleet.alarm_topics {
+        if !is_topic_arn(topic) {
+            problem(None, "fleet.alarm_topics".into(), format!("`{topic}` is not an SNS topic ARN"));
+        }
+    }
 
     let mut limits = BTreeMap::new();
     for (name, spanned) in &raw.limits {
@@ -137,7 +142,34 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
         } else if !seen.insert(task.name.clone()) {
             task_problem("name", "another task has the same name".into());
         }
-        let pattern = compile_pattern(&task.pattern).map_err(|e| task_problem("pattern", e)).ok();
+        let pattern_json = match (&task.pattern, &task.schedule) {
+            (Some(Value::String(json)), None) => {
+                serde_json::from_str(json).map_err(|e| task_problem("pattern", format!("not JSON: {e}"))).ok()
+            }
+            (Some(pattern), None) => Some(pattern.clone()),
+            (None, Some(schedule)) => {
+                let rule = crate::names::rule(&fleet.name, &task.name);
+                if let Err(e) = check_schedule(schedule) {
+                    task_problem("schedule", e);
+                }
+                if task.targets == Targets::Event {
+                    task_problem("targets", "a scheduled event names no resources: give a discovery table".into());
+                }
+                Some(crate::names::schedule_pattern(&rule))
+            }
+            (Some(_), Some(_)) => {
+                task_problem("schedule", "a task has a pattern or a schedule, not both".into());
+                None
+            }
+            (None, None) => {
+                task_problem("pattern", "a task needs a pattern or a schedule".into());
+                None
+            }
+        };
+        let pattern = pattern_json
+            .as_ref()
+            .map(|p| Pattern::from_value(p).map_err(|e| task_problem("pattern", e.to_string())))
+            .and_then(Result::ok);
         if !task.params.is_object() {
             task_problem("params", "params must be a table".into());
         }
@@ -186,10 +218,12 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
         if task.delay_secs > 12 * 3600 {
             task_problem("delay_secs", format!("{} s is over the 12 hours a message can wait hidden", task.delay_secs));
         }
-        if let (Some(pattern), Some(lock)) = (pattern, lock) {
+        if let (Some(pattern), Some(pattern_json), Some(lock)) = (pattern, pattern_json, lock) {
             tasks.push(Task {
                 name: task.name.clone(),
                 pattern,
+                pattern_json,
+                schedule: task.schedule.clone(),
                 targets: task.targets.clone(),
                 action: task.action.clone(),
                 params: task.params.clone(),
@@ -201,24 +235,86 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 timeout: std::time::Duration::from_secs(u64::from(task.timeout_secs.get())),
                 delay: std::time::Duration::from_secs(u64::from(task.delay_secs)),
                 event_fields: event_fields.into_iter().collect(),
+                acts_on: info.as_ref().map(|i| i.targets.clone()).unwrap_or_default(),
                 line,
             });
         }
     }
     if problems.is_empty() {
-        Ok(Config { fleet, limits, tasks, router: raw.router, worker: raw.worker, metrics: raw.metrics })
+        let budget = raw.ec2_budget;
+        for (class, bucket) in [
+            ("describe", budget.describe),
+            ("mutating", budget.mutating),
+            ("run_start", budget.run_start),
+            ("tags", budget.tags),
+            ("snapshots", budget.snapshots),
+            ("copy_image", budget.copy_image),
+        ] {
+            if bucket.rate == 0 || bucket.burst == 0 {
+                problems.push(Problem {
+                    line: None,
+                    path: format!("ec2_budget.{class}"),
+                    message: "rate and burst must be at least 1".into(),
+                });
+            }
+        }
+        if !problems.is_empty() {
+            problems.sort_by_key(|p| p.line.unwrap_or(0));
+            return Err(ConfigError { problems });
+        }
+        Ok(Config {
+            fleet,
+            limits,
+            tasks,
+            router: raw.router,
+            worker: raw.worker,
+            metrics: raw.metrics,
+            ec2_budget: budget,
+        })
     } else {
         problems.sort_by_key(|p| p.line.unwrap_or(0));
         Err(ConfigError { problems })
     }
 }
 
-fn compile_pattern(value: &Value) -> Result<Pattern, String> {
-    match value {
-        Value::String(json) => Pattern::from_json(json),
-        other => Pattern::from_value(other),
+/// Whether a text is an SNS topic ARN (`arn:PARTITION:sns:REGION:ACCOUNT:NAME`).
+fn is_topic_arn(text: &str) -> bool {
+    let parts: Vec<&str> = text.split(':').collect();
+    parts.len() == 6
+        && parts[0] == "arn"
+        && parts[2] == "sns"
+        && looks_like_region(parts[3])
+        && is_account_id(parts[4])
+        && !parts[5].is_empty()
+}
+
+/// Checks the shape of an EventBridge schedule expression: `rate(N unit)` or a `cron(...)`
+/// of six fields. EventBridge checks the fields' values when the rule is created.
+fn check_schedule(expression: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("`{expression}` is not a schedule expression: {why}"));
+    if let Some(rate) = expression.strip_prefix("rate(").and_then(|r| r.strip_suffix(')')) {
+        let mut parts = rate.split(' ');
+        let (Some(n), Some(unit), None) = (parts.next(), parts.next(), parts.next()) else {
+            return bad("a rate is `rate(N minutes|hours|days)`");
+        };
+        let Ok(n) = n.parse::<u32>() else { return bad("a rate's value is a whole number") };
+        let singular = ["minute", "hour", "day"].contains(&unit);
+        let plural = ["minutes", "hours", "days"].contains(&unit);
+        return match (n, singular, plural) {
+            (0, _, _) => bad("a rate is at least 1"),
+            (1, true, _) | (2.., _, true) => Ok(()),
+            (1, _, true) => bad("a rate of 1 takes a singular unit (`rate(1 day)`)"),
+            (_, true, _) => bad("a rate over 1 takes a plural unit (`rate(2 days)`)"),
+            _ => bad("a rate's unit is minutes, hours or days"),
+        };
     }
-    .map_err(|e| e.to_string())
+    if let Some(cron) = expression.strip_prefix("cron(").and_then(|c| c.strip_suffix(')')) {
+        return match cron.split(' ').filter(|f| !f.is_empty()).count() {
+            6 => Ok(()),
+            n => bad(&format!("a cron has six fields (minutes hours day-of-month month day-of-week year), not {n}")),
+        };
+    }
+    bad("it is `rate(...)` or `cron(...)`")
 }
 
 /// The limit a task's jobs use: the task's `limit` (which must be configured), else its

@@ -9,7 +9,10 @@ mod load;
 mod raw;
 
 pub use load::{ActionCatalog, ActionInfo, ConfigError, LimitDefault, Problem};
-pub use raw::{DiscoveryQuery, FleetSettings, LimitSettings, MetricsSettings, RouterSettings, Targets, WorkerSettings};
+pub use raw::{
+    BucketSettings, DiscoveryQuery, Ec2BudgetSettings, FleetSettings, LimitSettings, MetricsSettings, RouterSettings,
+    Targets, WorkerSettings,
+};
 
 use crate::pattern::Pattern;
 use crate::template::Template;
@@ -31,6 +34,8 @@ pub struct Config {
     pub worker: WorkerSettings,
     /// `[metrics]`.
     pub metrics: MetricsSettings,
+    /// `[ec2_budget]`.
+    pub ec2_budget: Ec2BudgetSettings,
 }
 
 /// A fleet-wide concurrency limit.
@@ -51,6 +56,12 @@ pub struct Task {
     pub name: String,
     /// The event pattern.
     pub pattern: Pattern,
+    /// The pattern's JSON as EventBridge takes it: the task's own, exactly as written, or for
+    /// a scheduled task the one that matches its schedule rule's events.
+    pub pattern_json: Value,
+    /// The schedule expression (`rate(1 day)`, `cron(0 3 * * ? *)`) of a scheduled task, whose
+    /// rule is named [`crate::names::rule`].
+    pub schedule: Option<String>,
     /// What the task acts on.
     pub targets: Targets,
     /// The action's name.
@@ -76,6 +87,9 @@ pub struct Task {
     /// The event fields the action's param templates read (`{event.FIELD}`), copied into each
     /// job by the router.
     pub event_fields: Vec<String>,
+    /// The resource types the action acts on (empty: any): of the resources an event names,
+    /// only these get jobs.
+    pub acts_on: Vec<crate::ResourceType>,
     /// The line of the task in the file.
     pub line: usize,
 }

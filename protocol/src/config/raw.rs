@@ -20,6 +20,8 @@ pub(super) struct RawConfig {
     pub worker: WorkerSettings,
     #[serde(default)]
     pub metrics: MetricsSettings,
+    #[serde(default)]
+    pub ec2_budget: Ec2BudgetSettings,
 }
 
 /// `[fleet]`: the fleet's name, partitions and trust.
@@ -43,6 +45,10 @@ pub struct FleetSettings {
     /// The most jobs one event may expand to; more rejects the event.
     #[serde(default = "default_max_jobs_per_event")]
     pub max_jobs_per_event: NonZeroU32,
+    /// SNS topics of CloudWatch alarms whose notifications feed the events queue (ARNs): the
+    /// rendered stack subscribes the queue to them and its policy admits them.
+    #[serde(default)]
+    pub alarm_topics: Vec<String>,
 }
 
 fn default_partitions() -> NonZeroU32 {
@@ -72,7 +78,10 @@ fn default_pool() -> String {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTask {
     pub name: String,
-    pub pattern: Value,
+    #[serde(default)]
+    pub pattern: Option<Value>,
+    #[serde(default)]
+    pub schedule: Option<String>,
     pub targets: Targets,
     pub action: String,
     #[serde(default = "empty_object")]
@@ -124,6 +133,10 @@ pub struct DiscoveryQuery {
     /// Tags the resources must have (key = value).
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// States the resources must be in (instances: `running`, `stopped`, …; volumes:
+    /// `in-use`, `available`; snapshots: `completed`; images: `available`); empty = any.
+    #[serde(default)]
+    pub state: Vec<String>,
     /// Regions to search (default: the event's region).
     #[serde(default)]
     pub regions: Vec<String>,
@@ -138,7 +151,7 @@ impl<'de> Deserialize<'de> for Targets {
         match Value::deserialize(deserializer)? {
             Value::String(s) if s == "event" => Ok(Targets::Event),
             Value::String(s) => Err(D::Error::custom(format!(
-                "targets must be \"event\" or a discovery table {{ type, tags, regions, accounts }}, not \"{s}\""
+                "targets must be \"event\" or a discovery table {{ type, tags, state, regions, accounts }}, not \"{s}\""
             ))),
             table @ Value::Object(_) => DiscoveryQuery::deserialize(table)
                 .map(Targets::Discover)
@@ -252,4 +265,76 @@ pub struct MetricsSettings {
     /// Address to serve `/metrics` on, such as `0.0.0.0:9090`; none serves nothing.
     #[serde(default)]
     pub address: Option<String>,
+}
+
+/// One token bucket: requests per second, and how many may go at once.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketSettings {
+    /// Tokens added per second.
+    pub rate: u32,
+    /// The most tokens held (a burst).
+    pub burst: u32,
+}
+
+/// `[ec2_budget]`: the fleet's EC2 request budget per (account, region), one bucket per API
+/// class, shaped like EC2's request-token buckets and shared by every process of the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ec2BudgetSettings {
+    /// `Describe*` and other reads (EC2: 100 burst, 20 per s).
+    #[serde(default = "describe_bucket")]
+    pub describe: BucketSettings,
+    /// Mutating calls without a bucket of their own (EC2: 50 burst, 5 per s).
+    #[serde(default = "mutating_bucket")]
+    pub mutating: BucketSettings,
+    /// `RunInstances`, `StartInstances` (EC2: 5 burst, 2 per s).
+    #[serde(default = "run_start_bucket")]
+    pub run_start: BucketSettings,
+    /// `CreateTags`, `DeleteTags` (EC2: 100 burst, 10 per s).
+    #[serde(default = "tags_bucket")]
+    pub tags: BucketSettings,
+    /// `CreateSnapshot`, `DeleteSnapshot`, `CopySnapshot` (EC2: 100 burst, 5 per s).
+    #[serde(default = "snapshots_bucket")]
+    pub snapshots: BucketSettings,
+    /// `CopyImage` (EC2: 100 burst, 1 per s).
+    #[serde(default = "copy_image_bucket")]
+    pub copy_image: BucketSettings,
+}
+
+fn describe_bucket() -> BucketSettings {
+    BucketSettings { rate: 20, burst: 100 }
+}
+
+fn mutating_bucket() -> BucketSettings {
+    BucketSettings { rate: 5, burst: 50 }
+}
+
+fn run_start_bucket() -> BucketSettings {
+    BucketSettings { rate: 2, burst: 5 }
+}
+
+fn tags_bucket() -> BucketSettings {
+    BucketSettings { rate: 10, burst: 100 }
+}
+
+fn snapshots_bucket() -> BucketSettings {
+    BucketSettings { rate: 5, burst: 100 }
+}
+
+fn copy_image_bucket() -> BucketSettings {
+    BucketSettings { rate: 1, burst: 100 }
+}
+
+impl Default for Ec2BudgetSettings {
+    fn default() -> Self {
+        Ec2BudgetSettings {
+            describe: describe_bucket(),
+            mutating: mutating_bucket(),
+            run_start: run_start_bucket(),
+            tags: tags_bucket(),
+            snapshots: snapshots_bucket(),
+            copy_image: copy_image_bucket(),
+        }
+    }
 }

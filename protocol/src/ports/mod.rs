@@ -9,7 +9,25 @@ pub use queue::{
     DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage, SendFailure, MAX_BATCH,
     MAX_DELAY,
 };
-pub use store::{AttrValue, Attrs, Cond, Item, Key, Store, StoreError, Update};
+pub use store::{AttrValue, Attrs, Cond, Index, IndexQuery, Item, Key, Store, StoreError, Update};
+
+/// The secondary indexes of a fleet's table, which `setup` creates: the ledger's jobs by
+/// resource id, by task and by status, newest first by when their event arrived (`opsfleet audit`
+/// answers from them without scanning the table). They hold keys only, so a write touches an
+/// index only when it changes that index's attributes: starting a job, and changing its status.
+///
+/// The status index is sparse: its attribute ([`OPEN_STATUS`]) is set only while a job is not
+/// done well (in progress, pending, failed, cancelled), so the fleet's stream of successes
+/// does not all write one index partition.
+pub const INDEXES: [Index; 3] = [
+    Index { name: "by-resource", key: "resource_id", order: "received_ms" },
+    Index { name: "by-task", key: "task", order: "received_ms" },
+    Index { name: "by-status", key: OPEN_STATUS, order: "received_ms" },
+];
+
+/// A job's status while it is not done well (not succeeded or skipped): the key of the
+/// `by-status` index.
+pub const OPEN_STATUS: &str = "open_status";
 
 use async_trait::async_trait;
 use std::sync::Arc;
@@ -23,6 +41,6 @@ pub trait Backend: Send + Sync {
     async fn store(&self, table: &str) -> Result<Arc<dyn Store>, StoreError>;
     /// Creates a queue (and its DLQ with the redrive policy) unless it exists.
     async fn ensure_queue(&self, spec: &QueueSpec) -> Result<(), QueueError>;
-    /// Creates a table unless it exists.
+    /// Creates a table unless it exists, with the [`INDEXES`] (added to a table that lacks them).
     async fn ensure_table(&self, table: &str) -> Result<(), StoreError>;
 }

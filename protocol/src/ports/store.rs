@@ -264,6 +264,30 @@ impl StoreError {
     }
 }
 
+/// A secondary index of the table: items by one string attribute, ordered by a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Index {
+    /// The index's name.
+    pub name: &'static str,
+    /// Its partition key attribute (a string).
+    pub key: &'static str,
+    /// Its sort key attribute (a number).
+    pub order: &'static str,
+}
+
+/// A query of a secondary index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexQuery {
+    /// The index.
+    pub index: Index,
+    /// The value of its partition key.
+    pub value: String,
+    /// The least value of its sort key.
+    pub since: Option<i64>,
+    /// The most items.
+    pub limit: usize,
+}
+
 /// One table.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -288,6 +312,12 @@ pub trait Store: Send + Sync {
     /// Every item under the partition key whose sort key starts with the prefix, in sort-key
     /// order.
     async fn query_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError>;
+
+    /// The keys of the items of a secondary index whose `key` attribute equals `value`, newest
+    /// first by the index's `order` attribute (a number), at least `since` when given, at most
+    /// `limit` of them (eventually consistent, as indexes are; read the items themselves for
+    /// their current attributes).
+    async fn query_index(&self, index: &IndexQuery) -> Result<Vec<Key>, StoreError>;
 
     /// As [`Store::query_prefix`], eventually consistent (half the cost, may be a moment old).
     async fn peek_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {

@@ -1,6 +1,6 @@
 //! The actions this build knows, by name.
 
-use super::{Action, Noop};
+use super::{Action, AmiCreate, EbsSnapshot, InstancePower, Noop, Notify, SnapshotCopy, SnapshotRetention, Tag};
 use opsfleet_protocol::config::{ActionCatalog, ActionInfo};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -17,6 +17,13 @@ impl ActionRegistry {
     pub fn builtin() -> Self {
         let mut registry = ActionRegistry { actions: BTreeMap::new() };
         registry.register(Arc::new(Noop));
+        registry.register(Arc::new(EbsSnapshot));
+        registry.register(Arc::new(SnapshotCopy));
+        registry.register(Arc::new(AmiCreate));
+        registry.register(Arc::new(InstancePower));
+        registry.register(Arc::new(Tag));
+        registry.register(Arc::new(SnapshotRetention));
+        registry.register(Arc::new(Notify));
         registry
     }
 
@@ -57,7 +64,10 @@ mod tests {
         let registry = ActionRegistry::builtin();
         assert!(registry.check("noop", &json!({"sleep_ms": 5})).is_ok());
         let err = registry.check("nop", &json!({})).unwrap_err();
-        assert!(err.contains("unknown action `nop`; known: noop"), "{err}");
+        assert!(
+            err.contains("unknown action `nop`; known: ami-create, ebs-snapshot, instance-power, noop, notify"),
+            "{err}"
+        );
         let err = registry.check("noop", &json!({"sleep": 5})).unwrap_err();
         assert!(err.contains("unknown field `sleep`"), "{err}");
         let err = registry.check("noop", &json!({"fail_rate": 2.0})).unwrap_err();

@@ -70,7 +70,14 @@ impl Worker {
             return self.dead_letter_if_failed(job).await;
         }
         let started = tokio::time::Instant::now();
-        let ctx = ActionContext { job, dry_run: self.dry_run, attempt: check.attempt, check: checks };
+        let ctx = ActionContext {
+            job,
+            dry_run: self.dry_run,
+            attempt: check.attempt,
+            check: checks,
+            aws: self.aws.as_deref(),
+            now_ms: self.clock.now_ms(),
+        };
         let step = self.guarded(action.check(ctx, &check.state), &holding, &job.id, task).await;
         let result = match &step {
             settle::Guarded::Step(Step::Done { .. }) => "done",

@@ -23,7 +23,8 @@ impl Worker {
         reason: &str,
     ) -> Disposition {
         let queue = Arc::clone(&self.dead_letters[partition as usize % self.dead_letters.len()]);
-        self.dead_letter_to(queue.as_ref(), &message.body, reason, &format!("message/{}", message.message_id)).await
+        let seed = format!("message/{}", message.message_id);
+        self.dead_letter_to(queue.as_ref(), &message.body, reason, &seed, message.sent_ms).await
     }
 
     /// Dead-letters a job that ended `status` (failed or cancelled) under `fence`, and records
@@ -32,7 +33,7 @@ impl Worker {
         let queue = Arc::clone(&self.dead_letters[job.partition as usize % self.dead_letters.len()]);
         let body = serde_json::to_string(job).unwrap_or_default();
         let seed = format!("job/{}/{fence}/{}", job.id, status.as_str());
-        let disposition = self.dead_letter_to(queue.as_ref(), &body, reason, &seed).await;
+        let disposition = self.dead_letter_to(queue.as_ref(), &body, reason, &seed, job.received_ms).await;
         if disposition == Disposition::Delete {
             if let Err(e) = self.ledger.dead_lettered(&job.id, fence).await {
                 WorkerCallFailed { what: "dead-letter", error: &e.to_string() }.emit();
@@ -53,9 +54,17 @@ impl Worker {
 
     /// Sends a body to a DLQ with its reason; `seed` names this dead-lettering (its FIFO
     /// deduplication id is a digest of it).
-    pub(super) async fn dead_letter_to(&self, queue: &dyn Queue, body: &str, reason: &str, seed: &str) -> Disposition {
+    pub(super) async fn dead_letter_to(
+        &self,
+        queue: &dyn Queue,
+        body: &str,
+        reason: &str,
+        seed: &str,
+        first_seen_ms: u64,
+    ) -> Disposition {
         let mut message = OutgoingMessage { body: body.to_owned(), ..Default::default() };
         message.attributes.insert(names::REASON_ATTRIBUTE.to_owned(), reason.chars().take(1000).collect());
+        message.attributes.insert(names::FIRST_SEEN_ATTRIBUTE.to_owned(), first_seen_ms.to_string());
         if queue.name().ends_with(".fifo") {
             // One group per resource, so that one dead letter never hides the others from
             // `opsfleet dlq list`; bodies that are not jobs share one group.

@@ -130,7 +130,14 @@ impl Worker {
         }
         .emit();
         let started = tokio::time::Instant::now();
-        let ctx = ActionContext { job, dry_run: self.dry_run, attempt, check: 0 };
+        let ctx = ActionContext {
+            job,
+            dry_run: self.dry_run,
+            attempt,
+            check: 0,
+            aws: self.aws.as_deref(),
+            now_ms: self.clock.now_ms(),
+        };
         let step = if self.dry_run && action.mutates() {
             settle::Guarded::Step(Step::Done { summary: format!("dry run: {}", action.describe(ctx)) })
         } else {

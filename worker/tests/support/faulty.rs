@@ -160,6 +160,13 @@ impl Store for FaultyStore {
         }
         self.inner.peek_prefix(pk, sk_prefix).await
     }
+
+    async fn query_index(&self, query: &opsfleet_protocol::ports::IndexQuery) -> Result<Vec<Key>, StoreError> {
+        if self.faults.gone() {
+            return Err(store_down("Query"));
+        }
+        self.inner.query_index(query).await
+    }
 }
 
 struct FaultyQueue {

@@ -100,6 +100,17 @@ impl Fleet {
         max_in_flight: Option<u32>,
         id: &str,
     ) -> (CancellationToken, tokio::task::JoinHandle<ConsumeSummary>) {
+        self.start_with(backend, max_in_flight, id, None).await
+    }
+
+    /// As [`Fleet::start_on`], with AWS clients for the actions.
+    pub async fn start_with(
+        &self,
+        backend: Arc<dyn Backend>,
+        max_in_flight: Option<u32>,
+        id: &str,
+        aws: Option<Arc<opsfleet_backend::aws::AwsAccounts>>,
+    ) -> (CancellationToken, tokio::task::JoinHandle<ConsumeSummary>) {
         let mut config = self.config.as_ref().clone();
         if let Some(n) = max_in_flight {
             config.worker.max_in_flight = n.try_into().expect("non-zero");
@@ -117,6 +128,10 @@ impl Fleet {
         .await
         .expect("worker")
         .with_clock(Clock::starting_at(Clock::new().now_ms()));
+        let worker = match aws {
+            Some(aws) => worker.with_aws(aws),
+            None => worker,
+        };
         let consumer = Consumer::open(backend.as_ref(), Arc::new(worker), &config)
             .await
             .expect("consumer")

@@ -158,137 +158,6 @@ action = "copy"
     assert_eq!(config.limits["snapshot-copy"].max, 20);
 }
 
-const EXAMPLE_FLEET: &str = include_str!("../../../../examples/fleet.toml");
-
-/// The `noop` action as the demo uses it: any resource, params `sleep_ms` (integer),
-/// `fail_rate` (a number in 0..=1) and `pending_checks` (integer) only.
-struct NoopOnly;
-
-impl ActionCatalog for NoopOnly {
-    fn check(&self, action: &str, params: &Value) -> Result<ActionInfo, String> {
-        if action != "noop" {
-            return Err(format!("the example fleet uses only `noop`, not `{action}`"));
-        }
-        for (key, value) in params.as_object().into_iter().flatten() {
-            let ok = match key.as_str() {
-                "sleep_ms" | "pending_checks" => value.is_u64(),
-                "fail_rate" => value.as_f64().is_some_and(|r| (0.0..=1.0).contains(&r)),
-                _ => false,
-            };
-            if !ok {
-                return Err(format!("bad noop param `{key}` = {value}"));
-            }
-        }
-        Ok(ActionInfo { targets: ResourceType::ALL.to_vec(), limit: None, templates: vec![] })
-    }
-}
-
-/// An event of `examples/events/` and what it plans to with `examples/fleet.toml`.
-struct ExampleEvent {
-    file: &'static str,
-    body: &'static str,
-    /// The tasks that match, in config order; `None` when the account is not allowed.
-    matched: Option<&'static [&'static str]>,
-    /// How many jobs the event's own resources expand to.
-    jobs: usize,
-    /// How many discoveries the matched tasks ask for.
-    discoveries: usize,
-}
-
-macro_rules! example_event {
-    ($file:literal, $matched:expr, $jobs:literal, $discoveries:literal) => {
-        ExampleEvent {
-            file: $file,
-            body: include_str!(concat!("../../../../examples/events/", $file)),
-            matched: $matched,
-            jobs: $jobs,
-            discoveries: $discoveries,
-        }
-    };
-}
-
-const ALARMED: Option<&[&str]> = Some(&["recover-alarmed-resource"]);
-
-fn example_events() -> Vec<ExampleEvent> {
-    vec![
-        example_event!("alarm-composite.json", ALARMED, 0, 0),
-        example_event!("alarm-cpu-high.json", ALARMED, 1, 0),
-        example_event!("alarm-io-pressure-metric-math.json", ALARMED, 2, 0),
-        example_event!("ebs-snapshot-completed.json", Some(&["copy-completed-snapshot"]), 1, 0),
-        example_event!("ebs-volume-created.json", Some(&["tag-new-volume"]), 1, 0),
-        example_event!("ec2-instance-running.json", Some(&[]), 0, 0),
-        example_event!("ec2-instance-stopped.json", Some(&["snapshot-stopped-instance"]), 1, 0),
-        example_event!("other-account-instance-stopped.json", None, 0, 0),
-        example_event!("scheduled-nightly.json", Some(&["nightly-volume-backup"]), 0, 1),
-        example_event!("sns-classic-alarm-cpu-high.json", ALARMED, 1, 0),
-        example_event!("sns-classic-alarm-network-eu-west-1.json", ALARMED, 1, 0),
-        example_event!("sns-ec2-instance-stopped-us-west-2.json", Some(&["snapshot-stopped-instance"]), 1, 0),
-        example_event!("tag-change-backup.json", Some(&["backup-tag-changed"]), 1, 0),
-    ]
-}
-
-#[test]
-fn example_fleet_loads_with_noop_only() {
-    let config = super::super::Config::parse(EXAMPLE_FLEET, Some(&NoopOnly)).expect("examples/fleet.toml is valid");
-    assert_eq!(config.fleet.name, "opsfleet-demo");
-    assert_eq!(config.fleet.partitions.get(), 4);
-    assert_eq!(config.fleet.allowed_accounts, ["123456789012"]);
-    assert!(config.tasks.iter().all(|t| t.action == "noop"));
-    let discovery: Vec<&Targets> = config.tasks.iter().map(|t| &t.targets).filter(|t| **t != Targets::Event).collect();
-    match discovery[..] {
-        [Targets::Discover(q)] => {
-            assert_eq!(q.kind, ResourceType::Volume);
-            assert_eq!(q.tags.get("Backup").map(String::as_str), Some("nightly"));
-            assert_eq!(q.regions, ["us-east-1"]);
-        }
-        _ => panic!("expected exactly one discovery task, got {discovery:?}"),
-    }
-}
-
-#[test]
-fn example_events_plan_with_the_example_fleet() {
-    use crate::plan::{PlanError, Planner};
-    let config = super::super::Config::parse(EXAMPLE_FLEET, Some(&NoopOnly)).expect("examples/fleet.toml is valid");
-    let planner = Planner::new(config);
-    for example in example_events() {
-        let file = example.file;
-        let event = crate::event::normalize(example.body).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let result = planner.plan(&event, 1_715_800_000_000);
-        let Some(matched) = example.matched else {
-            match result {
-                Err(PlanError::AccountNotAllowed { account }) => {
-                    assert_eq!(account, "210987654321", "{file}")
-                }
-                other => panic!("{file}: expected the account to be rejected, got {other:?}"),
-            }
-            continue;
-        };
-        let plan = result.unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(plan.matched, matched, "{file}: matched tasks");
-        assert_eq!(plan.jobs.len(), example.jobs, "{file}: jobs");
-        assert_eq!(plan.discoveries.len(), example.discoveries, "{file}: discoveries");
-        for job in &plan.jobs {
-            assert_eq!(job.action, "noop", "{file}");
-            assert_eq!(job.resource.account, "123456789012", "{file}");
-            assert!(job.partition < 4, "{file}");
-            job.to_json().unwrap_or_else(|e| panic!("{file}: {e}"));
-        }
-    }
-}
-
-#[test]
-fn every_example_event_is_checked() {
-    let mut listed: Vec<&str> = example_events().iter().map(|e| e.file).collect();
-    listed.sort_unstable();
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/events");
-    let mut on_disk: Vec<String> = std::fs::read_dir(dir)
-        .expect("examples/events is readable")
-        .map(|entry| entry.expect("entry is readable").file_name().to_string_lossy().into_owned())
-        .collect();
-    on_disk.sort_unstable();
-    assert_eq!(listed, on_disk, "an example event without an expectation, or the other way round");
-}
-
 #[test]
 fn action_param_templates_are_checked_and_their_event_fields_kept() {
     let text = r#"
@@ -318,4 +187,75 @@ params = { description = "{when}" }
     let good = config.task("good").expect("task");
     assert_eq!(good.event_fields, ["detail.instance-id", "detail.state"]);
     assert_eq!(good.delay, std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn a_scheduled_task_matches_its_own_rule_events() {
+    let text = r#"
+[fleet]
+name = "ops"
+alarm_topics = ["arn:aws:sns:us-east-1:123456789012:ops-alarms"]
+
+[[tasks]]
+name = "nightly"
+schedule = "cron(0 3 * * ? *)"
+targets = { type = "ec2:volume", tags = { Backup = "nightly" } }
+action = "noop"
+"#;
+    let config = super::super::Config::parse(text, None).expect("valid");
+    let task = &config.tasks[0];
+    assert_eq!(task.schedule.as_deref(), Some("cron(0 3 * * ? *)"));
+    assert_eq!(config.fleet.alarm_topics, ["arn:aws:sns:us-east-1:123456789012:ops-alarms"]);
+    let event = |rule: &str| {
+        serde_json::json!({ "source": "aws.events", "detail-type": "Scheduled Event",
+            "resources": [format!("arn:aws:events:us-east-1:123456789012:rule/{rule}")] })
+    };
+    let doc = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
+    assert!(task.pattern.matches(&doc(event("ops-nightly"))));
+    assert!(!task.pattern.matches(&doc(event("ops-weekly"))));
+    assert!(!task.pattern.matches(&doc(event("xops-nightly"))), "the rule's whole name must match");
+}
+
+#[test]
+fn schedules_and_alarm_topics_are_checked() {
+    let with = |fleet: &str, task: &str| {
+        let text = format!(
+            "[fleet]\nname = \"ops\"\n{fleet}\n[[tasks]]\nname = \"t\"\n{task}\ntargets = {{ type = \"ec2:volume\" }}\naction = \"noop\"\n"
+        );
+        super::super::Config::parse(&text, None).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    for (schedule, why) in [
+        ("rate(0 days)", "at least 1"),
+        ("rate(1 days)", "singular unit"),
+        ("rate(2 day)", "plural unit"),
+        ("rate(5 weeks)", "minutes, hours or days"),
+        ("cron(0 3 * * ?)", "six fields"),
+        ("every day", "`rate(...)` or `cron(...)`"),
+    ] {
+        let err = with("", &format!("schedule = \"{schedule}\""));
+        assert!(err.contains("tasks[0] \"t\".schedule") && err.contains(why), "{schedule}: {err}");
+    }
+    for good in ["rate(1 hour)", "rate(15 minutes)", "cron(0/5 8-17 ? * MON-FRI *)"] {
+        assert_eq!(with("", &format!("schedule = \"{good}\"")), "", "{good}");
+    }
+    let both = with("", "schedule = \"rate(1 day)\"\npattern = { source = [\"aws.ec2\"] }");
+    assert!(both.contains("a pattern or a schedule, not both"), "{both}");
+    assert!(with("", "").contains("needs a pattern or a schedule"));
+    let topic = with("alarm_topics = [\"arn:aws:sqs:us-east-1:123456789012:q\"]", "schedule = \"rate(1 day)\"");
+    assert!(topic.contains("fleet.alarm_topics") && topic.contains("not an SNS topic ARN"), "{topic}");
+}
+
+#[test]
+fn a_scheduled_task_needs_resources_to_find() {
+    let text = "[fleet]\nname = \"ops\"\n[[tasks]]\nname = \"t\"\nschedule = \"rate(1 day)\"\ntargets = \"event\"\naction = \"noop\"\n";
+    let err = super::super::Config::parse(text, None).expect_err("invalid").to_string();
+    assert!(err.contains("tasks[0] \"t\".targets: a scheduled event names no resources"), "{err}");
+}
+
+#[test]
+fn rule_names_fit_eventbridge() {
+    assert_eq!(crate::names::rule("ops", "nightly"), "ops-nightly");
+    let long = crate::names::rule("ops", &"x".repeat(80));
+    assert_eq!(long.len(), 64);
+    assert_ne!(long, crate::names::rule("ops", &"x".repeat(81)), "cut names stay distinct");
 }

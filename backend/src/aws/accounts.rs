@@ -1,0 +1,142 @@
+//! Clients in the fleet's accounts and regions: the fleet's own credentials in its own account,
+//! and in member accounts the role `fleet.member_role` assumed through STS with
+//! `fleet.external_id` (the SDK's `AssumeRoleProvider`, whose credentials are cached until
+//! shortly before they expire). Every EC2 client sends through the fleet's [`Ec2Budget`].
+
+use super::budget::{Budgeted, Ec2Budget};
+use aws_config::SdkConfig;
+use aws_credential_types::provider::SharedCredentialsProvider;
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use opsfleet_protocol::config::FleetSettings;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Why no client can be made for an account.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AccountError {
+    /// The account is not the fleet's own and no member role is configured.
+    #[error("account {account} is not the fleet's own ({own}) and fleet.member_role is not set")]
+    NoRole {
+        /// The account asked for.
+        account: String,
+        /// The fleet's own account.
+        own: String,
+    },
+    /// The fleet's own account could not be found out (STS `GetCallerIdentity`).
+    #[error("finding the fleet's own account failed: {0}")]
+    Identity(String),
+}
+
+/// Clients per account and region.
+pub struct AwsAccounts {
+    base: SdkConfig,
+    http: SharedHttpClient,
+    member_role: Option<String>,
+    external_id: Option<String>,
+    budget: Arc<Ec2Budget>,
+    own: tokio::sync::OnceCell<String>,
+    configs: tokio::sync::Mutex<HashMap<String, SdkConfig>>,
+    ec2: Mutex<HashMap<(String, String), aws_sdk_ec2::Client>>,
+    sns: Mutex<HashMap<(String, String), aws_sdk_sns::Client>>,
+}
+
+impl AwsAccounts {
+    /// Clients from the fleet's SDK config, its member role and external id, shaped by a
+    /// budget.
+    pub fn new(base: SdkConfig, fleet: &FleetSettings, budget: Arc<Ec2Budget>) -> Self {
+        let http = base.http_client().unwrap_or_else(super::default_http_client);
+        AwsAccounts {
+            base,
+            http,
+            member_role: fleet.member_role.clone(),
+            external_id: fleet.external_id.clone(),
+            budget,
+            own: tokio::sync::OnceCell::new(),
+            configs: tokio::sync::Mutex::default(),
+            ec2: Mutex::default(),
+            sns: Mutex::default(),
+        }
+    }
+
+    /// The budget EC2 calls are shaped by.
+    pub fn budget(&self) -> &Arc<Ec2Budget> {
+        &self.budget
+    }
+
+    /// The fleet's own account (STS `GetCallerIdentity`, asked once).
+    pub async fn own_account(&self) -> Result<String, AccountError> {
+        self.own
+            .get_or_try_init(|| async {
+                let conf =
+                    aws_sdk_sts::config::Builder::from(&self.base).interceptor(super::metrics::AwsMetrics).build();
+                let sts = aws_sdk_sts::Client::from_conf(conf);
+                let identity = sts
+                    .get_caller_identity()
+                    .send()
+                    .await
+                    .map_err(|e| AccountError::Identity(aws_sdk_sts::error::DisplayErrorContext(&e).to_string()))?;
+                identity.account.ok_or_else(|| AccountError::Identity("no account in the answer".into()))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The SDK config that acts in an account: the fleet's own, or the member role's.
+    pub async fn config(&self, account: &str) -> Result<SdkConfig, AccountError> {
+        let own = self.own_account().await?;
+        if account == own {
+            return Ok(self.base.clone());
+        }
+        let mut configs = self.configs.lock().await;
+        if let Some(config) = configs.get(account) {
+            return Ok(config.clone());
+        }
+        let role = self
+            .member_role
+            .as_ref()
+            .ok_or_else(|| AccountError::NoRole { account: account.to_owned(), own: own.clone() })?
+            .replace("{account}", account);
+        let mut provider = aws_config::sts::AssumeRoleProvider::builder(role).session_name("opsfleet");
+        if let Some(external_id) = &self.external_id {
+            provider = provider.external_id(external_id);
+        }
+        let provider = provider.configure(&self.base).build().await;
+        let config = self.base.to_builder().credentials_provider(SharedCredentialsProvider::new(provider)).build();
+        configs.insert(account.to_owned(), config.clone());
+        Ok(config)
+    }
+
+    /// An EC2 client in an account and region, its calls shaped by the budget.
+    pub async fn ec2(&self, account: &str, region: &str) -> Result<aws_sdk_ec2::Client, AccountError> {
+        let key = (account.to_owned(), region.to_owned());
+        if let Some(client) = self.ec2.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return Ok(client.clone());
+        }
+        let config = self.config(account).await?;
+        let http = Budgeted::new(self.http.clone(), Arc::clone(&self.budget), account, region);
+        let conf = aws_sdk_ec2::config::Builder::from(&config)
+            .region(aws_sdk_ec2::config::Region::new(region.to_owned()))
+            .http_client(http)
+            .interceptor(super::metrics::AwsMetrics)
+            .build();
+        let client = aws_sdk_ec2::Client::from_conf(conf);
+        self.ec2.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// An SNS client in an account and region.
+    pub async fn sns(&self, account: &str, region: &str) -> Result<aws_sdk_sns::Client, AccountError> {
+        let key = (account.to_owned(), region.to_owned());
+        if let Some(client) = self.sns.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return Ok(client.clone());
+        }
+        let config = self.config(account).await?;
+        let conf = aws_sdk_sns::config::Builder::from(&config)
+            .region(aws_sdk_sns::config::Region::new(region.to_owned()))
+            .interceptor(super::metrics::AwsMetrics)
+            .build();
+        let client = aws_sdk_sns::Client::from_conf(conf);
+        self.sns.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
+        Ok(client)
+    }
+}

@@ -1,0 +1,186 @@
+//! End to end with a real action: a real client (boto3) sends an "EC2 Instance State-change
+//! Notification" (stopped) to the events queue of a fleet made by `opsfleet setup`, and the
+//! router and worker processes leave exactly one snapshot of each of the instance's volumes,
+//! tagged as opsfleet tags what it makes, and a `SUCCEEDED` job in the ledger. All on moto.
+
+mod support;
+
+use opsfleet_backend::aws::budget::Ec2Budget;
+use opsfleet_backend::aws::AwsAccounts;
+use opsfleet_backend::AwsBackend;
+use opsfleet_protocol::event::normalize;
+use opsfleet_protocol::ports::Backend;
+use opsfleet_protocol::{Config, Planner};
+use opsfleet_worker::clock::Clock;
+use opsfleet_worker::ledger::{Ledger, Status};
+use opsfleet_worker::ActionRegistry;
+use std::time::{Duration, Instant};
+use support::{opsfleet, python_client, unique_fleet, write_config, ChildGuard};
+
+const CONFIG: &str = r#"
+[fleet]
+name = "FLEET"
+partitions = 2
+allowed_accounts = ["123456789012"]
+
+[[tasks]]
+name = "snapshot-stopped-instance"
+pattern = { source = ["aws.ec2"], "detail-type" = ["EC2 Instance State-change Notification"], detail = { state = ["stopped"] } }
+targets = "event"
+action = "ebs-snapshot"
+params = { retain = 7, description = "{task}: {id} stopped", tags = { StoppedAt = "{event.time}" } }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_instance_leaves_one_tagged_snapshot_per_volume_and_a_succeeded_job() {
+    let fleet = unique_fleet("e2e-actions");
+    let path = write_config(&fleet, CONFIG);
+    let setup = opsfleet(&["setup", "--config", path.to_str().unwrap_or_default()]).output().expect("setup");
+    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    let config = Config::parse(&std::fs::read_to_string(&path).expect("config"), Some(&ActionRegistry::builtin()))
+        .expect("config");
+
+    // An instance with a second volume.
+    let base = AwsBackend::sdk_config().await;
+    let accounts = AwsAccounts::new(base, &config.fleet, Ec2Budget::new(config.ec2_budget));
+    let ec2 = accounts.ec2("123456789012", "us-east-1").await.expect("ec2");
+    let run = ec2.run_instances().image_id("ami-03cf127a").min_count(1).max_count(1).send().await.expect("instance");
+    let instance = run.instances()[0].instance_id().expect("id").to_owned();
+    let data = ec2.create_volume().availability_zone("us-east-1a").size(4).send().await.expect("volume");
+    let data = data.volume_id().expect("id").to_owned();
+    ec2.attach_volume().volume_id(&data).instance_id(&instance).device("/dev/sdf").send().await.expect("attach");
+    ec2.stop_instances().instance_ids(&instance).send().await.expect("stop");
+
+    let log = |name: &str| {
+        std::fs::File::create(support::root().join("target/e2e").join(format!("{fleet}-{name}.log"))).expect("log")
+    };
+    let _router = ChildGuard(
+        opsfleet(&["router", "--config", path.to_str().unwrap_or_default()])
+            .stderr(log("router"))
+            .spawn()
+            .expect("router"),
+    );
+    let _worker = ChildGuard(
+        opsfleet(&["worker", "--config", path.to_str().unwrap_or_default()])
+            .stderr(log("worker"))
+            .spawn()
+            .expect("worker"),
+    );
+    let event = serde_json::json!({
+        "version": "0", "id": format!("{fleet}-stopped"), "detail-type": "EC2 Instance State-change Notification",
+        "source": "aws.ec2", "account": "123456789012", "time": "2026-11-25T10:00:00Z", "region": "us-east-1",
+        "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance}")],
+        "detail": { "instance-id": instance, "state": "stopped" }
+    })
+    .to_string();
+    let file = support::root().join("target/e2e").join(format!("{fleet}-event.json"));
+    std::fs::write(&file, &event).expect("event file");
+    let sent = python_client(&["send-files", &format!("{fleet}-events"), file.to_str().unwrap_or_default()]).status();
+    assert!(sent.expect("send").success());
+
+    let plan = Planner::new(config).plan(&normalize(&event).expect("event"), 0).expect("plan");
+    assert_eq!(plan.jobs.len(), 1);
+    let job = &plan.jobs[0];
+    let backend = AwsBackend::from_env().await;
+    let ledger = Ledger::new(backend.store(&fleet).await.expect("table"), Clock::new(), Duration::from_secs(3600));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let record = loop {
+        let record = ledger.job(&job.id).await.expect("ledger");
+        if record.as_ref().is_some_and(|r| r.status.is_final()) {
+            break record.expect("record");
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {record:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(record.status, Status::Succeeded, "{record:?}");
+    let made = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:opsfleet:job").values(&job.id).build())
+        .send()
+        .await
+        .expect("snapshots");
+    let mut sources: Vec<String> = made.snapshots().iter().filter_map(|s| s.volume_id().map(str::to_owned)).collect();
+    sources.sort();
+    sources.dedup();
+    assert_eq!(made.snapshots().len(), 2, "one snapshot of each volume: {made:?}");
+    assert_eq!(sources.len(), 2);
+    assert!(sources.contains(&data));
+    for snapshot in made.snapshots() {
+        let tags: std::collections::BTreeMap<&str, &str> =
+            snapshot.tags().iter().filter_map(|t| Some((t.key()?, t.value()?))).collect();
+        assert_eq!(tags.get("opsfleet:task"), Some(&"snapshot-stopped-instance"));
+        assert_eq!(tags.get("StoppedAt"), Some(&"2026-11-25T10:00:00Z"), "{tags:?}");
+        assert_eq!(snapshot.description(), Some(format!("snapshot-stopped-instance: {instance} stopped").as_str()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_with_discover_expands_discovery_tasks_from_ec2() {
+    let fleet = unique_fleet("plan-discover");
+    let marker = fleet.replace('-', "");
+    let text = format!(
+        r#"
+[fleet]
+name = "{fleet}"
+
+[[tasks]]
+name = "nightly"
+pattern = {{ "detail-type" = ["Scheduled Event"] }}
+targets = {{ type = "ec2:volume", tags = {{ Backup = "{marker}" }}, regions = ["us-east-1", "us-west-2"] }}
+action = "ebs-snapshot"
+"#
+    );
+    let path = write_config(&fleet, &text);
+    let config = Config::parse(&text, Some(&ActionRegistry::builtin())).expect("config");
+    let accounts = AwsAccounts::new(AwsBackend::sdk_config().await, &config.fleet, Ec2Budget::new(config.ec2_budget));
+    let mut wanted = Vec::new();
+    for region in ["us-east-1", "us-west-2"] {
+        let ec2 = accounts.ec2("123456789012", region).await.expect("ec2");
+        let spec = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Volume)
+            .tags(aws_sdk_ec2::types::Tag::builder().key("Backup").value(&marker).build())
+            .build();
+        let out =
+            ec2.create_volume().availability_zone(format!("{region}a")).size(1).tag_specifications(spec).send().await;
+        wanted.push(out.expect("volume").volume_id().expect("id").to_owned());
+    }
+    let event = serde_json::json!({"version": "0", "id": "sched-1", "detail-type": "Scheduled Event", "source": "aws.events",
+        "account": "123456789012", "region": "us-east-1", "time": "2026-11-25T00:00:00Z",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/nightly"], "detail": {}});
+    let file = support::root().join("target/e2e").join(format!("{fleet}-event.json"));
+    std::fs::write(&file, event.to_string()).expect("event");
+    let offline = support::opsfleet_offline(&[
+        "plan",
+        "--config",
+        path.to_str().unwrap_or_default(),
+        file.to_str().unwrap_or_default(),
+    ])
+    .output()
+    .expect("plan");
+    assert!(offline.status.success());
+    assert!(offline.stdout.is_empty(), "without --discover nothing is expanded");
+    assert!(String::from_utf8_lossy(&offline.stderr).contains("--discover runs it"));
+    let out = opsfleet(&[
+        "plan",
+        "--discover",
+        "--config",
+        path.to_str().unwrap_or_default(),
+        file.to_str().unwrap_or_default(),
+    ])
+    .output()
+    .expect("plan --discover");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut found: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("job line")["resource"]["id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    found.sort();
+    wanted.sort();
+    assert_eq!(found, wanted, "one job per tagged volume in each region");
+}

@@ -1,0 +1,305 @@
+//! `opsfleet infra render` and the deployment files: the templates name what `setup` creates
+//! and grant what `iam-policy` prints, pass `cfn-lint`; the Kubernetes manifests validate
+//! against their schemas and the KEDA scaler reads a metric the fleet exports; the Dockerfile
+//! builds a small non-root image.
+
+mod support;
+
+use opsfleet_protocol::ports::INDEXES;
+use opsfleet_protocol::{names, Config};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use support::{opsfleet_offline, root};
+use yaml_rust2::{Yaml, YamlLoader};
+
+/// A config with every input the templates read: shared and string patterns, a schedule,
+/// alarm topics, a member role with a path and an external id.
+const CONFIG: &str = r#"
+[fleet]
+name = "FLEET"
+partitions = 3
+member_role = "arn:aws:iam::{account}:role/ops/OpsFleetMember"
+external_id = "do-not-print-1234"
+alarm_topics = ["arn:aws:sns:us-east-1:123456789012:FLEET-alarms"]
+
+[worker]
+shutdown_grace_secs = 40
+
+[[tasks]]
+name = "snapshot-stopped"
+pattern = { source = ["aws.ec2"], "detail-type" = ["EC2 Instance State-change Notification"], detail = { state = ["stopped"] } }
+targets = "event"
+action = "ebs-snapshot"
+
+[[tasks]]
+name = "tell-stopped"
+pattern = { source = ["aws.ec2"], "detail-type" = ["EC2 Instance State-change Notification"], detail = { state = ["stopped"] } }
+targets = "event"
+action = "notify"
+params = { topic_arn = "arn:aws:sns:us-east-1:123456789012:FLEET-oncall" }
+
+[[tasks]]
+name = "reboot-on-alarm"
+pattern = '''{"detail-type": ["CloudWatch Alarm State Change"], "detail": {"state": {"value": ["ALARM"]}, "alarmName": [{"prefix": "cpu-"}]}}'''
+targets = "event"
+action = "instance-power"
+params = { operation = "reboot" }
+
+[[tasks]]
+name = "nightly-retention"
+schedule = "cron(0 3 * * ? *)"
+targets = { type = "ec2:volume", tags = { Backup = "nightly" } }
+action = "snapshot-retention"
+params = { keep = 7 }
+"#;
+
+/// Renders a config into a fresh directory; returns the directory.
+fn render(config: &Path, name: &str) -> PathBuf {
+    let out = root().join("target/e2e").join(format!("render-{name}"));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = opsfleet_offline(&["infra", "render", "--config", config.to_str().unwrap_or_default(), "--out"])
+        .arg(&out)
+        .output()
+        .expect("render");
+    assert!(run.status.success(), "render: {}", String::from_utf8_lossy(&run.stderr));
+    let listed = String::from_utf8_lossy(&run.stdout).lines().count();
+    assert_eq!(listed, 3, "render lists the three templates it wrote");
+    out
+}
+
+/// A YAML document as JSON.
+fn load(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let docs = YamlLoader::load_from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+    assert_eq!(docs.len(), 1, "{} holds one document", path.display());
+    json_of(&docs[0])
+}
+
+fn json_of(node: &Yaml) -> Value {
+    match node {
+        Yaml::Boolean(b) => json!(b),
+        Yaml::Integer(i) => json!(i),
+        Yaml::Real(r) => r.parse::<f64>().map(Value::from).unwrap_or(Value::Null),
+        Yaml::String(s) => json!(s),
+        Yaml::Array(items) => Value::Array(items.iter().map(json_of).collect()),
+        Yaml::Hash(hash) => {
+            Value::Object(hash.iter().map(|(k, v)| (k.as_str().unwrap_or_default().to_owned(), json_of(v))).collect())
+        }
+        _ => Value::Null,
+    }
+}
+
+fn stdout_json(args: &[&str]) -> Value {
+    let out = opsfleet_offline(args).output().expect("opsfleet");
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("JSON")
+}
+
+fn of_type<'a>(template: &'a Value, kind: &str) -> Vec<(&'a String, &'a Value)> {
+    template["Resources"].as_object().map(|r| r.iter().filter(|(_, v)| v["Type"] == kind).collect()).unwrap_or_default()
+}
+
+#[test]
+fn the_templates_follow_the_config() {
+    let fleet = support::unique_fleet("infra");
+    let path = support::write_config(&fleet, CONFIG);
+    let config = Config::parse(&std::fs::read_to_string(&path).expect("config"), None).expect("valid");
+    let out = render(&path, &fleet);
+    let core = load(&out.join("opsfleet-core.yaml"));
+    let service = load(&out.join("opsfleet-service.yaml"));
+    let member = load(&out.join("member-role.yaml"));
+
+    // The queues and the table, named as `opsfleet setup` names them.
+    let mut queues: Vec<&str> =
+        of_type(&core, "AWS::SQS::Queue").iter().filter_map(|(_, q)| q["Properties"]["QueueName"].as_str()).collect();
+    let mut expected: Vec<String> = opsfleet_backend::setup::queue_specs(&config).into_iter().map(|s| s.name).collect();
+    queues.sort_unstable();
+    expected.sort_unstable();
+    assert_eq!(queues, expected);
+    for (_, queue) in of_type(&core, "AWS::SQS::Queue") {
+        let p = &queue["Properties"];
+        assert_eq!(p["SqsManagedSseEnabled"], true, "{queue}");
+        let fifo = p["QueueName"].as_str().is_some_and(|n| n.ends_with(".fifo"));
+        assert_eq!(p["FifoQueue"] == true && p["FifoThroughputLimit"] == "perMessageGroupId", fifo, "{queue}");
+    }
+    let table = &of_type(&core, "AWS::DynamoDB::Table")[0].1["Properties"];
+    assert_eq!(table["TableName"], names::table(&fleet));
+    let indexes: Vec<&str> = table["GlobalSecondaryIndexes"]
+        .as_array()
+        .expect("GSIs")
+        .iter()
+        .filter_map(|i| i["IndexName"].as_str())
+        .collect();
+    assert_eq!(indexes, INDEXES.map(|i| i.name));
+    assert_eq!(table["TimeToLiveSpecification"], json!({ "AttributeName": "expires_at", "Enabled": true }));
+    assert_eq!(table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], true);
+    assert_eq!(table["SSESpecification"]["SSEEnabled"], true);
+
+    // One rule per distinct pattern, exactly as the tasks have it, and one per schedule.
+    let rules = of_type(&core, "AWS::Events::Rule");
+    assert_eq!(rules.len(), 3, "{rules:#?}");
+    for task in &config.tasks {
+        let fed: Vec<_> = rules
+            .iter()
+            .filter(|(_, r)| r["Properties"]["Description"].as_str().is_some_and(|d| d.contains(&task.name)))
+            .collect();
+        assert_eq!(fed.len(), 1, "{} is fed by one rule", task.name);
+        let p = &fed[0].1["Properties"];
+        match &task.schedule {
+            Some(schedule) => {
+                assert_eq!(p["ScheduleExpression"], json!(schedule));
+                assert_eq!(p["Name"], names::rule(&fleet, &task.name));
+            }
+            None => assert_eq!(p["EventPattern"], task.pattern_json, "{}", task.name),
+        }
+    }
+    assert_eq!(
+        rules
+            .iter()
+            .filter(|(_, r)| r["Properties"]["Description"]
+                .as_str()
+                .is_some_and(|d| d.contains("snapshot-stopped, tell-stopped")))
+            .count(),
+        1
+    );
+    // The events queue admits only those rules and the alarm topics, which it is subscribed to.
+    let policy = &of_type(&core, "AWS::SQS::QueuePolicy")[0].1["Properties"]["PolicyDocument"]["Statement"];
+    let sources: Vec<&Value> =
+        policy.as_array().expect("statements").iter().map(|s| &s["Condition"]["ArnEquals"]["aws:SourceArn"]).collect();
+    assert_eq!(sources[0].as_array().map(Vec::len), Some(3));
+    assert_eq!(sources[1], &json!(config.fleet.alarm_topics));
+    let subscriptions = of_type(&core, "AWS::SNS::Subscription");
+    assert_eq!(subscriptions.len(), 1);
+    assert_eq!(subscriptions[0].1["Properties"]["TopicArn"], json!(config.fleet.alarm_topics[0]));
+
+    // The role's policy is exactly what `iam-policy` prints; the member role's too.
+    let config_arg = path.to_str().unwrap_or_default();
+    let printed = stdout_json(&["iam-policy", "--config", config_arg]);
+    assert_eq!(of_type(&core, "AWS::IAM::ManagedPolicy")[0].1["Properties"]["PolicyDocument"], printed);
+    let fleet_role = "arn:aws:iam::111111111111:role/opsfleet-task";
+    let printed = stdout_json(&["iam-policy", "--config", config_arg, "--member", "--fleet-role", fleet_role]);
+    let role = &member["Resources"]["MemberRole"]["Properties"];
+    assert_eq!(role["Policies"][0]["PolicyDocument"], printed["Policy"]);
+    assert_eq!((&role["RoleName"], &role["Path"]), (&json!("OpsFleetMember"), &json!("/ops/")));
+    assert_eq!(
+        role["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"],
+        json!({ "Ref": "ExternalId" })
+    );
+
+    // The services run on the core stack's role, stop after the grace, and scale on backlog.
+    let tasks = of_type(&service, "AWS::ECS::TaskDefinition");
+    let import = json!({ "Fn::ImportValue": core["Outputs"]["TaskRoleArn"]["Export"]["Name"] });
+    assert!(tasks.iter().all(|(_, t)| t["Properties"]["TaskRoleArn"] == import), "{tasks:#?}");
+    let worker = &service["Resources"]["WorkerTaskDefinition"]["Properties"]["ContainerDefinitions"][0];
+    assert!(worker["StopTimeout"].as_u64().is_some_and(|t| t > 40 && t <= 120), "{worker}");
+    let metrics = &service["Resources"]["WorkerScalingPolicy"]["Properties"]
+        ["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]["Metrics"];
+    let text = metrics.to_string();
+    assert!((0..3).all(|p| text.contains(&names::jobs_queue(&fleet, p))), "every partition counts: {text}");
+    assert!(metrics
+        .as_array()
+        .and_then(|m| m.last())
+        .is_some_and(|e| e["Expression"] == "(jobs0 + jobs1 + jobs2) / workers"));
+
+    // Secrets stay out of every file.
+    for name in ["opsfleet-core.yaml", "opsfleet-service.yaml", "member-role.yaml"] {
+        assert!(!std::fs::read_to_string(out.join(name)).unwrap_or_default().contains("do-not-print-1234"), "{name}");
+    }
+}
+
+/// The virtualenv's bin directory, where `tests/run.sh` installs cfn-lint and
+/// kubernetes-validate.
+fn venv_bin() -> PathBuf {
+    let python = std::env::var("OPSFLEET_TEST_PYTHON")
+        .expect("the infra checks need the test tools: run them with tests/run.sh");
+    PathBuf::from(python).parent().map(Path::to_path_buf).unwrap_or_default()
+}
+
+#[test]
+fn every_rendered_template_passes_cfn_lint() {
+    let fleet = support::unique_fleet("lint");
+    let rich = render(&support::write_config(&fleet, CONFIG), &fleet);
+    let example = render(&root().join("examples/fleet.toml"), &format!("{fleet}-example"));
+    for dir in [rich, example] {
+        for name in ["opsfleet-core.yaml", "opsfleet-service.yaml", "member-role.yaml"] {
+            let out =
+                std::process::Command::new(venv_bin().join("cfn-lint")).arg(dir.join(name)).output().expect("cfn-lint");
+            assert!(
+                out.status.success(),
+                "cfn-lint {}:\n{}{}",
+                dir.join(name).display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn the_kubernetes_manifests_validate_and_scale_on_a_metric_the_fleet_exports() {
+    let k8s = root().join("infra/k8s");
+    let plain = ["serviceaccount.yaml", "router-deployment.yaml", "worker-deployment.yaml"];
+    let out = std::process::Command::new(venv_bin().join("kubernetes-validate"))
+        .arg("--strict")
+        .args(plain.map(|f| k8s.join(f)))
+        .output()
+        .expect("kubernetes-validate");
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    // KEDA's CRD is not in the validator: check what the scaler needs.
+    let scaled = load(&k8s.join("keda-scaledobject.yaml"));
+    let worker = load(&k8s.join("worker-deployment.yaml"));
+    assert_eq!(scaled["apiVersion"], "keda.sh/v1alpha1");
+    assert_eq!(scaled["kind"], "ScaledObject");
+    assert_eq!(scaled["spec"]["scaleTargetRef"]["name"], worker["metadata"]["name"]);
+    assert_eq!(scaled["spec"]["scaleTargetRef"]["kind"], worker["kind"]);
+    let trigger = &scaled["spec"]["triggers"][0];
+    assert_eq!(trigger["type"], "prometheus");
+    assert_eq!(trigger["metricType"], "Value", "backlog per worker is already per worker");
+    let query = trigger["metadata"]["query"].as_str().expect("query");
+    let exporter = std::fs::read_to_string(root().join("src/cli/exporter.rs")).expect("exporter");
+    assert!(
+        query.contains("opsfleet_backlog_per_worker") && exporter.contains("(\"opsfleet_backlog_per_worker\""),
+        "{query}"
+    );
+    assert!(trigger["metadata"]["threshold"].as_str().and_then(|t| t.parse::<f64>().ok()).is_some_and(|t| t > 0.0));
+    assert!(trigger["metadata"]["serverAddress"].as_str().is_some_and(|a| a.starts_with("http")));
+    let (min, max) = (&scaled["spec"]["minReplicaCount"], &scaled["spec"]["maxReplicaCount"]);
+    assert!(min.as_u64().is_some_and(|m| m >= 1) && max.as_u64() > min.as_u64(), "{min} {max}");
+
+    // The pods stop after the grace of the config they run, as the IRSA service account.
+    let example = Config::parse(&std::fs::read_to_string(root().join("examples/fleet.toml")).expect("example"), None)
+        .expect("valid");
+    let spec = &worker["spec"]["template"]["spec"];
+    let grace = spec["terminationGracePeriodSeconds"].as_u64().expect("terminationGracePeriodSeconds");
+    assert!(grace > u64::from(example.worker.shutdown_grace_secs), "{grace}");
+    let account = load(&k8s.join("serviceaccount.yaml"));
+    assert_eq!(spec["serviceAccountName"], account["metadata"]["name"]);
+    assert!(account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("arn:aws:iam::")));
+    assert_eq!(spec["containers"][0]["args"][0], "worker");
+}
+
+#[test]
+fn the_dockerfile_builds_a_small_non_root_image_of_the_binary() {
+    let text = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.starts_with('#')).collect();
+    let stages: Vec<&&str> = lines.iter().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(stages.len(), 2, "a build stage and a runtime stage: {stages:?}");
+    assert!(stages[0].starts_with("FROM rust:") && stages[0].ends_with(" AS build"), "{}", stages[0]);
+    assert!(stages[1].contains("-slim"), "a slim runtime: {}", stages[1]);
+    let runtime = &lines[lines.iter().position(|l| l == stages[1]).unwrap_or_default()..];
+    assert!(runtime.iter().any(|l| l.starts_with("COPY --from=build ") && l.ends_with("/usr/local/bin/opsfleet")));
+    let user = runtime.iter().find(|l| l.starts_with("USER ")).expect("USER in the runtime stage");
+    assert!(!user.contains("root") && !user.trim_start_matches("USER ").starts_with("0"), "{user}");
+    assert!(runtime.iter().any(|l| l.contains("/etc/opsfleet/fleet.toml")));
+    assert!(runtime.iter().any(|l| l.starts_with("HEALTHCHECK") || l.contains("opsfleet\", \"healthcheck")));
+    let ignored = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    assert!(ignored.lines().any(|l| l == "target"), "the build context leaves target/ out");
+    // The health check the image runs answers 1 when nothing serves metrics.
+    let addr = support::free_loopback_addr();
+    let out = opsfleet_offline(&["healthcheck", "--address", &addr]).output().expect("healthcheck");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("unhealthy: nothing answers on"));
+}

@@ -1,0 +1,322 @@
+//! `ebs-snapshot`: a snapshot of a volume, or of every volume attached to an instance; done
+//! when every snapshot is `completed`, then older snapshots this task made of each volume are
+//! deleted beyond `retain`.
+//!
+//! Idempotent by job: before creating, it looks for a snapshot of the volume tagged with the
+//! job's id, so a redelivered job makes no second snapshot.
+
+use super::ec2::{failed, filter, made_tags, opted_out, spec, JOB_TAG, TASK_TAG};
+use super::{default_check_after_secs, parse_params, Action, ActionContext, Step};
+use async_trait::async_trait;
+use aws_sdk_ec2::types::{ResourceType as Ec2Type, Snapshot, SnapshotState, Tag};
+use aws_sdk_ec2::Client;
+use opsfleet_protocol::ResourceType;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The params of `ebs-snapshot`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EbsSnapshotParams {
+    /// Keep the newest this many snapshots this task made of each volume; delete older ones.
+    #[serde(default)]
+    pub retain: Option<u32>,
+    /// The snapshot's description (a template).
+    #[serde(default = "default_description")]
+    pub description: String,
+    /// Copy the volume's tags onto the snapshot.
+    #[serde(default = "yes")]
+    pub copy_tags: bool,
+    /// More tags (values are templates).
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Seconds until the first completion check.
+    #[serde(default = "default_check_after_secs")]
+    pub check_after_secs: u64,
+}
+
+fn default_description() -> String {
+    "opsfleet {task}: {id} at {datetime}".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The `ebs-snapshot` action.
+pub struct EbsSnapshot;
+
+impl EbsSnapshot {
+    fn params(ctx: &ActionContext<'_>) -> Result<EbsSnapshotParams, Step> {
+        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
+    }
+}
+
+/// The volumes to snapshot with their tags: the job's volume, or an instance's volumes.
+async fn volumes(ec2: &Client, ctx: &ActionContext<'_>) -> Result<Vec<(String, Vec<Tag>)>, Step> {
+    let id = &ctx.job.resource.id;
+    let mut ids = Vec::new();
+    if ctx.job.resource.kind == ResourceType::Instance {
+        let out =
+            ec2.describe_instances().instance_ids(id).send().await.map_err(|e| failed("DescribeInstances", &e))?;
+        let instance = out
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .next()
+            .ok_or_else(|| Step::Failed { retryable: false, error: format!("instance {id} does not exist") })?;
+        if let Some(skip) = opted_out(id, instance.tags()) {
+            return Err(skip);
+        }
+        ids.extend(
+            instance
+                .block_device_mappings()
+                .iter()
+                .filter_map(|m| m.ebs().and_then(|e| e.volume_id()))
+                .map(str::to_owned),
+        );
+        if ids.is_empty() {
+            return Err(Step::Skipped { reason: format!("instance {id} has no EBS volume") });
+        }
+    } else {
+        ids.push(id.clone());
+    }
+    let out = ec2
+        .describe_volumes()
+        .set_volume_ids(Some(ids.clone()))
+        .send()
+        .await
+        .map_err(|e| failed("DescribeVolumes", &e))?;
+    let mut found = Vec::new();
+    for volume in out.volumes() {
+        let vid = volume.volume_id().unwrap_or_default().to_owned();
+        if opted_out(&vid, volume.tags()).is_none() {
+            found.push((vid, volume.tags().to_vec()));
+        }
+    }
+    if found.is_empty() {
+        if let Some(skip) = out.volumes().first().and_then(|v| opted_out(v.volume_id().unwrap_or_default(), v.tags())) {
+            return Err(skip);
+        }
+        return Err(Step::Failed { retryable: false, error: format!("volume {} does not exist", ids.join(", ")) });
+    }
+    Ok(found)
+}
+
+/// The snapshots of a volume tagged with a key and value, newest first.
+async fn snapshots_of(ec2: &Client, volume: &str, key: &str, value: &str) -> Result<Vec<Snapshot>, Step> {
+    let out = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(filter("volume-id", volume))
+        .filters(filter(&format!("tag:{key}"), value))
+        .send()
+        .await
+        .map_err(|e| failed("DescribeSnapshots", &e))?;
+    let mut snapshots = out.snapshots().to_vec();
+    snapshots.sort_by(|a, b| b.start_time().map(|t| t.secs()).cmp(&a.start_time().map(|t| t.secs())));
+    Ok(snapshots)
+}
+
+/// Deletes the snapshots this task made of a volume beyond the newest `keep` (completed ones
+/// only, never `current`); returns how many went.
+pub(crate) async fn retain(ec2: &Client, volume: &str, task: &str, keep: u32, current: &str) -> Result<usize, Step> {
+    let made = snapshots_of(ec2, volume, TASK_TAG, task).await?;
+    let mut deleted = 0;
+    // The snapshot just made is one of those kept, whatever the clock says of the others.
+    let older =
+        made.iter().filter(|s| s.state() == Some(&SnapshotState::Completed) && s.snapshot_id() != Some(current));
+    for snapshot in older.skip(keep.saturating_sub(1) as usize) {
+        let id = snapshot.snapshot_id().unwrap_or_default();
+        match ec2.delete_snapshot().snapshot_id(id).send().await {
+            Ok(_) => deleted += 1,
+            Err(e) if super::ec2::not_found(&e) => {}
+            Err(e) => return Err(failed("DeleteSnapshot", &e)),
+        }
+    }
+    Ok(deleted)
+}
+
+#[async_trait]
+impl Action for EbsSnapshot {
+    fn name(&self) -> &'static str {
+        "ebs-snapshot"
+    }
+
+    fn targets(&self) -> &'static [ResourceType] {
+        &[ResourceType::Volume, ResourceType::Instance]
+    }
+
+    fn describe(&self, ctx: ActionContext<'_>) -> String {
+        let keep = Self::params(&ctx).ok().and_then(|p| p.retain);
+        let what = match ctx.job.resource.kind {
+            ResourceType::Instance => format!("every volume of {}", ctx.job.resource.id),
+            _ => ctx.job.resource.id.clone(),
+        };
+        match keep {
+            Some(n) => format!("would snapshot {what} and keep the newest {n} this task made"),
+            None => format!("would snapshot {what}"),
+        }
+    }
+
+    fn iam_actions(&self) -> &'static [&'static str] {
+        &[
+            "ec2:DescribeInstances",
+            "ec2:DescribeVolumes",
+            "ec2:DescribeSnapshots",
+            "ec2:CreateSnapshot",
+            "ec2:CreateTags",
+            "ec2:DeleteSnapshot",
+        ]
+    }
+
+    fn iam_statements(&self, params: &Value) -> Vec<Value> {
+        use super::iam::*;
+        let mut out = vec![
+            allow(&["ec2:DescribeInstances", "ec2:DescribeVolumes", "ec2:DescribeSnapshots"], &["*"]),
+            allow(&["ec2:CreateSnapshot"], &[VOLUMES]),
+            allow_if(&["ec2:CreateSnapshot"], &[SNAPSHOTS], tagged_by_opsfleet()),
+            allow_if(&["ec2:CreateTags"], &[SNAPSHOTS], on_create(&["CreateSnapshot"])),
+        ];
+        if parse_params::<EbsSnapshotParams>(params).is_ok_and(|p| p.retain.is_some()) {
+            out.push(allow_if(&["ec2:DeleteSnapshot"], &[SNAPSHOTS], made_by_opsfleet()));
+        }
+        out
+    }
+
+    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            (
+                "retain",
+                "keep the newest N snapshots this task made of each volume, delete older ones (default: keep all)",
+            ),
+            ("description", "the snapshot's description, a template (default \"opsfleet {task}: {id} at {datetime}\")"),
+            ("copy_tags", "copy the volume's tags onto the snapshot (default true)"),
+            ("tags", "more tags, values are templates (default none)"),
+            ("check_after_secs", "seconds until the first completion check (default 15)"),
+        ]
+    }
+
+    fn templates(&self, params: &Value) -> Vec<(String, String)> {
+        let Ok(p) = parse_params::<EbsSnapshotParams>(params) else { return Vec::new() };
+        let mut out = vec![("description".to_owned(), p.description)];
+        out.extend(p.tags.into_iter().map(|(k, v)| (format!("tags.{k}"), v)));
+        out
+    }
+
+    fn check_params(&self, params: &Value) -> Result<(), String> {
+        parse_params::<EbsSnapshotParams>(params).map(|_| ())
+    }
+
+    async fn start(&self, ctx: ActionContext<'_>) -> Step {
+        let p = match Self::params(&ctx) {
+            Ok(p) => p,
+            Err(step) => return step,
+        };
+        let ec2 = match ctx.ec2().await {
+            Ok(ec2) => ec2,
+            Err(step) => return step,
+        };
+        let volumes = match volumes(&ec2, &ctx).await {
+            Ok(v) => v,
+            Err(step) => return step,
+        };
+        let description = ctx.render(&p.description);
+        let mut made = Vec::new();
+        for (volume, tags) in volumes {
+            let existing = match snapshots_of(&ec2, &volume, JOB_TAG, &ctx.job.id).await {
+                Ok(s) => s,
+                Err(step) => return step,
+            };
+            let snapshot = match existing.first().and_then(|s| s.snapshot_id()) {
+                Some(id) => id.to_owned(),
+                None => {
+                    let copied = if p.copy_tags { tags.as_slice() } else { &[] };
+                    let tags = made_tags(&ctx, &volume, copied, &p.tags);
+                    let created = ec2
+                        .create_snapshot()
+                        .volume_id(&volume)
+                        .description(&description)
+                        .tag_specifications(spec(Ec2Type::Snapshot, &tags))
+                        .send()
+                        .await;
+                    match created {
+                        Ok(out) => out.snapshot_id().unwrap_or_default().to_owned(),
+                        Err(e) => return failed("CreateSnapshot", &e),
+                    }
+                }
+            };
+            made.push(json!({ "volume": volume, "snapshot": snapshot }));
+        }
+        let state = json!({ "snapshots": made });
+        // Snapshots of small volumes may be complete already: check at once.
+        match self.check(ctx, &state).await {
+            Step::Pending { state, .. } => {
+                Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state }
+            }
+            other => other,
+        }
+    }
+
+    async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
+        let p = match Self::params(&ctx) {
+            Ok(p) => p,
+            Err(step) => return step,
+        };
+        let ec2 = match ctx.ec2().await {
+            Ok(ec2) => ec2,
+            Err(step) => return step,
+        };
+        let made: Vec<(String, String)> = state["snapshots"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|m| {
+                (
+                    m["volume"].as_str().unwrap_or_default().to_owned(),
+                    m["snapshot"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let ids: Vec<String> = made.iter().map(|(_, s)| s.clone()).collect();
+        let out = match ec2.describe_snapshots().set_snapshot_ids(Some(ids.clone())).send().await {
+            Ok(out) => out,
+            Err(e) => return failed("DescribeSnapshots", &e),
+        };
+        let states: BTreeMap<String, Option<SnapshotState>> = out
+            .snapshots()
+            .iter()
+            .map(|s| (s.snapshot_id().unwrap_or_default().to_owned(), s.state().cloned()))
+            .collect();
+        for id in &ids {
+            match states.get(id) {
+                Some(Some(SnapshotState::Completed)) => {}
+                Some(Some(SnapshotState::Error)) => {
+                    return Step::Failed { retryable: false, error: format!("snapshot {id} ended in state error") }
+                }
+                Some(_) => {
+                    return Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state: state.clone() }
+                }
+                None => return Step::Failed { retryable: true, error: format!("snapshot {id} is not found (yet)") },
+            }
+        }
+        let mut deleted = 0;
+        if let Some(keep) = p.retain {
+            for (volume, snapshot) in &made {
+                match retain(&ec2, volume, &ctx.job.task, keep, snapshot).await {
+                    Ok(n) => deleted += n,
+                    Err(step) => return step,
+                }
+            }
+        }
+        let list: Vec<String> = made.iter().map(|(v, s)| format!("{s} of {v}")).collect();
+        Step::Done {
+            summary: match p.retain {
+                Some(keep) => format!("{} completed; {deleted} older deleted, newest {keep} kept", list.join(", ")),
+                None => format!("{} completed", list.join(", ")),
+            },
+        }
+    }
+}

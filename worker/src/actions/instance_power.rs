@@ -1,0 +1,254 @@
+//! `instance-power`: stop, start or reboot an instance. With `wait` (the default for stop and
+//! start) it is done only once the instance really is `stopped` or `running`.
+//!
+//! Stop and start are idempotent by nature (stopping a stopped instance changes nothing). A
+//! reboot is not: before rebooting, the job tags the instance `opsfleet:rebooted-by = <job>`,
+//! and a job that finds its own tag there does not reboot again (at most once).
+
+use super::ec2::{failed, not_found, opted_out, tag};
+use super::{default_check_after_secs, parse_params, Action, ActionContext, Step};
+use async_trait::async_trait;
+use aws_sdk_ec2::types::InstanceStateName;
+use opsfleet_protocol::ResourceType;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// The tag a reboot leaves on its instance, naming its job.
+pub const REBOOTED_BY: &str = "opsfleet:rebooted-by";
+
+/// What to do to the instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Operation {
+    /// Stop it.
+    Stop,
+    /// Start it.
+    Start,
+    /// Reboot it.
+    Reboot,
+}
+
+/// The params of `instance-power`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstancePowerParams {
+    /// `stop`, `start` or `reboot`.
+    pub operation: Operation,
+    /// Wait until the state is reached (default: yes for stop and start, no for reboot).
+    #[serde(default)]
+    pub wait: Option<bool>,
+    /// Force the stop (no chance to flush caches).
+    #[serde(default)]
+    pub force: bool,
+    /// Seconds until the first completion check.
+    #[serde(default = "default_check_after_secs")]
+    pub check_after_secs: u64,
+}
+
+impl InstancePowerParams {
+    fn wait(&self) -> bool {
+        self.wait.unwrap_or(self.operation != Operation::Reboot)
+    }
+}
+
+/// The `instance-power` action.
+pub struct InstancePower;
+
+impl InstancePower {
+    fn params(ctx: &ActionContext<'_>) -> Result<InstancePowerParams, Step> {
+        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
+    }
+}
+
+/// The instance's state and tags.
+async fn instance(
+    ec2: &aws_sdk_ec2::Client,
+    id: &str,
+) -> Result<(InstanceStateName, Vec<aws_sdk_ec2::types::Tag>), Step> {
+    let out = match ec2.describe_instances().instance_ids(id).send().await {
+        Ok(out) => out,
+        Err(e) if not_found(&e) => {
+            return Err(Step::Failed { retryable: false, error: format!("instance {id} does not exist") })
+        }
+        Err(e) => return Err(failed("DescribeInstances", &e)),
+    };
+    let instance = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .next()
+        .ok_or_else(|| Step::Failed { retryable: false, error: format!("instance {id} does not exist") })?;
+    let state = instance.state().and_then(|s| s.name()).cloned().unwrap_or(InstanceStateName::Pending);
+    Ok((state, instance.tags().to_vec()))
+}
+
+#[async_trait]
+impl Action for InstancePower {
+    fn name(&self) -> &'static str {
+        "instance-power"
+    }
+
+    fn targets(&self) -> &'static [ResourceType] {
+        &[ResourceType::Instance]
+    }
+
+    fn describe(&self, ctx: ActionContext<'_>) -> String {
+        match Self::params(&ctx) {
+            Ok(p) => format!(
+                "would {} {}{}",
+                match p.operation {
+                    Operation::Stop if p.force => "force-stop",
+                    Operation::Stop => "stop",
+                    Operation::Start => "start",
+                    Operation::Reboot => "reboot",
+                },
+                ctx.job.resource.id,
+                if p.wait() { " and wait for it" } else { "" }
+            ),
+            Err(_) => format!("would change the power state of {}", ctx.job.resource.id),
+        }
+    }
+
+    fn iam_actions(&self) -> &'static [&'static str] {
+        &["ec2:DescribeInstances", "ec2:StopInstances", "ec2:StartInstances", "ec2:RebootInstances", "ec2:CreateTags"]
+    }
+
+    fn iam_statements(&self, params: &Value) -> Vec<Value> {
+        use super::iam::*;
+        let mut out = vec![allow(&["ec2:DescribeInstances"], &["*"])];
+        match parse_params::<InstancePowerParams>(params).map(|p| p.operation) {
+            Ok(Operation::Stop) => out.push(allow_if(&["ec2:StopInstances"], &[INSTANCES], not_opted_out())),
+            Ok(Operation::Start) => out.push(allow_if(&["ec2:StartInstances"], &[INSTANCES], not_opted_out())),
+            Ok(Operation::Reboot) => {
+                out.push(allow_if(&["ec2:RebootInstances"], &[INSTANCES], not_opted_out()));
+                out.push(allow_if(
+                    &["ec2:CreateTags"],
+                    &[INSTANCES],
+                    serde_json::json!({ "ForAllValues:StringEquals": { "aws:TagKeys": [REBOOTED_BY] } }),
+                ));
+            }
+            Err(_) => {}
+        }
+        out
+    }
+
+    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("operation", "stop, start or reboot (required)"),
+            (
+                "wait",
+                "wait until the instance is stopped or running (default true for stop and start, false for reboot)",
+            ),
+            ("force", "force the stop (default false)"),
+            ("check_after_secs", "seconds until the first state check (default 15)"),
+        ]
+    }
+
+    fn check_params(&self, params: &Value) -> Result<(), String> {
+        let p: InstancePowerParams = parse_params(params)?;
+        if p.force && p.operation != Operation::Stop {
+            return Err("params: force is for operation = \"stop\" only".into());
+        }
+        Ok(())
+    }
+
+    async fn start(&self, ctx: ActionContext<'_>) -> Step {
+        let p = match Self::params(&ctx) {
+            Ok(p) => p,
+            Err(step) => return step,
+        };
+        let ec2 = match ctx.ec2().await {
+            Ok(ec2) => ec2,
+            Err(step) => return step,
+        };
+        let id = ctx.job.resource.id.as_str();
+        let (state, tags) = match instance(&ec2, id).await {
+            Ok(found) => found,
+            Err(step) => return step,
+        };
+        if let Some(skip) = opted_out(id, &tags) {
+            return skip;
+        }
+        if state == InstanceStateName::Terminated || state == InstanceStateName::ShuttingDown {
+            return Step::Failed { retryable: false, error: format!("instance {id} is {}", state.as_str()) };
+        }
+        match p.operation {
+            Operation::Stop => {
+                if !matches!(state, InstanceStateName::Stopped | InstanceStateName::Stopping) {
+                    if let Err(e) = ec2.stop_instances().instance_ids(id).force(p.force).send().await {
+                        return failed("StopInstances", &e);
+                    }
+                }
+            }
+            Operation::Start => {
+                if !matches!(state, InstanceStateName::Running | InstanceStateName::Pending) {
+                    if let Err(e) = ec2.start_instances().instance_ids(id).send().await {
+                        return failed("StartInstances", &e);
+                    }
+                }
+            }
+            Operation::Reboot => {
+                let mine = tags.iter().any(|t| t.key() == Some(REBOOTED_BY) && t.value() == Some(ctx.job.id.as_str()));
+                if mine {
+                    return Step::Done { summary: format!("{id} was rebooted by this job before") };
+                }
+                if state != InstanceStateName::Running {
+                    return Step::Failed {
+                        retryable: false,
+                        error: format!("instance {id} is {}, not running", state.as_str()),
+                    };
+                }
+                if let Err(e) = ec2.create_tags().resources(id).tags(tag(REBOOTED_BY, &ctx.job.id)).send().await {
+                    return failed("CreateTags", &e);
+                }
+                if let Err(e) = ec2.reboot_instances().instance_ids(id).send().await {
+                    return failed("RebootInstances", &e);
+                }
+            }
+        }
+        let state = json!({ "operation": format!("{:?}", p.operation).to_lowercase() });
+        match self.check(ctx, &state).await {
+            Step::Pending { state, .. } => {
+                Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state }
+            }
+            other => other,
+        }
+    }
+
+    async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
+        let p = match Self::params(&ctx) {
+            Ok(p) => p,
+            Err(step) => return step,
+        };
+        let ec2 = match ctx.ec2().await {
+            Ok(ec2) => ec2,
+            Err(step) => return step,
+        };
+        let id = ctx.job.resource.id.as_str();
+        let (now, _) = match instance(&ec2, id).await {
+            Ok(found) => found,
+            Err(step) => return step,
+        };
+        let pending = Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state: state.clone() };
+        // What was asked for is verified: reached (with `wait`), or at least under way.
+        let (reached, under_way, target) = match p.operation {
+            Operation::Stop => (now == InstanceStateName::Stopped, now == InstanceStateName::Stopping, "stopped"),
+            Operation::Start => (now == InstanceStateName::Running, now == InstanceStateName::Pending, "running"),
+            Operation::Reboot => (now == InstanceStateName::Running, false, "running after its reboot"),
+        };
+        if reached {
+            return Step::Done { summary: format!("{id} is {target}") };
+        }
+        if matches!(now, InstanceStateName::Terminated | InstanceStateName::ShuttingDown) {
+            return Step::Failed {
+                retryable: false,
+                error: format!("instance {id} is {} instead of {target}", now.as_str()),
+            };
+        }
+        if under_way && !p.wait() {
+            return Step::Done { summary: format!("{id} is {} (not waited for)", now.as_str()) };
+        }
+        pending
+    }
+}

@@ -1,0 +1,140 @@
+//! `snapshot-retention`: deletes the snapshots opsfleet made of a volume beyond the newest
+//! `keep` and, or, older than `max_age_days`; never a snapshot opsfleet did not make (one
+//! without an `opsfleet:job` tag). Idempotent by nature.
+
+use super::ec2::{failed, filter, not_found, opted_out, JOB_TAG};
+use super::{parse_params, Action, ActionContext, Step};
+use async_trait::async_trait;
+use aws_sdk_ec2::types::SnapshotState;
+use opsfleet_protocol::ResourceType;
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The params of `snapshot-retention`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRetentionParams {
+    /// Keep the newest this many.
+    #[serde(default)]
+    pub keep: Option<u32>,
+    /// Delete those older than this many days.
+    #[serde(default)]
+    pub max_age_days: Option<u32>,
+}
+
+/// The `snapshot-retention` action.
+pub struct SnapshotRetention;
+
+impl SnapshotRetention {
+    fn params(ctx: &ActionContext<'_>) -> Result<SnapshotRetentionParams, Step> {
+        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
+    }
+}
+
+#[async_trait]
+impl Action for SnapshotRetention {
+    fn name(&self) -> &'static str {
+        "snapshot-retention"
+    }
+
+    fn targets(&self) -> &'static [ResourceType] {
+        &[ResourceType::Volume]
+    }
+
+    fn describe(&self, ctx: ActionContext<'_>) -> String {
+        let p = Self::params(&ctx).unwrap_or_default();
+        let mut rules = Vec::new();
+        if let Some(n) = p.keep {
+            rules.push(format!("beyond the newest {n}"));
+        }
+        if let Some(d) = p.max_age_days {
+            rules.push(format!("older than {d} days"));
+        }
+        format!("would delete the snapshots opsfleet made of {} {}", ctx.job.resource.id, rules.join(" or "))
+    }
+
+    fn iam_actions(&self) -> &'static [&'static str] {
+        &["ec2:DescribeVolumes", "ec2:DescribeSnapshots", "ec2:DeleteSnapshot"]
+    }
+
+    fn iam_statements(&self, _params: &Value) -> Vec<Value> {
+        use super::iam::*;
+        vec![
+            allow(&["ec2:DescribeVolumes", "ec2:DescribeSnapshots"], &["*"]),
+            allow_if(&["ec2:DeleteSnapshot"], &[SNAPSHOTS], made_by_opsfleet()),
+        ]
+    }
+
+    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
+        &[
+            ("keep", "keep the newest N snapshots opsfleet made of the volume"),
+            ("max_age_days", "delete those older than N days (at least one of keep and max_age_days)"),
+        ]
+    }
+
+    fn check_params(&self, params: &Value) -> Result<(), String> {
+        let p: SnapshotRetentionParams = parse_params(params)?;
+        if p.keep.is_none() && p.max_age_days.is_none() {
+            return Err("params: give `keep`, `max_age_days`, or both".into());
+        }
+        Ok(())
+    }
+
+    async fn start(&self, ctx: ActionContext<'_>) -> Step {
+        let p = match Self::params(&ctx) {
+            Ok(p) => p,
+            Err(step) => return step,
+        };
+        let ec2 = match ctx.ec2().await {
+            Ok(ec2) => ec2,
+            Err(step) => return step,
+        };
+        let volume = ctx.job.resource.id.as_str();
+        // The volume may be gone; its snapshots are still kept in bounds.
+        match ec2.describe_volumes().volume_ids(volume).send().await {
+            Ok(out) => {
+                if let Some(skip) = out.volumes().first().and_then(|v| opted_out(volume, v.tags())) {
+                    return skip;
+                }
+            }
+            Err(e) if not_found(&e) => {}
+            Err(e) => return failed("DescribeVolumes", &e),
+        }
+        let out = match ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(filter("volume-id", volume))
+            .filters(filter("tag-key", JOB_TAG))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) => return failed("DescribeSnapshots", &e),
+        };
+        let mut made: Vec<_> =
+            out.snapshots().iter().filter(|s| s.state() == Some(&SnapshotState::Completed)).collect();
+        made.sort_by(|a, b| b.start_time().map(|t| t.secs()).cmp(&a.start_time().map(|t| t.secs())));
+        let oldest_kept = p.max_age_days.map(|d| (ctx.now_ms / 1000) as i64 - i64::from(d) * 86_400);
+        let mut deleted = Vec::new();
+        for (i, snapshot) in made.iter().enumerate() {
+            let beyond = p.keep.is_some_and(|keep| i >= keep as usize);
+            let too_old = oldest_kept.is_some_and(|t| snapshot.start_time().is_some_and(|s| s.secs() < t));
+            if !(beyond || too_old) {
+                continue;
+            }
+            let id = snapshot.snapshot_id().unwrap_or_default();
+            match ec2.delete_snapshot().snapshot_id(id).send().await {
+                Ok(_) => deleted.push(id.to_owned()),
+                Err(e) if not_found(&e) => {}
+                Err(e) => return failed("DeleteSnapshot", &e),
+            }
+        }
+        Step::Done {
+            summary: format!("{volume}: {} snapshots deleted, {} kept", deleted.len(), made.len() - deleted.len()),
+        }
+    }
+
+    async fn check(&self, ctx: ActionContext<'_>, _state: &Value) -> Step {
+        self.start(ctx).await
+    }
+}

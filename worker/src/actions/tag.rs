@@ -1,0 +1,162 @@
+//! `tag`: adds and removes tags on any EC2 resource; done once the tags read back as asked.
+//! Idempotent by nature: setting a tag to its value, or removing a missing one, changes
+//! nothing.
+
+use super::ec2::{failed, filter, opted_out, tag};
+use super::{parse_params, Action, ActionContext, Step};
+use async_trait::async_trait;
+use aws_sdk_ec2::types::Tag as Ec2Tag;
+use opsfleet_protocol::ResourceType;
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// The params of `tag`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagParams {
+    /// Tags to set (values are templates).
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Tag keys to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// The `tag` action.
+pub struct Tag;
+
+impl Tag {
+    fn params(ctx: &ActionContext<'_>) -> Result<TagParams, Step> {
+        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
+    }
+}
+
+/// The tags of a resource (any EC2 type), by `DescribeTags`.
+async fn tags_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<BTreeMap<String, String>, Step> {
+    let out =
+        ec2.describe_tags().filters(filter("resource-id", id)).send().await.map_err(|e| failed("DescribeTags", &e))?;
+    Ok(out
+        .tags()
+        .iter()
+        .filter_map(|t| Some((t.key()?.to_owned(), t.value().unwrap_or_default().to_owned())))
+        .collect())
+}
+
+#[async_trait]
+impl Action for Tag {
+    fn name(&self) -> &'static str {
+        "tag"
+    }
+
+    fn targets(&self) -> &'static [ResourceType] {
+        &ResourceType::ALL
+    }
+
+    fn describe(&self, ctx: ActionContext<'_>) -> String {
+        let p = Self::params(&ctx).unwrap_or_default();
+        let add: Vec<String> = p.add.iter().map(|(k, v)| format!("{k}={}", ctx.render(v))).collect();
+        let mut what = Vec::new();
+        if !add.is_empty() {
+            what.push(format!("set {}", add.join(", ")));
+        }
+        if !p.remove.is_empty() {
+            what.push(format!("remove {}", p.remove.join(", ")));
+        }
+        format!("would {} on {}", what.join(" and "), ctx.job.resource.id)
+    }
+
+    fn iam_actions(&self) -> &'static [&'static str] {
+        &["ec2:DescribeTags", "ec2:CreateTags", "ec2:DeleteTags"]
+    }
+
+    fn iam_statements(&self, params: &Value) -> Vec<Value> {
+        use super::iam::*;
+        let p = parse_params::<TagParams>(params).unwrap_or_default();
+        let keys: Vec<&String> = p.add.keys().chain(&p.remove).collect();
+        let only_these = serde_json::json!({ "ForAllValues:StringEquals": { "aws:TagKeys": keys } });
+        let mut actions = Vec::new();
+        if !p.add.is_empty() {
+            actions.push("ec2:CreateTags");
+        }
+        if !p.remove.is_empty() {
+            actions.push("ec2:DeleteTags");
+        }
+        vec![
+            allow(&["ec2:DescribeTags"], &["*"]),
+            allow_if(&actions, &[INSTANCES, VOLUMES, SNAPSHOTS, IMAGES], only_these),
+        ]
+    }
+
+    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
+        &[("add", "tags to set, values are templates (default none)"), ("remove", "tag keys to remove (default none)")]
+    }
+
+    fn templates(&self, params: &Value) -> Vec<(String, String)> {
+        let Ok(p) = parse_params::<TagParams>(params) else { return Vec::new() };
+        p.add.into_iter().map(|(k, v)| (format!("add.{k}"), v)).collect()
+    }
+
+    fn check_params(&self, params: &Value) -> Result<(), String> {
+        let p: TagParams = parse_params(params)?;
+        if p.add.is_empty() && p.remove.is_empty() {
+            return Err("params: give tags to `add` or `remove`".into());
+        }
+        if let Some(key) = p.add.keys().chain(&p.remove).find(|k| k.starts_with("aws:")) {
+            return Err(format!("params: tag keys starting with `aws:` are AWS's own: `{key}`"));
+        }
+        Ok(())
+    }
+
+    async fn start(&self, ctx: ActionContext<'_>) -> Step {
+        let p = match Self::params(&ctx) {
+            Ok(p) => p,
+            Err(step) => return step,
+        };
+        let ec2 = match ctx.ec2().await {
+            Ok(ec2) => ec2,
+            Err(step) => return step,
+        };
+        let id = ctx.job.resource.id.as_str();
+        let before = match tags_of(&ec2, id).await {
+            Ok(tags) => tags,
+            Err(step) => return step,
+        };
+        let as_tags: Vec<Ec2Tag> = before.iter().map(|(k, v)| tag(k, v)).collect();
+        if let Some(skip) = opted_out(id, &as_tags) {
+            return skip;
+        }
+        let add: BTreeMap<String, String> = p.add.iter().map(|(k, v)| (k.clone(), ctx.render(v))).collect();
+        if !add.is_empty() {
+            let tags: Vec<Ec2Tag> = add.iter().map(|(k, v)| tag(k, v)).collect();
+            if let Err(e) = ec2.create_tags().resources(id).set_tags(Some(tags)).send().await {
+                return failed("CreateTags", &e);
+            }
+        }
+        let remove: Vec<Ec2Tag> =
+            p.remove.iter().filter(|k| before.contains_key(*k)).map(|k| Ec2Tag::builder().key(k).build()).collect();
+        if !remove.is_empty() {
+            if let Err(e) = ec2.delete_tags().resources(id).set_tags(Some(remove)).send().await {
+                return failed("DeleteTags", &e);
+            }
+        }
+        // Verify: the tags read back as asked.
+        let after = match tags_of(&ec2, id).await {
+            Ok(tags) => tags,
+            Err(step) => return step,
+        };
+        let missing: Vec<&String> = add.iter().filter(|(k, v)| after.get(*k) != Some(v)).map(|(k, _)| k).collect();
+        let left: Vec<&String> = p.remove.iter().filter(|k| after.contains_key(*k)).collect();
+        if !missing.is_empty() || !left.is_empty() {
+            return Step::Failed {
+                retryable: true,
+                error: format!("{id}: tags not in place yet (missing {missing:?}, not removed {left:?})"),
+            };
+        }
+        Step::Done { summary: format!("{id}: {} tags set, {} removed", add.len(), p.remove.len()) }
+    }
+
+    async fn check(&self, ctx: ActionContext<'_>, _state: &Value) -> Step {
+        self.start(ctx).await
+    }
+}
