@@ -305,6 +305,37 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_loses_nothing() {
     fleet.assert_succeeded_exactly_once(&jobs).await;
 }
 
+/// Scale-in: one of two busy workers gets SIGTERM; it exits within the grace and the other
+/// finishes what it handed back, each job once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scale_in_stops_one_worker_within_the_grace_and_the_other_finishes_its_jobs() {
+    let fleet = Fleet::new("e2e-scalein").await;
+    let jobs: Vec<Job> = (0..120).map(|r| fleet.job("steady", "ev", &format!("i-{r}"))).collect();
+    fleet.send(&jobs, |j| j.resource.key(), "").await;
+    let mut a = fleet.worker("a");
+    let _b = fleet.worker("b");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fleet.statuses(&jobs).await.iter().filter(|s| **s == Some(Status::Succeeded)).count() < 6 {
+        assert!(Instant::now() < deadline, "the workers finished nothing");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let left = fleet.statuses(&jobs).await.iter().filter(|s| **s != Some(Status::Succeeded)).count();
+    assert!(left > 0, "the scale-in comes while work is left");
+    let asked = Instant::now();
+    support::terminate(&mut a.0);
+    let status = loop {
+        if let Some(status) = a.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(30), "worker a did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(asked.elapsed() < Duration::from_secs(5 + 3), "exited {:?} after SIGTERM, grace is 5 s", asked.elapsed());
+    fleet.wait_final(&jobs, Duration::from_secs(120)).await;
+    fleet.assert_succeeded_exactly_once(&jobs).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_redelivery_and_completion_checks() {
     let fleet = Fleet::new("e2e-misc").await;

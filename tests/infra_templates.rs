@@ -172,6 +172,13 @@ fn the_templates_follow_the_config() {
     assert_eq!(subscriptions.len(), 1);
     assert_eq!(subscriptions[0].1["Properties"]["TopicArn"], json!(config.fleet.alarm_topics[0]));
 
+    // What lives in the table rather than in a resource is written down beside them.
+    let meta = &core["Metadata"]["opsfleet"];
+    assert_eq!(meta["partitions"], 3);
+    assert_eq!(meta["notify_topics"], json!([format!("arn:aws:sns:us-east-1:123456789012:{fleet}-oncall")]));
+    let limits: Vec<&String> = meta["limits"].as_object().map(|l| l.keys().collect()).unwrap_or_default();
+    assert_eq!(limits, config.limits.keys().collect::<Vec<_>>());
+
     // The role's policy is exactly what `iam-policy` prints; the member role's too.
     let config_arg = path.to_str().unwrap_or_default();
     let printed = stdout_json(&["iam-policy", "--config", config_arg]);

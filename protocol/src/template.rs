@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 /// A parsed template: literal text and placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
+    text: String,
     parts: Vec<Part>,
 }
 
@@ -105,7 +106,12 @@ impl Template {
         if parts.is_empty() {
             return Err("a template must not be empty".into());
         }
-        Ok(Template { parts })
+        Ok(Template { text: text.to_owned(), parts })
+    }
+
+    /// The template as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     /// The param names the template reads.

@@ -10,25 +10,58 @@ pub(super) fn object_matches(pattern: &ObjectPattern, object: Option<&Map<String
             FieldPattern::Leaf(matchers) => leaf_matches(matchers, value),
             FieldPattern::Object(inner) => match value {
                 Some(Value::Object(o)) => object_matches(inner, Some(o)),
-                Some(Value::Array(items)) => {
-                    items.iter().any(|item| item.as_object().is_some_and(|o| object_matches(inner, Some(o))))
-                }
-                Some(_) => false,
-                None => object_matches(inner, None),
+                Some(Value::Array(items)) if holds_object(items) => any_object_matches(inner, items),
+                // A value that holds no object has none of the nested fields.
+                _ => object_matches(inner, None),
             },
         }
     }) && pattern.any_of.iter().all(|alternatives| alternatives.iter().any(|alt| object_matches(alt, object)))
 }
 
+/// Whether an array, or an array in it, holds an object.
+fn holds_object(items: &[Value]) -> bool {
+    items.iter().any(|item| match item {
+        Value::Object(_) => true,
+        Value::Array(nested) => holds_object(nested),
+        _ => false,
+    })
+}
+
+/// Whether any object in an array, or in the arrays in it, matches the nested pattern.
+fn any_object_matches(inner: &ObjectPattern, items: &[Value]) -> bool {
+    items.iter().any(|item| match item {
+        Value::Object(o) => object_matches(inner, Some(o)),
+        Value::Array(nested) => any_object_matches(inner, nested),
+        _ => false,
+    })
+}
+
 fn leaf_matches(matchers: &[Matcher], value: Option<&Value>) -> bool {
     match value {
-        None => matchers.contains(&Matcher::Exists(false)),
-        Some(Value::Object(_)) => false,
-        Some(Value::Array(items)) => matchers.iter().any(|m| match m {
-            Matcher::Exists(present) => *present,
-            _ => items.iter().any(|item| scalar_matches(m, item)),
-        }),
+        None | Some(Value::Object(_)) => matchers.contains(&Matcher::Exists(false)),
+        Some(Value::Array(items)) => {
+            let mut leaves = Vec::new();
+            collect_leaves(items, &mut leaves);
+            if leaves.is_empty() {
+                return matchers.contains(&Matcher::Exists(false));
+            }
+            matchers.iter().any(|m| match m {
+                Matcher::Exists(present) => *present,
+                _ => leaves.iter().any(|leaf| scalar_matches(m, leaf)),
+            })
+        }
         Some(scalar) => matchers.iter().any(|m| scalar_matches(m, scalar)),
+    }
+}
+
+/// The scalars of an array and of the arrays in it; objects are not leaves.
+fn collect_leaves<'a>(items: &'a [Value], out: &mut Vec<&'a Value>) {
+    for item in items {
+        match item {
+            Value::Array(nested) => collect_leaves(nested, out),
+            Value::Object(_) => {}
+            scalar => out.push(scalar),
+        }
     }
 }
 
@@ -66,13 +99,14 @@ fn scalar_matches(matcher: &Matcher, value: &Value) -> bool {
                 })
         }),
         Matcher::AnythingBut(but) => match but {
-            AnythingBut::Values(excluded) => !value.is_null() && !excluded.iter().any(|m| scalar_matches(m, value)),
-            AnythingBut::Prefix(p) => value.as_str().is_some_and(|v| !v.starts_with(p.as_str())),
-            AnythingBut::Suffix(s) => value.as_str().is_some_and(|v| !v.ends_with(s.as_str())),
+            // A value a string operator cannot test (a number, a boolean, null) is not excluded.
+            AnythingBut::Values(excluded) => !excluded.iter().any(|m| scalar_matches(m, value)),
+            AnythingBut::Prefix(list) => value.as_str().is_none_or(|v| !list.iter().any(|p| v.starts_with(p.as_str()))),
+            AnythingBut::Suffix(list) => value.as_str().is_none_or(|v| !list.iter().any(|s| v.ends_with(s.as_str()))),
             AnythingBut::EqualsIgnoreCase(list) => {
-                value.as_str().is_some_and(|v| !list.iter().any(|t| eq_ignore_case(v, t)))
+                value.as_str().is_none_or(|v| !list.iter().any(|t| eq_ignore_case(v, t)))
             }
-            AnythingBut::Wildcard(list) => value.as_str().is_some_and(|v| !list.iter().any(|w| w.matches(v))),
+            AnythingBut::Wildcard(list) => value.as_str().is_none_or(|v| !list.iter().any(|w| w.matches(v))),
         },
     }
 }

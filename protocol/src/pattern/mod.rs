@@ -1,9 +1,14 @@
 //! EventBridge event patterns: parsed and validated once, then matched purely and quickly.
 //!
-//! The semantics follow EventBridge's documentation: every field of a pattern must match; a
-//! leaf is a list of matchers of which any may match; when the event holds an array, any
-//! element may match; a missing field matches only `{"exists": false}`; `$or` takes a list of
-//! alternative sub-patterns of which one must match, together with its sibling fields.
+//! The semantics follow AWS's Event Ruler (the engine behind EventBridge): every field of a
+//! pattern must match; a leaf is a list of matchers of which any may match; a leaf matcher
+//! sees the event value's leaves (a scalar, or the scalars of an array and of the arrays in
+//! it, however deep: objects are not leaves), any of which may match; a field with no leaves
+//! (missing, an object, an empty array) matches only `{"exists": false}`; `anything-but`
+//! needs a leaf, and any leaf it does not exclude (a non-string is never excluded by a string
+//! operator); a nested pattern object matches an object, or any object in an array (however
+//! deep), all its fields in that same object; `$or` takes a list of alternative sub-patterns
+//! of which one must match, together with its sibling fields.
 
 mod matcher;
 mod parse;
@@ -97,10 +102,10 @@ enum NumericOp {
 enum AnythingBut {
     /// Exact strings and numbers.
     Values(Vec<Matcher>),
-    /// Strings with this prefix.
-    Prefix(String),
-    /// Strings with this suffix.
-    Suffix(String),
+    /// Strings with any of these prefixes.
+    Prefix(Vec<String>),
+    /// Strings with any of these suffixes.
+    Suffix(Vec<String>),
     /// These strings, ignoring case (lowercased).
     EqualsIgnoreCase(Vec<String>),
     /// Strings matching any of these wildcards.

@@ -121,6 +121,7 @@ fn operator(op: &str, arg: &Value, path: &str) -> Result<Matcher, PatternError> 
             })
         }
         "equals-ignore-case" => Ok(Matcher::EqualsIgnoreCase(string(arg, path, op)?.to_lowercase())),
+        "exactly" => Ok(Matcher::Str(string(arg, path, op)?.to_owned())),
         "wildcard" => {
             let text = string(arg, path, op)?;
             Wildcard::parse(text)
@@ -200,8 +201,13 @@ fn anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternError> {
                 }
             };
             match op.as_str() {
-                "prefix" => Ok(AnythingBut::Prefix(string(inner, path, "anything-but.prefix")?.to_owned())),
-                "suffix" => Ok(AnythingBut::Suffix(string(inner, path, "anything-but.suffix")?.to_owned())),
+                "prefix" | "suffix" => {
+                    let texts = strings(inner)?;
+                    if texts.iter().any(String::is_empty) {
+                        return Err(err(&format!("`{op}` must not be empty")));
+                    }
+                    Ok(if op == "prefix" { AnythingBut::Prefix(texts) } else { AnythingBut::Suffix(texts) })
+                }
                 "equals-ignore-case" => {
                     Ok(AnythingBut::EqualsIgnoreCase(strings(inner)?.into_iter().map(|s| s.to_lowercase()).collect()))
                 }

@@ -117,9 +117,23 @@ pub fn core_template(config: &Config) -> Value {
             "ManagedPolicyArns": [reference(TASK_POLICY)],
         }}),
     );
+    // What the config decides that lives in the table, not in a resource: the limits, and
+    // the topics the notify tasks publish to (the role's policy allows exactly those).
+    let limits: Map<String, Value> =
+        config.limits.values().map(|l| (l.name.clone(), json!({ "max": l.max, "pool": l.pool.as_str() }))).collect();
+    let mut topics: Vec<&str> =
+        config.tasks.iter().filter(|t| t.action == "notify").filter_map(|t| t.params["topic_arn"].as_str()).collect();
+    topics.dedup();
     json!({
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": format!("opsfleet {fleet}: queues, table, EventBridge rules and role (rendered by `opsfleet infra render`)"),
+        "Metadata": { "opsfleet": {
+            "fleet": fleet,
+            "partitions": config.fleet.partitions.get(),
+            "limits": limits,
+            "notify_topics": topics,
+            "rules": rules.iter().map(|r| json!({ "name": r.name, "tasks": r.tasks })).collect::<Vec<_>>(),
+        }},
         "Resources": resources,
         "Outputs": {
             "EventsQueueUrl": { "Value": reference(EVENTS_QUEUE) },
