@@ -60,6 +60,13 @@ action = "noop"
 params = { sleep_ms = 500 }
 
 [[tasks]]
+name = "two-seconds"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+params = { sleep_ms = 2000 }
+
+[[tasks]]
 name = "poison"
 pattern = { source = ["x"] }
 targets = "event"
@@ -310,15 +317,12 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_in_stops_one_worker_within_the_grace_and_the_other_finishes_its_jobs() {
     let fleet = Fleet::new("e2e-scalein").await;
-    let jobs: Vec<Job> = (0..120).map(|r| fleet.job("steady", "ev", &format!("i-{r}"))).collect();
+    // Two-second jobs, 16 at a time per worker: 120 of them take both workers several rounds.
+    let jobs: Vec<Job> = (0..120).map(|r| fleet.job("two-seconds", "ev", &format!("i-{r}"))).collect();
     fleet.send(&jobs, |j| j.resource.key(), "").await;
     let mut a = fleet.worker("a");
     let _b = fleet.worker("b");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fleet.statuses(&jobs).await.iter().filter(|s| **s == Some(Status::Succeeded)).count() < 6 {
-        assert!(Instant::now() < deadline, "the workers finished nothing");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let left = fleet.statuses(&jobs).await.iter().filter(|s| **s != Some(Status::Succeeded)).count();
     assert!(left > 0, "the scale-in comes while work is left");
     let asked = Instant::now();

@@ -10,12 +10,44 @@ pub(super) fn object_matches(pattern: &ObjectPattern, object: Option<&Map<String
             FieldPattern::Leaf(matchers) => leaf_matches(matchers, value),
             FieldPattern::Object(inner) => match value {
                 Some(Value::Object(o)) => object_matches(inner, Some(o)),
-                Some(Value::Array(items)) if holds_object(items) => any_object_matches(inner, items),
+                // As Event Ruler: a nested pattern that only requires fields to be absent
+                // holds when no element has them; one that requires values matches one
+                // element, all its fields (absent ones too) in that element.
+                Some(Value::Array(items)) if holds_object(items) => {
+                    if inner.any_of.is_empty()
+                        && inner.fields.iter().all(|(_, f)| matches!(f, FieldPattern::Leaf(m) if absent_only(m)))
+                    {
+                        absent_everywhere(inner, items)
+                    } else {
+                        any_object_matches(inner, items)
+                    }
+                }
                 // A value that holds no object has none of the nested fields.
                 _ => object_matches(inner, None),
             },
         }
     }) && pattern.any_of.iter().all(|alternatives| alternatives.iter().any(|alt| object_matches(alt, object)))
+}
+
+/// Whether a field's matchers only require it to be absent.
+fn absent_only(matchers: &[Matcher]) -> bool {
+    matchers.iter().all(|m| *m == Matcher::Exists(false))
+}
+
+/// Whether no object in an array (however deep) has a leaf for the fields that must be absent.
+fn absent_everywhere(inner: &ObjectPattern, items: &[Value]) -> bool {
+    inner.fields.iter().all(|(key, _)| objects(items).all(|o| leaf_matches(&[Matcher::Exists(false)], o.get(key))))
+}
+
+/// The objects in an array and in the arrays in it.
+fn objects(items: &[Value]) -> Box<dyn Iterator<Item = &Map<String, Value>> + '_> {
+    Box::new(items.iter().flat_map(|item| -> Box<dyn Iterator<Item = &Map<String, Value>> + '_> {
+        match item {
+            Value::Object(o) => Box::new(std::iter::once(o)),
+            Value::Array(nested) => objects(nested),
+            _ => Box::new(std::iter::empty()),
+        }
+    }))
 }
 
 /// Whether an array, or an array in it, holds an object.
@@ -29,11 +61,7 @@ fn holds_object(items: &[Value]) -> bool {
 
 /// Whether any object in an array, or in the arrays in it, matches the nested pattern.
 fn any_object_matches(inner: &ObjectPattern, items: &[Value]) -> bool {
-    items.iter().any(|item| match item {
-        Value::Object(o) => object_matches(inner, Some(o)),
-        Value::Array(nested) => any_object_matches(inner, nested),
-        _ => false,
-    })
+    objects(items).any(|o| object_matches(inner, Some(o)))
 }
 
 fn leaf_matches(matchers: &[Matcher], value: Option<&Value>) -> bool {
@@ -68,25 +96,25 @@ fn collect_leaves<'a>(items: &'a [Value], out: &mut Vec<&'a Value>) {
 fn scalar_matches(matcher: &Matcher, value: &Value) -> bool {
     match matcher {
         Matcher::Str(s) => value.as_str() == Some(s.as_str()),
+        Matcher::Ip { text, hex } => {
+            value.as_str().is_some_and(|v| v == text || super::cidr::ip_hex(v).as_deref() == Some(hex.as_str()))
+        }
         Matcher::Num(n) => value.as_f64() == Some(*n),
         Matcher::Bool(b) => value.as_bool() == Some(*b),
         Matcher::Null => value.is_null(),
         Matcher::Exists(present) => *present,
-        Matcher::Prefix { text, ignore_case } => value.as_str().is_some_and(|v| {
-            if *ignore_case {
-                starts_with_ignore_case(v, text)
-            } else {
-                v.starts_with(text.as_str())
-            }
-        }),
-        Matcher::Suffix { text, ignore_case } => value.as_str().is_some_and(|v| {
-            if *ignore_case {
-                v.to_lowercase().ends_with(text.as_str())
-            } else {
-                v.ends_with(text.as_str())
-            }
-        }),
-        Matcher::EqualsIgnoreCase(text) => value.as_str().is_some_and(|v| eq_ignore_case(v, text)),
+        Matcher::Prefix(text) => value.as_str().is_some_and(|v| v.starts_with(text.as_str())),
+        Matcher::PrefixIgnoreCase(folded) => value.as_str().is_some_and(|v| folded.prefix_of(v)),
+        Matcher::Suffix(text) => value.as_str().is_some_and(|v| v.ends_with(text.as_str())),
+        Matcher::SuffixIgnoreCase(folded) => value.as_str().is_some_and(|v| folded.suffix_of(v)),
+        Matcher::EqualsIgnoreCase(folded) => value.as_str().is_some_and(|v| folded.equals(v)),
+        // Event Ruler compares numbers and addresses in one ordered space, where only a range
+        // of everything (`/0`) holds numbers.
+        Matcher::Cidr(range) => match value {
+            Value::String(v) => super::cidr::ip_hex(v).is_some_and(|hex| range.contains_hex(&hex)),
+            Value::Number(_) => range.is_everything(),
+            _ => false,
+        },
         Matcher::Wildcard(w) => value.as_str().is_some_and(|v| w.matches(v)),
         Matcher::Numeric(conditions) => value.as_f64().is_some_and(|v| {
             value.is_number()
@@ -103,28 +131,8 @@ fn scalar_matches(matcher: &Matcher, value: &Value) -> bool {
             AnythingBut::Values(excluded) => !excluded.iter().any(|m| scalar_matches(m, value)),
             AnythingBut::Prefix(list) => value.as_str().is_none_or(|v| !list.iter().any(|p| v.starts_with(p.as_str()))),
             AnythingBut::Suffix(list) => value.as_str().is_none_or(|v| !list.iter().any(|s| v.ends_with(s.as_str()))),
-            AnythingBut::EqualsIgnoreCase(list) => {
-                value.as_str().is_none_or(|v| !list.iter().any(|t| eq_ignore_case(v, t)))
-            }
+            AnythingBut::EqualsIgnoreCase(list) => value.as_str().is_none_or(|v| !list.iter().any(|f| f.equals(v))),
             AnythingBut::Wildcard(list) => value.as_str().is_none_or(|v| !list.iter().any(|w| w.matches(v))),
         },
-    }
-}
-
-/// `lower` is already lowercase.
-fn eq_ignore_case(value: &str, lower: &str) -> bool {
-    if value.is_ascii() && lower.is_ascii() {
-        value.eq_ignore_ascii_case(lower)
-    } else {
-        value.to_lowercase() == lower
-    }
-}
-
-/// `lower` is already lowercase.
-fn starts_with_ignore_case(value: &str, lower: &str) -> bool {
-    if value.is_ascii() && lower.is_ascii() {
-        value.len() >= lower.len() && value.as_bytes()[..lower.len()].eq_ignore_ascii_case(lower.as_bytes())
-    } else {
-        value.to_lowercase().starts_with(lower)
     }
 }

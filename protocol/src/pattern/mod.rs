@@ -10,9 +10,14 @@
 //! deep), all its fields in that same object; `$or` takes a list of alternative sub-patterns
 //! of which one must match, together with its sibling fields.
 
+mod cidr;
+mod fold;
 mod matcher;
 mod parse;
 mod wildcard;
+
+use cidr::Cidr;
+use fold::Folded;
 
 pub use parse::PatternError;
 pub use wildcard::Wildcard;
@@ -65,18 +70,26 @@ enum FieldPattern {
 enum Matcher {
     /// An exact string.
     Str(String),
+    /// An exact string that is an IP address: also any other way of writing that address.
+    Ip { text: String, hex: String },
     /// An exact number.
     Num(f64),
     /// An exact boolean.
     Bool(bool),
     /// `null`.
     Null,
-    /// `{"prefix": …}`, optionally ignoring case (text is lowercased when so).
-    Prefix { text: String, ignore_case: bool },
-    /// `{"suffix": …}`, optionally ignoring case (text is lowercased when so).
-    Suffix { text: String, ignore_case: bool },
-    /// `{"equals-ignore-case": …}` (lowercased).
-    EqualsIgnoreCase(String),
+    /// `{"prefix": …}`.
+    Prefix(String),
+    /// `{"prefix": {"equals-ignore-case": …}}`.
+    PrefixIgnoreCase(Folded),
+    /// `{"suffix": …}`.
+    Suffix(String),
+    /// `{"suffix": {"equals-ignore-case": …}}`.
+    SuffixIgnoreCase(Folded),
+    /// `{"equals-ignore-case": …}`.
+    EqualsIgnoreCase(Folded),
+    /// `{"cidr": …}`.
+    Cidr(Cidr),
     /// `{"wildcard": …}`.
     Wildcard(Wildcard),
     /// `{"numeric": [op, n, (op, n)]}`.
@@ -106,8 +119,8 @@ enum AnythingBut {
     Prefix(Vec<String>),
     /// Strings with any of these suffixes.
     Suffix(Vec<String>),
-    /// These strings, ignoring case (lowercased).
-    EqualsIgnoreCase(Vec<String>),
+    /// These strings, ignoring case.
+    EqualsIgnoreCase(Vec<Folded>),
     /// Strings matching any of these wildcards.
     Wildcard(Vec<Wildcard>),
 }

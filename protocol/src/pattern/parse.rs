@@ -1,6 +1,6 @@
 //! Parsing and validating patterns.
 
-use super::{AnythingBut, FieldPattern, Matcher, NumericOp, ObjectPattern, Wildcard};
+use super::{AnythingBut, Cidr, FieldPattern, Folded, Matcher, NumericOp, ObjectPattern, Wildcard};
 use serde_json::{Map, Value};
 
 /// Why a pattern is invalid, with the path inside the pattern where the problem is.
@@ -19,6 +19,10 @@ impl PatternError {
     }
 }
 
+/// The operators of a matcher object, which `$or` alternatives may not use as field names.
+const OPERATORS: [&str; 9] =
+    ["prefix", "suffix", "equals-ignore-case", "wildcard", "exists", "numeric", "anything-but", "cidr", "exactly"];
+
 fn join(path: &str, key: &str) -> String {
     if path.is_empty() {
         key.to_owned()
@@ -35,8 +39,8 @@ pub(super) fn object(value: &Value, path: &str) -> Result<ObjectPattern, Pattern
 }
 
 fn object_map(map: &Map<String, Value>, path: &str) -> Result<ObjectPattern, PatternError> {
-    if map.is_empty() && !path.is_empty() {
-        return Err(PatternError::new(path, "an object in a pattern must not be empty"));
+    if map.is_empty() {
+        return Err(PatternError::new(path, "an object in a pattern must not be empty (EventBridge refuses `{}`)"));
     }
     let mut fields = Vec::with_capacity(map.len());
     let mut any_of = Vec::new();
@@ -48,6 +52,15 @@ fn object_map(map: &Map<String, Value>, path: &str) -> Result<ObjectPattern, Pat
             };
             if alternatives.len() < 2 {
                 return Err(PatternError::new(&here, "`$or` needs at least two alternatives"));
+            }
+            for (i, alt) in alternatives.iter().enumerate() {
+                if let Some(reserved) = alt.as_object().and_then(|a| a.keys().find(|k| OPERATORS.contains(&k.as_str())))
+                {
+                    return Err(PatternError::new(
+                        &format!("{here}[{i}]"),
+                        format!("`{reserved}` is an operator, not a field name, inside `$or`"),
+                    ));
+                }
             }
             let group = alternatives
                 .iter()
@@ -76,7 +89,10 @@ fn leaf(items: &[Value], path: &str) -> Result<Vec<Matcher>, PatternError> {
 
 fn matcher(item: &Value, path: &str) -> Result<Matcher, PatternError> {
     match item {
-        Value::String(s) => Ok(Matcher::Str(s.clone())),
+        Value::String(s) => Ok(match super::cidr::ip_hex(s) {
+            Some(hex) => Matcher::Ip { text: s.clone(), hex },
+            None => Matcher::Str(s.clone()),
+        }),
         Value::Number(n) => Ok(Matcher::Num(number(n, path)?)),
         Value::Bool(b) => Ok(Matcher::Bool(*b)),
         Value::Null => Ok(Matcher::Null),
@@ -95,32 +111,32 @@ fn number(n: &serde_json::Number, path: &str) -> Result<f64, PatternError> {
     n.as_f64().ok_or_else(|| PatternError::new(path, "number out of range"))
 }
 
+/// A number that `numeric` and `anything-but` can compare: as in Event Ruler, not a subnormal
+/// double (closer to zero than about 2.2e-308, but zero).
+fn comparable(n: &serde_json::Number, path: &str) -> Result<f64, PatternError> {
+    let value = number(n, path)?;
+    if value != 0.0 && !value.is_normal() {
+        return Err(PatternError::new(path, format!("{n} is too close to zero to compare")));
+    }
+    Ok(value)
+}
+
 fn string<'a>(arg: &'a Value, path: &str, op: &str) -> Result<&'a str, PatternError> {
     arg.as_str().ok_or_else(|| PatternError::new(path, format!("`{op}` takes a string")))
 }
 
 fn operator(op: &str, arg: &Value, path: &str) -> Result<Matcher, PatternError> {
     match op {
-        "prefix" | "suffix" => {
-            let (text, ignore_case) = match arg {
-                Value::String(s) => (s.clone(), false),
-                Value::Object(inner) if inner.len() == 1 && inner.contains_key("equals-ignore-case") => {
-                    (string(&inner["equals-ignore-case"], path, "equals-ignore-case")?.to_lowercase(), true)
-                }
-                _ => {
-                    return Err(PatternError::new(
-                        path,
-                        format!("`{op}` takes a string or {{\"equals-ignore-case\": string}}"),
-                    ))
-                }
-            };
-            Ok(if op == "prefix" {
-                Matcher::Prefix { text, ignore_case }
-            } else {
-                Matcher::Suffix { text, ignore_case }
-            })
-        }
-        "equals-ignore-case" => Ok(Matcher::EqualsIgnoreCase(string(arg, path, op)?.to_lowercase())),
+        "prefix" | "suffix" => match arg {
+            Value::String(s) if op == "prefix" => Ok(Matcher::Prefix(s.clone())),
+            Value::String(s) => Ok(Matcher::Suffix(s.clone())),
+            Value::Object(inner) if inner.len() == 1 && inner.contains_key("equals-ignore-case") => {
+                let folded = Folded::new(string(&inner["equals-ignore-case"], path, "equals-ignore-case")?);
+                Ok(if op == "prefix" { Matcher::PrefixIgnoreCase(folded) } else { Matcher::SuffixIgnoreCase(folded) })
+            }
+            _ => Err(PatternError::new(path, format!("`{op}` takes a string or {{\"equals-ignore-case\": string}}"))),
+        },
+        "equals-ignore-case" => Ok(Matcher::EqualsIgnoreCase(Folded::new(string(arg, path, op)?))),
         "exactly" => Ok(Matcher::Str(string(arg, path, op)?.to_owned())),
         "wildcard" => {
             let text = string(arg, path, op)?;
@@ -134,7 +150,9 @@ fn operator(op: &str, arg: &Value, path: &str) -> Result<Matcher, PatternError> 
         },
         "numeric" => numeric(arg, path),
         "anything-but" => anything_but(arg, path).map(Matcher::AnythingBut),
-        "cidr" => Err(PatternError::new(path, "`cidr` is not supported")),
+        "cidr" => Cidr::parse(string(arg, path, op)?)
+            .map(Matcher::Cidr)
+            .map_err(|e| PatternError::new(path, format!("`cidr`: {e}"))),
         other => Err(PatternError::new(path, format!("unknown operator `{other}`"))),
     }
 }
@@ -160,7 +178,7 @@ fn numeric(arg: &Value, path: &str) -> Result<Matcher, PatternError> {
         let Value::Number(n) = &pair[1] else {
             return Err(err(&format!("{} is not a number", pair[1])));
         };
-        conditions.push((op, number(n, path)?));
+        conditions.push((op, comparable(n, path)?));
     }
     if let [(lower, low), (upper, high)] = conditions[..] {
         let is_lower = matches!(lower, NumericOp::Gt | NumericOp::Ge);
@@ -168,8 +186,8 @@ fn numeric(arg: &Value, path: &str) -> Result<Matcher, PatternError> {
         if !is_lower || !is_upper {
             return Err(err("a range is a lower bound (> or >=) followed by an upper bound (< or <=)"));
         }
-        if low > high {
-            return Err(err("the lower bound is above the upper bound"));
+        if low >= high {
+            return Err(err("the lower bound must be below the upper bound"));
         }
     }
     Ok(Matcher::Numeric(conditions))
@@ -179,12 +197,15 @@ fn anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternError> {
     let err = |reason: &str| PatternError::new(path, format!("`anything-but`: {reason}"));
     let scalar = |v: &Value| match v {
         Value::String(s) => Ok(Matcher::Str(s.clone())),
-        Value::Number(n) => Ok(Matcher::Num(number(n, path)?)),
+        Value::Number(n) => Ok(Matcher::Num(comparable(n, path)?)),
         _ => Err(err("values must be strings or numbers")),
     };
     match arg {
         Value::String(_) | Value::Number(_) => Ok(AnythingBut::Values(vec![scalar(arg)?])),
         Value::Array(items) if !items.is_empty() => {
+            if items.iter().any(Value::is_string) && items.iter().any(Value::is_number) {
+                return Err(err("a list mixes numbers and strings"));
+            }
             Ok(AnythingBut::Values(items.iter().map(scalar).collect::<Result<_, _>>()?))
         }
         Value::Array(_) => Err(err("the list must not be empty")),
@@ -209,7 +230,7 @@ fn anything_but(arg: &Value, path: &str) -> Result<AnythingBut, PatternError> {
                     Ok(if op == "prefix" { AnythingBut::Prefix(texts) } else { AnythingBut::Suffix(texts) })
                 }
                 "equals-ignore-case" => {
-                    Ok(AnythingBut::EqualsIgnoreCase(strings(inner)?.into_iter().map(|s| s.to_lowercase()).collect()))
+                    Ok(AnythingBut::EqualsIgnoreCase(strings(inner)?.iter().map(|s| Folded::new(s)).collect()))
                 }
                 "wildcard" => Ok(AnythingBut::Wildcard(
                     strings(inner)?
