@@ -105,4 +105,3 @@ fn the_known_differences_are_recognised() {
     }
     assert_eq!(numbers(r#"{"a":[{"numeric":[">",-5e-324]}],"b":"x1"}"#), ["-5e-324"]);
 }
-
