@@ -168,3 +168,50 @@ fn iam_policy_prints_a_policy_scoped_to_the_fleet() {
         assert!(text.contains(action), "{action} missing: {text}");
     }
 }
+
+#[test]
+fn match_says_which_tasks_fire_and_why_the_others_do_not() {
+    let out = opsfleet(&[
+        "match",
+        "--config",
+        FLEET,
+        "examples/events/ec2-instance-running.json",
+        "examples/events/scheduled-nightly.json",
+    ])
+    .output()
+    .expect("run match");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let events: Vec<Value> = lines(&out.stdout).iter().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    assert_eq!(events.len(), 2);
+    // A running instance: the stopped-instance task fails on its state, and says so.
+    let running = &events[0];
+    assert_eq!(running["event"], "examples/events/ec2-instance-running.json");
+    assert_eq!(running["matched"], serde_json::json!([]));
+    let stopped = running["unmatched"]
+        .as_array()
+        .expect("unmatched")
+        .iter()
+        .find(|u| u["task"] == "snapshot-stopped-instance")
+        .expect("the task");
+    assert_eq!(stopped["field"], "detail.state");
+    assert_eq!(stopped["why"], "\"running\" matches none of [\"stopped\"]");
+    let tasks = running["unmatched"].as_array().map(Vec::len).unwrap_or_default();
+    assert_eq!(tasks, 8, "every task is accounted for");
+    // The nightly schedule: two discovery tasks match and find their resources later.
+    let nightly = &events[1];
+    assert_eq!(nightly["matched"], serde_json::json!(["nightly-volume-backup", "nightly-image"]));
+    let later: Vec<&str> =
+        nightly["no_jobs_from_the_event"].as_array().expect("list").iter().filter_map(|n| n["why"].as_str()).collect();
+    assert_eq!(later, ["finds ec2:volume by discovery when it runs", "finds ec2:instance by discovery when it runs"]);
+    // Not an event: one line naming the input, non-zero exit.
+    let mut child = opsfleet(&["match", "--config", FLEET])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child.stdin.take().expect("stdin").write_all(b"{not json\n").expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("stdin:1: "), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -8,6 +8,7 @@ mod dlq;
 pub mod exporter;
 mod health;
 mod infra;
+mod matching;
 mod plan;
 mod serve;
 mod setup;
@@ -55,6 +56,16 @@ pub enum Command {
         /// (the AWS chain's credentials; member accounts through `member_role`).
         #[arg(long)]
         discover: bool,
+    },
+    /// Explain, per event, which tasks match and why the others do not (one JSON object per
+    /// event: `matched`, `unmatched` with the first failing field and why, and the matched
+    /// tasks that find no resources in the event).
+    Match {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Event files; without any, events are read as JSON lines from stdin.
+        events: Vec<PathBuf>,
     },
     /// Check a config and report every problem with its place.
     Validate {
@@ -234,6 +245,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Plan { config, events, discover } => plan::run(&config, &events, discover).await,
         Command::Validate { config } => validate::run(&config),
+        Command::Match { config, events } => matching::run(&config, &events),
         Command::Setup { config } => setup::run(&config).await,
         Command::Router { config, metrics_addr } => serve::router(&config, metrics_addr).await,
         Command::Worker(args) => serve::worker(args).await,

@@ -4,8 +4,13 @@ use super::{AnythingBut, FieldPattern, Matcher, NumericOp, ObjectPattern};
 use serde_json::{Map, Value};
 
 pub(super) fn object_matches(pattern: &ObjectPattern, object: Option<&Map<String, Value>>) -> bool {
-    pattern.fields.iter().all(|(key, field)| {
-        let value = object.and_then(|o| o.get(key));
+    pattern.fields.iter().all(|(key, field)| field_matches(field, object.and_then(|o| o.get(key))))
+        && pattern.any_of.iter().all(|alternatives| alternatives.iter().any(|alt| object_matches(alt, object)))
+}
+
+/// Whether one field of a pattern matches the event's value there.
+pub(super) fn field_matches(field: &FieldPattern, value: Option<&Value>) -> bool {
+    {
         match field {
             FieldPattern::Leaf(matchers) => leaf_matches(matchers, value),
             FieldPattern::Object(inner) => match value {
@@ -26,7 +31,7 @@ pub(super) fn object_matches(pattern: &ObjectPattern, object: Option<&Map<String
                 _ => object_matches(inner, None),
             },
         }
-    }) && pattern.any_of.iter().all(|alternatives| alternatives.iter().any(|alt| object_matches(alt, object)))
+    }
 }
 
 /// Whether a field's matchers only require it to be absent.
@@ -51,7 +56,7 @@ fn objects(items: &[Value]) -> Box<dyn Iterator<Item = &Map<String, Value>> + '_
 }
 
 /// Whether an array, or an array in it, holds an object.
-fn holds_object(items: &[Value]) -> bool {
+pub(super) fn holds_object(items: &[Value]) -> bool {
     items.iter().any(|item| match item {
         Value::Object(_) => true,
         Value::Array(nested) => holds_object(nested),

@@ -11,6 +11,7 @@
 //! of which one must match, together with its sibling fields.
 
 mod cidr;
+mod explain;
 mod fold;
 mod matcher;
 mod parse;
@@ -19,6 +20,7 @@ mod wildcard;
 use cidr::Cidr;
 use fold::Folded;
 
+pub use explain::Mismatch;
 pub use parse::PatternError;
 pub use wildcard::Wildcard;
 
@@ -28,12 +30,14 @@ use serde_json::{Map, Value};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pattern {
     root: ObjectPattern,
+    /// The pattern as written, to explain a mismatch in its own terms.
+    source: Value,
 }
 
 impl Pattern {
     /// Compiles a pattern from its JSON value (an object).
     pub fn from_value(value: &Value) -> Result<Self, PatternError> {
-        Ok(Pattern { root: parse::object(value, "")? })
+        Ok(Pattern { root: parse::object(value, "")?, source: value.clone() })
     }
 
     /// Compiles a pattern from its JSON text, as the EventBridge console shows it.
@@ -45,6 +49,12 @@ impl Pattern {
     /// Whether an event document matches the pattern.
     pub fn matches(&self, event: &Map<String, Value>) -> bool {
         matcher::object_matches(&self.root, Some(event))
+    }
+
+    /// Why an event document does not match: the first field of the pattern that fails, and
+    /// how; `None` when it matches.
+    pub fn explain(&self, event: &Map<String, Value>) -> Option<Mismatch> {
+        (!self.matches(event)).then(|| explain::object(&self.root, &self.source, Some(event), ""))
     }
 }
 
