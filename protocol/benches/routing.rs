@@ -43,7 +43,7 @@ fn pattern(i: usize) -> String {
             if hit { "210987654321" } else { "123456789012" }
         ),
         3 => format!(
-            r#"{{"detail-type": ["Tag Change on Resource"], "detail": {{"version": [{{"numeric": [">", {}, "<=", 1000]}}]}}}}"#,
+            r#"{{"detail-type": ["Tag Change on Resource"], "detail": {{"version": [{{"numeric": [">", {}, "<=", 100000]}}]}}}}"#,
             if hit { 0 } else { 100 + i }
         ),
         4 => {
@@ -77,8 +77,13 @@ fn pattern(i: usize) -> String {
 
 /// A fleet of [`TASKS`] tasks of the `noop` action; the scheduled-event tasks use discovery.
 fn config() -> Config {
+    config_of(TASKS)
+}
+
+/// A fleet of `tasks` tasks, the ten kinds of pattern taking turns.
+fn config_of(tasks: usize) -> Config {
     let mut text = String::from("[fleet]\nname = \"bench\"\npartitions = 16\nallowed_accounts = [\"123456789012\"]\n");
-    for i in 0..TASKS {
+    for i in 0..tasks {
         let targets = if i % 10 == 5 {
             r#"{ type = "ec2:volume", tags = { Backup = "nightly" }, regions = ["us-east-1"] }"#
         } else {
@@ -149,9 +154,37 @@ fn routing(c: &mut Criterion) {
     group.finish();
 }
 
+/// Matching alone, on normalized events: every pattern one by one (the reference) against the
+/// compiled set, at 100 and 1,000 tasks.
+fn matching(c: &mut Criterion) {
+    let events: Vec<_> = BODIES.iter().filter_map(|b| normalize(b).ok()).collect();
+    let mut group = c.benchmark_group("matching");
+    group.throughput(Throughput::Elements(events.len() as u64));
+    for tasks in [TASKS, 10 * TASKS] {
+        let config = config_of(tasks);
+        let patterns: Vec<opsfleet_protocol::Pattern> = config.tasks.iter().map(|t| t.pattern.clone()).collect();
+        let set = opsfleet_protocol::PatternSet::new(&patterns);
+        let one_by_one = |event: &opsfleet_protocol::event::Event| {
+            patterns.iter().enumerate().filter(|(_, p)| p.matches(&event.document)).map(|(i, _)| i).collect::<Vec<_>>()
+        };
+        for event in &events {
+            assert_eq!(set.matching(&event.document), one_by_one(event), "the set and the patterns agree");
+        }
+        println!("matching against {tasks} tasks: {} distinct patterns have no anchor", set.unanchored());
+        group.bench_function(format!("one_by_one/{tasks}"), |b| {
+            b.iter(|| events.iter().map(|e| one_by_one(e).len()).sum::<usize>())
+        });
+        group.bench_function(format!("compiled/{tasks}"), |b| {
+            b.iter(|| events.iter().map(|e| set.matching(&e.document).len()).sum::<usize>())
+        });
+    }
+    group.finish();
+}
+
 // `criterion_main!` would also do, but its `criterion_group!` makes an undocumented `pub fn`.
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     routing(&mut criterion);
+    matching(&mut criterion);
     criterion.final_summary();
 }

@@ -15,6 +15,6 @@ pub mod template;
 pub use config::{Config, ConfigError, Problem};
 pub use event::{Event, EventError};
 pub use job::{Job, JobError};
-pub use pattern::{Pattern, PatternError};
+pub use pattern::{Pattern, PatternError, PatternSet};
 pub use plan::{Plan, PlanError, Planner};
 pub use resource::{Resource, ResourceType};

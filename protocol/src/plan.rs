@@ -79,12 +79,15 @@ pub enum PlanError {
 #[derive(Debug, Clone)]
 pub struct Planner {
     config: Config,
+    /// The tasks' patterns compiled together.
+    patterns: std::sync::Arc<crate::PatternSet>,
 }
 
 impl Planner {
     /// A planner for a config.
     pub fn new(config: Config) -> Self {
-        Planner { config }
+        let patterns = std::sync::Arc::new(crate::PatternSet::new(config.tasks.iter().map(|t| &t.pattern)));
+        Planner { config, patterns }
     }
 
     /// The config.
@@ -99,10 +102,8 @@ impl Planner {
         self.check_account(event)?;
         let mut plan = Plan::default();
         let mut named: Option<Vec<Resource>> = None;
-        for (index, task) in self.config.tasks.iter().enumerate() {
-            if !task.pattern.matches(&event.document) {
-                continue;
-            }
+        for index in self.patterns.matching(&event.document) {
+            let Some(task) = self.config.tasks.get(index) else { continue };
             plan.matched.push(task.name.clone());
             match &task.targets {
                 Targets::Event => {

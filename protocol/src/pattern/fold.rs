@@ -30,6 +30,11 @@ impl Folded {
         Folded { ascii, units }
     }
 
+    /// The lower-cased text when it is ASCII (then ignoring case is ASCII's).
+    pub fn ascii_lower(&self) -> Option<&str> {
+        self.ascii.as_deref()
+    }
+
     /// Whether `value` is the folded text.
     pub fn equals(&self, value: &str) -> bool {
         match &self.ascii {

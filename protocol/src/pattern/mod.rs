@@ -11,6 +11,7 @@
 //! of which one must match, together with its sibling fields.
 
 mod cidr;
+mod compiled;
 mod explain;
 mod fold;
 mod matcher;
@@ -20,6 +21,7 @@ mod wildcard;
 use cidr::Cidr;
 use fold::Folded;
 
+pub use compiled::PatternSet;
 pub use explain::Mismatch;
 pub use parse::PatternError;
 pub use wildcard::Wildcard;

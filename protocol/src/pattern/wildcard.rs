@@ -56,6 +56,11 @@ impl Wildcard {
         Ok(Wildcard { segments, leading_star, trailing_star })
     }
 
+    /// The literal text every match starts with, when the wildcard starts with one.
+    pub fn literal_prefix(&self) -> Option<&str> {
+        (!self.leading_star).then(|| self.segments.first().map(String::as_str)).flatten().filter(|s| !s.is_empty())
+    }
+
     /// Whether a text matches the wildcard.
     pub fn matches(&self, text: &str) -> bool {
         let mut rest = text;
