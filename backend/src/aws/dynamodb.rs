@@ -467,9 +467,16 @@ pub(super) async fn ensure_table(client: &Client, table: &str) -> Result<(), Sto
     Ok(())
 }
 
+/// How long setup waits for a table and its indexes to become active: an index added to a
+/// large table is backfilled first, which can take many minutes.
+const ACTIVE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 /// Waits until the table and its indexes are active; returns the names of its indexes.
 async fn wait_active(client: &Client, table: &str) -> Result<Vec<String>, StoreError> {
-    for _ in 0..120 {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(250);
+    let mut told = started;
+    while started.elapsed() < ACTIVE_PATIENCE {
         let out = client
             .describe_table()
             .table_name(table)
@@ -485,11 +492,19 @@ async fn wait_active(client: &Client, table: &str) -> Result<Vec<String>, StoreE
         if table_active && indexes_active {
             return Ok(indexes.iter().filter_map(|i| i.index_name.clone()).collect());
         }
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        if told.elapsed() >= std::time::Duration::from_secs(30) {
+            told = std::time::Instant::now();
+            tracing::info!(%table, waited_secs = started.elapsed().as_secs(), "Waiting for the table and its indexes to become active.");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
     }
     Err(StoreError::Unavailable {
         table: table.to_owned(),
         operation: "DescribeTable",
-        message: "the table or an index did not become active within a minute".into(),
+        message: format!(
+            "the table or an index did not become active within {} minutes",
+            ACTIVE_PATIENCE.as_secs() / 60
+        ),
     })
 }

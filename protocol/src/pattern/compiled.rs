@@ -7,7 +7,7 @@
 //! reference: the index only picks candidates, and a property test checks that the set
 //! matches exactly what the patterns match one by one.
 
-use super::{FieldPattern, Matcher, ObjectPattern, Pattern};
+use super::{FieldPattern, Matcher, NumericOp, ObjectPattern, Pattern};
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -34,6 +34,8 @@ enum Probe {
     Lower(String),
     PrefixLower(String),
     SuffixLower(String),
+    /// A numeric range: the bits of its lowest and highest bound (infinities when open).
+    Range(u64, u64),
 }
 
 /// The probe of a matcher, when it has one.
@@ -53,6 +55,17 @@ fn probe(matcher: &Matcher) -> Option<Probe> {
             f.ascii_lower().filter(|t| !t.is_empty()).map(|t| Probe::SuffixLower(t.to_owned()))
         }
         Matcher::Wildcard(w) => w.literal_prefix().map(|t| Probe::Prefix(t.to_owned())),
+        Matcher::Numeric(conditions) => {
+            let (mut low, mut high) = (f64::NEG_INFINITY, f64::INFINITY);
+            for (op, n) in conditions {
+                match op {
+                    NumericOp::Gt | NumericOp::Ge => low = low.max(*n),
+                    NumericOp::Lt | NumericOp::Le => high = high.min(*n),
+                    NumericOp::Eq => (low, high) = (low.max(*n), high.min(*n)),
+                }
+            }
+            Some(Probe::Range(low.to_bits(), high.to_bits()))
+        }
         _ => None,
     }
 }
@@ -64,6 +77,10 @@ struct Anchor {
     path: Vec<String>,
     probes: Vec<Probe>,
 }
+
+/// What a pattern offers to be found by: its fields' anchors, and for each of its `$or`s, the
+/// anchors of each alternative.
+type Offers = (Vec<Anchor>, Vec<Vec<Vec<Anchor>>>);
 
 /// The anchors an object level offers: its leaf fields whose matchers all have probes, and
 /// those of its nested objects.
@@ -96,6 +113,8 @@ struct PathIndex {
     suffix_lengths: Vec<usize>,
     prefix_lower_lengths: Vec<usize>,
     suffix_lower_lengths: Vec<usize>,
+    /// Numeric ranges (closed; the full test follows), sorted by their lowest bound.
+    ranges: Vec<(f64, f64, u32)>,
 }
 
 impl PathIndex {
@@ -107,6 +126,12 @@ impl PathIndex {
             }
             Probe::Lower(t) => {
                 self.lower.entry(t.clone()).or_default().push(id);
+                return;
+            }
+            Probe::Range(low, high) => {
+                let (low, high) = (f64::from_bits(*low), f64::from_bits(*high));
+                let at = self.ranges.partition_point(|r| r.0 <= low);
+                self.ranges.insert(at, (low, high, id));
                 return;
             }
             Probe::Prefix(t) => (&mut self.prefix, &mut self.prefix_lengths, t),
@@ -134,6 +159,10 @@ impl PathIndex {
         };
         if let Some(ids) = self.exact.get(&key) {
             out.extend_from_slice(ids);
+        }
+        if let (Key::Num(_), Some(v)) = (&key, leaf.as_f64()) {
+            let below = self.ranges.partition_point(|r| r.0 <= v);
+            out.extend(self.ranges[..below].iter().filter(|r| v <= r.1).map(|r| r.2));
         }
         let Value::String(v) = leaf else { return };
         let ends =
@@ -210,38 +239,65 @@ impl PatternSet {
                 }
             }
         }
-        // How many distinct patterns each (path, probe) would find: the fewer, the better.
-        let offered: Vec<Vec<Anchor>> = unique
+        // The field anchors of each distinct pattern, and of each alternative of its `$or`s.
+        let offered: Vec<Offers> = unique
             .iter()
             .map(|p| {
-                let mut out = Vec::new();
-                anchors(&p.root, &[], &mut out);
-                out
+                let mut own = Vec::new();
+                anchors(&p.root, &[], &mut own);
+                let groups = p
+                    .root
+                    .any_of
+                    .iter()
+                    .map(|alternatives| {
+                        alternatives
+                            .iter()
+                            .map(|alt| {
+                                let mut out = Vec::new();
+                                anchors(alt, &[], &mut out);
+                                out
+                            })
+                            .collect()
+                    })
+                    .collect();
+                (own, groups)
             })
             .collect();
+        // How many distinct patterns each (path, probe) would find: the fewer, the better.
         let mut shared: HashMap<(&[String], &Probe), usize> = HashMap::new();
-        for anchor in offered.iter().flatten() {
+        let every = offered.iter().flat_map(|(own, groups)| own.iter().chain(groups.iter().flatten().flatten()));
+        for anchor in every {
             for probe in &anchor.probes {
                 *shared.entry((anchor.path.as_slice(), probe)).or_default() += 1;
             }
         }
+        let cost = |a: &Anchor| a.probes.iter().map(|p| shared[&(a.path.as_slice(), p)]).sum::<usize>();
         let mut paths: Vec<(Vec<String>, PathIndex)> = Vec::new();
         let mut unanchored = Vec::new();
-        for (id, offers) in offered.iter().enumerate() {
-            let cost = |a: &Anchor| a.probes.iter().map(|p| shared[&(a.path.as_slice(), p)]).sum::<usize>();
-            let Some(best) = offers.iter().min_by_key(|a| cost(a)) else {
+        for (id, (own, groups)) in offered.iter().enumerate() {
+            // A field of the pattern, or an `$or` whose every alternative has one (the pattern
+            // is found when any alternative's field is).
+            let mut choices: Vec<Vec<&Anchor>> = own.iter().map(|a| vec![a]).collect();
+            for group in groups {
+                let best: Option<Vec<&Anchor>> = group.iter().map(|alt| alt.iter().min_by_key(|a| cost(a))).collect();
+                choices.extend(best);
+            }
+            let Some(best) = choices.into_iter().min_by_key(|parts| parts.iter().map(|a| cost(a)).sum::<usize>())
+            else {
                 unanchored.push(id as u32);
                 continue;
             };
-            let index = match paths.iter().position(|(p, _)| *p == best.path) {
-                Some(i) => i,
-                None => {
-                    paths.push((best.path.clone(), PathIndex::default()));
-                    paths.len() - 1
+            for anchor in best {
+                let index = match paths.iter().position(|(p, _)| *p == anchor.path) {
+                    Some(i) => i,
+                    None => {
+                        paths.push((anchor.path.clone(), PathIndex::default()));
+                        paths.len() - 1
+                    }
+                };
+                for probe in &anchor.probes {
+                    paths[index].1.add(probe, id as u32);
                 }
-            };
-            for probe in &best.probes {
-                paths[index].1.add(probe, id as u32);
             }
         }
         PatternSet { unique, owners, paths, unanchored }
