@@ -150,14 +150,8 @@ impl Action for AmiCreate {
     }
 
     async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
-        let ec2 = match ctx.ec2().await {
-            Ok(ec2) => ec2,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
+        let ec2 = or_step!(ctx.ec2().await);
         let id = &ctx.job.resource.id;
         let instance = match ec2.describe_instances().instance_ids(id).send().await {
             Ok(out) => out.reservations().iter().flat_map(|r| r.instances()).next().cloned(),
@@ -202,14 +196,8 @@ impl Action for AmiCreate {
     }
 
     async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
-        let ec2 = match ctx.ec2().await {
-            Ok(ec2) => ec2,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
+        let ec2 = or_step!(ctx.ec2().await);
         let image = state["image"].as_str().unwrap_or_default();
         let described = match ec2.describe_images().image_ids(image).send().await {
             Ok(out) => out.images().first().cloned(),

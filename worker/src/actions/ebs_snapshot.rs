@@ -211,25 +211,13 @@ impl Action for EbsSnapshot {
     }
 
     async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
-        let ec2 = match ctx.ec2().await {
-            Ok(ec2) => ec2,
-            Err(step) => return step,
-        };
-        let volumes = match volumes(&ec2, &ctx).await {
-            Ok(v) => v,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
+        let ec2 = or_step!(ctx.ec2().await);
+        let volumes = or_step!(volumes(&ec2, &ctx).await);
         let description = ctx.render(&p.description);
         let mut made = Vec::new();
         for (volume, tags) in volumes {
-            let existing = match snapshots_of(&ec2, &volume, JOB_TAG, &ctx.job.id).await {
-                Ok(s) => s,
-                Err(step) => return step,
-            };
+            let existing = or_step!(snapshots_of(&ec2, &volume, JOB_TAG, &ctx.job.id).await);
             let snapshot = match existing.first().and_then(|s| s.snapshot_id()) {
                 Some(id) => id.to_owned(),
                 None => {
@@ -261,14 +249,8 @@ impl Action for EbsSnapshot {
     }
 
     async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
-        let ec2 = match ctx.ec2().await {
-            Ok(ec2) => ec2,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
+        let ec2 = or_step!(ctx.ec2().await);
         let made: Vec<(String, String)> = state["snapshots"]
             .as_array()
             .into_iter()

@@ -154,19 +154,10 @@ impl Action for InstancePower {
     }
 
     async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
-        let ec2 = match ctx.ec2().await {
-            Ok(ec2) => ec2,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
+        let ec2 = or_step!(ctx.ec2().await);
         let id = ctx.job.resource.id.as_str();
-        let (state, tags) = match instance(&ec2, id).await {
-            Ok(found) => found,
-            Err(step) => return step,
-        };
+        let (state, tags) = or_step!(instance(&ec2, id).await);
         if let Some(skip) = opted_out(id, &tags) {
             return skip;
         }
@@ -217,19 +208,10 @@ impl Action for InstancePower {
     }
 
     async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
-        let ec2 = match ctx.ec2().await {
-            Ok(ec2) => ec2,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
+        let ec2 = or_step!(ctx.ec2().await);
         let id = ctx.job.resource.id.as_str();
-        let (now, _) = match instance(&ec2, id).await {
-            Ok(found) => found,
-            Err(step) => return step,
-        };
+        let (now, _) = or_step!(instance(&ec2, id).await);
         let pending = Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state: state.clone() };
         // What was asked for is verified: reached (with `wait`), or at least under way.
         let (reached, under_way, target) = match p.operation {

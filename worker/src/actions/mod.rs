@@ -2,6 +2,17 @@
 //! `check` for long-running work) and its metadata; locks, limits, the ledger, retries and
 //! metrics live in the worker around it.
 
+/// The value of a `Result<T, Step>`, or the step returned from the action at once (an action
+/// step's `?`).
+macro_rules! or_step {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(step) => return step,
+        }
+    };
+}
+
 mod ami_create;
 mod ebs_snapshot;
 mod ec2;

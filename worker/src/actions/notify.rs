@@ -111,17 +111,11 @@ impl Action for Notify {
     }
 
     async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
         let Some(arn) = Arn::parse(&p.topic_arn) else {
             return Step::Failed { retryable: false, error: format!("topic_arn `{}` is not an ARN", p.topic_arn) };
         };
-        let aws = match ctx.aws() {
-            Ok(aws) => aws,
-            Err(step) => return step,
-        };
+        let aws = or_step!(ctx.aws());
         let sns = match aws.sns(arn.account, arn.region).await {
             Ok(sns) => sns,
             Err(e) => return Step::Failed { retryable: true, error: e.to_string() },

@@ -135,15 +135,9 @@ impl Action for SnapshotCopy {
     }
 
     async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
         let r = &ctx.job.resource;
-        let aws = match ctx.aws() {
-            Ok(aws) => aws,
-            Err(step) => return step,
-        };
+        let aws = or_step!(ctx.aws());
         let (source, dest) =
             match (aws.ec2(&r.account, &r.region).await, aws.ec2(&r.account, &p.destination_region).await) {
                 (Ok(s), Ok(d)) => (s, d),
@@ -219,19 +213,13 @@ impl Action for SnapshotCopy {
     }
 
     async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
         let Some(copy) = state["copy"].as_str() else {
             // The source was not complete yet: start over (finding no copy, or its own).
             return self.start(ctx).await;
         };
         let r = &ctx.job.resource;
-        let aws = match ctx.aws() {
-            Ok(aws) => aws,
-            Err(step) => return step,
-        };
+        let aws = or_step!(ctx.aws());
         let dest = match aws.ec2(&r.account, &p.destination_region).await {
             Ok(d) => d,
             Err(e) => return Step::Failed { retryable: true, error: e.to_string() },

@@ -81,14 +81,8 @@ impl Action for SnapshotRetention {
     }
 
     async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
-        let ec2 = match ctx.ec2().await {
-            Ok(ec2) => ec2,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
+        let ec2 = or_step!(ctx.ec2().await);
         let volume = ctx.job.resource.id.as_str();
         // The volume may be gone; its snapshots are still kept in bounds.
         match ec2.describe_volumes().volume_ids(volume).send().await {

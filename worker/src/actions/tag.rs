@@ -109,19 +109,10 @@ impl Action for Tag {
     }
 
     async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = match Self::params(&ctx) {
-            Ok(p) => p,
-            Err(step) => return step,
-        };
-        let ec2 = match ctx.ec2().await {
-            Ok(ec2) => ec2,
-            Err(step) => return step,
-        };
+        let p = or_step!(Self::params(&ctx));
+        let ec2 = or_step!(ctx.ec2().await);
         let id = ctx.job.resource.id.as_str();
-        let before = match tags_of(&ec2, id).await {
-            Ok(tags) => tags,
-            Err(step) => return step,
-        };
+        let before = or_step!(tags_of(&ec2, id).await);
         let as_tags: Vec<Ec2Tag> = before.iter().map(|(k, v)| tag(k, v)).collect();
         if let Some(skip) = opted_out(id, &as_tags) {
             return skip;
@@ -141,10 +132,7 @@ impl Action for Tag {
             }
         }
         // Verify: the tags read back as asked.
-        let after = match tags_of(&ec2, id).await {
-            Ok(tags) => tags,
-            Err(step) => return step,
-        };
+        let after = or_step!(tags_of(&ec2, id).await);
         let missing: Vec<&String> = add.iter().filter(|(k, v)| after.get(*k) != Some(v)).map(|(k, _)| k).collect();
         let left: Vec<&String> = p.remove.iter().filter(|k| after.contains_key(*k)).collect();
         if !missing.is_empty() || !left.is_empty() {
