@@ -151,6 +151,10 @@ fn routing(c: &mut Criterion) {
         })
     });
     group.bench_function("route", |b| b.iter(|| route(&planner, bodies)));
+    // Where the route's time goes: normalizing alone.
+    group.bench_function("normalize", |b| {
+        b.iter(|| bodies.iter().filter_map(|body| normalize(body).ok()).map(|e| black_box(e).id.len()).sum::<usize>())
+    });
     group.finish();
 }
 
