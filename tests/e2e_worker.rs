@@ -280,6 +280,21 @@ async fn after_kill_9_the_other_worker_finishes_everything_after_the_lease() {
     assert!(taken_over >= 2, "the killed worker's jobs were taken over ({taken_over})");
 }
 
+/// Sends SIGTERM to a worker and waits for it: it exits 0 within the 5 s grace (and a margin).
+async fn sigterm_exits_0_within_the_grace(worker: &mut std::process::Child) {
+    let asked = Instant::now();
+    support::terminate(worker);
+    let status = loop {
+        if let Some(status) = worker.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(30), "the worker did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(asked.elapsed() < Duration::from_secs(5 + 3), "exited {:?} after SIGTERM, grace is 5 s", asked.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_within_the_grace_and_loses_nothing() {
     let fleet = Fleet::new("e2e-term").await;
@@ -295,18 +310,7 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_loses_nothing() {
         assert!(Instant::now() < deadline, "worker a finished nothing");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let asked = Instant::now();
-    support::terminate(&mut a.0);
-    let status = loop {
-        if let Some(status) = a.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(asked.elapsed() < Duration::from_secs(30), "worker a did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let took = asked.elapsed();
-    assert!(status.success(), "exit status {status:?}");
-    assert!(took < Duration::from_secs(5 + 3), "exited {took:?} after SIGTERM, grace is 5 s");
+    sigterm_exits_0_within_the_grace(&mut a.0).await;
     let _b = fleet.worker("b");
     fleet.wait_final(&jobs, Duration::from_secs(120)).await;
     fleet.assert_succeeded_exactly_once(&jobs).await;
@@ -325,17 +329,7 @@ async fn scale_in_stops_one_worker_within_the_grace_and_the_other_finishes_its_j
     tokio::time::sleep(Duration::from_secs(3)).await;
     let left = fleet.statuses(&jobs).await.iter().filter(|s| **s != Some(Status::Succeeded)).count();
     assert!(left > 0, "the scale-in comes while work is left");
-    let asked = Instant::now();
-    support::terminate(&mut a.0);
-    let status = loop {
-        if let Some(status) = a.0.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(asked.elapsed() < Duration::from_secs(30), "worker a did not exit");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert!(status.success(), "exit status {status:?}");
-    assert!(asked.elapsed() < Duration::from_secs(5 + 3), "exited {:?} after SIGTERM, grace is 5 s", asked.elapsed());
+    sigterm_exits_0_within_the_grace(&mut a.0).await;
     fleet.wait_final(&jobs, Duration::from_secs(120)).await;
     fleet.assert_succeeded_exactly_once(&jobs).await;
 }
