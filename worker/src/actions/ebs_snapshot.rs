@@ -240,12 +240,7 @@ impl Action for EbsSnapshot {
         }
         let state = json!({ "snapshots": made });
         // Snapshots of small volumes may be complete already: check at once.
-        match self.check(ctx, &state).await {
-            Step::Pending { state, .. } => {
-                Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state }
-            }
-            other => other,
-        }
+        self.check(ctx, &state).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
     async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {

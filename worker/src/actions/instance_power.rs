@@ -199,12 +199,7 @@ impl Action for InstancePower {
             }
         }
         let state = json!({ "operation": format!("{:?}", p.operation).to_lowercase() });
-        match self.check(ctx, &state).await {
-            Step::Pending { state, .. } => {
-                Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state }
-            }
-            other => other,
-        }
+        self.check(ctx, &state).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
     async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {

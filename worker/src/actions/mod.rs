@@ -72,6 +72,17 @@ pub enum Step {
     },
 }
 
+impl Step {
+    /// The step with its next check `after` that long when it is pending: a start that
+    /// checks at once waits the action's own delay before the next check.
+    pub fn checked_after(self, after: Duration) -> Step {
+        match self {
+            Step::Pending { state, .. } => Step::Pending { check_after: after, state },
+            other => other,
+        }
+    }
+}
+
 /// What an action is told about the job it runs.
 #[derive(Clone, Copy)]
 pub struct ActionContext<'a> {

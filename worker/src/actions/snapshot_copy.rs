@@ -157,12 +157,7 @@ impl Action for SnapshotCopy {
         };
         if let Some(copy) = existing {
             let state = json!({ "copy": copy });
-            return match self.check(ctx, &state).await {
-                Step::Pending { state, .. } => {
-                    Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state }
-                }
-                other => other,
-            };
+            return self.check(ctx, &state).await.checked_after(Duration::from_secs(p.check_after_secs));
         }
         let original = match source.describe_snapshots().snapshot_ids(&r.id).send().await {
             Ok(out) => out.snapshots().first().cloned(),
@@ -204,12 +199,7 @@ impl Action for SnapshotCopy {
             }
         };
         let state = json!({ "copy": copy });
-        match self.check(ctx, &state).await {
-            Step::Pending { state, .. } => {
-                Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state }
-            }
-            other => other,
-        }
+        self.check(ctx, &state).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
     async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
