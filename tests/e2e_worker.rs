@@ -9,6 +9,7 @@ use opsfleet_protocol::job::JobOrigin;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
 use opsfleet_protocol::{Config, Job, Resource, ResourceType};
 use opsfleet_worker::clock::Clock;
+use opsfleet_worker::lease::{lock_key, Leases};
 use opsfleet_worker::ledger::{Attempt, Ledger, Status};
 use opsfleet_worker::ActionRegistry;
 use std::collections::BTreeMap;
@@ -255,9 +256,16 @@ async fn after_kill_9_the_other_worker_finishes_everything_after_the_lease() {
     let jobs: Vec<Job> = (0..6).map(|r| fleet.job("long", "ev", &format!("i-{r}"))).collect();
     fleet.send(&jobs, |j| j.resource.key(), "").await;
     let mut a = fleet.worker("a");
+    // A first attempt is written to the ledger only with its outcome: the locks say what a runs.
+    let table = fleet.backend.store(&opsfleet_protocol::names::table(&fleet.name)).await.expect("table");
+    let leases = Leases::new(table);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let started = fleet.statuses(&jobs).await.iter().filter(|s| **s == Some(Status::InProgress)).count();
+        let mut started = 0;
+        for job in &jobs {
+            let holder = leases.holder(&lock_key(&job.resource.key())).await.expect("lock");
+            started += usize::from(holder.is_some());
+        }
         if started >= 2 {
             break;
         }
@@ -278,6 +286,16 @@ async fn after_kill_9_the_other_worker_finishes_everything_after_the_lease() {
         }
     }
     assert!(taken_over >= 2, "the killed worker's jobs were taken over ({taken_over})");
+    for job in &jobs {
+        let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+        let attempts = fleet.attempts(job).await;
+        if record.attempts > 1 {
+            assert!(
+                attempts.iter().any(|a| a.outcome == "LAPSED"),
+                "the killed worker's attempt is in the audit trail as lapsed: {attempts:?}"
+            );
+        }
+    }
 }
 
 /// Sends SIGTERM to a worker and waits for it: it exits 0 within the 5 s grace (and a margin).

@@ -245,7 +245,7 @@ pub async fn store_indexes(backend: &dyn Backend, prefix: &str) {
     let table = format!("{prefix}-indexed");
     backend.ensure_table(&table).await.expect("create table");
     let store = backend.store(&table).await.expect("open table");
-    let [by_resource, by_task, by_status] = INDEXES;
+    let [by_resource, by_task, by_status, _] = INDEXES;
     let job = |n: i64, resource: &str, task: &str, open: Option<&str>| {
         let mut attrs: Attrs = [
             (by_resource.key.to_owned(), AttrValue::from(resource)),

@@ -11,11 +11,14 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Requests by operation name (`UpdateItem`, `GetItem(eventual)`, `ReceiveMessage`, …).
+/// Requests by operation name (`UpdateItem`, `GetItem(eventual)`, `ReceiveMessage`, …), and
+/// SQS requests by queue.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Calls by operation.
     pub by_operation: BTreeMap<&'static str, u64>,
+    /// SQS calls by queue name.
+    pub by_queue: BTreeMap<String, u64>,
 }
 
 impl Counts {
@@ -51,15 +54,25 @@ impl Counts {
         ])
     }
 
+    /// SQS requests to the queues whose names satisfy `which`.
+    pub fn sqs_requests_to(&self, which: impl Fn(&str) -> bool) -> u64 {
+        self.by_queue.iter().filter(|(name, _)| which(name)).map(|(_, n)| n).sum()
+    }
+
     /// What happened between an earlier snapshot and this one.
     pub fn since(&self, earlier: &Counts) -> Counts {
-        let mut by_operation = self.by_operation.clone();
+        let mut later = self.clone();
         for (op, n) in &earlier.by_operation {
-            if let Some(now) = by_operation.get_mut(op) {
+            if let Some(now) = later.by_operation.get_mut(op) {
                 *now = now.saturating_sub(*n);
             }
         }
-        Counts { by_operation }
+        for (queue, n) in &earlier.by_queue {
+            if let Some(now) = later.by_queue.get_mut(queue) {
+                *now = now.saturating_sub(*n);
+            }
+        }
+        later
     }
 }
 
@@ -69,6 +82,17 @@ struct Counter(Mutex<Counts>);
 impl Counter {
     fn count(&self, op: &'static str) {
         *self.0.lock().unwrap_or_else(PoisonError::into_inner).by_operation.entry(op).or_default() += 1;
+    }
+
+    fn count_sqs(&self, op: &'static str, queue: &str) {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *counts.by_operation.entry(op).or_default() += 1;
+        match counts.by_queue.get_mut(queue) {
+            Some(n) => *n += 1,
+            None => {
+                counts.by_queue.insert(queue.to_owned(), 1);
+            }
+        }
     }
 }
 
@@ -124,7 +148,7 @@ impl Queue for CountingQueue {
     }
 
     async fn send_batch(&self, messages: &[OutgoingMessage]) -> Result<Vec<SendFailure>, QueueError> {
-        self.counter.count("SendMessageBatch");
+        self.counter.count_sqs("SendMessageBatch", self.inner.name());
         self.inner.send_batch(messages).await
     }
 
@@ -134,27 +158,27 @@ impl Queue for CountingQueue {
         wait: Duration,
         visibility: Option<Duration>,
     ) -> Result<Vec<ReceivedMessage>, QueueError> {
-        self.counter.count("ReceiveMessage");
+        self.counter.count_sqs("ReceiveMessage", self.inner.name());
         self.inner.receive(max, wait, visibility).await
     }
 
     async fn delete_batch(&self, receipts: &[String]) -> Result<Vec<DeleteFailure>, QueueError> {
-        self.counter.count("DeleteMessageBatch");
+        self.counter.count_sqs("DeleteMessageBatch", self.inner.name());
         self.inner.delete_batch(receipts).await
     }
 
     async fn change_visibility(&self, receipt: &str, visibility: Duration) -> Result<(), QueueError> {
-        self.counter.count("ChangeMessageVisibility");
+        self.counter.count_sqs("ChangeMessageVisibility", self.inner.name());
         self.inner.change_visibility(receipt, visibility).await
     }
 
     async fn change_visibility_batch(&self, entries: &[(String, Duration)]) -> Result<Vec<DeleteFailure>, QueueError> {
-        self.counter.count("ChangeMessageVisibilityBatch");
+        self.counter.count_sqs("ChangeMessageVisibilityBatch", self.inner.name());
         self.inner.change_visibility_batch(entries).await
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
-        self.counter.count("GetQueueAttributes");
+        self.counter.count_sqs("GetQueueAttributes", self.inner.name());
         self.inner.depth().await
     }
 }

@@ -2,7 +2,9 @@
 //! finished jobs drives the wait (cheap to read every 100 ms), the ledger confirms it, and
 //! afterwards every job's ledger item gives its event→start latency.
 
+use crate::generator::Schedule;
 use anyhow::{bail, Context};
+use futures::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -79,19 +81,26 @@ pub async fn wait_until_succeeded(
 /// What the ledger says of a finished run.
 #[derive(Debug)]
 pub struct Outcome {
-    /// Event→start latency of every job, in ms: when the worker started the action minus
-    /// when the router received the event.
+    /// Event→start latency of every job, in ms: when the worker started the action minus when
+    /// the event was due to be sent.
     pub event_to_start_ms: Histogram<u64>,
+    /// Event→done latency of every job, in ms: when the job's outcome was written minus when
+    /// the event was due to be sent.
+    pub event_to_done_ms: Histogram<u64>,
     /// When the last job finished, Unix ms.
     pub last_finished_ms: u64,
 }
 
-/// Reads every job's ledger item and records its event→start latency.
-pub async fn collect(ledger: &Ledger, ids: &[String]) -> anyhow::Result<Outcome> {
+/// Reads every job's ledger item (32 at a time) and records its latencies from its event's
+/// due time in `schedule`.
+pub async fn collect(ledger: &Ledger, ids: &[String], schedule: &Schedule) -> anyhow::Result<Outcome> {
     let mut event_to_start_ms = Histogram::<u64>::new(3).context("cannot make a histogram")?;
+    let mut event_to_done_ms = Histogram::<u64>::new(3).context("cannot make a histogram")?;
     let mut last_finished_ms = 0u64;
-    for id in ids {
-        let record = ledger.job(id).await?.with_context(|| format!("job {id} is not in the ledger"))?;
+    let mut records =
+        futures::stream::iter(ids.iter().map(|id| async move { (id, ledger.job(id).await) })).buffer_unordered(32);
+    while let Some((id, record)) = records.next().await {
+        let record = record?.with_context(|| format!("job {id} is not in the ledger"))?;
         if record.status != Status::Succeeded {
             bail!("job {id} is {}", record.status.as_str());
         }
@@ -103,13 +112,18 @@ pub async fn collect(ledger: &Ledger, ids: &[String]) -> anyhow::Result<Outcome>
                 .map(|v| v.max(0) as u64)
                 .with_context(|| format!("job {id} has no {name} in the ledger"))
         };
-        let (received, started, finished) = (int("received_ms")?, int("started_ms")?, int("finished_ms")?);
+        let (started, finished) = (int("started_ms")?, int("finished_ms")?);
+        let event = record.attrs.get("event_id").and_then(|v| v.as_str()).unwrap_or_default();
+        let due = schedule.get(event).copied().with_context(|| format!("job {id}'s event {event} was not sent"))?;
         event_to_start_ms
-            .record(started.saturating_sub(received))
+            .record(started.saturating_sub(due))
+            .with_context(|| format!("cannot record the latency of job {id}"))?;
+        event_to_done_ms
+            .record(finished.saturating_sub(due))
             .with_context(|| format!("cannot record the latency of job {id}"))?;
         last_finished_ms = last_finished_ms.max(finished);
     }
-    Ok(Outcome { event_to_start_ms, last_finished_ms })
+    Ok(Outcome { event_to_start_ms, event_to_done_ms, last_finished_ms })
 }
 
 #[cfg(test)]

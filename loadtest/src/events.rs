@@ -12,7 +12,8 @@ pub const ACCOUNT: &str = "123456789012";
 /// The region every event and resource is in.
 pub const REGION: &str = "us-east-1";
 
-/// The fleet name: queues `loadtest-events`, `loadtest-jobs-N.fifo`, table `loadtest`.
+/// The fleet name on the embedded backend: queues `loadtest-events`, `loadtest-jobs-N.fifo`,
+/// table `loadtest`. On AWS each run names a fleet of its own.
 pub const FLEET: &str = "loadtest";
 
 /// The one task of the config.
@@ -20,7 +21,9 @@ pub const TASK: &str = "recover-alarmed-instance";
 
 /// The settings of the generated fleet config.
 #[derive(Debug, Clone, Copy)]
-pub struct FleetShape {
+pub struct FleetShape<'a> {
+    /// The fleet's name.
+    pub fleet: &'a str,
     /// Job queue partitions.
     pub partitions: u32,
     /// Router long-poll loops (`[router] pollers`).
@@ -35,12 +38,12 @@ pub struct FleetShape {
 
 /// The fleet config text: one task that matches the generated alarm events and runs `noop`
 /// on every instance they name.
-pub fn config_text(shape: &FleetShape) -> String {
-    let FleetShape { partitions, routers, max_in_flight, sleep_ms, resources_per_event } = *shape;
+pub fn config_text(shape: &FleetShape<'_>) -> String {
+    let FleetShape { fleet, partitions, routers, max_in_flight, sleep_ms, resources_per_event } = *shape;
     let cap = resources_per_event.max(10_000);
     format!(
         r#"[fleet]
-name = "{FLEET}"
+name = "{fleet}"
 partitions = {partitions}
 allowed_accounts = ["{ACCOUNT}"]
 max_jobs_per_event = {cap}
@@ -150,7 +153,14 @@ mod tests {
 
     #[test]
     fn the_planner_makes_the_expected_jobs_of_every_event() {
-        let shape = FleetShape { partitions: 4, routers: 2, max_in_flight: 64, sleep_ms: 5, resources_per_event: 3 };
+        let shape = FleetShape {
+            fleet: FLEET,
+            partitions: 4,
+            routers: 2,
+            max_in_flight: 64,
+            sleep_ms: 5,
+            resources_per_event: 3,
+        };
         let config = Config::parse(&config_text(&shape), Some(&ActionRegistry::builtin())).expect("valid config");
         let planner = Planner::new(config);
         let events = alarm_events(2, 3);

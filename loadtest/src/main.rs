@@ -1,47 +1,63 @@
-//! `opsfleet-loadtest`: pushes N CloudWatch alarm events, K instances each, through the
-//! router and workers on the embedded backend with `noop` actions, and reports jobs/s,
-//! events/s and event→start latency percentiles, with the raw throughput of one embedded FIFO
-//! queue on the same job messages as a baseline measured in the same run.
+//! `opsfleet-loadtest`: pushes CloudWatch alarm events, K instances each, through the router and
+//! workers with `noop` actions, on the embedded backend or on whatever SQS and DynamoDB
+//! endpoints the SDK's chain gives (`--backend aws`), and reports jobs/s, event→start and
+//! event→done latency percentiles, requests per job and peak memory, against a baseline
+//! measured in the same run.
 //!
 //! ```sh
 //! cargo run --release -p opsfleet-loadtest -- --events 2000 --workers 4 --json
+//! AWS_ENDPOINT_URL_SQS=… AWS_ENDPOINT_URL_DYNAMODB=… \
+//!   cargo run --release -p opsfleet-loadtest -- --backend aws --events 2000 --rate 200
 //! ```
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use metrics_exporter_prometheus::PrometheusBuilder;
-use opsfleet_backend::{setup::setup, EmbeddedBackend};
+use opsfleet_backend::aws::AwsBackend;
+use opsfleet_backend::{setup::setup, CountingBackend, EmbeddedBackend};
 use opsfleet_loadtest::events::{self, FleetShape, LoadEvent};
-use opsfleet_loadtest::report::{Latency, Report, Settings};
-use opsfleet_loadtest::{baseline, completion};
+use opsfleet_loadtest::report::{peak_rss_mib, Latency, Report, Settings};
+use opsfleet_loadtest::{baseline, completion, generator, sdk_baseline};
 use opsfleet_protocol::names;
-use opsfleet_protocol::ports::{Backend, OutgoingMessage};
+use opsfleet_protocol::ports::Backend;
 use opsfleet_protocol::{Config, Planner};
-use opsfleet_router::{send_all, NoDiscovery, Router};
+use opsfleet_router::{NoDiscovery, Router};
 use opsfleet_worker::clock::Clock;
 use opsfleet_worker::ledger::Ledger;
 use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Worker};
 use std::io::IsTerminal;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// How long a worker's receive waits for messages.
-const LONG_POLL: Duration = Duration::from_millis(50);
+/// Where the fleet runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendKind {
+    /// The in-process queues and store.
+    Embedded,
+    /// SQS and DynamoDB at the SDK chain's endpoints (`AWS_ENDPOINT_URL_SQS`, …).
+    Aws,
+}
 
 /// The command line.
 #[derive(Debug, Parser)]
 #[command(
     name = "opsfleet-loadtest",
     version,
-    about = "Pushes events through opsfleet's router and workers on the embedded backend and reports throughput and latency."
+    about = "Pushes events through opsfleet's router and workers and reports throughput, latency and requests per job."
 )]
 struct Args {
+    /// Where the fleet runs.
+    #[arg(long, value_enum, default_value_t = BackendKind::Embedded)]
+    backend: BackendKind,
     /// Events to send.
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     events: u64,
+    /// Send events at this many a second (open loop); without it, all are sent at once.
+    #[arg(long, value_parser = positive)]
+    rate: Option<f64>,
     /// Distinct instances each event names: one job each.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     resources_per_event: u64,
@@ -60,6 +76,12 @@ struct Args {
     /// Router long-poll loops (`[router] pollers`).
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
     routers: u32,
+    /// How long a worker's receive waits for messages, in ms.
+    #[arg(long, default_value_t = 1000)]
+    long_poll_ms: u64,
+    /// The fleet's name (default: `loadtest` embedded, `lt<time>` on AWS, fresh each run).
+    #[arg(long)]
+    fleet: Option<String>,
     /// Give up when the jobs have not all succeeded after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout_secs: u64,
@@ -71,11 +93,27 @@ struct Args {
     quiet: bool,
 }
 
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{text} is not a positive number")),
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let metrics = PrometheusBuilder::new().install_recorder().context("cannot install the metrics recorder")?;
+    let fleet = match (&args.fleet, args.backend) {
+        (Some(name), _) => name.clone(),
+        (None, BackendKind::Embedded) => events::FLEET.to_owned(),
+        (None, BackendKind::Aws) => format!("lt{}", generator::unix_ms() % 100_000_000),
+    };
     let settings = Settings {
+        backend: match args.backend {
+            BackendKind::Embedded => "embedded",
+            BackendKind::Aws => "aws",
+        },
         events: usize::try_from(args.events).context("--events is too large")?,
         resources_per_event: usize::try_from(args.resources_per_event).context("--resources-per-event is too large")?,
         partitions: args.partitions,
@@ -83,8 +121,10 @@ async fn main() -> anyhow::Result<()> {
         routers: args.routers,
         max_in_flight: args.max_in_flight,
         sleep_ms: args.sleep_ms,
+        rate: args.rate,
     };
     let shape = FleetShape {
+        fleet: &fleet,
         partitions: settings.partitions,
         routers: settings.routers,
         max_in_flight: settings.max_in_flight,
@@ -101,38 +141,55 @@ async fn main() -> anyhow::Result<()> {
     // Planned up front: checks the ids the run waits for, and feeds the baseline afterwards.
     let job_messages = baseline::job_messages(&planner, &load)?;
 
-    let backend = EmbeddedBackend::new();
-    setup(&backend, &config).await?;
-    let ledger =
-        Ledger::new(backend.store(&names::table(events::FLEET)).await?, Clock::new(), Duration::from_secs(86_400));
+    let aws = match args.backend {
+        BackendKind::Aws => Some(AwsBackend::from_env().await),
+        BackendKind::Embedded => None,
+    };
+    let inner: Arc<dyn Backend> = match &aws {
+        Some(aws) => Arc::new(aws.clone()),
+        None => Arc::new(EmbeddedBackend::new()),
+    };
+    setup(inner.as_ref(), &config).await?;
+    // The generator and the ledger reads afterwards go around the counting layer: only what
+    // router and workers ask counts.
+    let counting = CountingBackend::new(Arc::clone(&inner));
+    let table = names::table(&fleet);
+    let ledger = Ledger::new(inner.store(&table).await?, Clock::new(), Duration::from_secs(86_400));
+    let events_queue_name = names::events_queue(&fleet);
+    let events_queue = inner.queue(&events_queue_name).await?;
 
-    let send = send_events(&backend, load).await?;
+    let at_once = match settings.rate {
+        None => Some(generator::send_at_once(Arc::clone(&events_queue), load.clone()).await?),
+        Some(_) => None,
+    };
 
     let shutdown = CancellationToken::new();
-    let router = Arc::new(Router::open(&backend, Arc::clone(&planner), Arc::new(NoDiscovery)).await?);
+    let router = Arc::new(Router::open(&counting, Arc::clone(&planner), Arc::new(NoDiscovery)).await?);
     let mut consumers = Vec::new();
     for i in 0..settings.workers {
         let hard_stop = CancellationToken::new();
         let id = format!("loadtest-worker-{i}");
         let worker =
-            Worker::open(&backend, Arc::clone(&config), ActionRegistry::builtin(), id, false, hard_stop.clone())
+            Worker::open(&counting, Arc::clone(&config), ActionRegistry::builtin(), id, false, hard_stop.clone())
                 .await?;
-        let consumer = Consumer::open(&backend, Arc::new(worker), &config).await?.with_long_poll(LONG_POLL);
+        let consumer = Consumer::open(&counting, Arc::new(worker), &config)
+            .await?
+            .with_long_poll(Duration::from_millis(args.long_poll_ms));
         consumers.push((consumer, hard_stop));
     }
 
     let bar = progress_bar(job_ids.len() as u64, args.quiet)?;
-    let started_ms = unix_ms();
-    let started = Instant::now();
+    let before = counting.counts();
     let routing = tokio::spawn(Arc::clone(&router).run(shutdown.clone()));
     let working: Vec<JoinHandle<ConsumeSummary>> = consumers
         .into_iter()
         .map(|(consumer, hard_stop)| tokio::spawn(consumer.run(shutdown.clone(), hard_stop)))
         .collect();
+    let sending = settings.rate.map(|rate| tokio::spawn(generator::send_open_loop(events_queue, load, rate)));
     let waited =
         completion::wait_until_succeeded(&metrics, &ledger, &job_ids, &bar, Duration::from_secs(args.timeout_secs))
             .await;
-    let observed = started.elapsed();
+    let requests = counting.counts().since(&before);
     bar.finish_and_clear();
     shutdown.cancel();
     routing.await.context("the router panicked")?;
@@ -140,19 +197,44 @@ async fn main() -> anyhow::Result<()> {
         handle.await.context("a worker panicked")?;
     }
     waited?;
-
-    let outcome = completion::collect(&ledger, &job_ids).await?;
-    let elapsed = match outcome.last_finished_ms.checked_sub(started_ms) {
-        Some(ms) if ms > 0 => Duration::from_millis(ms),
-        _ => observed,
+    let (schedule, send_lag) = match (at_once, sending) {
+        (Some(schedule), _) => (schedule, Duration::ZERO),
+        (None, Some(sending)) => sending.await.context("the generator panicked")??,
+        (None, None) => anyhow::bail!("no events were sent"),
     };
-    let baseline = baseline::measure(&job_messages).await?;
+    let peak_rss_mib = peak_rss_mib();
+
+    let outcome = completion::collect(&ledger, &job_ids, &schedule).await?;
+    let first_due = schedule.values().copied().min().unwrap_or(0);
+    let elapsed = Duration::from_millis(outcome.last_finished_ms.saturating_sub(first_due).max(1));
+    let (baseline_kind, baseline) = match &aws {
+        None => (
+            "one embedded FIFO queue: send, then receive and delete, ten at a time",
+            baseline::measure(&job_messages).await?,
+        ),
+        Some(aws) => {
+            let wire = sdk_baseline::Wire {
+                sqs: aws.sqs().clone(),
+                dynamodb: aws.dynamodb().clone(),
+                table,
+                queue: format!("{fleet}-baseline.fifo"),
+            };
+            let receivers = (settings.workers * settings.partitions) as usize;
+            let measured = sdk_baseline::measure(&wire, &job_messages, settings.routers as usize, receivers).await?;
+            ("bare SDK: batched send, receive and delete on one FIFO queue, one conditional write per job", measured)
+        }
+    };
     let report = Report {
         settings,
         jobs: job_ids.len(),
-        send,
         elapsed,
-        latency: Latency::of(&outcome.event_to_start_ms),
+        send_lag,
+        start: Latency::of(&outcome.event_to_start_ms),
+        done: Latency::of(&outcome.event_to_done_ms),
+        requests,
+        events_queue: events_queue_name,
+        peak_rss_mib,
+        baseline_kind,
         baseline,
     };
     if args.json {
@@ -161,17 +243,6 @@ async fn main() -> anyhow::Result<()> {
         print!("{}", report.text());
     }
     Ok(())
-}
-
-/// Sends every event to `loadtest-events` with the router's batching sender (batches of ten)
-/// and returns how long it took.
-async fn send_events(backend: &EmbeddedBackend, load: Vec<LoadEvent>) -> anyhow::Result<Duration> {
-    let queue = backend.queue(&names::events_queue(events::FLEET)).await?;
-    let messages: Vec<OutgoingMessage> =
-        load.into_iter().map(|e| OutgoingMessage { body: e.body, ..Default::default() }).collect();
-    let started = Instant::now();
-    send_all(queue.as_ref(), messages).await.context("cannot send the events")?;
-    Ok(started.elapsed())
 }
 
 /// A bar of jobs succeeded on stderr; hidden with `--quiet` or when stdout is not a terminal.
@@ -185,9 +256,4 @@ fn progress_bar(total: u64, quiet: bool) -> anyhow::Result<ProgressBar> {
         .context("invalid progress bar template")?
         .progress_chars("=> ");
     Ok(ProgressBar::with_draw_target(Some(total), target).with_style(style))
-}
-
-/// Now, in Unix milliseconds.
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -1,15 +1,18 @@
-//! The report: throughput, latency percentiles and the queue baseline, as text or as one JSON
-//! object.
+//! The report: throughput, latency percentiles, requests per job, memory and the baseline, as
+//! text or as one JSON object.
 
 use crate::baseline::{per_sec, Baseline};
 use hdrhistogram::Histogram;
+use opsfleet_backend::Counts;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::time::Duration;
 
 /// The settings a run used.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
+    /// `embedded` or `aws`.
+    pub backend: &'static str,
     /// Events sent.
     pub events: usize,
     /// Instances (jobs) per event.
@@ -24,9 +27,11 @@ pub struct Settings {
     pub max_in_flight: u32,
     /// The `noop` sleep, in ms.
     pub sleep_ms: u64,
+    /// The offered load in events/s (open loop), or `None` when every event was sent at once.
+    pub rate: Option<f64>,
 }
 
-/// Event→start latency percentiles, in ms.
+/// Latency percentiles, in ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Latency {
     /// Median.
@@ -49,22 +54,40 @@ impl Latency {
             max: histogram.max(),
         }
     }
+
+    fn json(&self) -> Value {
+        json!({ "p50": self.p50, "p90": self.p90, "p99": self.p99, "max": self.max })
+    }
+
+    fn text(&self) -> String {
+        format!("p50 {} ms, p90 {} ms, p99 {} ms, max {} ms", self.p50, self.p90, self.p99, self.max)
+    }
 }
 
 /// Everything a run measured.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Report {
     /// The settings.
     pub settings: Settings,
     /// Jobs run (events × resources per event).
     pub jobs: usize,
-    /// Time to send the events to the events queue.
-    pub send: Duration,
-    /// From starting router and workers until the last job finished.
+    /// From the first event due until the last job finished.
     pub elapsed: Duration,
+    /// How far behind its schedule the open-loop sender fell at worst.
+    pub send_lag: Duration,
     /// Event→start latency.
-    pub latency: Latency,
-    /// The raw queue baseline.
+    pub start: Latency,
+    /// Event→done latency.
+    pub done: Latency,
+    /// The requests router and workers made (not the generator's sends).
+    pub requests: Counts,
+    /// The name of the events queue, to tell its requests from the job queues'.
+    pub events_queue: String,
+    /// The process's peak resident memory, in MiB.
+    pub peak_rss_mib: f64,
+    /// What the baseline is.
+    pub baseline_kind: &'static str,
+    /// The baseline.
     pub baseline: Baseline,
 }
 
@@ -89,28 +112,54 @@ impl Report {
         }
     }
 
+    fn per_job(&self, n: u64) -> f64 {
+        if self.jobs == 0 {
+            0.0
+        } else {
+            n as f64 / self.jobs as f64
+        }
+    }
+
+    /// Requests per job: DynamoDB writes, strong and eventual reads, SQS requests on the job
+    /// and checks queues, SQS requests on the events queue, all SQS requests.
+    pub fn requests_per_job(&self) -> Value {
+        let r = &self.requests;
+        let events = r.sqs_requests_to(|q| q == self.events_queue);
+        let jobs = r.sqs_requests_to(|q| q != self.events_queue);
+        json!({
+            "dynamodb_writes": self.per_job(r.writes()),
+            "dynamodb_strong_reads": self.per_job(r.strong_reads()),
+            "dynamodb_eventual_reads": self.per_job(r.eventual_reads()),
+            "sqs_job_queues": self.per_job(jobs),
+            "sqs_events_queue": self.per_job(events),
+            "sqs_all": self.per_job(r.sqs_requests()),
+            "by_operation": r.by_operation.iter().map(|(op, n)| (op.to_string(), json!(self.per_job(*n)))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+
     /// The report as lines of text.
     pub fn text(&self) -> String {
         let s = &self.settings;
-        let l = &self.latency;
         let b = &self.baseline;
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "opsfleet load test: embedded backend, noop sleep_ms = {}, {} partitions, {} workers × {} in flight, {} router pollers",
-            s.sleep_ms, s.partitions, s.workers, s.max_in_flight, s.routers
+            "opsfleet load test: {} backend, noop sleep_ms = {}, {} partitions, {} workers × {} in flight, {} router pollers",
+            s.backend, s.sleep_ms, s.partitions, s.workers, s.max_in_flight, s.routers
         );
-        let _ = writeln!(out, "  events            {} ({} instances per event)", s.events, s.resources_per_event);
+        let offered = match s.rate {
+            Some(rate) => format!("open loop at {rate:.0} events/s (worst send lag {} ms)", self.send_lag.as_millis()),
+            None => "all at once (saturation)".to_owned(),
+        };
+        let _ = writeln!(
+            out,
+            "  events            {} ({} instances per event), {offered}",
+            s.events, s.resources_per_event
+        );
         let _ = writeln!(out, "  jobs              {}", self.jobs);
         let _ = writeln!(
             out,
-            "  send events       {:.1} ms ({:.0} events/s)",
-            self.send.as_secs_f64() * 1000.0,
-            per_sec(s.events, self.send)
-        );
-        let _ = writeln!(
-            out,
-            "  elapsed           {:.3} s (router and workers start → last job finished)",
+            "  elapsed           {:.3} s (first event due → last job finished)",
             self.elapsed.as_secs_f64()
         );
         let _ = writeln!(
@@ -119,27 +168,40 @@ impl Report {
             self.jobs_per_sec(),
             self.events_per_sec()
         );
-        let _ =
-            writeln!(out, "  event→start       p50 {} ms, p90 {} ms, p99 {} ms, max {} ms", l.p50, l.p90, l.p99, l.max);
+        let _ = writeln!(out, "  event→start       {}", self.start.text());
+        let _ = writeln!(out, "  event→done        {}", self.done.text());
+        let r = self.requests_per_job();
         let _ = writeln!(
             out,
-            "  queue baseline    {:.0} messages/s ({} job messages on one FIFO queue: send {:.3} s, receive+delete {:.3} s)",
-            b.messages_per_sec(),
-            b.messages,
-            b.send.as_secs_f64(),
-            b.drain.as_secs_f64()
+            "  per job           {:.2} DynamoDB writes, {:.2} strong + {:.2} eventual reads, {:.3} SQS requests on job queues + {:.3} on the events queue",
+            r["dynamodb_writes"].as_f64().unwrap_or(0.0),
+            r["dynamodb_strong_reads"].as_f64().unwrap_or(0.0),
+            r["dynamodb_eventual_reads"].as_f64().unwrap_or(0.0),
+            r["sqs_job_queues"].as_f64().unwrap_or(0.0),
+            r["sqs_events_queue"].as_f64().unwrap_or(0.0),
         );
-        let _ = writeln!(out, "  end-to-end/queue  {:.3}", self.ratio());
+        let _ = writeln!(
+            out,
+            "  peak RSS          {:.1} MiB (the whole process: generator, router and workers)",
+            self.peak_rss_mib
+        );
+        let _ = writeln!(
+            out,
+            "  baseline          {:.0} messages/s ({}, {} messages)",
+            b.messages_per_sec(),
+            self.baseline_kind,
+            b.messages,
+        );
+        let _ = writeln!(out, "  fleet/baseline    {:.3}", self.ratio());
         out
     }
 
     /// The report as one JSON object.
     pub fn json(&self) -> Value {
         let s = &self.settings;
-        let l = &self.latency;
         let b = &self.baseline;
         json!({
-            "backend": "embedded",
+            "backend": s.backend,
             "events": s.events,
             "resources_per_event": s.resources_per_event,
             "jobs": self.jobs,
@@ -148,18 +210,32 @@ impl Report {
             "routers": s.routers,
             "max_in_flight": s.max_in_flight,
             "sleep_ms": s.sleep_ms,
-            "send_secs": self.send.as_secs_f64(),
+            "offered_events_per_sec": s.rate,
+            "send_lag_ms": self.send_lag.as_millis() as u64,
             "elapsed_secs": self.elapsed.as_secs_f64(),
             "jobs_per_sec": self.jobs_per_sec(),
             "events_per_sec": self.events_per_sec(),
-            "event_to_start_ms": { "p50": l.p50, "p90": l.p90, "p99": l.p99, "max": l.max },
+            "event_to_start_ms": self.start.json(),
+            "event_to_done_ms": self.done.json(),
+            "requests_per_job": self.requests_per_job(),
+            "peak_rss_mib": self.peak_rss_mib,
             "baseline": {
+                "kind": self.baseline_kind,
                 "messages": b.messages,
-                "send_secs": b.send.as_secs_f64(),
-                "drain_secs": b.drain.as_secs_f64(),
+                "secs": (b.send + b.drain).as_secs_f64(),
                 "messages_per_sec": b.messages_per_sec(),
             },
             "ratio_to_baseline": self.ratio(),
         })
     }
+}
+
+/// The peak resident memory of this process, in MiB (`VmHWM`; 0 where `/proc` has none).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
 }

@@ -1,5 +1,6 @@
 //! The ingest loop: receive, route, acknowledge.
 
+use crate::batcher::Batcher;
 use crate::discovery::{Discover, DiscoveryError};
 use crate::send::{job_message, send_all, SendError};
 use crate::telemetry::{
@@ -18,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How long one receive waits for messages (SQS's maximum long poll).
 const LONG_POLL: Duration = Duration::from_secs(20);
+
+/// Received batches one long-poll loop routes at once.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 /// The longest reason written to a dead-letter message attribute.
 const MAX_REASON: usize = 1000;
@@ -75,12 +79,28 @@ impl Outcome {
     }
 }
 
+/// A message planned and ready to send.
+struct Ready {
+    event_id: String,
+    jobs: Vec<Job>,
+    failed_discovery: Option<String>,
+    started: Instant,
+}
+
+/// What planning a message came to.
+enum Prepared {
+    /// Its jobs are ready to send.
+    Ready(Ready),
+    /// Nothing to send: its outcome.
+    Done(Outcome),
+}
+
 /// Routes events of one fleet.
 pub struct Router {
     planner: Arc<Planner>,
     events: Arc<dyn Queue>,
     dead_letter: Arc<dyn Queue>,
-    partitions: Vec<Arc<dyn Queue>>,
+    batchers: Vec<Batcher>,
     discover: Arc<dyn Discover>,
 }
 
@@ -94,15 +114,19 @@ impl Router {
         let fleet = planner.config().fleet.name.clone();
         let events = backend.queue(&names::events_queue(&fleet)).await?;
         let dead_letter = backend.queue(&names::events_dlq(&fleet)).await?;
-        let mut partitions = Vec::new();
+        let mut batchers = Vec::new();
         for p in 0..planner.config().fleet.partitions.get() {
-            partitions.push(backend.queue(&names::jobs_queue(&fleet, p)).await?);
+            batchers.push(Batcher::start(backend.queue(&names::jobs_queue(&fleet, p)).await?));
         }
-        Ok(Router { planner, events, dead_letter, partitions, discover })
+        Ok(Router { planner, events, dead_letter, batchers, discover })
     }
 
     /// Runs the configured number of concurrent long-poll loops until `shutdown` is
-    /// cancelled; each loop finishes the batch it holds before it stops.
+    /// cancelled; each loop finishes the batches it holds before it stops.
+    ///
+    /// A loop receives again while the batches it received are being routed, up to
+    /// [`BATCHES_IN_FLIGHT`] of them: a batch's jobs wait up to the batchers' linger for others
+    /// to fill their requests, and that wait must not bound the events a loop takes in.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let pollers = self.planner.config().router.pollers.get();
         let mut tasks = tokio::task::JoinSet::new();
@@ -111,28 +135,43 @@ impl Router {
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
                 let mut failures = 0u32;
+                let mut routing = tokio::task::JoinSet::new();
+                let room = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
                 while !shutdown.is_cancelled() {
-                    // Stop while waiting for messages, never in the middle of a batch.
+                    // Stop while waiting for room or messages, never in the middle of a batch.
+                    let permit = tokio::select! {
+                        permit = Arc::clone(&room).acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+                        () = shutdown.cancelled() => break,
+                    };
+                    while routing.try_join_next().is_some() {}
                     let received = tokio::select! {
                         received = router.receive(LONG_POLL) => received,
                         () = shutdown.cancelled() => break,
                     };
-                    let polled = match received {
-                        Ok(messages) => router.route_batch(messages).await,
-                        Err(e) => Err(e),
+                    let failed = match received {
+                        Ok(messages) => {
+                            failures = 0;
+                            let router = Arc::clone(&router);
+                            routing.spawn(async move {
+                                if let Err(e) = router.route_batch(messages).await {
+                                    PollFailed { queue: router.events.name(), error: &e.to_string() }.emit();
+                                }
+                                drop(permit);
+                            });
+                            None
+                        }
+                        Err(e) => Some(e),
                     };
-                    match polled {
-                        Ok(_) => failures = 0,
-                        Err(e) => {
-                            PollFailed { queue: router.events.name(), error: &e.to_string() }.emit();
-                            failures = (failures + 1).min(6);
-                            tokio::select! {
-                                () = tokio::time::sleep(Duration::from_millis(100 << failures)) => {}
-                                () = shutdown.cancelled() => break,
-                            }
+                    if let Some(e) = failed {
+                        PollFailed { queue: router.events.name(), error: &e.to_string() }.emit();
+                        failures = (failures + 1).min(6);
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(100 << failures)) => {}
+                            () = shutdown.cancelled() => break,
                         }
                     }
                 }
+                while routing.join_next().await.is_some() {}
             });
         }
         while tasks.join_next().await.is_some() {}
@@ -164,15 +203,20 @@ impl Router {
         let heartbeat = async {
             loop {
                 tokio::time::sleep(visibility / 3).await;
-                for m in &messages {
-                    if let Err(e) = self.events.change_visibility(&m.receipt, visibility).await {
-                        tracing::warn!(message_id = %m.message_id, error = %e, "Extending an event's visibility failed.");
+                let entries: Vec<(String, Duration)> =
+                    messages.iter().map(|m| (m.receipt.clone(), visibility)).collect();
+                match self.events.change_visibility_batch(&entries).await {
+                    Ok(failures) => {
+                        for f in failures {
+                            tracing::warn!(error = %f.message, "Extending an event's visibility failed.");
+                        }
                     }
+                    Err(e) => tracing::warn!(error = %e, "Extending the events' visibility failed."),
                 }
             }
         };
         let outcomes = tokio::select! {
-            outcomes = join_all(messages.iter().map(|m| self.route(m))) => outcomes,
+            outcomes = self.route_all(&messages) => outcomes,
             () = heartbeat => Vec::new(),
         };
         let done: Vec<String> =
@@ -185,18 +229,35 @@ impl Router {
         Ok(outcomes)
     }
 
+    /// Routes a received batch, every message at once: their jobs meet in the partitions'
+    /// batchers, so they go out ten to a request however few each event has.
+    async fn route_all(&self, messages: &[ReceivedMessage]) -> Vec<Outcome> {
+        join_all(messages.iter().map(|m| self.route(m))).await
+    }
+
     /// Routes one message: normalize, plan, discover, send. Never panics on input.
     pub async fn route(&self, message: &ReceivedMessage) -> Outcome {
+        match self.prepare(message).await {
+            Prepared::Done(outcome) => outcome,
+            Prepared::Ready(ready) => {
+                let sent = self.send(ready.jobs.iter()).await;
+                self.complete(message, ready, sent).await
+            }
+        }
+    }
+
+    /// Normalizes, plans and discovers one message: its jobs, ready to send, or its outcome.
+    async fn prepare(&self, message: &ReceivedMessage) -> Prepared {
         let started = Instant::now();
         let event = match normalize(&message.body) {
             Ok(event) => event,
-            Err(e) => return self.reject(message, "not_an_event", e.to_string()).await,
+            Err(e) => return Prepared::Done(self.reject(message, "not_an_event", e.to_string()).await),
         };
         EventReceived { event: &event }.emit();
         let received_ms = if message.sent_ms > 0 { message.sent_ms } else { unix_ms() };
         let plan = match self.planner.plan(&event, received_ms) {
             Ok(plan) => plan,
-            Err(e) => return self.reject(message, plan_error_kind(&e), e.to_string()).await,
+            Err(e) => return Prepared::Done(self.reject(message, plan_error_kind(&e), e.to_string()).await),
         };
         let mut jobs = plan.jobs;
         // A discovery that fails does not hold back the jobs of the other tasks: they go out,
@@ -208,7 +269,7 @@ impl Router {
             let resources = match self.discover.discover(discovery).await {
                 Ok(resources) => resources,
                 Err(e @ DiscoveryError::Unavailable { .. }) => {
-                    return self.reject(message, "discovery", e.to_string()).await
+                    return Prepared::Done(self.reject(message, "discovery", e.to_string()).await)
                 }
                 Err(e) => {
                     failed_discovery = Some(e.to_string());
@@ -216,16 +277,16 @@ impl Router {
                 }
             };
             if let Err(e) = self.planner.check_cap(jobs.len() + resources.len()) {
-                return self.reject(message, plan_error_kind(&e), e.to_string()).await;
+                return Prepared::Done(self.reject(message, plan_error_kind(&e), e.to_string()).await);
             }
             match self.planner.jobs_for(&event, discovery.task, &resources, received_ms) {
                 Ok(more) => jobs.extend(more),
-                Err(e) => return self.reject(message, plan_error_kind(&e), e.to_string()).await,
+                Err(e) => return Prepared::Done(self.reject(message, plan_error_kind(&e), e.to_string()).await),
             }
         }
         if plan.matched.is_empty() {
             EventUnmatched { event_id: &event.id }.emit();
-            return Outcome::Unmatched { event_id: event.id };
+            return Prepared::Done(Outcome::Unmatched { event_id: event.id });
         }
         // A task that matched and found nothing to act on is reported, not silently done.
         for task in &plan.matched {
@@ -233,7 +294,13 @@ impl Router {
                 TaskFoundNothing { event_id: &event.id, task }.emit();
             }
         }
-        match self.send(&jobs).await {
+        Prepared::Ready(Ready { event_id: event.id, jobs, failed_discovery, started })
+    }
+
+    /// What became of a message whose jobs were sent (or not).
+    async fn complete(&self, message: &ReceivedMessage, ready: Ready, sent: Result<(), SendError>) -> Outcome {
+        let Ready { event_id, jobs, failed_discovery, started } = ready;
+        match sent {
             Ok(()) => {}
             Err(SendError::TooLarge(e)) => return self.reject(message, "job_too_large", e.to_string()).await,
             Err(e @ SendError::Refused { .. }) => return self.reject(message, "job_refused", e.to_string()).await,
@@ -252,28 +319,36 @@ impl Router {
         for ((task, action), count) in per_task {
             JobsEmitted { task, action, count }.emit();
         }
-        EventRouted { event_id: &event.id, jobs: jobs.len(), took: started.elapsed() }.emit();
-        Outcome::Routed { event_id: event.id, jobs }
+        EventRouted { event_id: &event_id, jobs: jobs.len(), took: started.elapsed() }.emit();
+        Outcome::Routed { event_id, jobs }
     }
 
-    async fn send(&self, jobs: &[Job]) -> Result<(), SendError> {
-        let mut per_partition: BTreeMap<u32, Vec<OutgoingMessage>> = BTreeMap::new();
+    /// Sends jobs through their partitions' batchers; an entry the queue refused wins over
+    /// one it could not take now, so the event goes to the DLQ rather than round again.
+    async fn send<'a>(&self, jobs: impl Iterator<Item = &'a Job>) -> Result<(), SendError> {
         let mut seen = HashSet::new();
+        let mut sends = Vec::new();
         for job in jobs {
             if !seen.insert(job.id.as_str()) {
                 continue;
             }
             let body = job.to_json().map_err(SendError::TooLarge)?;
-            per_partition.entry(job.partition).or_default().push(job_message(job, body));
+            let batcher = &self.batchers[job.partition as usize % self.batchers.len()];
+            sends.push(batcher.send(job_message(job, body)));
         }
-        let sends = per_partition.into_iter().map(|(p, messages)| {
-            let queue = Arc::clone(&self.partitions[p as usize % self.partitions.len()]);
-            async move { send_all(queue.as_ref(), messages).await }
-        });
-        for result in join_all(sends).await {
-            result?;
+        let mut first: Option<SendError> = None;
+        for sent in join_all(sends).await {
+            match sent {
+                Ok(()) => {}
+                Err(e @ SendError::Refused { .. }) if !matches!(first, Some(SendError::Refused { .. })) => {
+                    first = Some(e)
+                }
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     async fn reject(&self, message: &ReceivedMessage, kind: &'static str, reason: String) -> Outcome {

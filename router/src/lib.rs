@@ -3,10 +3,12 @@
 //! It long-polls `<name>-events`, normalizes each body into an event, checks the account,
 //! matches every task, expands matched tasks into one job per resource (the resources the
 //! event names, or a discovery), and sends the jobs in batches to `<name>-jobs-<p>.fifo`
-//! (group id = resource key, deduplication id = job id). The input message is deleted only
+//! (group id = resource key, deduplication id = job id), ten to a request across the events
+//! being routed (a batch waits at most 10 ms to fill). The input message is deleted only
 //! after every job of it was accepted. Bodies that are not events, and events the fleet must
 //! not act on, go to `<name>-events-dlq` at once with the reason as a message attribute.
 
+mod batcher;
 mod discovery;
 mod ec2_discovery;
 mod ingest;

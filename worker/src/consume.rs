@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 /// How long one receive waits for messages.
 const LONG_POLL: Duration = Duration::from_secs(20);
 
+/// The longest a poller of a busy worker waits for more permits before a receive.
+const RECEIVE_GATHER: Duration = Duration::from_millis(100);
+
 /// Which queue a poller serves.
 #[derive(Debug, Clone, Copy)]
 enum Source {
@@ -231,7 +234,15 @@ async fn poll(
             permit = Arc::clone(&capacity).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
             () = shutdown.cancelled() => return,
         };
-        let want = (room.available_permits() + 1).min(capacity.available_permits() + 1).min(MAX_BATCH);
+        let free = || (room.available_permits() + 1).min(capacity.available_permits() + 1).min(MAX_BATCH);
+        let mut want = free();
+        // A receive for one message costs as much as one for ten: a busy worker gives its
+        // running jobs a moment to free more permits first, at most RECEIVE_GATHER.
+        let gather_until = tokio::time::Instant::now() + RECEIVE_GATHER;
+        while want < MAX_BATCH && tokio::time::Instant::now() < gather_until && !shutdown.is_cancelled() {
+            tokio::time::sleep(RECEIVE_GATHER / 4).await;
+            want = free();
+        }
         drop((first, runnable));
         // A long poll under way at shutdown is not dropped: what it brings is handed back.
         let messages = match queue.receive(want, long_poll, Some(visibility)).await {

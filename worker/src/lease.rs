@@ -59,6 +59,10 @@ pub struct Lease {
     pub owner: String,
     /// The fence of this acquisition.
     pub fence: i64,
+    /// The holder this acquisition took the lease over from, its lease having lapsed (it
+    /// crashed or hung); its fence was this one's less one.
+    #[serde(skip)]
+    pub took_over: Option<Holder>,
 }
 
 impl Lease {
@@ -94,6 +98,7 @@ struct Sighting {
     version: String,
     since: Instant,
     lease: Duration,
+    holder: Holder,
 }
 
 impl Watch {
@@ -104,19 +109,25 @@ impl Watch {
         match self.seen.get_mut(key) {
             Some(seen) if seen.version == holder.version => {
                 seen.lease = holder.lease;
+                seen.holder = holder.clone();
                 now.duration_since(seen.since) >= holder.lease
             }
             _ => {
-                let seen = Sighting { version: holder.version.clone(), since: now, lease: holder.lease };
+                let seen = Sighting {
+                    version: holder.version.clone(),
+                    since: now,
+                    lease: holder.lease,
+                    holder: holder.clone(),
+                };
                 self.seen.insert(key.clone(), seen);
                 false
             }
         }
     }
 
-    /// The version of a lease this watch has seen unchanged for a whole lease.
-    fn lapsed_version(&self, key: &Key) -> Option<&str> {
-        self.seen.get(key).filter(|s| s.since.elapsed() >= s.lease).map(|s| s.version.as_str())
+    /// The holder of a lease this watch has seen unchanged for a whole lease.
+    fn lapsed_holder(&self, key: &Key) -> Option<&Holder> {
+        self.seen.get(key).filter(|s| s.since.elapsed() >= s.lease).map(|s| &s.holder)
     }
 }
 
@@ -191,8 +202,9 @@ impl Leases {
         expires_at: Option<i64>,
     ) -> Result<Acquire, StoreError> {
         for _ in 0..3 {
-            let cond = match watch.lapsed_version(&key) {
-                Some(version) => Cond::Or(vec![Self::free(), Cond::eq("rvn", version)]),
+            let lapsed = watch.lapsed_holder(&key).cloned();
+            let cond = match &lapsed {
+                Some(holder) => Cond::Or(vec![Self::free(), Cond::eq("rvn", holder.version.as_str())]),
                 None => Self::free(),
             };
             let mut update = Update::default()
@@ -213,6 +225,7 @@ impl Leases {
                         sk: key.sk.clone(),
                         owner: owner.to_owned(),
                         fence: item.int("fence").unwrap_or(0),
+                        took_over: lapsed,
                     }));
                 }
                 Err(StoreError::ConditionFailed { current, .. }) => {
@@ -233,6 +246,7 @@ impl Leases {
                             sk: key.sk.clone(),
                             owner: owner.to_owned(),
                             fence,
+                            took_over: lapsed,
                         }));
                     }
                     if !watch.lapsed(&key, &holder) {

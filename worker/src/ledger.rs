@@ -1,6 +1,12 @@
 //! The ledger, the audit trail: a `job#<id>` item per job whose status moves with conditional
-//! writes fenced by the job's lock, an `attempt#NNNN` item per attempt under it, and a
-//! `run#<id>` item per (event, task) counting outcomes.
+//! writes fenced by the job's lock, holding every attempt of the job as an `attempt#NNNN#fence`
+//! attribute, and under `run#<id>` (one per event and task) the run's cancellation and an entry
+//! for each of its jobs that failed or was cancelled.
+//!
+//! A job that runs once costs one write here: its first attempt is not begun with a write of
+//! its own; the write of its outcome begins it too, under the same condition ([`Writer`]).
+//! Only a job seen in the ledger before (a retry, a redrive, a lapsed lease taken over) is begun
+//! with [`Ledger::begin`], so that its older holders are fenced out at once.
 
 use crate::clock::Clock;
 use opsfleet_protocol::ports::{Attrs, Cond, Item, Key, Store, StoreError, Update, OPEN_STATUS};
@@ -85,6 +91,8 @@ pub struct JobRecord {
 /// One attempt, for the audit trail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
+    /// The attempt's number (1 for the first; 0 for a cancellation).
+    pub number: u32,
     /// Who ran it (`worker/job`).
     pub owner: String,
     /// The lock fence.
@@ -129,6 +137,26 @@ pub struct RunRecord {
     pub cancelled_because: Option<String>,
 }
 
+/// The holder of a job's lock writing the job's record: its fence, whether its attempt was
+/// begun with [`Ledger::begin`], and the attempt to record with the write.
+#[derive(Debug, Clone, Copy)]
+pub struct Writer<'a> {
+    /// The lock fence.
+    pub fence: i64,
+    /// Set to the holder's owner when the attempt was not begun: the write begins it too, under
+    /// [`Ledger::begin`]'s condition (a new job, or one in progress under an older fence).
+    pub unbegun: Option<&'a str>,
+    /// The attempt to record in the job's audit trail.
+    pub attempt: Option<&'a Attempt>,
+}
+
+impl From<i64> for Writer<'_> {
+    /// A holder whose attempt was begun, recording no attempt.
+    fn from(fence: i64) -> Self {
+        Writer { fence, unbegun: None, attempt: None }
+    }
+}
+
 /// The ledger in one table.
 #[derive(Clone)]
 pub struct Ledger {
@@ -143,6 +171,17 @@ fn job_key(id: &str) -> Key {
 
 fn run_key(run: &str) -> Key {
     Key::new(format!("run#{run}"), "run")
+}
+
+/// The condition of beginning an attempt under `fence`: the job never began, or is in
+/// progress (retrying, or its last holder's lease lapsed) under an older fence. Fences are
+/// unique per acquisition, so "older than mine" also refuses a retry of this very write, which
+/// is then recognised by its fence and owner.
+fn beginnable(fence: i64) -> Cond {
+    Cond::Or(vec![
+        Cond::Lacks("status".into()),
+        Cond::And(vec![Cond::eq("status", Status::InProgress.as_str()), Cond::lt("fence", fence)]),
+    ])
 }
 
 fn fenced(fence: i64) -> Cond {
@@ -171,12 +210,17 @@ impl Ledger {
         Ok(self.store.get(&job_key(id)).await?.and_then(record))
     }
 
-    /// Records the start of an attempt by the holder of the job's lock with `fence`: only when
-    /// the job never began, or is in progress (retrying, or its last holder's lease lapsed)
-    /// under this fence or an older one. A pending job never begins again: its completion
-    /// check carries it on.
-    pub async fn begin(&self, job: &Job, owner: &str, fence: i64) -> Result<Begin, StoreError> {
-        let update = Update::default()
+    /// The record of a job read eventually consistently (half a strong read's cost; may miss a
+    /// write of the last second): a worker's look before it takes a job's lock, where a stale
+    /// answer costs at most a run that the job's lock and fenced writes then settle.
+    pub async fn peek_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        Ok(self.store.peek(&job_key(id)).await?.and_then(record))
+    }
+
+    /// What a job's first write sets besides its status: who runs it, under which fence, and
+    /// what it is (the audit indexes' keys).
+    fn started(&self, update: Update, job: &Job, owner: &str, fence: i64, started_ms: i64) -> Update {
+        update
             .set("task", job.task.as_str())
             .set("action", job.action.as_str())
             .set("resource", job.resource.key())
@@ -186,17 +230,19 @@ impl Ledger {
             .set("received_ms", job.received_ms as i64)
             .set("owner", owner)
             .set("fence", fence)
-            .set("started_ms", self.now())
-            .set("expires_at", self.expires_at())
-            .add("attempts", 1);
+            .set("started_ms", started_ms)
+            .add("attempts", 1)
+    }
+
+    /// Records the start of an attempt by the holder of the job's lock with `fence`: only when
+    /// the job never began, or is in progress (retrying, or its last holder's lease lapsed)
+    /// under an older fence. A pending job never begins again: its completion check carries it
+    /// on.
+    pub async fn begin(&self, job: &Job, owner: &str, fence: i64) -> Result<Begin, StoreError> {
+        let update =
+            self.started(Update::default(), job, owner, fence, self.now()).set("expires_at", self.expires_at());
         let update = with_status(update, Status::InProgress);
-        // Fences are unique per acquisition, so "older than mine" also refuses a retry of this
-        // very write, which is then recognised by its fence and owner.
-        let cond = Cond::Or(vec![
-            Cond::Lacks("status".into()),
-            Cond::And(vec![Cond::eq("status", Status::InProgress.as_str()), Cond::lt("fence", fence)]),
-        ]);
-        match self.store.update(&job_key(&job.id), update, cond).await {
+        match self.store.update(&job_key(&job.id), update, beginnable(fence)).await {
             Ok(item) => Ok(Begin::Started(item.int("attempts").unwrap_or(1) as u32)),
             Err(StoreError::ConditionFailed { current, .. }) => {
                 let current = match current {
@@ -220,6 +266,28 @@ impl Ledger {
         }
     }
 
+    /// The update and condition of a writer's write: a begun attempt's writes are fenced on its
+    /// fence; an unbegun one's begin it too, under [`Ledger::begin`]'s condition. The attempt,
+    /// if any, goes into the same write.
+    fn written_by(&self, job: &Job, writer: &Writer<'_>, update: Update, also: Option<Cond>) -> (Update, Cond) {
+        let mut update = update;
+        if let Some(attempt) = writer.attempt {
+            update = update.set(&attempt_attribute(attempt), attempt_json(attempt));
+        }
+        let (update, cond) = match writer.unbegun {
+            None => (update, fenced(writer.fence)),
+            Some(owner) => {
+                // The action started before this write: the attempt says when.
+                let started_ms = writer.attempt.map_or_else(|| self.now(), |a| a.started_ms as i64);
+                (self.started(update, job, owner, writer.fence, started_ms), beginnable(writer.fence))
+            }
+        };
+        match also {
+            Some(also) => (update, Cond::And(vec![cond, also])),
+            None => (update, cond),
+        }
+    }
+
     /// Moves a pending job whose leases lapsed (its check came late) to a new holder, so that
     /// its checks go on under the new fence from the recorded state; false when the job is no
     /// longer pending under the old fence.
@@ -239,12 +307,28 @@ impl Ledger {
 
     /// Marks the job pending completion checks, keeping the check state; false when the fence
     /// is no longer current.
-    pub async fn pending(&self, job: &Job, fence: i64, state: &Value, checks: u32) -> Result<bool, StoreError> {
+    pub async fn pending<'a>(
+        &self,
+        job: &Job,
+        writer: impl Into<Writer<'a>>,
+        state: &Value,
+        checks: u32,
+    ) -> Result<bool, StoreError> {
+        let writer = writer.into();
         let update = with_status(Update::default(), Status::Pending)
             .set("state", state.to_string())
             .set("checks", i64::from(checks))
             .set("expires_at", self.expires_at());
-        self.fenced(job, fence, update).await
+        let (update, cond) = self.written_by(job, &writer, update, None);
+        match self.store.update(&job_key(&job.id), update, cond).await {
+            Ok(_) => Ok(true),
+            // A retried write whose first try went through.
+            Err(StoreError::ConditionFailed { current: Some(item), .. }) => Ok(item.int("fence") == Some(writer.fence)
+                && item.str("status") == Some(Status::Pending.as_str())
+                && writer.unbegun.is_none_or(|owner| item.str("owner") == Some(owner))),
+            Err(StoreError::ConditionFailed { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Counts a real failure; returns the failures so far, or `None` when the fence is no
@@ -253,14 +337,25 @@ impl Ledger {
     /// `step` names the step that failed (`start/<attempt>`, `check/<n>`): a failure is
     /// counted once per step, so a write the SDK retried after its first try went through
     /// does not count twice.
-    pub async fn failure(&self, job: &Job, fence: i64, error: &str, step: &str) -> Result<Option<u32>, StoreError> {
+    pub async fn failure<'a>(
+        &self,
+        job: &Job,
+        writer: impl Into<Writer<'a>>,
+        error: &str,
+        step: &str,
+    ) -> Result<Option<u32>, StoreError> {
+        let writer = writer.into();
+        let fence = writer.fence;
         // The status stays: IN_PROGRESS for a start, PENDING for a check.
-        let update = Update::default()
+        let mut update = Update::default()
             .set("error", error)
             .set("failed_step", step)
             .set("expires_at", self.expires_at())
             .add("failures", 1);
-        let cond = Cond::And(vec![fenced(fence), Cond::missing_or_not("failed_step", step)]);
+        if writer.unbegun.is_some() {
+            update = with_status(update, Status::InProgress);
+        }
+        let (update, cond) = self.written_by(job, &writer, update, Some(Cond::missing_or_not("failed_step", step)));
         match self.store.update(&job_key(&job.id), update, cond).await {
             Ok(item) => Ok(Some(item.int("failures").unwrap_or(1) as u32)),
             Err(StoreError::ConditionFailed { current: Some(item), .. })
@@ -276,23 +371,35 @@ impl Ledger {
     /// Finishes the job with a final status and its summary or error; false when the fence
     /// is no longer current.
     ///
-    /// The job's entry in its run (`run#<run>` / `job#<id>`, with the status, from which the
-    /// run's counts are derived) is written first, so a crash between the two writes leaves
-    /// an unfinished job that runs again and writes both, never a count without its job or
-    /// a job without its count. Both writes are idempotent and fenced.
-    pub async fn finish(&self, job: &Job, fence: i64, status: Status, text: &str) -> Result<bool, StoreError> {
-        let mut attrs = Attrs::new();
-        attrs.insert("resource".into(), job.resource.key().into());
-        attrs.insert("status".into(), status.as_str().into());
-        attrs.insert("fence".into(), fence.into());
-        attrs.insert("finished_ms".into(), self.now().into());
-        attrs.insert("expires_at".into(), self.expires_at().into());
-        let entry = Item { key: Key::new(format!("run#{}", job.run_id()), format!("job#{}", job.id)), attrs };
-        let not_newer = Cond::Or(vec![Cond::Lacks("fence".into()), Cond::Le("fence".into(), fence.into())]);
-        match self.store.put(entry, not_newer).await {
-            Ok(()) => {}
-            Err(StoreError::ConditionFailed { .. }) => return Ok(false),
-            Err(e) => return Err(e),
+    /// A failed or cancelled job also gets an entry in its run (`run#<run>` / `job#<id>`, with
+    /// the status), from which `max_errors` counts the run's failures. It is written first, so a
+    /// crash between the two writes leaves an unfinished job that runs again, never a failure
+    /// the run does not count; an entry whose job then succeeded is not counted (the job's
+    /// record is the truth). Both writes are idempotent and fenced. A job that succeeds or is
+    /// skipped is found in its run through the `by-run` index instead, at no extra write.
+    pub async fn finish<'a>(
+        &self,
+        job: &Job,
+        writer: impl Into<Writer<'a>>,
+        status: Status,
+        text: &str,
+    ) -> Result<bool, StoreError> {
+        let writer = writer.into();
+        let fence = writer.fence;
+        if matches!(status, Status::Failed | Status::Cancelled) {
+            let mut attrs = Attrs::new();
+            attrs.insert("resource".into(), job.resource.key().into());
+            attrs.insert("status".into(), status.as_str().into());
+            attrs.insert("fence".into(), fence.into());
+            attrs.insert("finished_ms".into(), self.now().into());
+            attrs.insert("expires_at".into(), self.expires_at().into());
+            let entry = Item { key: Key::new(format!("run#{}", job.run_id()), format!("job#{}", job.id)), attrs };
+            let not_newer = Cond::Or(vec![Cond::Lacks("fence".into()), Cond::Le("fence".into(), fence.into())]);
+            match self.store.put(entry, not_newer).await {
+                Ok(()) => {}
+                Err(StoreError::ConditionFailed { .. }) => return Ok(false),
+                Err(e) => return Err(e),
+            }
         }
         let field = if matches!(status, Status::Succeeded | Status::Skipped) { "summary" } else { "error" };
         let update = with_status(Update::default(), status)
@@ -300,7 +407,8 @@ impl Ledger {
             .set("finished_ms", self.now())
             .set("expires_at", self.expires_at())
             .remove("state");
-        match self.store.update(&job_key(&job.id), update, fenced(fence)).await {
+        let (update, cond) = self.written_by(job, &writer, update, None);
+        match self.store.update(&job_key(&job.id), update, cond).await {
             Ok(_) => Ok(true),
             // A retried write whose first try went through.
             Err(StoreError::ConditionFailed { current: Some(item), .. }) => {
@@ -332,14 +440,6 @@ impl Ledger {
         let cond = Cond::And(vec![fenced(fence), Cond::Or(same)]);
         let update = Update::default().set("checks", i64::from(next)).set("check_token", token);
         match self.store.update(&job_key(&job.id), update, cond).await {
-            Ok(_) => Ok(true),
-            Err(StoreError::ConditionFailed { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn fenced(&self, job: &Job, fence: i64, update: Update) -> Result<bool, StoreError> {
-        match self.store.update(&job_key(&job.id), update, fenced(fence)).await {
             Ok(_) => Ok(true),
             Err(StoreError::ConditionFailed { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -381,42 +481,6 @@ impl Ledger {
         self
     }
 
-    /// Records one attempt under the job.
-    pub async fn attempt(&self, job_id: &str, number: u32, attempt: &Attempt) -> Result<(), StoreError> {
-        let mut attrs = Attrs::new();
-        attrs.insert("owner".into(), attempt.owner.as_str().into());
-        attrs.insert("fence".into(), attempt.fence.into());
-        attrs.insert("locked_ms".into(), (attempt.locked_ms as i64).into());
-        attrs.insert("started_ms".into(), (attempt.started_ms as i64).into());
-        attrs.insert("released_ms".into(), (attempt.released_ms as i64).into());
-        attrs.insert("outcome".into(), attempt.outcome.as_str().into());
-        attrs.insert("expires_at".into(), self.expires_at().into());
-        if let Some(error) = &attempt.error {
-            attrs.insert("error".into(), error.as_str().into());
-        }
-        let key = Key::new(format!("job#{job_id}"), format!("attempt#{number:04}#{}", attempt.fence));
-        self.store.put(Item { key, attrs }, Cond::Always).await
-    }
-
-    /// Every attempt of a job, in order.
-    pub async fn attempts(&self, job_id: &str) -> Result<Vec<Attempt>, StoreError> {
-        Ok(self
-            .store
-            .query_prefix(&format!("job#{job_id}"), "attempt#")
-            .await?
-            .into_iter()
-            .map(|i| Attempt {
-                owner: i.str("owner").unwrap_or_default().to_owned(),
-                fence: i.int("fence").unwrap_or(0),
-                locked_ms: i.int("locked_ms").unwrap_or(0).max(0) as u64,
-                started_ms: i.int("started_ms").unwrap_or(0).max(0) as u64,
-                released_ms: i.int("released_ms").unwrap_or(0).max(0) as u64,
-                outcome: i.str("outcome").unwrap_or_default().to_owned(),
-                error: i.str("error").map(str::to_owned),
-            })
-            .collect())
-    }
-
     /// The jobs of a secondary index's key (a resource id, a task, an open status), newest
     /// first by when their event arrived, at least `since_ms` when given, as they are now.
     pub async fn jobs_by(
@@ -443,60 +507,17 @@ impl Ledger {
         Ok(jobs)
     }
 
-    /// The counts of a run, derived from its jobs' entries (so they cannot drift from the
-    /// jobs), and whether it was cancelled.
-    pub async fn run(&self, run: &str) -> Result<RunRecord, StoreError> {
-        let mut counts = RunRecord {
-            cancelled_because: self
-                .store
-                .get(&run_key(run))
-                .await?
-                .and_then(|i| i.str("cancelled_because").map(str::to_owned)),
-            ..RunRecord::default()
-        };
-        for entry in self.store.query_prefix(&format!("run#{run}"), "job#").await? {
-            match entry.str("status").and_then(Status::parse) {
-                Some(Status::Succeeded) => counts.succeeded += 1,
-                Some(Status::Failed) => counts.failed += 1,
-                Some(Status::Cancelled) => counts.cancelled += 1,
-                Some(Status::Skipped) => counts.skipped += 1,
-                _ => {}
-            }
-        }
-        Ok(counts)
-    }
-
-    /// Whether a run was cancelled, and why.
-    pub async fn run_cancelled(&self, run: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.store.get(&run_key(run)).await?.and_then(|i| i.str("cancelled_because").map(str::to_owned)))
-    }
-
-    /// The ids of the jobs of a run that have finished.
-    pub async fn run_jobs(&self, run: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .store
-            .query_prefix(&format!("run#{run}"), "job#")
-            .await?
-            .into_iter()
-            .filter_map(|i| i.key.sk.strip_prefix("job#").map(str::to_owned))
-            .collect())
-    }
-
-    /// Cancels a run (once) with a reason.
-    pub async fn cancel_run(&self, run: &str, reason: &str) -> Result<(), StoreError> {
-        let update = Update::default().set("cancelled_because", reason).set("expires_at", self.expires_at());
-        match self.store.update(&run_key(run), update, Cond::Lacks("cancelled_because".into())).await {
-            Ok(_) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Cancels a job of a cancelled run, as the holder of its lock.
-    pub async fn cancel(&self, job: &Job, owner: &str, fence: i64, reason: &str) -> Result<bool, StoreError> {
-        match self.begin(job, owner, fence).await? {
-            Begin::Started(_) => self.finish(job, fence, Status::Cancelled, reason).await,
-            _ => Ok(false),
-        }
+    /// Cancels a job of a cancelled run, as the holder of its lock, recording `attempt`.
+    pub async fn cancel(
+        &self,
+        job: &Job,
+        owner: &str,
+        fence: i64,
+        reason: &str,
+        attempt: &Attempt,
+    ) -> Result<bool, StoreError> {
+        let writer = Writer { fence, unbegun: Some(owner), attempt: Some(attempt) };
+        self.finish(job, writer, Status::Cancelled, reason).await
     }
 }
 
@@ -516,8 +537,12 @@ fn record(item: Item) -> Option<JobRecord> {
     })
 }
 
+mod attempts;
+mod runs;
 #[cfg(test)]
 mod tests;
+
+pub(crate) use attempts::{attempt_attribute, attempt_json};
 
 /// Sets a job's status, and its [`OPEN_STATUS`] (the sparse `by-status` index's key) while it
 /// is not done well.

@@ -12,7 +12,7 @@ use crate::actions::{Action, ActionContext, ActionRegistry, Step};
 use crate::check::{CheckMessage, CHECK_VERSION};
 use crate::clock::Clock;
 use crate::lease::{Lease, Leases};
-use crate::ledger::{Attempt, Ledger, Status};
+use crate::ledger::{Attempt, Ledger, Status, Writer};
 use crate::telemetry::{jobs_in_flight, WorkerCallFailed};
 use opsfleet_protocol::config::Task;
 use opsfleet_protocol::names;
@@ -83,11 +83,19 @@ struct Holding {
     /// When the oldest of the leases was last written (taken before the call was sent), so
     /// the worker knows when they lapse if heartbeats keep failing.
     renewed: tokio::time::Instant,
+    /// Whether the job's record holds this holder's fence (the attempt was begun, or a write
+    /// of its outcome went through); until then, its first write begins the attempt too.
+    begun: bool,
 }
 
 impl Holding {
     fn all(&self) -> impl Iterator<Item = &Lease> {
         std::iter::once(&self.lock).chain(&self.slots)
+    }
+
+    /// This holder as the writer of the job's record, recording `attempt` with the write.
+    fn writer<'a>(&'a self, attempt: Option<&'a Attempt>) -> Writer<'a> {
+        Writer { fence: self.lock.fence, unbegun: (!self.begun).then_some(self.lock.owner.as_str()), attempt }
     }
 }
 
@@ -302,8 +310,10 @@ impl Worker {
         }
     }
 
-    async fn record_attempt(&self, job: &Job, holding: &Holding, number: u32, outcome: &str, error: Option<&str>) {
-        let attempt = Attempt {
+    /// An attempt of this holder, released now, for the audit trail.
+    fn attempt(&self, holding: &Holding, number: u32, outcome: &str, error: Option<&str>) -> Attempt {
+        Attempt {
+            number,
             owner: holding.lock.owner.clone(),
             fence: holding.lock.fence,
             locked_ms: holding.locked_ms,
@@ -311,9 +321,6 @@ impl Worker {
             released_ms: self.clock.now_ms(),
             outcome: outcome.to_owned(),
             error: error.map(str::to_owned),
-        };
-        if let Err(e) = self.ledger.attempt(&job.id, number, &attempt).await {
-            WorkerCallFailed { what: "attempt", error: &e.to_string() }.emit();
         }
     }
 

@@ -26,7 +26,7 @@ fn faulty(fleet: &Fleet, faults: &Arc<Faults>) -> Arc<dyn Backend> {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_crash_between_a_jobs_run_entry_and_its_final_write_counts_it_once() {
+async fn a_crash_at_a_jobs_final_write_leaves_its_attempt_in_the_audit_and_counts_it_once() {
     let dir = effects_dir("crash");
     let fleet = Fleet::new(&format!(
         r#"
@@ -43,7 +43,8 @@ max_errors = 3
     .await;
     let job = fleet.job("counted", "e", "i-1");
     fleet.send(&job, "m").await;
-    // The worker dies at the write that finishes the job, after its run entry was written.
+    // The worker dies at the write that finishes the job: the write that would also have begun
+    // its first attempt.
     let faults = Arc::new(Faults::default());
     *faults.crash_at.lock().expect("lock") = Some(Box::new(|key, update| {
         key.pk.starts_with("job#") && update.set.get("status") == Some(&AttrValue::from("SUCCEEDED"))
@@ -56,13 +57,19 @@ max_errors = 3
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(faults.crashed.load(Ordering::SeqCst), "the worker reached the final write");
-    assert_eq!(fleet.status(&job).await, Status::InProgress);
+    assert_eq!(fleet.ledger.job(&job.id).await.expect("ledger"), None, "nothing was written of the job");
     stop.cancel();
     handle.await.expect("worker");
     // Another worker takes the job over once the dead one's lease and message lapse.
     fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(120)).await;
     let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
     assert_eq!((record.status, record.attempts), (Status::Succeeded, 2), "{record:?}");
+    let attempts = fleet.ledger.attempts(&job.id).await.expect("attempts");
+    let outcomes: Vec<(&str, &str)> =
+        attempts.iter().map(|a| (a.owner.split('/').next().unwrap_or_default(), a.outcome.as_str())).collect();
+    assert_eq!(outcomes.len(), 2, "{attempts:?}");
+    assert_eq!(outcomes[0], ("doomed", "LAPSED"), "the crashed attempt is in the audit trail: {attempts:?}");
+    assert_eq!(outcomes[1].1, "SUCCEEDED", "{attempts:?}");
     let run = fleet.ledger.run(&job.run_id()).await.expect("run");
     assert_eq!((run.succeeded, run.failed, run.cancelled), (1, 0, 0), "{run:?}");
     assert_eq!(fleet.ledger.run_jobs(&job.run_id()).await.expect("run jobs"), std::slice::from_ref(&job.id));

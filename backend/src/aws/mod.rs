@@ -67,6 +67,11 @@ impl AwsBackend {
     pub fn sqs(&self) -> &aws_sdk_sqs::Client {
         &self.sqs
     }
+
+    /// The DynamoDB client.
+    pub fn dynamodb(&self) -> &aws_sdk_dynamodb::Client {
+        &self.dynamodb
+    }
 }
 
 /// The HTTPS client every AWS client of the fleet sends through (the SDK's default: hyper with

@@ -12,17 +12,18 @@ pub use queue::{
 pub use store::{AttrValue, Attrs, Cond, Index, IndexQuery, Item, Key, Store, StoreError, Update};
 
 /// The secondary indexes of a fleet's table, which `setup` creates: the ledger's jobs by
-/// resource id, by task and by status, newest first by when their event arrived (`opsfleet audit`
-/// answers from them without scanning the table). They hold keys only, so a write touches an
+/// resource id, by task, by status and by run (event and task), newest first by when their
+/// event arrived (`opsfleet audit` answers from them without scanning the table). They hold keys only, so a write touches an
 /// index only when it changes that index's attributes: starting a job, and changing its status.
 ///
 /// The status index is sparse: its attribute ([`OPEN_STATUS`]) is set only while a job is not
 /// done well (in progress, pending, failed, cancelled), so the fleet's stream of successes
 /// does not all write one index partition.
-pub const INDEXES: [Index; 3] = [
+pub const INDEXES: [Index; 4] = [
     Index { name: "by-resource", key: "resource_id", order: "received_ms" },
     Index { name: "by-task", key: "task", order: "received_ms" },
     Index { name: "by-status", key: OPEN_STATUS, order: "received_ms" },
+    Index { name: "by-run", key: "run", order: "received_ms" },
 ];
 
 /// A job's status while it is not done well (not succeeded or skipped): the key of the

@@ -153,3 +153,88 @@ async fn writes_the_sdk_retried_after_their_first_try_went_through_count_once() 
     let record = l.job(&j.id).await.expect("job").expect("record");
     assert_eq!((record.status, record.attempts, record.failures), (Status::Succeeded, 2, 2));
 }
+
+fn attempt(number: u32, owner: &str, fence: i64, outcome: &str) -> Attempt {
+    Attempt {
+        number,
+        owner: owner.into(),
+        fence,
+        locked_ms: 10,
+        started_ms: 11,
+        released_ms: 12,
+        outcome: outcome.into(),
+        error: None,
+    }
+}
+
+#[tokio::test]
+async fn a_first_attempt_is_begun_by_the_write_of_its_outcome_with_its_attempt_in_the_record() {
+    let l = ledger().await;
+    let j = job();
+    let done = attempt(1, "w/j/1", 3, "SUCCEEDED");
+    let writer = Writer { fence: 3, unbegun: Some("w/j/1"), attempt: Some(&done) };
+    assert!(l.finish(&j, writer, Status::Succeeded, "ok").await.expect("finish"));
+    assert!(l.finish(&j, writer, Status::Succeeded, "ok").await.expect("retried finish"), "an SDK retry is its own");
+    let record = l.job(&j.id).await.expect("job").expect("record");
+    assert_eq!((record.status, record.attempts, record.fence), (Status::Succeeded, 1, 3));
+    assert_eq!(record.attrs.get("task"), Some(&"t".into()), "the audit indexes' keys are written too");
+    assert_eq!(record.attrs.get("run"), Some(&j.run_id().into()));
+    assert_eq!(l.attempts(&j.id).await.expect("attempts"), vec![done]);
+    assert_eq!(l.run_jobs(&j.run_id()).await.expect("run jobs"), vec![j.id.clone()], "found through by-run");
+    assert_eq!(l.run(&j.run_id()).await.expect("run").succeeded, 1);
+}
+
+#[tokio::test]
+async fn an_unbegun_holder_cannot_write_over_a_newer_fence() {
+    let l = ledger().await;
+    let j = job();
+    // A zombie of fence 1 that never began, after the holder of fence 2 began.
+    assert_eq!(l.begin(&j, "w/j/2", 2).await.expect("begin"), Begin::Started(1));
+    let zombie = Writer { fence: 1, unbegun: Some("w/j/1"), attempt: None };
+    assert!(!l.finish(&j, zombie, Status::Succeeded, "late").await.expect("finish"));
+    assert_eq!(l.failure(&j, zombie, "late", "start/1").await.expect("failure"), None);
+    assert!(!l.pending(&j, zombie, &json!({}), 0).await.expect("pending"));
+    // A newer unbegun holder takes over a job in progress under an older fence.
+    let newer = Writer { fence: 5, unbegun: Some("w/j/5"), attempt: None };
+    assert_eq!(l.failure(&j, newer, "throttled", "start/2").await.expect("failure"), Some(1));
+    let record = l.job(&j.id).await.expect("job").expect("record");
+    assert_eq!((record.status, record.fence, record.attempts), (Status::InProgress, 5, 2));
+    assert!(l.finish(&j, 5, Status::Succeeded, "ok").await.expect("finish as begun"));
+}
+
+#[tokio::test]
+async fn a_lapsed_attempt_is_recorded_only_while_its_job_is_unfinished() {
+    let l = ledger().await;
+    let (a, b) = (job_for("i-a"), job_for("i-b"));
+    l.lapsed(&a.id, &attempt(0, "w/a/1", 1, "LAPSED")).await.expect("lapsed");
+    assert_eq!(l.job(&a.id).await.expect("job"), None, "an attempt alone is no job record");
+    let done = attempt(1, "w/a/2", 2, "SUCCEEDED");
+    let writer = Writer { fence: 2, unbegun: Some("w/a/2"), attempt: Some(&done) };
+    assert!(l.finish(&a, writer, Status::Succeeded, "ok").await.expect("finish"));
+    let outcomes: Vec<String> = l.attempts(&a.id).await.expect("attempts").into_iter().map(|a| a.outcome).collect();
+    assert_eq!(outcomes, ["LAPSED", "SUCCEEDED"]);
+    // b finished under fence 1 and only failed to release its lock: not lapsed.
+    l.begin(&b, "w/b/1", 1).await.expect("begin");
+    assert!(l.finish(&b, 1, Status::Succeeded, "ok").await.expect("finish"));
+    l.lapsed(&b.id, &attempt(0, "w/b/1", 1, "LAPSED")).await.expect("lapsed");
+    assert!(l.attempts(&b.id).await.expect("attempts").is_empty());
+}
+
+#[tokio::test]
+async fn attempts_of_the_older_layout_are_still_read() {
+    let l = ledger().await;
+    let j = job();
+    let item = Item {
+        key: Key::new(format!("job#{}", j.id), "attempt#0001#4"),
+        attrs: [
+            ("owner".to_owned(), "w".into()),
+            ("fence".to_owned(), 4i64.into()),
+            ("outcome".to_owned(), "RETRY".into()),
+        ]
+        .into_iter()
+        .collect(),
+    };
+    l.store.put(item, Cond::Always).await.expect("put");
+    let got = l.attempts(&j.id).await.expect("attempts");
+    assert_eq!(got.iter().map(|a| (a.number, a.fence, a.outcome.as_str())).collect::<Vec<_>>(), [(1, 4, "RETRY")]);
+}

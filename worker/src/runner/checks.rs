@@ -9,7 +9,7 @@ use opsfleet_protocol::ports::{OutgoingMessage, MAX_DELAY};
 /// What taking over a pending job came to.
 enum TakeOver {
     /// The job is ours under new leases.
-    Taken(Holding, Box<Running>),
+    Taken(Box<(Holding, Running)>),
     /// Someone else has it, or it is no longer pending.
     Gone,
     /// The worker is shutting down: the check comes back.
@@ -39,6 +39,7 @@ impl Worker {
             locked_ms: check.locked_ms,
             started_ms: check.started_ms,
             renewed: tokio::time::Instant::now(),
+            begun: true,
         };
         let (task, action) = match self.task_and_action(job) {
             Ok(found) => found,
@@ -58,7 +59,7 @@ impl Worker {
             CheckRan { job_id: &job.id, result: "late" }.emit();
             drop(running);
             match self.take_over(job, task, holding).await? {
-                TakeOver::Taken(taken, again) => (holding, running) = (taken, *again),
+                TakeOver::Taken(taken) => (holding, running) = *taken,
                 TakeOver::Gone => return self.dead_letter_if_failed(job).await,
                 TakeOver::Stopped => return Ok(Disposition::Returned),
             }
@@ -113,10 +114,11 @@ impl Worker {
                 return Ok(TakeOver::Stopped);
             };
             match self.take(job, task, &owner, waiting.watch(), false).await? {
-                Taken::All(holding) | Taken::Cancelled(holding, _) => {
+                Taken::All(mut holding) | Taken::Cancelled(mut holding, _) => {
                     if self.ledger.adopt(job, old_fence, holding.lock.fence, &owner).await? {
+                        holding.begun = true;
                         tracing::warn!(job_id = %job.id, old_fence, fence = holding.lock.fence, "A pending job's check came after its leases lapsed; it goes on under new ones from its recorded state.");
-                        return Ok(TakeOver::Taken(holding, Box::new(running)));
+                        return Ok(TakeOver::Taken(Box::new((holding, running))));
                     }
                     self.release(&holding).await;
                     return Ok(TakeOver::Gone);
@@ -159,6 +161,28 @@ impl Worker {
         mark_pending: bool,
     ) -> Result<Disposition, CallError> {
         let from_start = checks == 0;
+        let mut holding = holding;
+        if mark_pending && !holding.begun {
+            // The check about to go out needs the job's record to hold this fence (the check
+            // runs under it): begin the attempt first, which a job that finishes at once never
+            // needs.
+            match self.ledger.begin(job, &holding.lock.owner, holding.lock.fence).await {
+                Ok(crate::ledger::Begin::Started(_)) => holding.begun = true,
+                Ok(crate::ledger::Begin::Stale) => {
+                    self.release(&holding).await;
+                    return Ok(Disposition::Retry(Duration::ZERO));
+                }
+                Ok(_) => {
+                    // Finished or pending under another holder: nothing is left to do here.
+                    self.release(&holding).await;
+                    return Ok(Disposition::Delete);
+                }
+                Err(e) => {
+                    self.release(&holding).await;
+                    return Err(e.into());
+                }
+            }
+        }
         if !self.renew(&holding, &job.id, after + self.lease + PENDING_SLACK, true).await? {
             LeaseLost { job_id: &job.id, key: &holding.lock.name() }.emit();
             if from_start {
@@ -186,7 +210,7 @@ impl Worker {
             }
             return Err(e);
         }
-        if mark_pending && !self.ledger.pending(job, holding.lock.fence, &state, checks).await? {
+        if mark_pending && !self.ledger.pending(job, holding.writer(None), &state, checks).await? {
             // A newer holder has the job; the check just sent will find that and stop.
             self.release(&holding).await;
         }

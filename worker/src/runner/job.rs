@@ -23,7 +23,9 @@ impl Worker {
             SettleDelay { left }.emit();
             return Ok(Disposition::Retry(left));
         }
-        let record = self.ledger.job(&job.id).await?;
+        // Eventually consistent: a stale answer at worst runs a job that just finished, which
+        // its lock and its fenced writes then settle, and its idempotent action makes harmless.
+        let record = self.ledger.peek_job(&job.id).await?;
         if let Some(record) = &record {
             if record.status == Status::Failed || record.status == Status::Cancelled {
                 return Ok(self.dead_letter_finished(job, record).await);
@@ -40,6 +42,9 @@ impl Worker {
             }
         }
         let redriven = record.as_ref().is_some_and(|r| r.redriven);
+        // A job the ledger has seen (a retry, a redrive) begins with a write of its own, fencing
+        // out its older holders at once; a new one is begun by the write of its outcome.
+        let seen = record.as_ref().map(|r| r.attempts);
         let owner = self.owner(job);
         let mut waiting = Waiting::new();
         let mut first = Some(first);
@@ -54,7 +59,7 @@ impl Worker {
             match self.take(job, task, &owner, waiting.watch(), !redriven).await? {
                 Taken::All(holding) => {
                     drop(waiting);
-                    return self.run_locked(job, task, &action, &owner, holding, running).await;
+                    return self.run_locked(job, task, &action, &owner, holding, seen, running).await;
                 }
                 Taken::Cancelled(holding, reason) => {
                     drop(waiting);
@@ -77,7 +82,10 @@ impl Worker {
         }
     }
 
-    /// The part of a job run that holds its leases: begin the attempt, start the action.
+    /// The part of a job run that holds its leases: begin the attempt (when the ledger has seen
+    /// the job before, or its lock was taken over from a lapsed holder of it), start the action.
+    /// `seen` is the attempts the ledger showed, if it showed the job.
+    #[allow(clippy::too_many_arguments)]
     async fn run_locked(
         &self,
         job: &Job,
@@ -85,27 +93,40 @@ impl Worker {
         action: &Arc<dyn Action>,
         owner: &str,
         mut holding: Holding,
+        seen: Option<u32>,
         _running: Running,
     ) -> Result<Disposition, CallError> {
-        let attempt = match self.ledger.begin(job, owner, holding.lock.fence).await {
-            Ok(Begin::Started(n)) => n,
-            Ok(Begin::Finished(status)) => {
-                JobAlreadyFinished { job_id: &job.id, status: status.as_str() }.emit();
-                self.release(&holding).await;
-                return Ok(Disposition::Delete);
-            }
-            Ok(Begin::Pending) => {
-                JobAlreadyFinished { job_id: &job.id, status: Status::Pending.as_str() }.emit();
-                self.release(&holding).await;
-                return Ok(Disposition::Delete);
-            }
-            Ok(Begin::Stale) => {
-                self.release(&holding).await;
-                return Ok(Disposition::Retry(jitter(Duration::from_secs(2))));
-            }
-            Err(e) => {
-                self.release(&holding).await;
-                return Err(e.into());
+        let took_over = holding.lock.took_over.clone();
+        if let Some(lapsed) = &took_over {
+            self.record_lapsed(&holding, lapsed).await;
+        }
+        let ours_lapsed = took_over.as_ref().is_some_and(|h| h.job.as_deref() == Some(job.id.as_str()));
+        let attempt = if seen.is_none() && !ours_lapsed {
+            1
+        } else {
+            match self.ledger.begin(job, owner, holding.lock.fence).await {
+                Ok(Begin::Started(n)) => {
+                    holding.begun = true;
+                    n
+                }
+                Ok(Begin::Finished(status)) => {
+                    JobAlreadyFinished { job_id: &job.id, status: status.as_str() }.emit();
+                    self.release(&holding).await;
+                    return Ok(Disposition::Delete);
+                }
+                Ok(Begin::Pending) => {
+                    JobAlreadyFinished { job_id: &job.id, status: Status::Pending.as_str() }.emit();
+                    self.release(&holding).await;
+                    return Ok(Disposition::Delete);
+                }
+                Ok(Begin::Stale) => {
+                    self.release(&holding).await;
+                    return Ok(Disposition::Retry(jitter(Duration::from_secs(2))));
+                }
+                Err(e) => {
+                    self.release(&holding).await;
+                    return Err(e.into());
+                }
             }
         };
         // Never start an action on a lease that may have lapsed: renew what is older than a
@@ -146,6 +167,25 @@ impl Worker {
         self.settle(job, task, action, holding, attempt, None, step, started.elapsed()).await
     }
 
+    /// Records in the ledger the attempt of a holder whose lease on this lock lapsed and was
+    /// taken over (it crashed or hung), so that its job's audit trail keeps it.
+    async fn record_lapsed(&self, holding: &Holding, lapsed: &crate::lease::Holder) {
+        let Some(job_id) = lapsed.job.as_deref() else { return };
+        let attempt = Attempt {
+            number: 0,
+            owner: lapsed.owner.clone(),
+            fence: holding.lock.fence - 1,
+            locked_ms: 0,
+            started_ms: 0,
+            released_ms: self.clock.now_ms(),
+            outcome: "LAPSED".to_owned(),
+            error: Some(format!("its lease lapsed and {} took the lock over", holding.lock.owner)),
+        };
+        if let Err(e) = self.ledger.lapsed(job_id, &attempt).await {
+            WorkerCallFailed { what: "attempt", error: &e.to_string() }.emit();
+        }
+    }
+
     /// Cancels a job of a cancelled run (as the holder of its lock) and dead-letters it with
     /// the reason, so that `opsfleet dlq redrive` can run it later.
     async fn cancel(
@@ -158,10 +198,8 @@ impl Worker {
     ) -> Result<Disposition, CallError> {
         let reason = format!("cancelled: {reason}");
         let fence = holding.lock.fence;
-        let cancelled = self.ledger.cancel(job, owner, fence, &reason).await;
-        if matches!(cancelled, Ok(true)) {
-            self.record_attempt(job, &holding, 0, "CANCELLED", Some(&reason)).await;
-        }
+        let attempt = self.attempt(&holding, 0, "CANCELLED", Some(&reason));
+        let cancelled = self.ledger.cancel(job, owner, fence, &reason, &attempt).await;
         self.release(&holding).await;
         if !cancelled? {
             return Ok(Disposition::Retry(jitter(Duration::from_secs(2))));

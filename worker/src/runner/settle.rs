@@ -85,13 +85,12 @@ impl Worker {
         job: &Job,
         task: &Task,
         action: &Arc<dyn Action>,
-        holding: Holding,
+        mut holding: Holding,
         attempt: u32,
         checking: Option<(u32, &serde_json::Value)>,
         step: Guarded,
         took: Duration,
     ) -> Result<Disposition, CallError> {
-        let fence = holding.lock.fence;
         let checks = checking.map_or(0, |(n, _)| n);
         let step = match step {
             Guarded::Step(step) => step,
@@ -106,9 +105,10 @@ impl Worker {
         };
         match step {
             Step::Done { summary } => {
-                let finished = self.ledger.finish(job, fence, Status::Succeeded, &summary).await;
+                let record = self.attempt(&holding, attempt, "SUCCEEDED", None);
+                let finished =
+                    self.ledger.finish(job, holding.writer(Some(&record)), Status::Succeeded, &summary).await;
                 if matches!(finished, Ok(true)) {
-                    self.record_attempt(job, &holding, attempt, "SUCCEEDED", None).await;
                     JobFinished {
                         job_id: &job.id,
                         action: action.name(),
@@ -122,9 +122,9 @@ impl Worker {
                 Ok(if finished? { Disposition::Delete } else { Disposition::Retry(Duration::ZERO) })
             }
             Step::Skipped { reason } => {
-                let finished = self.ledger.finish(job, fence, Status::Skipped, &reason).await;
+                let record = self.attempt(&holding, attempt, "SKIPPED", Some(&reason));
+                let finished = self.ledger.finish(job, holding.writer(Some(&record)), Status::Skipped, &reason).await;
                 if matches!(finished, Ok(true)) {
-                    self.record_attempt(job, &holding, attempt, "SKIPPED", Some(&reason)).await;
                     JobFinished { job_id: &job.id, action: action.name(), outcome: "skipped", took, detail: &reason }
                         .emit();
                 }
@@ -139,8 +139,15 @@ impl Worker {
                     Some((n, _)) => format!("check/{n}"),
                     None => format!("start/{attempt}"),
                 };
-                let failures = match self.ledger.failure(job, fence, &error, &step).await {
-                    Ok(Some(n)) => n,
+                // A failed start is an attempt that will be retried unless this failure is its
+                // last (then its finish records it again, failed); a failed check is no attempt.
+                let record = self.attempt(&holding, attempt, "RETRY", Some(&error));
+                let recorded = checking.is_none().then_some(&record);
+                let failures = match self.ledger.failure(job, holding.writer(recorded), &error, &step).await {
+                    Ok(Some(n)) => {
+                        holding.begun = true;
+                        n
+                    }
                     Ok(None) => {
                         // A newer holder has the job: write nothing more, dead-letter nothing.
                         self.release(&holding).await;
@@ -161,7 +168,6 @@ impl Worker {
                         let backoff = failure_backoff(failures);
                         return self.schedule_check(job, holding, attempt, checks, state.clone(), backoff, false).await;
                     }
-                    self.record_attempt(job, &holding, attempt, "RETRY", Some(&error)).await;
                     self.release(&holding).await;
                     return Ok(Disposition::Retry(failure_backoff(failures)));
                 }
@@ -190,7 +196,8 @@ impl Worker {
         took: Duration,
     ) -> Result<Disposition, CallError> {
         let fence = holding.lock.fence;
-        let finished = match self.ledger.finish(job, fence, Status::Failed, reason).await {
+        let record = self.attempt(&holding, attempt, "FAILED", Some(reason));
+        let finished = match self.ledger.finish(job, holding.writer(Some(&record)), Status::Failed, reason).await {
             Ok(finished) => finished,
             Err(e) => {
                 self.release(&holding).await;
@@ -201,7 +208,6 @@ impl Worker {
             self.release(&holding).await;
             return Ok(Disposition::Retry(Duration::ZERO));
         }
-        self.record_attempt(job, &holding, attempt, "FAILED", Some(reason)).await;
         JobFinished { job_id: &job.id, action: action.name(), outcome: "failed", took, detail: reason }.emit();
         self.release(&holding).await;
         if let Some(max) = task.max_errors {
@@ -215,11 +221,11 @@ impl Worker {
 
     /// Cancels the job's run when its failures (derived from its jobs' entries) pass `max`.
     async fn check_max_errors(&self, job: &Job, max: u32) -> Result<(), StoreError> {
-        let run = self.ledger.run(&job.run_id()).await?;
-        if run.failed > max && run.cancelled_because.is_none() {
-            let why = format!("run failed {} jobs, over max_errors = {max}", run.failed);
+        let failed = self.ledger.run_failures(&job.run_id()).await?;
+        if failed > max && self.ledger.run_cancelled(&job.run_id()).await?.is_none() {
+            let why = format!("run failed {failed} jobs, over max_errors = {max}");
             self.ledger.cancel_run(&job.run_id(), &why).await?;
-            RunCancelled { run: &job.run_id(), task: &job.task, failed: run.failed }.emit();
+            RunCancelled { run: &job.run_id(), task: &job.task, failed }.emit();
         }
         Ok(())
     }

@@ -72,7 +72,8 @@ impl Worker {
             }
         };
         let now = self.clock.now_ms();
-        let mut holding = Holding { lock, slots: Vec::new(), locked_ms: now, started_ms: now, renewed: asked };
+        let mut holding =
+            Holding { lock, slots: Vec::new(), locked_ms: now, started_ms: now, renewed: asked, begun: false };
         match self.take_slots(job, task, owner, watch, check_run, &mut holding).await {
             Ok(None) => Ok(Taken::All(holding)),
             Ok(Some(Taken::Cancelled(_, reason))) => Ok(Taken::Cancelled(holding, reason)),
