@@ -59,6 +59,13 @@ pub struct Lease {
     pub owner: String,
     /// The fence of this acquisition.
     pub fence: i64,
+    /// The job holding it.
+    #[serde(default)]
+    pub job: String,
+    /// The job whose holder last released the lease, if any: a job that finds itself there
+    /// ran to its end under the previous holder.
+    #[serde(skip)]
+    pub last_job: Option<String>,
     /// The holder this acquisition took the lease over from, its lease having lapsed (it
     /// crashed or hung); its fence was this one's less one.
     #[serde(skip)]
@@ -225,6 +232,8 @@ impl Leases {
                         sk: key.sk.clone(),
                         owner: owner.to_owned(),
                         fence: item.int("fence").unwrap_or(0),
+                        job: job.to_owned(),
+                        last_job: item.str("last_job").map(str::to_owned),
                         took_over: lapsed,
                     }));
                 }
@@ -246,6 +255,8 @@ impl Leases {
                             sk: key.sk.clone(),
                             owner: owner.to_owned(),
                             fence,
+                            job: job.to_owned(),
+                            last_job: current.as_ref().and_then(|i| i.str("last_job")).map(str::to_owned),
                             took_over: lapsed,
                         }));
                     }
@@ -368,9 +379,12 @@ impl Leases {
     }
 
     /// Releases a held lease and wakes this process's waiters for it; false when it was no
-    /// longer ours. The fence stays.
+    /// longer ours. The fence stays, and the job that held it is kept as `last_job`.
     pub async fn release(&self, held: &Lease) -> Result<bool, StoreError> {
-        let update = Update::default().remove("owner").remove("job").remove("pending").set("rvn", self.version());
+        let mut update = Update::default().remove("owner").remove("job").remove("pending").set("rvn", self.version());
+        if !held.job.is_empty() {
+            update = update.set("last_job", held.job.as_str());
+        }
         let released = match self.store.update(&held.item_key(), update, Self::mine(held)).await {
             Ok(_) => true,
             Err(StoreError::ConditionFailed { .. }) => false,

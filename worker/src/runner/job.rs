@@ -48,6 +48,7 @@ impl Worker {
         let owner = self.owner(job);
         let mut waiting = Waiting::new();
         let mut first = Some(first);
+        let mut waited = false;
         loop {
             let running = match first.take() {
                 Some(running) => running,
@@ -59,6 +60,14 @@ impl Worker {
             match self.take(job, task, &owner, waiting.watch(), !redriven).await? {
                 Taken::All(holding) => {
                     drop(waiting);
+                    // A job that waited, or whose lock was last released by a run of itself,
+                    // may have been finished meanwhile: its attempt is begun with a write that
+                    // says so.
+                    let seen = if waited || holding.lock.last_job.as_deref() == Some(job.id.as_str()) {
+                        Some(seen.unwrap_or(0))
+                    } else {
+                        seen
+                    };
                     return self.run_locked(job, task, &action, &owner, holding, seen, running).await;
                 }
                 Taken::Cancelled(holding, reason) => {
@@ -77,6 +86,7 @@ impl Worker {
                     if !waiting.wait(self, &wanted, reason).await? {
                         return Ok(Disposition::Returned);
                     }
+                    waited = true;
                 }
             }
         }
