@@ -29,6 +29,9 @@ runs = [json.loads(l) for l in open(sys.argv[1])]
 print(int(next(r for r in runs if r["workers"] == 2)["events_per_sec"]))' "$out/saturation.jsonl")
 echo "saturation at 2 workers: $saturation events/s"
 
+# The router alone: every event sent at once, no workers, until every job was sent.
+run --events "$events" --workers 0 | tee "$out/router.jsonl"
+
 # Latency against offered load (open loop), 10 % to 100 % of saturation, 2 workers.
 : > "$out/open-loop.jsonl"
 for percent in 10 25 50 75 90 100; do

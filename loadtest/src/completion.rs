@@ -32,6 +32,32 @@ pub fn finished_jobs(rendered: &str, outcome: &str) -> u64 {
         .sum()
 }
 
+/// Jobs the router emitted so far (sent to their partitions), read from rendered Prometheus text.
+pub fn emitted_jobs(rendered: &str) -> u64 {
+    rendered
+        .lines()
+        .filter_map(|line| line.strip_prefix("opsfleet_jobs_emitted_total")?.split_once(' '))
+        .filter_map(|(_, value)| value.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+/// Waits until the router emitted `total` jobs (a run without workers); fails when `timeout`
+/// passes first.
+pub async fn wait_until_emitted(metrics: &PrometheusHandle, total: u64, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let emitted = emitted_jobs(&metrics.render());
+        if emitted >= total {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("timed out after {} s with {emitted} of {total} jobs emitted", timeout.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Waits until every job of `ids` is SUCCEEDED: polls the finished-jobs counter until it
 /// reaches the job count, then checks the ledger for the jobs not yet done until none is
 /// left. Fails when a job fails for good or `timeout` passes.
@@ -141,5 +167,14 @@ mod tests {
         assert_eq!(finished_jobs(text, "failed"), 3);
         assert_eq!(finished_jobs(text, "cancelled"), 0);
         assert_eq!(finished_jobs("", "succeeded"), 0);
+    }
+
+    #[test]
+    fn reads_the_emitted_jobs_of_every_task() {
+        let text = "opsfleet_jobs_emitted_total{action=\"noop\",task=\"a\"} 40\n\
+            opsfleet_jobs_emitted_total{action=\"noop\",task=\"b\"} 2\n\
+            opsfleet_jobs_finished_total{action=\"noop\",outcome=\"succeeded\"} 7\n";
+        assert_eq!(super::emitted_jobs(text), 42);
+        assert_eq!(super::emitted_jobs(""), 0);
     }
 }

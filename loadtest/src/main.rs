@@ -64,8 +64,8 @@ struct Args {
     /// Job queue partitions.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     partitions: u32,
-    /// Worker consumers in the process.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    /// Worker consumers in the process; 0 measures the router alone (until every job is sent).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(0..=1000))]
     workers: u32,
     /// Jobs in flight per worker (`[worker] max_in_flight`).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
@@ -186,9 +186,14 @@ async fn main() -> anyhow::Result<()> {
         .map(|(consumer, hard_stop)| tokio::spawn(consumer.run(shutdown.clone(), hard_stop)))
         .collect();
     let sending = settings.rate.map(|rate| tokio::spawn(generator::send_open_loop(events_queue, load, rate)));
-    let waited =
-        completion::wait_until_succeeded(&metrics, &ledger, &job_ids, &bar, Duration::from_secs(args.timeout_secs))
-            .await;
+    let started = std::time::Instant::now();
+    let timeout = Duration::from_secs(args.timeout_secs);
+    let waited = if settings.workers == 0 {
+        completion::wait_until_emitted(&metrics, job_ids.len() as u64, timeout).await
+    } else {
+        completion::wait_until_succeeded(&metrics, &ledger, &job_ids, &bar, timeout).await
+    };
+    let routed_in = started.elapsed();
     let requests = counting.counts().since(&before);
     bar.finish_and_clear();
     shutdown.cancel();
@@ -204,9 +209,16 @@ async fn main() -> anyhow::Result<()> {
     };
     let peak_rss_mib = peak_rss_mib();
 
-    let outcome = completion::collect(&ledger, &job_ids, &schedule).await?;
-    let first_due = schedule.values().copied().min().unwrap_or(0);
-    let elapsed = Duration::from_millis(outcome.last_finished_ms.saturating_sub(first_due).max(1));
+    let (elapsed, latency) = if settings.workers == 0 {
+        // The router alone: from its start (every event already queued, or the first one due)
+        // until its last job was sent.
+        (routed_in, None)
+    } else {
+        let outcome = completion::collect(&ledger, &job_ids, &schedule).await?;
+        let first_due = schedule.values().copied().min().unwrap_or(0);
+        let elapsed = Duration::from_millis(outcome.last_finished_ms.saturating_sub(first_due).max(1));
+        (elapsed, Some((Latency::of(&outcome.event_to_start_ms), Latency::of(&outcome.event_to_done_ms))))
+    };
     let (baseline_kind, baseline) = match &aws {
         None => (
             "one embedded FIFO queue: send, then receive and delete, ten at a time",
@@ -219,7 +231,7 @@ async fn main() -> anyhow::Result<()> {
                 table,
                 queue: format!("{fleet}-baseline.fifo"),
             };
-            let receivers = (settings.workers * settings.partitions) as usize;
+            let receivers = (settings.workers.max(1) * settings.partitions) as usize;
             let measured = sdk_baseline::measure(&wire, &job_messages, settings.routers as usize, receivers).await?;
             ("bare SDK: batched send, receive and delete on one FIFO queue, one conditional write per job", measured)
         }
@@ -229,8 +241,7 @@ async fn main() -> anyhow::Result<()> {
         jobs: job_ids.len(),
         elapsed,
         send_lag,
-        start: Latency::of(&outcome.event_to_start_ms),
-        done: Latency::of(&outcome.event_to_done_ms),
+        latency,
         requests,
         events_queue: events_queue_name,
         peak_rss_mib,

@@ -75,10 +75,8 @@ pub struct Report {
     pub elapsed: Duration,
     /// How far behind its schedule the open-loop sender fell at worst.
     pub send_lag: Duration,
-    /// Event→start latency.
-    pub start: Latency,
-    /// Event→done latency.
-    pub done: Latency,
+    /// Event→start and event→done latency (none when the router ran alone).
+    pub latency: Option<(Latency, Latency)>,
     /// The requests router and workers made (not the generator's sends).
     pub requests: Counts,
     /// The name of the events queue, to tell its requests from the job queues'.
@@ -168,8 +166,15 @@ impl Report {
             self.jobs_per_sec(),
             self.events_per_sec()
         );
-        let _ = writeln!(out, "  event→start       {}", self.start.text());
-        let _ = writeln!(out, "  event→done        {}", self.done.text());
+        match &self.latency {
+            Some((start, done)) => {
+                let _ = writeln!(out, "  event→start       {}", start.text());
+                let _ = writeln!(out, "  event→done        {}", done.text());
+            }
+            None => {
+                let _ = writeln!(out, "  router alone      no workers: elapsed until every job was sent");
+            }
+        }
         let r = self.requests_per_job();
         let _ = writeln!(
             out,
@@ -215,8 +220,8 @@ impl Report {
             "elapsed_secs": self.elapsed.as_secs_f64(),
             "jobs_per_sec": self.jobs_per_sec(),
             "events_per_sec": self.events_per_sec(),
-            "event_to_start_ms": self.start.json(),
-            "event_to_done_ms": self.done.json(),
+            "event_to_start_ms": self.latency.map(|(start, _)| start.json()),
+            "event_to_done_ms": self.latency.map(|(_, done)| done.json()),
             "requests_per_job": self.requests_per_job(),
             "peak_rss_mib": self.peak_rss_mib,
             "baseline": {

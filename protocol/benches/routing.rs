@@ -151,9 +151,41 @@ fn routing(c: &mut Criterion) {
         })
     });
     group.bench_function("route", |b| b.iter(|| route(&planner, bodies)));
-    // Where the route's time goes: normalizing alone.
+    // Where the route's time goes: normalizing alone, planning alone (matching and expanding
+    // normalized events), serializing the planned jobs alone.
     group.bench_function("normalize", |b| {
         b.iter(|| bodies.iter().filter_map(|body| normalize(body).ok()).map(|e| black_box(e).id.len()).sum::<usize>())
+    });
+    let events: Vec<_> = bodies.iter().filter_map(|body| normalize(body).ok()).collect();
+    group.bench_function("plan", |b| {
+        b.iter(|| {
+            events.iter().filter_map(|e| planner.plan(e, 1_715_800_000_000).ok()).map(|p| p.jobs.len()).sum::<usize>()
+        })
+    });
+    let jobs: Vec<_> =
+        events.iter().filter_map(|e| planner.plan(e, 1_715_800_000_000).ok()).flat_map(|p| p.jobs).collect();
+    group.bench_function("serialize", |b| {
+        b.iter(|| jobs.iter().filter_map(|j| j.to_json().ok()).map(|t| black_box(t).len()).sum::<usize>())
+    });
+    // Whether a faster parser pays: sonic-rs into the same `serde_json::Value` the matcher
+    // reads, and into its own `Value` (the ceiling, were the matcher to read that instead).
+    group.bench_function("sonic_rs_into_serde_value", |b| {
+        b.iter(|| {
+            for body in bodies {
+                if let Ok(value) = sonic_rs::from_str::<serde_json::Value>(body) {
+                    black_box(value);
+                }
+            }
+        })
+    });
+    group.bench_function("sonic_rs_value", |b| {
+        b.iter(|| {
+            for body in bodies {
+                if let Ok(value) = sonic_rs::from_str::<sonic_rs::Value>(body) {
+                    black_box(value);
+                }
+            }
+        })
     });
     group.finish();
 }

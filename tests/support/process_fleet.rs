@@ -274,6 +274,10 @@ impl ProcessFleet {
     pub fn effects(&self) -> Vec<Value> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.effects).into_iter().flatten().flatten() {
+            // `<job>.starts` counts the action's starts, not its effects.
+            if entry.path().extension().is_some_and(|e| e == "starts") {
+                continue;
+            }
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
             out.extend(text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()));
         }

@@ -21,6 +21,10 @@ fn effects(dir: &std::path::Path, job: &Job) -> usize {
     std::fs::read_to_string(dir.join(&job.id)).map(|t| t.lines().count()).unwrap_or(0)
 }
 
+fn starts(dir: &std::path::Path, job: &Job) -> usize {
+    std::fs::read_to_string(dir.join(format!("{}.starts", job.id))).map(|t| t.lines().count()).unwrap_or(0)
+}
+
 #[tokio::test]
 async fn a_second_delivery_of_a_running_job_in_the_same_process_never_starts_it_again() {
     let dir = effects_dir("second-delivery");
@@ -54,6 +58,7 @@ params = {{ sleep_ms = 1500, effects_dir = "{}" }}
     let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
     assert_eq!((record.status, record.attempts), (Status::Succeeded, 1), "{record:?}");
     assert_eq!(effects(&dir, &job), 1, "the action ran once");
+    assert_eq!(starts(&dir, &job), 1, "the second delivery waited for the lock and never started the action");
 }
 
 #[tokio::test]

@@ -1,13 +1,15 @@
 //! Many patterns compiled into one index, so that matching an event costs about the same
 //! whatever the number of patterns: each distinct pattern is anchored on one of its fields
 //! whose matchers are all exact values, prefixes, suffixes, ASCII ignore-case texts or
-//! wildcards with a literal start (the most selective such field, by how many patterns share
-//! its values); an event looks up its values at the anchored paths, and only the patterns
+//! wildcards (by a literal run inside them, found in one pass of an Aho-Corasick automaton
+//! over all such runs, or by their literal start) — the most selective such field, by how many
+//! patterns share its values; an event looks up its values at the anchored paths, and only the patterns
 //! found (and the few with no anchor) are matched in full. The simple matcher stays the
 //! reference: the index only picks candidates, and a property test checks that the set
 //! matches exactly what the patterns match one by one.
 
 use super::{FieldPattern, Matcher, NumericOp, ObjectPattern, Pattern};
+use aho_corasick::AhoCorasick;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
 
@@ -34,6 +36,8 @@ enum Probe {
     Lower(String),
     PrefixLower(String),
     SuffixLower(String),
+    /// A literal run the value contains (a wildcard's).
+    Contains(String),
     /// A numeric range: the bits of its lowest and highest bound (infinities when open).
     Range(u64, u64),
 }
@@ -54,7 +58,10 @@ fn probe(matcher: &Matcher) -> Option<Probe> {
         Matcher::SuffixIgnoreCase(f) => {
             f.ascii_lower().filter(|t| !t.is_empty()).map(|t| Probe::SuffixLower(t.to_owned()))
         }
-        Matcher::Wildcard(w) => w.literal_prefix().map(|t| Probe::Prefix(t.to_owned())),
+        Matcher::Wildcard(w) => match w.inner_literal() {
+            Some(run) => Some(Probe::Contains(run.to_owned())),
+            None => w.literal_prefix().map(|t| Probe::Prefix(t.to_owned())),
+        },
         Matcher::Numeric(conditions) => {
             let (mut low, mut high) = (f64::NEG_INFINITY, f64::INFINITY);
             for (op, n) in conditions {
@@ -103,6 +110,9 @@ fn anchors(object: &ObjectPattern, path: &[String], out: &mut Vec<Anchor>) {
 /// The index of one path: each kind of probe, with the lengths of its prefixes and suffixes.
 #[derive(Debug, Default)]
 struct PathIndex {
+    /// Exact texts, looked up without copying the event's text.
+    exact_text: HashMap<String, Vec<u32>>,
+    /// Exact numbers, booleans and nulls.
     exact: HashMap<Key, Vec<u32>>,
     prefix: HashMap<String, Vec<u32>>,
     suffix: HashMap<String, Vec<u32>>,
@@ -115,11 +125,20 @@ struct PathIndex {
     suffix_lower_lengths: Vec<usize>,
     /// Numeric ranges (closed; the full test follows), sorted by their lowest bound.
     ranges: Vec<(f64, f64, u32)>,
+    /// Literal runs the value must contain, and the automaton that finds them all at once
+    /// (built by [`PathIndex::finish`]; its pattern numbers index `runs`).
+    contains: HashMap<String, Vec<u32>>,
+    runs: Vec<String>,
+    finder: Option<AhoCorasick>,
 }
 
 impl PathIndex {
     fn add(&mut self, probe: &Probe, id: u32) {
         let (map, lengths, text) = match probe {
+            Probe::Exact(Key::Str(text)) => {
+                self.exact_text.entry(text.clone()).or_default().push(id);
+                return;
+            }
             Probe::Exact(key) => {
                 self.exact.entry(key.clone()).or_default().push(id);
                 return;
@@ -134,6 +153,10 @@ impl PathIndex {
                 self.ranges.insert(at, (low, high, id));
                 return;
             }
+            Probe::Contains(t) => {
+                self.contains.entry(t.clone()).or_default().push(id);
+                return;
+            }
             Probe::Prefix(t) => (&mut self.prefix, &mut self.prefix_lengths, t),
             Probe::Suffix(t) => (&mut self.suffix, &mut self.suffix_lengths, t),
             Probe::PrefixLower(t) => (&mut self.prefix_lower, &mut self.prefix_lower_lengths, t),
@@ -145,26 +168,53 @@ impl PathIndex {
         }
     }
 
+    /// Builds the automaton of the literal runs, once every probe was added. Without one (an
+    /// automaton that cannot be built), every pattern anchored on a run is a candidate.
+    fn finish(&mut self) {
+        self.runs = self.contains.keys().cloned().collect();
+        self.finder = if self.runs.is_empty() {
+            None
+        } else {
+            // A DFA: the fastest search, and the runs are few and short.
+            AhoCorasick::builder().kind(Some(aho_corasick::AhoCorasickKind::DFA)).build(&self.runs).ok()
+        };
+    }
+
     /// The patterns a leaf value hits.
     fn hits(&self, leaf: &Value, out: &mut Vec<u32>) {
         let key = match leaf {
-            Value::String(s) => Key::Str(s.clone()),
+            Value::String(s) => {
+                if let Some(ids) = self.exact_text.get(s.as_str()) {
+                    out.extend_from_slice(ids);
+                }
+                None
+            }
             Value::Number(n) => match n.as_f64() {
-                Some(f) => number_key(f),
+                Some(f) => Some(number_key(f)),
                 None => return,
             },
-            Value::Bool(b) => Key::Bool(*b),
-            Value::Null => Key::Null,
+            Value::Bool(b) => Some(Key::Bool(*b)),
+            Value::Null => Some(Key::Null),
             _ => return,
         };
-        if let Some(ids) = self.exact.get(&key) {
+        if let Some(ids) = key.as_ref().and_then(|k| self.exact.get(k)) {
             out.extend_from_slice(ids);
         }
-        if let (Key::Num(_), Some(v)) = (&key, leaf.as_f64()) {
+        if let (Some(Key::Num(_)), Some(v)) = (&key, leaf.as_f64()) {
             let below = self.ranges.partition_point(|r| r.0 <= v);
             out.extend(self.ranges[..below].iter().filter(|r| v <= r.1).map(|r| r.2));
         }
         let Value::String(v) = leaf else { return };
+        match &self.finder {
+            Some(finder) => {
+                for found in finder.find_overlapping_iter(v.as_str()) {
+                    if let Some(ids) = self.runs.get(found.pattern().as_usize()).and_then(|r| self.contains.get(r)) {
+                        out.extend_from_slice(ids);
+                    }
+                }
+            }
+            None => self.contains.values().for_each(|ids| out.extend_from_slice(ids)),
+        }
         let ends =
             |map: &HashMap<String, Vec<u32>>, lengths: &[usize], text: &str, out: &mut Vec<u32>, from_start: bool| {
                 for &l in lengths {
@@ -299,6 +349,9 @@ impl PatternSet {
                     paths[index].1.add(probe, id as u32);
                 }
             }
+        }
+        for (_, index) in &mut paths {
+            index.finish();
         }
         PatternSet { unique, owners, paths, unanchored }
     }

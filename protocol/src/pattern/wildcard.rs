@@ -61,6 +61,14 @@ impl Wildcard {
         (!self.leading_star).then(|| self.segments.first().map(String::as_str)).flatten().filter(|s| !s.is_empty())
     }
 
+    /// The longest literal run every match contains after its start (none when the wildcard is
+    /// one literal run, or its inner runs are shorter than three characters): distinctive where
+    /// many wildcards share their literal start, as ARNs do.
+    pub fn inner_literal(&self) -> Option<&str> {
+        let skip = usize::from(!self.leading_star);
+        self.segments.iter().skip(skip).map(String::as_str).filter(|s| s.len() >= 3).max_by_key(|s| s.len())
+    }
+
     /// Whether a text matches the wildcard.
     pub fn matches(&self, text: &str) -> bool {
         let mut rest = text;

@@ -79,7 +79,7 @@ impl Action for Noop {
             ("pending_checks", "completion checks that report pending before done (default 0)"),
             ("fail_checks", "fail (retryably) the first N checks (default 0)"),
             ("check_after_ms", "delay before each check, in ms (default 1000)"),
-            ("effects_dir", "a folder where each effect is recorded, one file per job (tests; default none)"),
+            ("effects_dir", "a folder where each effect is recorded, one file per job, and each start in `<job>.starts` (tests; default none)"),
         ]
     }
 
@@ -94,6 +94,14 @@ impl Action for Noop {
     async fn start(&self, ctx: ActionContext<'_>) -> Step {
         let p = Self::params(&ctx);
         let effect = p.effects_dir.as_deref().map(|dir| std::path::Path::new(dir).join(&ctx.job.id));
+        if let Some(dir) = p.effects_dir.as_deref() {
+            // Every start is counted apart from the effects, so tests see a start that the
+            // idempotency below made harmless.
+            let starts = std::path::Path::new(dir).join(format!("{}.starts", ctx.job.id));
+            if let Err(e) = record_effect(&starts, ctx, unix_ms()) {
+                return Step::Failed { retryable: true, error: format!("noop: recording the start: {e}") };
+            }
+        }
         if effect.as_ref().is_some_and(|path| path.exists()) {
             return Step::Done { summary: format!("noop on {}: done before", ctx.job.resource.id) };
         }
