@@ -3,6 +3,7 @@
 //! plan against 100 tasks, serialize every job), with throughput in events per second.
 
 use criterion::{black_box, Criterion, Throughput};
+
 use opsfleet_protocol::event::normalize;
 use opsfleet_protocol::{Config, Planner};
 use std::fmt::Write as _;
@@ -190,6 +191,54 @@ fn routing(c: &mut Criterion) {
     group.finish();
 }
 
+/// A realistic mix: the 11 fixtures among 99 events no task matches (S3 object notifications,
+/// instances starting), as a fleet's event bus mostly carries.
+fn mix() -> Vec<String> {
+    let mut bodies: Vec<String> = BODIES.iter().map(|b| (*b).to_owned()).collect();
+    for i in 0..99 {
+        let body = if i % 2 == 0 {
+            serde_json::json!({
+                "version": "0", "id": format!("00000000-0000-4000-8000-{i:012}"), "detail-type": "Object Created",
+                "source": "aws.s3", "account": "123456789012", "time": "2024-05-15T17:04:40Z", "region": "us-east-1",
+                "resources": [format!("arn:aws:s3:::bucket-{i}")],
+                "detail": { "version": "0", "bucket": { "name": format!("bucket-{i}") },
+                    "object": { "key": format!("logs/{i}/part-0000.json.gz"), "size": 52_428 + i, "etag": "d41d8cd98f00b204e9800998ecf8427e" },
+                    "request-id": "57H08PA84AB1JZW0", "requester": "123456789012", "reason": "PutObject" }
+            })
+        } else {
+            serde_json::json!({
+                "version": "0", "id": format!("00000000-0000-4000-8000-{i:012}"), "detail-type": "EC2 Instance State-change Notification",
+                "source": "aws.ec2", "account": "123456789012", "time": "2024-05-15T17:04:40Z", "region": "us-east-1",
+                "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/i-{i:017x}")],
+                "detail": { "instance-id": format!("i-{i:017x}"), "state": "running" }
+            })
+        };
+        bodies.push(body.to_string());
+    }
+    bodies
+}
+
+fn routing_mix(c: &mut Criterion) {
+    let planner = Planner::new(config());
+    let bodies = mix();
+    let bodies: Vec<&str> = bodies.iter().map(String::as_str).collect();
+    let (jobs, _) = route(&planner, &bodies);
+    println!("routing a mix of {} bodies: {jobs} jobs and discoveries per pass", bodies.len());
+    let mut group = c.benchmark_group("routing_mix");
+    group.throughput(Throughput::Elements(bodies.len() as u64));
+    group.bench_function("plain_parse", |b| {
+        b.iter(|| {
+            for body in &bodies {
+                if let Ok(value) = serde_json::from_str::<serde_json::Value>(body) {
+                    black_box(value);
+                }
+            }
+        })
+    });
+    group.bench_function("route", |b| b.iter(|| route(&planner, &bodies)));
+    group.finish();
+}
+
 /// Matching alone, on normalized events: every pattern one by one (the reference) against the
 /// compiled set, at 100 and 1,000 tasks.
 fn matching(c: &mut Criterion) {
@@ -221,6 +270,7 @@ fn matching(c: &mut Criterion) {
 fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     routing(&mut criterion);
+    routing_mix(&mut criterion);
     matching(&mut criterion);
     criterion.final_summary();
 }

@@ -19,8 +19,12 @@ use tokio_util::sync::CancellationToken;
 /// How long one receive waits for messages.
 const LONG_POLL: Duration = Duration::from_secs(20);
 
+/// How often a gathering poller looks at the permits again: short, so that permits freed
+/// meanwhile are not left idle.
+const GATHER_STEP: Duration = Duration::from_millis(1);
+
 /// The longest a poller of a busy worker waits for more permits before a receive.
-const RECEIVE_GATHER: Duration = Duration::from_millis(100);
+const RECEIVE_GATHER: Duration = Duration::from_millis(50);
 
 /// Which queue a poller serves.
 #[derive(Debug, Clone, Copy)]
@@ -240,7 +244,7 @@ async fn poll(
         // running jobs a moment to free more permits first, at most RECEIVE_GATHER.
         let gather_until = tokio::time::Instant::now() + RECEIVE_GATHER;
         while want < MAX_BATCH && tokio::time::Instant::now() < gather_until && !shutdown.is_cancelled() {
-            tokio::time::sleep(RECEIVE_GATHER / 4).await;
+            tokio::time::sleep(GATHER_STEP).await;
             want = free();
         }
         drop((first, runnable));
