@@ -38,7 +38,7 @@ impl Ledger {
                 continue;
             }
             let Some(id) = entry.key.sk.strip_prefix("job#") else { continue };
-            if self.job(id).await?.and_then(|r| (r.status == Status::Failed).then_some(())).is_some() {
+            if self.job(id).await?.is_some_and(|r| r.status == Status::Failed) {
                 failed += 1;
             }
         }

@@ -44,7 +44,7 @@ impl Worker {
         let redriven = record.as_ref().is_some_and(|r| r.redriven);
         // A job the ledger has seen (a retry, a redrive) begins with a write of its own, fencing
         // out its older holders at once; a new one is begun by the write of its outcome.
-        let seen = record.as_ref().map(|r| r.attempts);
+        let seen = record.is_some();
         let owner = self.owner(job);
         let mut waiting = Waiting::new();
         let mut first = Some(first);
@@ -63,12 +63,8 @@ impl Worker {
                     // A job that waited, or whose lock was last released by a run of itself,
                     // may have been finished meanwhile: its attempt is begun with a write that
                     // says so.
-                    let seen = if waited || holding.lock.last_job.as_deref() == Some(job.id.as_str()) {
-                        Some(seen.unwrap_or(0))
-                    } else {
-                        seen
-                    };
-                    return self.run_locked(job, task, &action, &owner, holding, seen, running).await;
+                    let begin = seen || waited || holding.lock.last_job.as_deref() == Some(job.id.as_str());
+                    return self.run_locked(job, task, &action, &owner, holding, begin, running).await;
                 }
                 Taken::Cancelled(holding, reason) => {
                     drop(waiting);
@@ -94,7 +90,7 @@ impl Worker {
 
     /// The part of a job run that holds its leases: begin the attempt (when the ledger has seen
     /// the job before, or its lock was taken over from a lapsed holder of it), start the action.
-    /// `seen` is the attempts the ledger showed, if it showed the job.
+    /// `begin` says the job must begin with a write of its own (see `run_job`).
     #[allow(clippy::too_many_arguments)]
     async fn run_locked(
         &self,
@@ -103,7 +99,7 @@ impl Worker {
         action: &Arc<dyn Action>,
         owner: &str,
         mut holding: Holding,
-        seen: Option<u32>,
+        begin: bool,
         _running: Running,
     ) -> Result<Disposition, CallError> {
         let took_over = holding.lock.took_over.clone();
@@ -111,7 +107,7 @@ impl Worker {
             self.record_lapsed(&holding, lapsed).await;
         }
         let ours_lapsed = took_over.as_ref().is_some_and(|h| h.job.as_deref() == Some(job.id.as_str()));
-        let attempt = if seen.is_none() && !ours_lapsed {
+        let attempt = if !begin && !ours_lapsed {
             1
         } else {
             match self.ledger.begin(job, owner, holding.lock.fence).await {
