@@ -216,7 +216,9 @@ impl Router {
             }
         };
         let outcomes = tokio::select! {
-            outcomes = self.route_all(&messages) => outcomes,
+            // Every message at once: their jobs meet in the partitions' batchers, so they go
+            // out ten to a request however few each event has.
+            outcomes = join_all(messages.iter().map(|m| self.route(m))) => outcomes,
             () = heartbeat => Vec::new(),
         };
         let done: Vec<String> =
@@ -227,12 +229,6 @@ impl Router {
             }
         }
         Ok(outcomes)
-    }
-
-    /// Routes a received batch, every message at once: their jobs meet in the partitions'
-    /// batchers, so they go out ten to a request however few each event has.
-    async fn route_all(&self, messages: &[ReceivedMessage]) -> Vec<Outcome> {
-        join_all(messages.iter().map(|m| self.route(m))).await
     }
 
     /// Routes one message: normalize, plan, discover, send. Never panics on input.
