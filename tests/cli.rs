@@ -1,4 +1,4 @@
-//! The CLI contract of DESIGN.md: `plan`, `validate` and `demo`, which need no AWS.
+//! The CLI contract (docs/cli.md): `plan`, `validate` and `demo`, which need no AWS.
 
 mod support;
 

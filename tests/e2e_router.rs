@@ -178,7 +178,7 @@ async fn run_routes_and_runs_an_event_end_to_end_in_one_process() {
     let backend = opsfleet_backend::AwsBackend::from_env().await;
     let ledger = Ledger::new(
         backend.store(&fleet).await.expect("table"),
-        opsfleet_worker::clock::Clock::new(),
+        opsfleet_protocol::Clock::new(),
         std::time::Duration::from_secs(3600),
     );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

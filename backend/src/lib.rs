@@ -1,13 +1,11 @@
 //! Adapters behind opsfleet's ports: SQS and DynamoDB through the official AWS SDK, and the
 //! embedded in-process queue and store with the same semantics (visibility, receive counts,
 //! redrive, FIFO groups and deduplication, delays, conditional writes) for `demo` and fast
-//! tests. One conformance suite ([`conformance`]) runs against both so they cannot drift.
+//! tests. One conformance suite (`tests/conformance`) runs against both so they cannot drift.
 
 pub mod aws;
-pub mod conformance;
 pub mod counting;
 pub mod embedded;
-pub mod presence;
 pub mod setup;
 
 pub use aws::AwsBackend;

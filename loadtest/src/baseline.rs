@@ -30,12 +30,7 @@ pub fn job_messages(planner: &Planner, events: &[LoadEvent]) -> anyhow::Result<V
         }
         for job in plan.jobs {
             let body = job.to_json()?;
-            messages.push(OutgoingMessage {
-                body,
-                group_id: Some(job.resource.key()),
-                dedup_id: Some(job.id),
-                ..Default::default()
-            });
+            messages.push(job.message(body));
         }
     }
     Ok(messages)

@@ -107,6 +107,17 @@ impl Job {
         Ok(text)
     }
 
+    /// The message that carries the job (its JSON, from [`Job::to_json`]) on its partition's
+    /// FIFO queue: group id = resource key (per-resource order), deduplication id = job id.
+    pub fn message(&self, body: String) -> crate::ports::OutgoingMessage {
+        crate::ports::OutgoingMessage {
+            body,
+            group_id: Some(self.resource.key()),
+            dedup_id: Some(self.id.clone()),
+            ..Default::default()
+        }
+    }
+
     /// Reads a job from a message body.
     pub fn from_json(text: &str) -> Result<Self, JobError> {
         let job: Job = serde_json::from_str(text).map_err(|e| JobError::Invalid(e.to_string()))?;

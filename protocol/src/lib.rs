@@ -2,7 +2,9 @@
 //! pattern matching, the resources an event names, jobs out, partitioning, and the ports
 //! (traits) through which the router and workers reach queues and the store.
 
+pub mod clock;
 pub mod config;
+pub mod dead_letter;
 pub mod event;
 pub mod job;
 pub mod names;
@@ -12,7 +14,9 @@ pub mod ports;
 pub mod resource;
 pub mod template;
 
+pub use clock::Clock;
 pub use config::{Config, ConfigError, Problem};
+pub use dead_letter::DeadLetter;
 pub use event::{Event, EventError};
 pub use job::{Job, JobError};
 pub use pattern::{Pattern, PatternError, PatternSet};

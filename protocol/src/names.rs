@@ -35,13 +35,6 @@ pub fn table(fleet: &str) -> String {
     fleet.to_owned()
 }
 
-/// The message attribute of a dead letter that says when the fleet first saw the message
-/// (Unix ms); the dead letter's own send time says when it was dead-lettered.
-pub const FIRST_SEEN_ATTRIBUTE: &str = "opsfleet-first-seen";
-
-/// The message attribute that carries the reason a message was dead-lettered.
-pub const REASON_ATTRIBUTE: &str = "opsfleet-reason";
-
 /// The EventBridge rule of a task (its pattern's, or its schedule's): `{fleet}-{task}`, cut
 /// to EventBridge's 64 characters with a digest of the whole name when longer.
 pub fn rule(fleet: &str, task: &str) -> String {

@@ -2,7 +2,7 @@
 
 use crate::batcher::Batcher;
 use crate::discovery::{Discover, DiscoveryError};
-use crate::send::{job_message, send_all, SendError};
+use crate::send::{send_all, SendError};
 use crate::telemetry::{
     EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted, PollFailed, TaskFoundNothing,
 };
@@ -10,11 +10,11 @@ use futures::future::join_all;
 use opsfleet_backend::setup::EVENTS_MAX_RECEIVE;
 use opsfleet_protocol::event::{normalize, TargetError};
 use opsfleet_protocol::names;
-use opsfleet_protocol::ports::{Backend, OutgoingMessage, Queue, QueueError, ReceivedMessage};
-use opsfleet_protocol::{Job, PlanError, Planner};
+use opsfleet_protocol::ports::{Backend, Queue, QueueError, ReceivedMessage};
+use opsfleet_protocol::{Clock, DeadLetter, Job, PlanError, Planner};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 /// How long one receive waits for messages (SQS's maximum long poll).
@@ -22,9 +22,6 @@ const LONG_POLL: Duration = Duration::from_secs(20);
 
 /// Received batches one long-poll loop routes at once.
 const BATCHES_IN_FLIGHT: usize = 4;
-
-/// The longest reason written to a dead-letter message attribute.
-const MAX_REASON: usize = 1000;
 
 /// Why the router cannot start or keep going.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +99,8 @@ pub struct Router {
     dead_letter: Arc<dyn Queue>,
     batchers: Vec<Batcher>,
     discover: Arc<dyn Discover>,
+    /// When events are received (those whose send time SQS does not say) and dead-lettered.
+    clock: Clock,
 }
 
 impl Router {
@@ -118,7 +117,13 @@ impl Router {
         for p in 0..planner.config().fleet.partitions.get() {
             batchers.push(Batcher::start(backend.queue(&names::jobs_queue(&fleet, p)).await?));
         }
-        Ok(Router { planner, events, dead_letter, batchers, discover })
+        Ok(Router { planner, events, dead_letter, batchers, discover, clock: Clock::new() })
+    }
+
+    /// The same router reading time from another clock (tests).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Runs the configured number of concurrent long-poll loops until `shutdown` is
@@ -250,7 +255,7 @@ impl Router {
             Err(e) => return Prepared::Done(self.reject(message, "not_an_event", e.to_string()).await),
         };
         EventReceived { event: &event }.emit();
-        let received_ms = if message.sent_ms > 0 { message.sent_ms } else { unix_ms() };
+        let received_ms = if message.sent_ms > 0 { message.sent_ms } else { self.clock.now_ms() };
         let plan = match self.planner.plan(&event, received_ms) {
             Ok(plan) => plan,
             Err(e) => return Prepared::Done(self.reject(message, plan_error_kind(&e), e.to_string()).await),
@@ -330,7 +335,7 @@ impl Router {
             }
             let body = job.to_json().map_err(SendError::TooLarge)?;
             let batcher = &self.batchers[job.partition as usize % self.batchers.len()];
-            sends.push(batcher.send(job_message(job, body)));
+            sends.push(batcher.send(job.message(body)));
         }
         let mut first: Option<SendError> = None;
         for sent in join_all(sends).await {
@@ -348,27 +353,8 @@ impl Router {
     }
 
     async fn reject(&self, message: &ReceivedMessage, kind: &'static str, reason: String) -> Outcome {
-        // SQS takes ten attributes: ours (reason, source queue, first seen), and as many of the
-        // original ones as fit.
-        let mut attributes: BTreeMap<String, String> =
-            message.attributes.iter().take(7).map(|(k, v)| (k.clone(), v.clone())).collect();
-        let first_seen = message
-            .attributes
-            .get(names::FIRST_SEEN_ATTRIBUTE)
-            .cloned()
-            .unwrap_or_else(|| (if message.sent_ms > 0 { message.sent_ms } else { unix_ms() }).to_string());
-        attributes.insert(names::FIRST_SEEN_ATTRIBUTE.to_owned(), first_seen);
-        let mut bounded = reason.clone();
-        if bounded.len() > MAX_REASON {
-            let mut cut = MAX_REASON;
-            while !bounded.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            bounded.truncate(cut);
-        }
-        attributes.insert(names::REASON_ATTRIBUTE.to_owned(), bounded);
-        attributes.insert("opsfleet-source-queue".to_owned(), self.events.name().to_owned());
-        let dead = OutgoingMessage { body: message.body.clone(), attributes, ..Default::default() };
+        let letter = DeadLetter::of_received(message, &reason, self.events.name(), self.clock.now_ms());
+        let dead = letter.message(self.dead_letter.name(), &format!("message/{}", message.message_id));
         if let Err(e) = send_all(self.dead_letter.as_ref(), vec![dead]).await {
             return self.defer(message, format!("dead-lettering failed: {e}"));
         }
@@ -392,8 +378,4 @@ fn plan_error_kind(error: &PlanError) -> &'static str {
         PlanError::TooManyJobs { .. } => "too_many_jobs",
         PlanError::Job(_) => "job_too_large",
     }
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -2,7 +2,6 @@
 
 use opsfleet_protocol::job::MAX_JOB_BYTES;
 use opsfleet_protocol::ports::{OutgoingMessage, Queue, QueueError, MAX_BATCH};
-use opsfleet_protocol::Job;
 use std::time::Duration;
 
 /// Attempts per batch before the event is left for redelivery.
@@ -37,17 +36,6 @@ pub enum SendError {
     /// The queue call was refused.
     #[error(transparent)]
     Queue(#[from] QueueError),
-}
-
-/// The outgoing message of a job: group id = resource key, deduplication id = job id.
-pub fn job_message(job: &Job, body: String) -> OutgoingMessage {
-    OutgoingMessage {
-        body,
-        group_id: Some(job.resource.key()),
-        dedup_id: Some(job.id.clone()),
-        delay: None,
-        attributes: Default::default(),
-    }
 }
 
 /// Sends messages in batches of at most ten and 256 KiB, retrying the entries a batch did not

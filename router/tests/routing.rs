@@ -125,7 +125,8 @@ async fn bad_input_goes_to_the_dlq_with_its_reason_and_nothing_else_is_lost() {
     let dead: Vec<_> = outcomes.iter().filter(|o| matches!(o, Outcome::DeadLettered { .. })).collect();
     assert_eq!(dead.len(), 3, "{outcomes:?}");
     let dlq = backend.embedded_queue("t-events-dlq").expect("dlq");
-    let reasons: Vec<String> = dlq.peek_attributes().iter().map(|a| a[names::REASON_ATTRIBUTE].clone()).collect();
+    let reasons: Vec<String> =
+        dlq.peek_attributes().iter().map(|a| a[opsfleet_protocol::dead_letter::REASON_ATTRIBUTE].clone()).collect();
     assert!(reasons[0].starts_with("body is not JSON"), "{reasons:?}");
     assert_eq!(reasons[1], "account 999999999999 is not in fleet.allowed_accounts");
     assert_eq!(reasons[2], "event expands to 4 jobs, over fleet.max_jobs_per_event = 3");
@@ -372,7 +373,7 @@ async fn a_rejected_event_with_many_attributes_still_reaches_the_dlq() {
     assert!(matches!(&outcomes[..], [Outcome::DeadLettered { kind: "not_an_event", .. }]), "{outcomes:?}");
     let attributes = &backend.embedded_queue("t-events-dlq").expect("dlq").peek_attributes()[0];
     assert_eq!(attributes.len(), 10, "ours and eight of the original ten: {attributes:?}");
-    assert!(attributes[names::REASON_ATTRIBUTE].starts_with("body is not JSON"));
+    assert!(attributes[opsfleet_protocol::dead_letter::REASON_ATTRIBUTE].starts_with("body is not JSON"));
 }
 
 #[tokio::test]
@@ -390,7 +391,8 @@ async fn an_event_naming_an_invalid_id_is_dead_lettered_at_once_and_sends_nothin
         );
     }
     let dlq = backend.embedded_queue("t-events-dlq").expect("dlq");
-    let reasons: Vec<String> = dlq.peek_attributes().iter().map(|a| a[names::REASON_ATTRIBUTE].clone()).collect();
+    let reasons: Vec<String> =
+        dlq.peek_attributes().iter().map(|a| a[opsfleet_protocol::dead_letter::REASON_ATTRIBUTE].clone()).collect();
     assert_eq!(reasons.len(), 3, "{reasons:?}");
     assert!(reasons[0].contains("`i-01 23` is not a ec2:instance id"), "{reasons:?}");
     assert!(reasons[1].len() < 300 && reasons[1].contains('…'), "a long id is shown clipped: {reasons:?}");

@@ -7,7 +7,7 @@ use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::job::run_id;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{AttrValue, Backend, INDEXES};
-use opsfleet_worker::clock::Clock;
+use opsfleet_protocol::Clock;
 use opsfleet_worker::ledger::{JobRecord, Ledger};
 use serde_json::{json, Map, Value};
 use std::path::Path;

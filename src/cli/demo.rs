@@ -4,9 +4,9 @@ use anyhow::Context;
 use opsfleet_backend::{setup::setup, EmbeddedBackend};
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
+use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Job, Planner};
 use opsfleet_router::{Outcome, Router, StaticInventory};
-use opsfleet_worker::clock::Clock;
 use opsfleet_worker::ledger::Ledger;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -152,7 +152,7 @@ pub async fn run(config: Option<PathBuf>, events: Option<PathBuf>) -> anyhow::Re
         println!(
             "  {}: {}",
             attributes.get("demo-file").map(String::as_str).unwrap_or("?"),
-            attributes.get(names::REASON_ATTRIBUTE).map(String::as_str).unwrap_or("?")
+            attributes.get(opsfleet_protocol::dead_letter::REASON_ATTRIBUTE).map(String::as_str).unwrap_or("?")
         );
     }
     Ok(ExitCode::SUCCESS)

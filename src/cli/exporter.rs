@@ -54,6 +54,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("opsfleet_jobs_duplicate_total", Kind::Counter, "Redelivered jobs acknowledged without running again."),
     ("opsfleet_jobs_dead_lettered_total", Kind::Counter, "Jobs moved to the jobs DLQ."),
     ("opsfleet_leases_lost_total", Kind::Counter, "Leases another worker took over."),
+    (
+        "opsfleet_lease_release_failures_total",
+        Kind::Counter,
+        "Lease releases that failed; `last` says the lease was left to lapse.",
+    ),
     ("opsfleet_checks_total", Kind::Counter, "Completion checks, by result."),
     ("opsfleet_runs_cancelled_total", Kind::Counter, "Runs cancelled past their max_errors."),
     ("opsfleet_worker_errors_total", Kind::Counter, "Worker queue or store calls that failed and were retried."),

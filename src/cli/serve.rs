@@ -3,12 +3,13 @@
 use super::ServeArgs;
 use opsfleet_backend::aws::budget::Ec2Budget;
 use opsfleet_backend::aws::AwsAccounts;
-use opsfleet_backend::{presence, AwsBackend};
+use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, StoreError};
+use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Config, Planner};
 use opsfleet_router::{Ec2Discovery, Router};
-use opsfleet_worker::clock::Clock;
+use opsfleet_worker::presence;
 use opsfleet_worker::task_protection::TaskProtection;
 use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Worker};
 use std::path::Path;

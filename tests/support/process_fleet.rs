@@ -8,8 +8,8 @@ use super::{fast_backend, fast_endpoints, opsfleet, root, unique_fleet, write_co
 use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::event::normalize;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
+use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Config, Job, Planner};
-use opsfleet_worker::clock::Clock;
 use opsfleet_worker::ledger::{Ledger, Status};
 use opsfleet_worker::ActionRegistry;
 use serde_json::Value;

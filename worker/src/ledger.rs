@@ -8,8 +8,8 @@
 //! Only a job seen in the ledger before (a retry, a redrive, a lapsed lease taken over) is begun
 //! with [`Ledger::begin`], so that its older holders are fenced out at once.
 
-use crate::clock::Clock;
 use opsfleet_protocol::ports::{Attrs, Cond, Item, Key, Store, StoreError, Update, OPEN_STATUS};
+use opsfleet_protocol::Clock;
 use opsfleet_protocol::Job;
 use serde_json::Value;
 use std::sync::Arc;

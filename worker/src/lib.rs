@@ -8,10 +8,11 @@
 mod acker;
 pub mod actions;
 mod check;
-pub mod clock;
 mod consume;
 pub mod lease;
 pub mod ledger;
+pub mod presence;
+pub mod redrive;
 mod runner;
 mod sampler;
 pub mod task_protection;

@@ -1,25 +1,35 @@
 //! Running one job message or check message: the ledger, the lock, the slots, the action,
-//! and what to do with the message afterwards. Actions only say what to do; everything around
-//! them is here.
+//! and what to do with the message afterwards. Actions only say what to do; the worker is
+//! composed of the parts around them, each in its own file:
 //!
-//! - `take`: the lock and the slots, and waiting for them without holding a worker;
+//! - `held`: what a running job holds (its lock, its slots, its attempt) and the only ways to
+//!   let go of it;
+//! - `gate`: how a job takes its leases, and how it waits for them without holding a worker;
+//! - `guarded`: running an action step under heartbeats and a deadline;
+//! - `recorder` and `pending`: how an outcome is recorded (the ledger, the release, the next
+//!   check, the dead letter);
+//! - `dead_letters`: what must not run again goes to a DLQ with its reason;
 //! - `job`: a job message from its ledger check to its action's first step;
-//! - `settle`: running a step under heartbeats and a deadline, and recording what it came to;
-//! - `checks`: completion checks, and taking over a pending job whose leases lapsed;
-//! - `dead_letter`: what must not run again goes to a DLQ with its reason.
+//! - `checks`: how a check continues a job;
+//! - `permits`: how many jobs and checks run at once.
 
 use crate::actions::{Action, ActionContext, ActionRegistry, Step};
-use crate::check::{CheckMessage, CHECK_VERSION};
-use crate::clock::Clock;
-use crate::lease::{Lease, Leases};
-use crate::ledger::{Attempt, Ledger, Status, Writer};
-use crate::telemetry::{jobs_in_flight, WorkerCallFailed};
+use crate::check::CheckMessage;
+use crate::lease::Leases;
+use crate::ledger::{Ledger, Status};
+use crate::telemetry::WorkerCallFailed;
+use dead_letters::DeadLetters;
+use gate::Gate;
+use guarded::{Guarded, StepGuard};
 use opsfleet_protocol::config::Task;
 use opsfleet_protocol::names;
-use opsfleet_protocol::ports::{Backend, Queue, QueueError, ReceivedMessage, StoreError};
+use opsfleet_protocol::ports::{Backend, QueueError, ReceivedMessage, StoreError};
+use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Config, Job};
+use permits::Permits;
 use rand::Rng;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use recorder::Recorder;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -27,10 +37,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod checks;
-mod dead_letter;
+mod dead_letters;
+mod gate;
+mod guarded;
+mod held;
 mod job;
-mod settle;
-mod take;
+mod pending;
+mod permits;
+mod recorder;
 
 /// What to do with a message once it was handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,45 +87,6 @@ enum CallError {
     Store(#[from] StoreError),
 }
 
-/// The leases a running job holds.
-#[derive(Debug, Clone)]
-struct Holding {
-    lock: Lease,
-    slots: Vec<Lease>,
-    locked_ms: u64,
-    started_ms: u64,
-    /// When the oldest of the leases was last written (taken before the call was sent), so
-    /// the worker knows when they lapse if heartbeats keep failing.
-    renewed: tokio::time::Instant,
-    /// Whether the job's record holds this holder's fence (the attempt was begun, or a write
-    /// of its outcome went through); until then, its first write begins the attempt too.
-    begun: bool,
-}
-
-impl Holding {
-    fn all(&self) -> impl Iterator<Item = &Lease> {
-        std::iter::once(&self.lock).chain(&self.slots)
-    }
-
-    /// This holder as the writer of the job's record, recording `attempt` with the write.
-    fn writer<'a>(&'a self, attempt: Option<&'a Attempt>) -> Writer<'a> {
-        Writer { fence: self.lock.fence, unbegun: (!self.begun).then_some(self.lock.owner.as_str()), attempt }
-    }
-}
-
-/// A job running in this process: it holds one of the `max_in_flight` permits, and the
-/// in-flight gauge counts it.
-struct Running {
-    _permit: OwnedSemaphorePermit,
-    count: Arc<AtomicUsize>,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        jobs_in_flight(self.count.fetch_sub(1, Ordering::SeqCst).saturating_sub(1));
-    }
-}
-
 /// How long a pending job's leases outlast its check's due time: a check later than this (a
 /// checks backlog of over this long, or a check in the checks DLQ) finds its leases taken
 /// over and resumes from the recorded state under new ones.
@@ -122,28 +97,24 @@ pub struct Worker {
     config: Arc<Config>,
     store: Arc<dyn opsfleet_protocol::ports::Store>,
     actions: ActionRegistry,
-    leases: Leases,
     ledger: Ledger,
     clock: Clock,
-    checks: Arc<dyn Queue>,
-    dead_letters: Vec<Arc<dyn Queue>>,
-    checks_dead_letter: Arc<dyn Queue>,
-    id: String,
-    dry_run: bool,
-    lease: Duration,
+    /// Takes jobs' leases and makes them wait.
+    gate: Gate,
+    /// Runs action steps under heartbeats.
+    guard: StepGuard,
+    /// Records outcomes, pending checks and dead letters.
+    recorder: Recorder,
     /// Jobs running actions (`max_in_flight`).
-    run_permits: Arc<Semaphore>,
+    run_permits: Permits,
     /// Completion checks running, apart from jobs so that a backlog of jobs never delays the
     /// checks of pending ones.
-    check_permits: Arc<Semaphore>,
+    check_permits: Permits,
     in_flight: Arc<AtomicUsize>,
-    /// Numbers this worker's acquisitions, so that each has an owner of its own.
-    acquisitions: std::sync::atomic::AtomicU64,
+    id: String,
+    dry_run: bool,
     /// AWS clients for the actions (none in plan mode and on the embedded backend).
     aws: Option<Arc<opsfleet_backend::aws::AwsAccounts>>,
-    /// Cancelled at shutdown: jobs waiting for a lock or a slot hand their messages back.
-    stop_waiting: CancellationToken,
-    hard_stop: CancellationToken,
 }
 
 impl Worker {
@@ -159,31 +130,33 @@ impl Worker {
         let fleet = &config.fleet.name;
         let store = backend.store(&names::table(fleet)).await?;
         let clock = Clock::new();
-        let mut dead_letters = Vec::new();
-        for p in 0..config.fleet.partitions.get() {
-            dead_letters.push(backend.queue(&names::jobs_dlq(fleet, p)).await?);
-        }
-        let in_flight = config.worker.max_in_flight.get() as usize;
-        Ok(Worker {
-            leases: Leases::new(Arc::clone(&store)),
-            ledger: Ledger::new(Arc::clone(&store), clock, retention(&config)),
-            store,
+        let ledger = Ledger::new(Arc::clone(&store), clock, retention(&config));
+        let leases = Leases::new(Arc::clone(&store));
+        let gate = Gate::new(leases.clone(), ledger.clone(), Arc::clone(&config), clock, id.clone());
+        let recorder = Recorder {
+            ledger: ledger.clone(),
+            clock,
+            dead_letters: DeadLetters::open(backend, &config, ledger.clone(), clock).await?,
             checks: backend.queue(&names::checks_queue(fleet)).await?,
-            checks_dead_letter: backend.queue(&names::checks_dlq(fleet)).await?,
-            lease: Duration::from_secs(u64::from(config.worker.lease_secs.max(3))),
-            run_permits: Arc::new(Semaphore::new(in_flight)),
-            check_permits: Arc::new(Semaphore::new(in_flight)),
-            in_flight: Arc::default(),
-            acquisitions: Default::default(),
-            aws: None,
-            stop_waiting: CancellationToken::new(),
+            lease: gate.lease(),
+        };
+        let in_flight: Arc<AtomicUsize> = Arc::default();
+        let max_in_flight = config.worker.max_in_flight.get() as usize;
+        Ok(Worker {
+            guard: StepGuard::new(leases, gate.lease(), hard_stop),
+            run_permits: Permits::new(max_in_flight, Arc::clone(&in_flight)),
+            check_permits: Permits::new(max_in_flight, Arc::clone(&in_flight)),
+            in_flight,
+            gate,
+            recorder,
+            store,
+            ledger,
+            clock,
             config,
             actions,
-            clock,
-            dead_letters,
             id,
             dry_run,
-            hard_stop,
+            aws: None,
         })
     }
 
@@ -197,6 +170,8 @@ impl Worker {
     pub fn with_clock(mut self, clock: Clock) -> Self {
         self.clock = clock;
         self.ledger = self.ledger.with_clock(clock);
+        self.gate.set_clock(clock);
+        self.recorder.set_clock(clock);
         self
     }
 
@@ -224,17 +199,17 @@ impl Worker {
     /// job message it receives, so it holds only as many unstarted messages as can start; a job
     /// that waits for a lock or a slot gives its permit back while it waits.
     pub fn run_capacity(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.run_permits)
+        self.run_permits.pool()
     }
 
     /// The permits of running completion checks.
     pub fn check_capacity(&self) -> Arc<Semaphore> {
-        Arc::clone(&self.check_permits)
+        self.check_permits.pool()
     }
 
     /// Tells jobs waiting for a lock or a slot to hand their messages back (shutdown).
     pub fn stop_waiting(&self) {
-        self.stop_waiting.cancel();
+        self.gate.stop_waiting();
     }
 
     /// Handles one message of a job partition, starting with the run permit the consumer
@@ -247,11 +222,11 @@ impl Worker {
     ) -> Disposition {
         let job = match Job::from_json(&message.body) {
             Ok(job) => job,
-            Err(e) => return self.dead_letter_message(partition, message, &e.to_string()).await,
+            Err(e) => return self.recorder.dead_letters().message(partition, message, &e.to_string()).await,
         };
         // Every line logged about the job carries its id, task, resource and event.
         let span = tracing::info_span!("job", job_id = %job.id, task = %job.task, resource = %job.resource.key(), event_id = %job.event_id);
-        match self.run_job(&job, message, self.running_with(permit)).instrument(span).await {
+        match self.run_job(&job, message, self.run_permits.count(permit)).instrument(span).await {
             Ok(d) => d,
             Err(e) => {
                 WorkerCallFailed { what: "job", error: &e.to_string() }.emit();
@@ -265,15 +240,12 @@ impl Worker {
     pub async fn handle_check(&self, message: &ReceivedMessage, permit: OwnedSemaphorePermit) -> Disposition {
         let check = match CheckMessage::from_json(&message.body, self.clock.now_ms()) {
             Ok(check) => check,
-            Err(e) => {
-                let queue = Arc::clone(&self.checks_dead_letter);
-                let seed = format!("message/{}", message.message_id);
-                return self.dead_letter_to(queue.as_ref(), &message.body, &e, &seed, message.sent_ms).await;
-            }
+            Err(e) => return self.recorder.dead_letters().check_message(message, &e).await,
         };
         let job = &check.job;
         let span = tracing::info_span!("job", job_id = %job.id, task = %job.task, resource = %job.resource.key(), event_id = %job.event_id);
-        match self.run_check(check.clone(), &message.message_id, self.running_with(permit)).instrument(span).await {
+        let token = &message.message_id;
+        match self.run_check(check.clone(), token, self.check_permits.count(permit)).instrument(span).await {
             Ok(d) => d,
             Err(e) => {
                 WorkerCallFailed { what: "check", error: &e.to_string() }.emit();
@@ -282,45 +254,15 @@ impl Worker {
         }
     }
 
-    /// Takes one of the `max_in_flight` permits to run a job; `None` at shutdown.
-    async fn running(&self, permits: &Arc<Semaphore>) -> Option<Running> {
-        let permit = tokio::select! {
-            permit = Arc::clone(permits).acquire_owned() => permit.ok()?,
-            () = self.stop_waiting.cancelled() => return None,
-        };
-        Some(self.running_with(permit))
-    }
-
-    /// Counts a permit already taken as a running job.
-    fn running_with(&self, permit: OwnedSemaphorePermit) -> Running {
-        jobs_in_flight(self.in_flight.fetch_add(1, Ordering::SeqCst) + 1);
-        Running { _permit: permit, count: Arc::clone(&self.in_flight) }
-    }
-
-    /// A lease owner unique to one acquisition: `worker/job/n`.
-    fn owner(&self, job: &Job) -> String {
-        format!("{}/{}/{}", self.id, job.id, self.acquisitions.fetch_add(1, Ordering::Relaxed))
-    }
-
-    async fn release(&self, holding: &Holding) {
-        for lease in holding.all() {
-            if let Err(e) = self.leases.release(lease).await {
-                WorkerCallFailed { what: "release", error: &e.to_string() }.emit();
-            }
-        }
-    }
-
-    /// An attempt of this holder, released now, for the audit trail.
-    fn attempt(&self, holding: &Holding, number: u32, outcome: &str, error: Option<&str>) -> Attempt {
-        Attempt {
-            number,
-            owner: holding.lock.owner.clone(),
-            fence: holding.lock.fence,
-            locked_ms: holding.locked_ms,
-            started_ms: holding.started_ms,
-            released_ms: self.clock.now_ms(),
-            outcome: outcome.to_owned(),
-            error: error.map(str::to_owned),
+    /// What an action is told about a job's step.
+    fn context<'a>(&'a self, job: &'a Job, attempt: u32, check: u32) -> ActionContext<'a> {
+        ActionContext {
+            job,
+            dry_run: self.dry_run,
+            attempt,
+            check,
+            aws: self.aws.as_deref(),
+            now_ms: self.clock.now_ms(),
         }
     }
 

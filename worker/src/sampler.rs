@@ -7,8 +7,8 @@
 //! showing old depths.
 
 use crate::lease::{lock_key, Acquire, Lease, Leases, Watch};
+use crate::presence;
 use crate::telemetry::{backlog_per_worker, queue_messages, refresh_gauges, WorkerCallFailed};
-use opsfleet_backend::presence;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, Queue, QueueError, Store};
 use std::sync::Arc;

@@ -159,6 +159,25 @@ impl LeaseLost<'_> {
     }
 }
 
+/// Releasing a lease failed; after the last try it is left to lapse by itself.
+pub(crate) struct ReleaseFailed<'a> {
+    pub key: &'a str,
+    pub error: &'a str,
+    pub last: bool,
+}
+
+impl ReleaseFailed<'_> {
+    pub fn emit(self) {
+        if self.last {
+            tracing::error!(key = %self.key, error = %self.error, "Lease release failed; it lapses by itself after its lease.");
+        } else {
+            tracing::warn!(key = %self.key, error = %self.error, "Lease release failed; trying again.");
+        }
+        counter!("opsfleet_lease_release_failures_total", "last" => if self.last { "true" } else { "false" })
+            .increment(1);
+    }
+}
+
 /// A completion check ran with `result` (`done`, `pending`, `failed`, `stale`, `early`).
 pub(crate) struct CheckRan<'a> {
     pub job_id: &'a str,

@@ -79,7 +79,8 @@ async fn a_redriven_job_that_fails_the_same_way_within_five_minutes_is_dead_lett
             }
         }
         assert_eq!(dead.len(), 1, "round {round}: the dead letter is kept");
-        assert!(dead[0].attributes[names::REASON_ATTRIBUTE].contains("is not in this worker's config"));
+        assert!(dead[0].attributes[opsfleet_protocol::dead_letter::REASON_ATTRIBUTE]
+            .contains("is not in this worker's config"));
         // `opsfleet dlq redrive`: back to the partition, then out of the DLQ.
         let partition = fleet.backend.queue(&names::jobs_queue("w", job.partition)).await.expect("queue");
         let back = OutgoingMessage {

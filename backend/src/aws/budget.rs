@@ -4,8 +4,9 @@
 //! Every EC2 request of the fleet goes through [`Budgeted`], an HTTP client in front of the
 //! SDK's, which reads the request's `Action` and waits for a token of its class before sending
 //! it, so SDK retries take tokens too. Each process takes `1/N` of every bucket (rate and
-//! burst), with N the live processes it sees in the table (`presence`): N processes together
-//! never send more than one bucket's worth, however the work is spread.
+//! burst), with N the live processes it is told of (counted from the presence items every
+//! router and worker writes): N processes together never send more than one bucket's worth,
+//! however the work is spread.
 
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,

@@ -8,8 +8,8 @@ use opsfleet_backend::{setup::setup, EmbeddedBackend};
 use opsfleet_protocol::job::JobOrigin;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
+use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Config, Job, Resource, ResourceType};
-use opsfleet_worker::clock::Clock;
 use opsfleet_worker::ledger::{Ledger, Status};
 use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Worker};
 use std::sync::Arc;
@@ -174,7 +174,7 @@ impl Fleet {
         q.peek_bodies()
             .into_iter()
             .zip(q.peek_attributes())
-            .map(|(b, a)| (b, a.get(names::REASON_ATTRIBUTE).cloned().unwrap_or_default()))
+            .map(|(b, a)| (b, a.get(opsfleet_protocol::dead_letter::REASON_ATTRIBUTE).cloned().unwrap_or_default()))
             .collect()
     }
 }

@@ -1,6 +1,6 @@
 use super::*;
 
-const DESIGN_EXAMPLE: &str = r#"
+const CONTRACT_EXAMPLE: &str = r#"
 [fleet]
 name = "opsfleet"
 partitions = 4
@@ -30,7 +30,7 @@ max_errors = 5
 
 #[test]
 fn design_example_loads() {
-    let config = super::super::Config::parse(DESIGN_EXAMPLE, None).expect("the DESIGN.md example is valid");
+    let config = super::super::Config::parse(CONTRACT_EXAMPLE, None).expect("the config contract example is valid");
     assert_eq!(config.fleet.partitions.get(), 4);
     assert_eq!(config.tasks.len(), 2);
     assert_eq!(config.tasks[1].max_errors, Some(5));
@@ -47,7 +47,7 @@ fn design_example_loads() {
 
 #[test]
 fn unknown_keys_are_errors_with_a_line() {
-    let text = DESIGN_EXAMPLE.replace("max_errors = 5", "max_errorz = 5");
+    let text = CONTRACT_EXAMPLE.replace("max_errors = 5", "max_errorz = 5");
     let err = super::super::Config::parse(&text, None).expect_err("the config is invalid");
     assert_eq!(err.problems.len(), 1);
     assert!(err.problems[0].message.contains("unknown field `max_errorz`"), "{err}");
@@ -93,7 +93,7 @@ limit = "missing"
 
 #[test]
 fn bad_targets_keyword_is_named() {
-    let text = DESIGN_EXAMPLE.replace("targets = \"event\"", "targets = \"events\"");
+    let text = CONTRACT_EXAMPLE.replace("targets = \"event\"", "targets = \"events\"");
     let err = super::super::Config::parse(&text, None).expect_err("the config is invalid").to_string();
     assert!(err.contains("targets must be \"event\""), "{err}");
 }
@@ -130,7 +130,7 @@ impl ActionCatalog for Catalog {
 
 #[test]
 fn catalog_checks_actions_params_and_target_types() {
-    let text = DESIGN_EXAMPLE.replace("params = { retain = 7 }", "params = { bogus = 1 }");
+    let text = CONTRACT_EXAMPLE.replace("params = { retain = 7 }", "params = { bogus = 1 }");
     let err = super::super::Config::parse(&text, Some(&Catalog)).expect_err("the config is invalid").to_string();
     assert!(err.contains("tasks[0] \"snapshot-stopped-instance\".action: unknown param `bogus`"), "{err}");
     assert!(

@@ -115,7 +115,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::EmbeddedBackend;
+    use opsfleet_backend::EmbeddedBackend;
     use opsfleet_protocol::ports::Backend;
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! Wall-clock time for the audit trail: when a job was locked, started, finished; when ledger
-//! items expire. No lease decision reads it (leases are timed on each process's own monotonic
+//! Wall-clock time, the one way the router and the workers read it: when an event was
+//! received, when a job was locked, started, finished; when ledger items expire. No lease decision reads it (leases are timed on each process's own monotonic
 //! clock, see `lease`), so two workers whose clocks disagree still never hold one lock.
 
 use std::time::{SystemTime, UNIX_EPOCH};

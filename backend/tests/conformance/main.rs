@@ -1,7 +1,9 @@
 //! The conformance suite against the embedded backend and against SQS/DynamoDB on the
 //! emulator that `tests/run.sh` starts.
 
-use opsfleet_backend::{conformance, AwsBackend, EmbeddedBackend};
+mod suite;
+
+use opsfleet_backend::{AwsBackend, EmbeddedBackend};
 use opsfleet_protocol::ports::Backend;
 
 fn unique(prefix: &str) -> String {
@@ -47,12 +49,12 @@ macro_rules! every {
     };
 }
 
-every!(embedded_queue_basics, aws_queue_basics, fast_queue_basics, conformance::queue_basics);
-every!(embedded_queue_redrive, aws_queue_redrive, fast_queue_redrive, conformance::queue_redrive);
-every!(embedded_queue_fifo, aws_queue_fifo, fast_queue_fifo, conformance::queue_fifo);
-every!(embedded_queue_delay, aws_queue_delay, fast_queue_delay, conformance::queue_delay);
-every!(embedded_store_semantics, aws_store_semantics, fast_store_semantics, conformance::store_semantics);
-every!(embedded_store_indexes, aws_store_indexes, fast_store_indexes, conformance::store_indexes);
+every!(embedded_queue_basics, aws_queue_basics, fast_queue_basics, suite::queue_basics);
+every!(embedded_queue_redrive, aws_queue_redrive, fast_queue_redrive, suite::queue_redrive);
+every!(embedded_queue_fifo, aws_queue_fifo, fast_queue_fifo, suite::queue_fifo);
+every!(embedded_queue_delay, aws_queue_delay, fast_queue_delay, suite::queue_delay);
+every!(embedded_store_semantics, aws_store_semantics, fast_store_semantics, suite::store_semantics);
+every!(embedded_store_indexes, aws_store_indexes, fast_store_indexes, suite::store_indexes);
 
 /// An endpoint that accepts connections and never answers: every call still ends, with a
 /// retryable error, within the fleet's operation timeout.

@@ -1,0 +1,311 @@
+//! How a job waits: taking its lock and slots, and waiting for them without holding a worker.
+//!
+//! Waiting is not failing. A job that finds its lock held or its limit full keeps its message
+//! (hidden, its visibility extended in batches by the consumer) instead of handing it back to
+//! SQS, so no receive is spent on waiting and `maxReceiveCount` only ever counts crashes and
+//! hangs. While it waits it holds no run permit and no lease: it polls the store with
+//! eventually consistent reads only (a lock item, or one query for a whole pool), backing off
+//! from [`FIRST_POLL`] to [`MAX_POLL`], and is woken at once when a lease it waits for is
+//! released in the same process. A waiting job therefore costs no DynamoDB writes and about
+//! 60 / `MAX_POLL` reads a minute, and starts within `MAX_POLL` of its lease freeing anywhere
+//! in the fleet. A message can stay hidden at most 12 hours after a receive: a job that has
+//! waited [`HAND_BACK_AFTER`] hands its message back and waits on from the next receive.
+//!
+//! Every acquisition has an owner of its own (`worker/job/n`), so a lease this process failed
+//! to release is never mistaken for one it is taking now.
+
+use super::held::Held;
+use super::permits::{Permits, Running};
+use super::CallError;
+use crate::lease::{lock_key, pool_key, Acquire, Holder, Leases, Wanted, Watch};
+use crate::ledger::{Ledger, Status};
+use crate::telemetry::{JobWaitEnded, JobWaitStarted, LockAcquisition, SlotUnavailable};
+use opsfleet_protocol::config::Task;
+use opsfleet_protocol::template::TemplateInput;
+use opsfleet_protocol::Clock;
+use opsfleet_protocol::{Config, Job};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The first wait before polling again.
+pub const FIRST_POLL: Duration = Duration::from_millis(250);
+
+/// The longest wait between polls.
+pub const MAX_POLL: Duration = Duration::from_secs(2);
+
+/// After this long waiting, a job hands its message back (SQS hides a message at most 12 hours
+/// after a receive).
+pub const HAND_BACK_AFTER: Duration = Duration::from_secs(11 * 3600);
+
+/// How long the items of a run's `max_concurrency` slots are kept (DynamoDB TTL).
+const RUN_SLOT_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// Takes jobs' leases, and makes jobs wait for them.
+pub(super) struct Gate {
+    leases: Leases,
+    ledger: Ledger,
+    config: Arc<Config>,
+    clock: Clock,
+    lease: Duration,
+    worker_id: String,
+    /// Numbers this worker's acquisitions, so that each has an owner of its own.
+    acquisitions: AtomicU64,
+    /// Cancelled at shutdown: jobs waiting for a lock or a slot hand their messages back.
+    stop_waiting: CancellationToken,
+}
+
+/// What entering the gate came to.
+pub(super) enum Entered {
+    /// Everything the job needs is held. `waited`: the job waited for it, so it may have been
+    /// finished meanwhile.
+    All { held: Held, running: Running, waited: bool },
+    /// The job's run was cancelled; the lock is held to record that.
+    Cancelled { held: Held, reason: String, running: Running },
+    /// The job's own pending run holds its lock: its completion check carries it on.
+    OwnPending,
+    /// The worker is shutting down, or the job waited as long as its message may stay hidden.
+    HandBack,
+}
+
+/// What one try at the job's leases came to.
+enum Taken {
+    All(Held),
+    Cancelled(Held, String),
+    /// Something is held by others: wait for it.
+    Busy {
+        wanted: Wanted,
+        /// `lock`, `max_concurrency` or `limit`.
+        reason: &'static str,
+        /// The lock's holder, when it is the lock.
+        holder: Option<Holder>,
+    },
+}
+
+/// How a job enters: whether its run's cancellation is checked, and whether its own pending run
+/// holding the lock ends it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Entry {
+    /// Check whether the job's run was cancelled (not for a redriven job, which runs anyway).
+    pub check_run: bool,
+    /// A job message finding its own pending run on the lock is done with.
+    pub own_pending_ends: bool,
+}
+
+impl Gate {
+    /// A gate over a fleet's leases.
+    pub(super) fn new(leases: Leases, ledger: Ledger, config: Arc<Config>, clock: Clock, worker_id: String) -> Self {
+        Gate {
+            leases,
+            ledger,
+            lease: Duration::from_secs(u64::from(config.worker.lease_secs.max(3))),
+            config,
+            clock,
+            worker_id,
+            acquisitions: AtomicU64::new(0),
+            stop_waiting: CancellationToken::new(),
+        }
+    }
+
+    /// The lease every holder states.
+    pub(super) fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// The leases.
+    pub(super) fn leases(&self) -> &Leases {
+        &self.leases
+    }
+
+    /// The same gate with another wall clock.
+    pub(super) fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+        self.ledger = self.ledger.clone().with_clock(clock);
+    }
+
+    /// Tells waiting jobs to hand their messages back (shutdown).
+    pub(super) fn stop_waiting(&self) {
+        self.stop_waiting.cancel();
+    }
+
+    /// Takes a run permit from `permits` unless the worker is shutting down.
+    pub(super) async fn permit(&self, permits: &Permits) -> Option<Running> {
+        permits.take(&self.stop_waiting).await
+    }
+
+    /// Takes everything `job` needs, waiting for what others hold without holding a permit
+    /// meanwhile; `first` is the permit it came with.
+    pub(super) async fn enter(
+        &self,
+        job: &Job,
+        task: &Task,
+        permits: &Permits,
+        first: Option<Running>,
+        entry: Entry,
+    ) -> Result<Entered, CallError> {
+        let mut waiting = Waiting::new();
+        let mut first = first;
+        let mut waited = false;
+        loop {
+            let running = match first.take() {
+                Some(running) => running,
+                None => match self.permit(permits).await {
+                    Some(running) => running,
+                    None => return Ok(Entered::HandBack),
+                },
+            };
+            match self.take(job, task, waiting.watch(), entry.check_run).await? {
+                Taken::All(held) => return Ok(Entered::All { held, running, waited }),
+                Taken::Cancelled(held, reason) => return Ok(Entered::Cancelled { held, reason, running }),
+                Taken::Busy { wanted, reason, holder } => {
+                    drop(running);
+                    if entry.own_pending_ends
+                        && holder.is_some_and(|h| h.pending && h.job.as_deref() == Some(job.id.as_str()))
+                        && self.ledger.job(&job.id).await?.is_some_and(|r| r.status == Status::Pending)
+                    {
+                        return Ok(Entered::OwnPending);
+                    }
+                    if !waiting.wait(self, &wanted, reason).await? {
+                        return Ok(Entered::HandBack);
+                    }
+                    waited = true;
+                }
+            }
+        }
+    }
+
+    /// A lease owner unique to one acquisition: `worker/job/n`.
+    fn owner(&self, job: &Job) -> String {
+        format!("{}/{}/{}", self.worker_id, job.id, self.acquisitions.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Takes the job's lock, then its run's `max_concurrency` slot and its limit's slot; on
+    /// the first that is busy, lets go of what it took and says what to wait for.
+    async fn take(&self, job: &Job, task: &Task, watch: &mut Watch, check_run: bool) -> Result<Taken, CallError> {
+        let owner = self.owner(job);
+        let input = TemplateInput::of(job, self.clock.now_ms());
+        let key = lock_key(&task.lock.render(input));
+        let asked = Instant::now();
+        let lock = match self.leases.acquire(&key, &owner, &job.id, self.lease, watch).await? {
+            Acquire::Acquired(lock) => {
+                LockAcquisition { job_id: &job.id, result: "acquired", holder: &owner }.emit();
+                lock
+            }
+            Acquire::Held(holder) => {
+                LockAcquisition { job_id: &job.id, result: "held", holder: &holder.owner }.emit();
+                return Ok(Taken::Busy { wanted: Wanted::Lock(key), reason: "lock", holder: Some(holder) });
+            }
+        };
+        let mut held = Held::taken(self.leases.clone(), lock, self.lease, self.clock.now_ms(), asked);
+        if check_run && task.max_errors.is_some() {
+            if let Some(reason) = self.ledger.run_cancelled(&job.run_id()).await? {
+                return Ok(Taken::Cancelled(held, reason));
+            }
+        }
+        let input = TemplateInput::of(job, self.clock.now_ms());
+        let ttl = (self.clock.now_ms() / 1000 + RUN_SLOT_TTL.as_secs()) as i64;
+        let mut pools: Vec<Pool<'_>> = Vec::new();
+        if let Some(max) = task.max_concurrency {
+            let key = pool_key("run", &job.run_id());
+            pools.push(Pool { key, max, ttl: Some(ttl), reason: "max_concurrency", label: "max_concurrency" });
+        }
+        if let Some(limit) = task.limit.as_ref().and_then(|name| self.config.limits.get(name)) {
+            let key = pool_key(&limit.name, &limit.pool.render(input));
+            pools.push(Pool { key, max: limit.max, ttl: None, reason: "limit", label: &limit.name });
+        }
+        for pool in pools {
+            let slot = self.leases.acquire_slot(&pool.key, pool.max, &owner, &job.id, self.lease, watch, pool.ttl);
+            match slot.await? {
+                Some(slot) => held.add_slot(slot),
+                None => {
+                    SlotUnavailable { job_id: &job.id, limit: pool.label }.emit();
+                    // The job waits for the slot anyway: a release that fails only lapses.
+                    let _ = held.release().await;
+                    let wanted = Wanted::Slot { pool: pool.key, max: pool.max };
+                    return Ok(Taken::Busy { wanted, reason: pool.reason, holder: None });
+                }
+            }
+        }
+        Ok(Taken::All(held))
+    }
+}
+
+/// A pool of slots a job takes one of.
+struct Pool<'a> {
+    key: String,
+    max: u32,
+    ttl: Option<i64>,
+    /// The wait reason.
+    reason: &'static str,
+    /// The metric label (the limit's name).
+    label: &'a str,
+}
+
+/// A job waiting for a lock or a slot: what it watched, since when, and why.
+struct Waiting {
+    watch: Watch,
+    since: Option<(Instant, &'static str)>,
+    received: Instant,
+    interval: Duration,
+}
+
+impl Waiting {
+    fn new() -> Self {
+        Waiting { watch: Watch::default(), since: None, received: Instant::now(), interval: FIRST_POLL }
+    }
+
+    fn watch(&mut self) -> &mut Watch {
+        &mut self.watch
+    }
+
+    /// Waits until what is wanted looks free (true), or until the job should hand its message
+    /// back (false): at shutdown, or after [`HAND_BACK_AFTER`].
+    async fn wait(&mut self, gate: &Gate, wanted: &Wanted, reason: &'static str) -> Result<bool, CallError> {
+        match self.since {
+            Some((_, current)) if current == reason => {}
+            _ => {
+                self.finish();
+                JobWaitStarted { reason }.emit();
+                self.since = Some((Instant::now(), reason));
+            }
+        }
+        loop {
+            if self.received.elapsed() >= HAND_BACK_AFTER {
+                return Ok(false);
+            }
+            let waker = gate.leases.waker(wanted.key());
+            let woken = {
+                let notified = waker.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                tokio::select! {
+                    () = notified => Some(true),
+                    () = tokio::time::sleep(self.interval) => Some(false),
+                    () = gate.stop_waiting.cancelled() => None,
+                }
+            };
+            gate.leases.forget_waker(wanted.key(), waker);
+            let Some(woken) = woken else {
+                return Ok(false);
+            };
+            self.interval = if woken { FIRST_POLL } else { (self.interval * 2).min(MAX_POLL) };
+            if gate.leases.looks_free(wanted, &mut self.watch).await? {
+                return Ok(true);
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some((since, reason)) = self.since.take() {
+            JobWaitEnded { reason, waited: since.elapsed() }.emit();
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
