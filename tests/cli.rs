@@ -2,6 +2,7 @@
 
 mod support;
 
+use opsfleet_worker::ActionRegistry;
 use serde_json::Value;
 use std::io::Write;
 use std::process::Stdio;
@@ -135,19 +136,8 @@ fn actions_lists_every_action_with_its_targets_limit_iam_and_params() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     let names: Vec<&str> = text.lines().filter(|l| !l.starts_with(' ')).collect();
-    assert_eq!(
-        names,
-        [
-            "ami-create",
-            "ebs-snapshot",
-            "instance-power",
-            "noop",
-            "notify",
-            "snapshot-copy",
-            "snapshot-retention",
-            "tag"
-        ]
-    );
+    let registered: Vec<&str> = ActionRegistry::builtin().names().collect();
+    assert_eq!(names, registered);
     for param in ["sleep_ms", "fail_rate", "retain", "destination_region", "operation", "topic_arn", "max_age_days"] {
         assert!(text.contains(&format!("param {param}:")), "{param} missing in {text}");
     }
@@ -214,4 +204,53 @@ fn match_says_which_tasks_fire_and_why_the_others_do_not() {
     let out = child.wait_with_output().expect("wait");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).starts_with("stdin:1: "), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Every registered action: in `opsfleet actions` with each of its params, in `iam-policy` for
+/// a task that uses its example params (every IAM action it lists), and in docs/actions.md.
+/// The registry is the one list of actions; an action missing anywhere else fails here.
+#[test]
+fn every_registered_action_is_in_the_catalog_the_policy_and_the_docs() {
+    let registry = ActionRegistry::builtin();
+    let listed = opsfleet(&["actions"]).output().expect("actions");
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let docs = std::fs::read_to_string("docs/actions.md").expect("docs/actions.md");
+    let dir = std::env::temp_dir().join(format!("opsfleet-catalog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for action in registry.iter() {
+        let name = action.name();
+        assert!(listed.lines().any(|l| l == name), "`{name}` missing from `opsfleet actions`");
+        for param in action.params() {
+            assert!(listed.contains(&format!("param {}:", param.name)), "{name}'s {} not listed", param.name);
+            assert!(!param.help.is_empty(), "{name}'s param {} has no doc comment", param.name);
+        }
+        assert!(docs.lines().any(|l| l == format!("## `{name}`")), "`{name}` has no section in docs/actions.md");
+        // TOML has no null: an absent param is its default.
+        let mut example = action.example();
+        example.as_object_mut().expect("params are a table").retain(|_, v| !v.is_null());
+        let params = toml::Value::try_from(&example).expect("example params as TOML");
+        let config = format!(
+            "[fleet]\nname = \"catalog\"\nallowed_accounts = [\"111122223333\"]\n\n[[tasks]]\nname = \"t\"\n\
+             pattern = {{ source = [\"x\"] }}\ntargets = \"event\"\naction = \"{name}\"\nparams = {}\n",
+            params
+        );
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(&path, &config).expect("config");
+        let path = path.to_string_lossy().into_owned();
+        let valid = opsfleet(&["validate", "--config", &path]).output().expect("validate");
+        assert!(valid.status.success(), "{name}'s example params: {}", String::from_utf8_lossy(&valid.stderr));
+        let policy = opsfleet(&["iam-policy", "--config", &path]).output().expect("iam-policy");
+        let policy = String::from_utf8_lossy(&policy.stdout).into_owned();
+        let first: Vec<String> = action
+            .iam_statements(&action.example())
+            .expect("statements")
+            .iter()
+            .flat_map(|s| s["Action"].as_array().cloned().unwrap_or_default())
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
+        for iam in first {
+            assert!(policy.contains(&format!("\"{iam}\"")), "{name}: `{iam}` missing from iam-policy");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -112,7 +112,8 @@ fn the_templates_follow_the_config() {
     // The queues and the table, named as `opsfleet setup` names them.
     let mut queues: Vec<&str> =
         of_type(&core, "AWS::SQS::Queue").iter().filter_map(|(_, q)| q["Properties"]["QueueName"].as_str()).collect();
-    let mut expected: Vec<String> = opsfleet_backend::setup::queue_specs(&config).into_iter().map(|s| s.name).collect();
+    let mut expected: Vec<String> =
+        opsfleet_protocol::setup::queue_specs(&config).into_iter().map(|s| s.name).collect();
     queues.sort_unstable();
     expected.sort_unstable();
     assert_eq!(queues, expected);

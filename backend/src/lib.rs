@@ -4,10 +4,7 @@
 //! tests. One conformance suite (`tests/conformance`) runs against both so they cannot drift.
 
 pub mod aws;
-pub mod counting;
 pub mod embedded;
-pub mod setup;
 
 pub use aws::AwsBackend;
-pub use counting::{CountingBackend, Counts};
 pub use embedded::EmbeddedBackend;

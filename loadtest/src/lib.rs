@@ -9,10 +9,12 @@
 //! - [`completion`]: waiting until every job succeeded, and reading latencies from the ledger;
 //! - [`baseline`]: the raw embedded queue throughput on the same job messages;
 //! - [`sdk_baseline`]: the bare-SDK minimum of an exactly-once worker on the wire;
+//! - [`counting`]: a layer around any backend counting its calls, for the requests per job;
 //! - [`report`]: the figures as text or JSON.
 
 pub mod baseline;
 pub mod completion;
+pub mod counting;
 pub mod events;
 pub mod generator;
 pub mod report;

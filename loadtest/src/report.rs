@@ -2,8 +2,8 @@
 //! text or as one JSON object.
 
 use crate::baseline::{per_sec, Baseline};
+use crate::counting::Counts;
 use hdrhistogram::Histogram;
-use opsfleet_backend::Counts;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 use std::time::Duration;

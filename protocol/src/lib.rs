@@ -12,6 +12,7 @@ pub mod pattern;
 pub mod plan;
 pub mod ports;
 pub mod resource;
+pub mod setup;
 pub mod template;
 
 pub use clock::Clock;

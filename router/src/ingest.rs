@@ -7,10 +7,10 @@ use crate::telemetry::{
     EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted, PollFailed, TaskFoundNothing,
 };
 use futures::future::join_all;
-use opsfleet_backend::setup::EVENTS_MAX_RECEIVE;
 use opsfleet_protocol::event::{normalize, TargetError};
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, Queue, QueueError, ReceivedMessage};
+use opsfleet_protocol::setup::EVENTS_MAX_RECEIVE;
 use opsfleet_protocol::{Clock, DeadLetter, Job, PlanError, Planner};
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;

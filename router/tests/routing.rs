@@ -2,13 +2,14 @@
 //! expansion cap, retries of partially failed batches, deferral, deduplication and metrics.
 
 use async_trait::async_trait;
-use opsfleet_backend::{setup::setup, EmbeddedBackend};
+use opsfleet_backend::EmbeddedBackend;
 use opsfleet_protocol::job::partition_of;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{
     Backend, DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage, SendFailure,
     Store, StoreError,
 };
+use opsfleet_protocol::setup::setup;
 use opsfleet_protocol::{Config, Job, Planner};
 use opsfleet_router::{NoDiscovery, Outcome, Router};
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -21,8 +21,8 @@ pub fn actions() -> anyhow::Result<ExitCode> {
         println!("  changes AWS: {}", if action.mutates() { "yes (plan mode records instead)" } else { "no" });
         let iam = action.iam_actions();
         println!("  IAM:      {}", if iam.is_empty() { "none".to_owned() } else { iam.join(", ") });
-        for (name, help) in action.params_help() {
-            println!("  param {name}: {help}");
+        for param in action.params() {
+            println!("  param {}: {}", param.name, param.line());
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -79,7 +79,7 @@ fn action_statements(config: &Config) -> Vec<Value> {
     for task in &config.tasks {
         if let Some(action) = registry.get(&task.action) {
             // An action that calls nothing (noop) needs no statement: IAM refuses empty ones.
-            for statement in action.iam_statements(&task.params) {
+            for statement in action.iam_statements(&task.params).unwrap_or_default() {
                 if statement["Action"].as_array().is_none_or(|a| !a.is_empty()) {
                     add(statement);
                 }

@@ -1,9 +1,10 @@
 //! `opsfleet demo`: the sample events through router and worker on the embedded backend.
 
 use anyhow::Context;
-use opsfleet_backend::{setup::setup, EmbeddedBackend};
+use opsfleet_backend::EmbeddedBackend;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
+use opsfleet_protocol::setup::setup;
 use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Job, Planner};
 use opsfleet_router::{Outcome, Router, StaticInventory};

@@ -1,7 +1,8 @@
 //! `opsfleet setup`.
 
 use anyhow::Context;
-use opsfleet_backend::{setup::setup, AwsBackend};
+use opsfleet_backend::AwsBackend;
+use opsfleet_protocol::setup::setup;
 use std::path::Path;
 use std::process::ExitCode;
 

@@ -447,12 +447,12 @@ fn holder(item: &Item) -> Option<Holder> {
 
 /// The key of a lock.
 pub fn lock_key(key: &str) -> String {
-    format!("lock#{key}")
+    crate::table::lock(key)
 }
 
 /// The partition key of a limit's pool: its slots are the items under it, by index.
 pub fn pool_key(limit: &str, pool: &str) -> String {
-    format!("slot#{limit}#{pool}")
+    crate::table::pool(limit, pool)
 }
 
 impl From<&Lease> for AttrValue {

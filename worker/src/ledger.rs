@@ -166,11 +166,11 @@ pub struct Ledger {
 }
 
 fn job_key(id: &str) -> Key {
-    Key::new(format!("job#{id}"), "job")
+    crate::table::job(id)
 }
 
 fn run_key(run: &str) -> Key {
-    Key::new(format!("run#{run}"), "run")
+    crate::table::run(run)
 }
 
 /// The condition of beginning an attempt under `fence`: the job never began, or is in
@@ -393,7 +393,7 @@ impl Ledger {
             attrs.insert("fence".into(), fence.into());
             attrs.insert("finished_ms".into(), self.now().into());
             attrs.insert("expires_at".into(), self.expires_at().into());
-            let entry = Item { key: Key::new(format!("run#{}", job.run_id()), format!("job#{}", job.id)), attrs };
+            let entry = Item { key: crate::table::run_entry(&job.run_id(), &job.id), attrs };
             let not_newer = Cond::Or(vec![Cond::Lacks("fence".into()), Cond::Le("fence".into(), fence.into())]);
             match self.store.put(entry, not_newer).await {
                 Ok(()) => {}
@@ -498,7 +498,7 @@ impl Ledger {
         };
         let mut jobs = Vec::new();
         for key in self.store.query_index(&query).await? {
-            let Some(id) = key.pk.strip_prefix("job#").filter(|_| key.sk == "job") else { continue };
+            let Some(id) = crate::table::job_id(&key) else { continue };
             // The index holds keys only, and may be a moment behind: the item says what is now.
             if let Some(record) = self.store.get(&key).await?.and_then(record) {
                 jobs.push((id.to_owned(), record));

@@ -15,10 +15,11 @@ pub mod presence;
 pub mod redrive;
 mod runner;
 mod sampler;
+pub mod table;
 pub mod task_protection;
 mod telemetry;
 
-pub use actions::{Action, ActionContext, ActionRegistry, Step};
+pub use actions::{Action, ActionContext, ActionRegistry, AnyAction, Step};
 pub use check::CheckMessage;
 pub use consume::{ConsumeSummary, Consumer};
 pub use runner::{Disposition, Worker, WorkerError, PENDING_SLACK};

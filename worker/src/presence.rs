@@ -4,7 +4,7 @@
 //! live processes: a process that joins is counted by the others within `COUNT_EVERY`, and it
 //! counts them before its first EC2 call ([`join`]).
 
-use opsfleet_protocol::ports::{Attrs, Cond, Item, Key, Store, StoreError};
+use opsfleet_protocol::ports::{Attrs, Cond, Item, Store, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -22,7 +22,7 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// A process whose last heartbeat is older than this is not counted.
 pub const STALE: Duration = Duration::from_secs(75);
 
-const PK: &str = "fleet";
+use crate::table::{presence, PRESENCE_PK as PK};
 
 /// The live processes, by role.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,12 +50,12 @@ pub async fn beat(store: &dyn Store, role: &str, id: &str) -> Result<(), StoreEr
     let mut attrs = Attrs::new();
     attrs.insert("seen_ms".into(), now.into());
     attrs.insert("expires_at".into(), (now / 1000 + 3600).into());
-    store.put(Item { key: Key::new(PK, format!("{role}#{id}")), attrs }, Cond::Always).await
+    store.put(Item { key: presence(role, id), attrs }, Cond::Always).await
 }
 
 /// Removes this process's heartbeat (at shutdown).
 pub async fn leave(store: &dyn Store, role: &str, id: &str) -> Result<(), StoreError> {
-    store.delete(&Key::new(PK, format!("{role}#{id}")), Cond::Always).await
+    store.delete(&presence(role, id), Cond::Always).await
 }
 
 /// Counts the live processes (an eventually consistent query).
@@ -116,7 +116,7 @@ pub async fn run(
 mod tests {
     use super::*;
     use opsfleet_backend::EmbeddedBackend;
-    use opsfleet_protocol::ports::Backend;
+    use opsfleet_protocol::ports::{Backend, Key};
 
     #[tokio::test]
     async fn live_processes_are_counted_by_role_and_leave_at_shutdown() {

@@ -13,7 +13,7 @@
 //! - `checks`: how a check continues a job;
 //! - `permits`: how many jobs and checks run at once.
 
-use crate::actions::{Action, ActionContext, ActionRegistry, Step};
+use crate::actions::{ActionContext, ActionRegistry, AnyAction, Step};
 use crate::check::CheckMessage;
 use crate::lease::Leases;
 use crate::ledger::{Ledger, Status};
@@ -266,7 +266,7 @@ impl Worker {
         }
     }
 
-    fn task_and_action(&self, job: &Job) -> Result<(&Task, Arc<dyn Action>), String> {
+    fn task_and_action(&self, job: &Job) -> Result<(&Task, Arc<dyn AnyAction>), String> {
         let task =
             self.config.task(&job.task).ok_or_else(|| format!("task {} is not in this worker's config", job.task))?;
         let action = self

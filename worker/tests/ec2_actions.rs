@@ -10,8 +10,10 @@ use opsfleet_backend::aws::AwsAccounts;
 use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::job::JobOrigin;
 use opsfleet_protocol::{Config, Job, Resource, ResourceType};
-use opsfleet_worker::actions::{AmiCreate, EbsSnapshot, InstancePower, Notify, SnapshotCopy, SnapshotRetention, Tag};
-use opsfleet_worker::{Action, ActionContext, Step};
+use opsfleet_worker::actions::{
+    erased, AmiCreate, EbsSnapshot, InstancePower, Notify, SnapshotCopy, SnapshotRetention, Tag,
+};
+use opsfleet_worker::{ActionContext, Step};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -109,11 +111,11 @@ async fn ebs_snapshot_makes_one_tagged_snapshot_per_job_and_keeps_the_newest_n()
     let mut last = None;
     for event in 0..4 {
         let j = job(&task, &format!("e{event}"), "ebs-snapshot", &params, ResourceType::Volume, &vol, REGION);
-        let summary = done(&EbsSnapshot.start(ctx(&j, &aws)).await).to_owned();
+        let summary = done(&erased(EbsSnapshot).start(ctx(&j, &aws)).await).to_owned();
         assert!(summary.contains(&vol) && summary.contains("completed"), "{summary}");
         if event == 0 {
             // The same job again (a redelivery): it finds its snapshot and makes no other.
-            done(&EbsSnapshot.start(ctx(&j, &aws)).await);
+            done(&erased(EbsSnapshot).start(ctx(&j, &aws)).await);
             assert_eq!(snapshots(&ec2, "opsfleet:job", &j.id).await.len(), 1, "one snapshot per job");
         }
         last = Some(j);
@@ -139,7 +141,7 @@ async fn ebs_snapshot_of_an_instance_takes_each_volume_and_an_opted_out_one_is_s
     ec2.attach_volume().volume_id(&data).instance_id(&id).device("/dev/sdf").send().await.expect("attach");
     let task = unique("inst");
     let j = job(&task, "e", "ebs-snapshot", &json!({}), ResourceType::Instance, &id, REGION);
-    done(&EbsSnapshot.start(ctx(&j, &aws)).await);
+    done(&erased(EbsSnapshot).start(ctx(&j, &aws)).await);
     let made = snapshots(&ec2, "opsfleet:job", &j.id).await;
     let mut sources: Vec<String> = made.iter().filter_map(|s| s.volume_id().map(str::to_owned)).collect();
     sources.sort();
@@ -148,7 +150,7 @@ async fn ebs_snapshot_of_an_instance_takes_each_volume_and_an_opted_out_one_is_s
 
     ec2.create_tags().resources(&id).set_tags(Some(tags(&[("opsfleet:skip", "true")]))).send().await.expect("tag");
     let again = job(&task, "e2", "ebs-snapshot", &json!({}), ResourceType::Instance, &id, REGION);
-    match EbsSnapshot.start(ctx(&again, &aws)).await {
+    match erased(EbsSnapshot).start(ctx(&again, &aws)).await {
         Step::Skipped { reason } => assert!(reason.contains("opsfleet:skip"), "{reason}"),
         other => panic!("an opted-out instance is skipped, not {other:?}"),
     }
@@ -166,10 +168,10 @@ async fn snapshot_copy_copies_once_into_the_destination_and_deletes_the_source_w
     let task = unique("copy");
     let params = json!({ "destination_region": "us-west-2", "delete_source": true, "tags": { "From": "{region}" } });
     let j = job(&task, "e", "snapshot-copy", &params, ResourceType::Snapshot, &source, REGION);
-    let summary = done(&SnapshotCopy.start(ctx(&j, &aws)).await).to_owned();
+    let summary = done(&erased(SnapshotCopy).start(ctx(&j, &aws)).await).to_owned();
     assert!(summary.contains("us-west-2") && summary.contains("source deleted"), "{summary}");
     // Run again (a redelivery): no second copy.
-    done(&SnapshotCopy.check(ctx(&j, &aws), &json!({ "copy": null })).await);
+    done(&erased(SnapshotCopy).check(ctx(&j, &aws), &json!({ "copy": null })).await);
     let copies = snapshots(&west, "opsfleet:job", &j.id).await;
     assert_eq!(copies.len(), 1, "{copies:?}");
     assert_eq!(tag_map(copies[0].tags()).get("From").map(String::as_str), Some(REGION));
@@ -188,8 +190,8 @@ async fn ami_create_images_once_tags_its_snapshots_and_deregisters_beyond_retain
     for n in 0..3 {
         let mut j = job(&task, &format!("e{n}"), "ami-create", &params, ResourceType::Instance, &id, REGION);
         j.event_fields.insert("n".into(), n.to_string());
-        done(&AmiCreate.start(ctx(&j, &aws)).await);
-        done(&AmiCreate.start(ctx(&j, &aws)).await);
+        done(&erased(AmiCreate).start(ctx(&j, &aws)).await);
+        done(&erased(AmiCreate).start(ctx(&j, &aws)).await);
         let mine = ec2
             .describe_images()
             .owners("self")
@@ -227,22 +229,22 @@ async fn instance_power_reaches_the_state_asked_for_and_reboots_once_per_job() {
             .unwrap_or_default()
     };
     let stop = job(&task, "e1", "instance-power", &json!({ "operation": "stop" }), ResourceType::Instance, &id, REGION);
-    assert_eq!(done(&InstancePower.start(ctx(&stop, &aws)).await), format!("{id} is stopped"));
+    assert_eq!(done(&erased(InstancePower).start(ctx(&stop, &aws)).await), format!("{id} is stopped"));
     assert_eq!(state(ec2.clone(), id.clone()).await, "stopped");
     let start =
         job(&task, "e2", "instance-power", &json!({ "operation": "start" }), ResourceType::Instance, &id, REGION);
-    assert_eq!(done(&InstancePower.start(ctx(&start, &aws)).await), format!("{id} is running"));
+    assert_eq!(done(&erased(InstancePower).start(ctx(&start, &aws)).await), format!("{id} is running"));
     let reboot =
         job(&task, "e3", "instance-power", &json!({ "operation": "reboot" }), ResourceType::Instance, &id, REGION);
-    done(&InstancePower.start(ctx(&reboot, &aws)).await);
-    let again = done(&InstancePower.start(ctx(&reboot, &aws)).await).to_owned();
+    done(&erased(InstancePower).start(ctx(&reboot, &aws)).await);
+    let again = done(&erased(InstancePower).start(ctx(&reboot, &aws)).await).to_owned();
     assert!(again.contains("rebooted by this job before"), "a redelivered reboot does not reboot again: {again}");
 
     // Verification: an effect that cannot be reached is a failure, never a success.
     ec2.terminate_instances().instance_ids(&id).send().await.expect("terminate");
     let late =
         job(&task, "e4", "instance-power", &json!({ "operation": "start" }), ResourceType::Instance, &id, REGION);
-    match InstancePower.start(ctx(&late, &aws)).await {
+    match erased(InstancePower).start(ctx(&late, &aws)).await {
         Step::Failed { retryable: false, error } => assert!(error.contains("terminated"), "{error}"),
         other => panic!("starting a terminated instance must fail, not {other:?}"),
     }
@@ -256,7 +258,7 @@ async fn tag_sets_rendered_tags_removes_others_and_reads_them_back() {
     let task = unique("tag");
     let params = json!({ "add": { "Owner": "{task}", "Seen": "{date}" }, "remove": ["Old"] });
     let j = job(&task, "e", "tag", &params, ResourceType::Volume, &vol, REGION);
-    done(&Tag.start(ctx(&j, &aws)).await);
+    done(&erased(Tag).start(ctx(&j, &aws)).await);
     let out = ec2.describe_volumes().volume_ids(&vol).send().await.expect("describe");
     let t = tag_map(out.volumes()[0].tags());
     assert_eq!(t.get("Owner"), Some(&task));
@@ -275,11 +277,11 @@ async fn snapshot_retention_deletes_only_what_opsfleet_made_beyond_keep() {
     let task = unique("made");
     for n in 0..4 {
         let j = job(&task, &format!("e{n}"), "ebs-snapshot", &json!({}), ResourceType::Volume, &vol, REGION);
-        done(&EbsSnapshot.start(ctx(&j, &aws)).await);
+        done(&erased(EbsSnapshot).start(ctx(&j, &aws)).await);
     }
     let retention =
         job(&unique("ret"), "e", "snapshot-retention", &json!({ "keep": 1 }), ResourceType::Volume, &vol, REGION);
-    let summary = done(&SnapshotRetention.start(ctx(&retention, &aws)).await).to_owned();
+    let summary = done(&erased(SnapshotRetention).start(ctx(&retention, &aws)).await).to_owned();
     assert!(summary.contains("3 snapshots deleted, 1 kept"), "{summary}");
     assert_eq!(snapshots(&ec2, "opsfleet:task", &task).await.len(), 1);
     let still = ec2.describe_snapshots().snapshot_ids(&theirs).send().await.expect("theirs");
@@ -315,7 +317,7 @@ async fn notify_publishes_a_summary_of_the_event_the_job_and_the_resource() {
         "i-0123456789abcdef0",
         REGION,
     );
-    assert!(done(&Notify.start(ctx(&j, &aws)).await).starts_with("published"));
+    assert!(done(&erased(Notify).start(ctx(&j, &aws)).await).starts_with("published"));
     let got = backend.sqs().receive_message().queue_url(&queue).wait_time_seconds(2).send().await.expect("receive");
     let body: Value = serde_json::from_str(got.messages()[0].body().expect("body")).expect("SNS envelope");
     assert_eq!(body["Subject"], "on i-0123456789abcdef0");

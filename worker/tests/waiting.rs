@@ -4,7 +4,7 @@
 
 mod support;
 
-use opsfleet_backend::{CountingBackend, Counts};
+use opsfleet_loadtest::counting::{CountingBackend, Counts};
 use opsfleet_protocol::ports::Backend;
 use opsfleet_protocol::Job;
 use opsfleet_worker::ledger::Status;

@@ -87,7 +87,7 @@ async fn setup_makes_high_throughput_fifo_partitions() {
     let fleet = unique("ht");
     let config = opsfleet_protocol::Config::parse(&format!("[fleet]\nname = \"{fleet}\"\npartitions = 1\n"), None)
         .expect("config");
-    opsfleet_backend::setup::setup(&backend, &config).await.expect("setup");
+    opsfleet_protocol::setup::setup(&backend, &config).await.expect("setup");
     let url = backend
         .sqs()
         .get_queue_url()

@@ -3,8 +3,8 @@
 use super::{get_att, logical_id, reference};
 use crate::cli::catalog;
 use opsfleet_backend::aws::TTL_ATTRIBUTE;
-use opsfleet_backend::setup::queue_specs;
 use opsfleet_protocol::ports::{QueueSpec, INDEXES};
+use opsfleet_protocol::setup::queue_specs;
 use opsfleet_protocol::{names, Config};
 use serde_json::{json, Map, Value};
 

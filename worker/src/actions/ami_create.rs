@@ -5,31 +5,32 @@
 //! Idempotent by job: before creating, it looks for an image tagged with the job's id.
 
 use super::ec2::{failed, filter, made_tags, not_found, opted_out, spec, JOB_TAG, SOURCE_TAG, TASK_TAG};
-use super::{default_check_after_secs, parse_params, Action, ActionContext, Step};
+use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{Image, ImageState, ResourceType as Ec2Type};
 use aws_sdk_ec2::Client;
 use opsfleet_protocol::ResourceType;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The params of `ami-create`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AmiCreateParams {
-    /// Image the instance without rebooting it (a crash-consistent image).
+    /// Image without rebooting the instance (a crash-consistent image).
     #[serde(default = "yes")]
     pub no_reboot: bool,
-    /// The image's name (a template; unique per account and region).
+    /// The image name, a template (unique per account and region).
     #[serde(default = "default_name")]
     pub name: String,
-    /// Keep the newest this many images this task made of the instance; deregister older ones
-    /// and delete their snapshots.
+    /// Keep the newest N images this task made of the instance; deregister older ones and
+    /// delete their snapshots (none: keep all).
     #[serde(default)]
     pub retain: Option<u32>,
-    /// More tags on the image and its snapshots (values are templates).
+    /// More tags on the image and its snapshots, values are templates.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     /// Seconds until the first completion check.
@@ -45,14 +46,16 @@ fn default_name() -> String {
     "{task}-{id}-{datetime}".into()
 }
 
+/// The image a pending `ami-create` waits for.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Imaging {
+    /// The image.
+    #[serde(default)]
+    pub image: String,
+}
+
 /// The `ami-create` action.
 pub struct AmiCreate;
-
-impl AmiCreate {
-    fn params(ctx: &ActionContext<'_>) -> Result<AmiCreateParams, Step> {
-        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
-    }
-}
 
 /// An AMI name from a rendered template: the characters EC2 takes, 3 to 128 of them.
 fn image_name(rendered: &str) -> String {
@@ -81,39 +84,35 @@ async fn images(ec2: &Client, filters: &[(&str, &str)]) -> Result<Vec<Image>, St
 
 #[async_trait]
 impl Action for AmiCreate {
-    fn name(&self) -> &'static str {
-        "ami-create"
-    }
+    const NAME: &'static str = "ami-create";
+    type Params = AmiCreateParams;
+    type State = Imaging;
 
     fn targets(&self) -> &'static [ResourceType] {
         &[ResourceType::Instance]
     }
 
-    fn describe(&self, ctx: ActionContext<'_>) -> String {
-        match Self::params(&ctx) {
-            Ok(p) => format!(
-                "would image {} as `{}`{}{}",
-                ctx.job.resource.id,
-                image_name(&ctx.render(&p.name)),
-                if p.no_reboot { " without a reboot" } else { " with a reboot" },
-                p.retain.map(|n| format!(" and keep the newest {n} this task made")).unwrap_or_default()
-            ),
-            Err(_) => format!("would image {}", ctx.job.resource.id),
-        }
+    fn examples(&self) -> Vec<AmiCreateParams> {
+        vec![AmiCreateParams {
+            no_reboot: true,
+            name: default_name(),
+            retain: Some(3),
+            tags: BTreeMap::from([("Backup".into(), "{task}".into())]),
+            check_after_secs: default_check_after_secs(),
+        }]
     }
 
-    fn iam_actions(&self) -> &'static [&'static str] {
-        &[
-            "ec2:DescribeInstances",
-            "ec2:DescribeImages",
-            "ec2:CreateImage",
-            "ec2:CreateTags",
-            "ec2:DeregisterImage",
-            "ec2:DeleteSnapshot",
-        ]
+    fn describe(&self, ctx: ActionContext<'_>, p: &AmiCreateParams) -> String {
+        format!(
+            "would image {} as `{}`{}{}",
+            ctx.job.resource.id,
+            image_name(&ctx.render(&p.name)),
+            if p.no_reboot { " without a reboot" } else { " with a reboot" },
+            p.retain.map(|n| format!(" and keep the newest {n} this task made")).unwrap_or_default()
+        )
     }
 
-    fn iam_statements(&self, params: &Value) -> Vec<Value> {
+    fn statements(&self, p: &AmiCreateParams) -> Vec<Value> {
         use super::iam::*;
         let mut out = vec![
             allow(&["ec2:DescribeInstances", "ec2:DescribeImages"], &["*"]),
@@ -121,36 +120,20 @@ impl Action for AmiCreate {
             allow_if(&["ec2:CreateTags"], &[IMAGES], on_create(&["CreateImage"])),
             allow_if(&["ec2:CreateTags"], &[SNAPSHOTS], tagged_by_opsfleet()),
         ];
-        if parse_params::<AmiCreateParams>(params).is_ok_and(|p| p.retain.is_some()) {
+        if p.retain.is_some() {
             out.push(allow_if(&["ec2:DeregisterImage"], &[IMAGES], made_by_opsfleet()));
             out.push(allow_if(&["ec2:DeleteSnapshot"], &[SNAPSHOTS], made_by_opsfleet()));
         }
         out
     }
 
-    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("no_reboot", "image without rebooting the instance (default true)"),
-            ("name", "the image name, a template (default \"{task}-{id}-{datetime}\")"),
-            ("retain", "keep the newest N images this task made of the instance; deregister older ones and delete their snapshots (default: keep all)"),
-            ("tags", "more tags on the image and its snapshots, values are templates (default none)"),
-            ("check_after_secs", "seconds until the first completion check (default 15)"),
-        ]
-    }
-
-    fn templates(&self, params: &Value) -> Vec<(String, String)> {
-        let Ok(p) = parse_params::<AmiCreateParams>(params) else { return Vec::new() };
-        let mut out = vec![("name".to_owned(), p.name)];
-        out.extend(p.tags.into_iter().map(|(k, v)| (format!("tags.{k}"), v)));
+    fn templates(&self, p: &AmiCreateParams) -> Vec<(String, String)> {
+        let mut out = vec![("name".to_owned(), p.name.clone())];
+        out.extend(p.tags.iter().map(|(k, v)| (format!("tags.{k}"), v.clone())));
         out
     }
 
-    fn check_params(&self, params: &Value) -> Result<(), String> {
-        parse_params::<AmiCreateParams>(params).map(|_| ())
-    }
-
-    async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = or_step!(Self::params(&ctx));
+    async fn start(&self, ctx: ActionContext<'_>, p: &AmiCreateParams) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
         let id = &ctx.job.resource.id;
         let instance = match ec2.describe_instances().instance_ids(id).send().await {
@@ -186,14 +169,12 @@ impl Action for AmiCreate {
                 }
             }
         };
-        let state = json!({ "image": image });
-        self.check(ctx, &state).await.checked_after(Duration::from_secs(p.check_after_secs))
+        self.check(ctx, p, Imaging { image }).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
-    async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
-        let p = or_step!(Self::params(&ctx));
+    async fn check(&self, ctx: ActionContext<'_>, p: &AmiCreateParams, state: Imaging) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
-        let image = state["image"].as_str().unwrap_or_default();
+        let image = state.image.as_str();
         let described = match ec2.describe_images().image_ids(image).send().await {
             Ok(out) => out.images().first().cloned(),
             Err(e) if not_found(&e) => None,
@@ -205,9 +186,7 @@ impl Action for AmiCreate {
             Some(ImageState::Failed | ImageState::Error | ImageState::Invalid | ImageState::Deregistered) => {
                 return Step::Failed { retryable: false, error: format!("image {image} ended in state {:?}", found) }
             }
-            Some(_) => {
-                return Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state: state.clone() }
-            }
+            Some(_) => return Step::pending(Duration::from_secs(p.check_after_secs), &state),
             None => return Step::Failed { retryable: true, error: format!("image {image} is not found (yet)") },
         }
         // The image's snapshots carry the job's tags too (tagged here rather than at creation,

@@ -6,35 +6,54 @@
 //! job's id, so a redelivered job makes no second snapshot.
 
 use super::ec2::{failed, filter, made_tags, opted_out, spec, JOB_TAG, TASK_TAG};
-use super::{default_check_after_secs, parse_params, Action, ActionContext, Step};
+use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{ResourceType as Ec2Type, Snapshot, SnapshotState, Tag};
 use aws_sdk_ec2::Client;
 use opsfleet_protocol::ResourceType;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The params of `ebs-snapshot`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EbsSnapshotParams {
-    /// Keep the newest this many snapshots this task made of each volume; delete older ones.
+    /// Keep the newest N snapshots this task made of each volume, delete older ones (none:
+    /// keep all).
     #[serde(default)]
     pub retain: Option<u32>,
-    /// The snapshot's description (a template).
+    /// The snapshot's description, a template.
     #[serde(default = "default_description")]
     pub description: String,
     /// Copy the volume's tags onto the snapshot.
     #[serde(default = "yes")]
     pub copy_tags: bool,
-    /// More tags (values are templates).
+    /// More tags, values are templates.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     /// Seconds until the first completion check.
     #[serde(default = "default_check_after_secs")]
     pub check_after_secs: u64,
+}
+
+/// The snapshots a pending `ebs-snapshot` waits for.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Snapshots {
+    /// One per volume.
+    #[serde(default)]
+    pub snapshots: Vec<Made>,
+}
+
+/// A snapshot made of a volume.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Made {
+    /// The volume.
+    pub volume: String,
+    /// The snapshot of it.
+    pub snapshot: String,
 }
 
 fn default_description() -> String {
@@ -47,12 +66,6 @@ fn yes() -> bool {
 
 /// The `ebs-snapshot` action.
 pub struct EbsSnapshot;
-
-impl EbsSnapshot {
-    fn params(ctx: &ActionContext<'_>) -> Result<EbsSnapshotParams, Step> {
-        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
-    }
-}
 
 /// The volumes to snapshot with their tags: the job's volume, or an instance's volumes.
 async fn volumes(ec2: &Client, ctx: &ActionContext<'_>) -> Result<Vec<(String, Vec<Tag>)>, Step> {
@@ -141,38 +154,36 @@ pub(crate) async fn retain(ec2: &Client, volume: &str, task: &str, keep: u32, cu
 
 #[async_trait]
 impl Action for EbsSnapshot {
-    fn name(&self) -> &'static str {
-        "ebs-snapshot"
-    }
+    const NAME: &'static str = "ebs-snapshot";
+    type Params = EbsSnapshotParams;
+    type State = Snapshots;
 
     fn targets(&self) -> &'static [ResourceType] {
         &[ResourceType::Volume, ResourceType::Instance]
     }
 
-    fn describe(&self, ctx: ActionContext<'_>) -> String {
-        let keep = Self::params(&ctx).ok().and_then(|p| p.retain);
+    fn examples(&self) -> Vec<EbsSnapshotParams> {
+        vec![EbsSnapshotParams {
+            retain: Some(7),
+            description: default_description(),
+            copy_tags: true,
+            tags: BTreeMap::from([("Backup".into(), "{task}".into())]),
+            check_after_secs: default_check_after_secs(),
+        }]
+    }
+
+    fn describe(&self, ctx: ActionContext<'_>, p: &EbsSnapshotParams) -> String {
         let what = match ctx.job.resource.kind {
             ResourceType::Instance => format!("every volume of {}", ctx.job.resource.id),
             _ => ctx.job.resource.id.clone(),
         };
-        match keep {
+        match p.retain {
             Some(n) => format!("would snapshot {what} and keep the newest {n} this task made"),
             None => format!("would snapshot {what}"),
         }
     }
 
-    fn iam_actions(&self) -> &'static [&'static str] {
-        &[
-            "ec2:DescribeInstances",
-            "ec2:DescribeVolumes",
-            "ec2:DescribeSnapshots",
-            "ec2:CreateSnapshot",
-            "ec2:CreateTags",
-            "ec2:DeleteSnapshot",
-        ]
-    }
-
-    fn iam_statements(&self, params: &Value) -> Vec<Value> {
+    fn statements(&self, p: &EbsSnapshotParams) -> Vec<Value> {
         use super::iam::*;
         let mut out = vec![
             allow(&["ec2:DescribeInstances", "ec2:DescribeVolumes", "ec2:DescribeSnapshots"], &["*"]),
@@ -180,38 +191,19 @@ impl Action for EbsSnapshot {
             allow_if(&["ec2:CreateSnapshot"], &[SNAPSHOTS], tagged_by_opsfleet()),
             allow_if(&["ec2:CreateTags"], &[SNAPSHOTS], on_create(&["CreateSnapshot"])),
         ];
-        if parse_params::<EbsSnapshotParams>(params).is_ok_and(|p| p.retain.is_some()) {
+        if p.retain.is_some() {
             out.push(allow_if(&["ec2:DeleteSnapshot"], &[SNAPSHOTS], made_by_opsfleet()));
         }
         out
     }
 
-    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            (
-                "retain",
-                "keep the newest N snapshots this task made of each volume, delete older ones (default: keep all)",
-            ),
-            ("description", "the snapshot's description, a template (default \"opsfleet {task}: {id} at {datetime}\")"),
-            ("copy_tags", "copy the volume's tags onto the snapshot (default true)"),
-            ("tags", "more tags, values are templates (default none)"),
-            ("check_after_secs", "seconds until the first completion check (default 15)"),
-        ]
-    }
-
-    fn templates(&self, params: &Value) -> Vec<(String, String)> {
-        let Ok(p) = parse_params::<EbsSnapshotParams>(params) else { return Vec::new() };
-        let mut out = vec![("description".to_owned(), p.description)];
-        out.extend(p.tags.into_iter().map(|(k, v)| (format!("tags.{k}"), v)));
+    fn templates(&self, p: &EbsSnapshotParams) -> Vec<(String, String)> {
+        let mut out = vec![("description".to_owned(), p.description.clone())];
+        out.extend(p.tags.iter().map(|(k, v)| (format!("tags.{k}"), v.clone())));
         out
     }
 
-    fn check_params(&self, params: &Value) -> Result<(), String> {
-        parse_params::<EbsSnapshotParams>(params).map(|_| ())
-    }
-
-    async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = or_step!(Self::params(&ctx));
+    async fn start(&self, ctx: ActionContext<'_>, p: &EbsSnapshotParams) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
         let volumes = or_step!(volumes(&ec2, &ctx).await);
         let description = ctx.render(&p.description);
@@ -236,27 +228,16 @@ impl Action for EbsSnapshot {
                     }
                 }
             };
-            made.push(json!({ "volume": volume, "snapshot": snapshot }));
+            made.push(Made { volume, snapshot });
         }
-        let state = json!({ "snapshots": made });
         // Snapshots of small volumes may be complete already: check at once.
-        self.check(ctx, &state).await.checked_after(Duration::from_secs(p.check_after_secs))
+        self.check(ctx, p, Snapshots { snapshots: made }).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
-    async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
-        let p = or_step!(Self::params(&ctx));
+    async fn check(&self, ctx: ActionContext<'_>, p: &EbsSnapshotParams, state: Snapshots) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
-        let made: Vec<(String, String)> = state["snapshots"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|m| {
-                (
-                    m["volume"].as_str().unwrap_or_default().to_owned(),
-                    m["snapshot"].as_str().unwrap_or_default().to_owned(),
-                )
-            })
-            .collect();
+        let made: Vec<(String, String)> =
+            state.snapshots.iter().map(|m| (m.volume.clone(), m.snapshot.clone())).collect();
         let ids: Vec<String> = made.iter().map(|(_, s)| s.clone()).collect();
         let out = match ec2.describe_snapshots().set_snapshot_ids(Some(ids.clone())).send().await {
             Ok(out) => out,
@@ -273,9 +254,7 @@ impl Action for EbsSnapshot {
                 Some(Some(SnapshotState::Error)) => {
                     return Step::Failed { retryable: false, error: format!("snapshot {id} ended in state error") }
                 }
-                Some(_) => {
-                    return Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state: state.clone() }
-                }
+                Some(_) => return Step::pending(Duration::from_secs(p.check_after_secs), &state),
                 None => return Step::Failed { retryable: true, error: format!("snapshot {id} is not found (yet)") },
             }
         }

@@ -6,19 +6,20 @@
 //! and a job that finds its own tag there does not reboot again (at most once).
 
 use super::ec2::{failed, not_found, opted_out, tag};
-use super::{default_check_after_secs, parse_params, Action, ActionContext, Step};
+use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::InstanceStateName;
 use opsfleet_protocol::ResourceType;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::time::Duration;
 
 /// The tag a reboot leaves on its instance, naming its job.
 pub const REBOOTED_BY: &str = "opsfleet:rebooted-by";
 
 /// What to do to the instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Operation {
     /// Stop it.
@@ -30,18 +31,19 @@ pub enum Operation {
 }
 
 /// The params of `instance-power`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InstancePowerParams {
     /// `stop`, `start` or `reboot`.
     pub operation: Operation,
-    /// Wait until the state is reached (default: yes for stop and start, no for reboot).
+    /// Wait until the instance is stopped or running (none: true for stop and start, false for
+    /// reboot).
     #[serde(default)]
     pub wait: Option<bool>,
     /// Force the stop (no chance to flush caches).
     #[serde(default)]
     pub force: bool,
-    /// Seconds until the first completion check.
+    /// Seconds until the first state check.
     #[serde(default = "default_check_after_secs")]
     pub check_after_secs: u64,
 }
@@ -52,14 +54,15 @@ impl InstancePowerParams {
     }
 }
 
+/// What a pending `instance-power` waits for.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Powering {
+    /// The operation under way.
+    pub operation: Operation,
+}
+
 /// The `instance-power` action.
 pub struct InstancePower;
-
-impl InstancePower {
-    fn params(ctx: &ActionContext<'_>) -> Result<InstancePowerParams, Step> {
-        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
-    }
-}
 
 /// The instance's state and tags.
 async fn instance(
@@ -85,42 +88,47 @@ async fn instance(
 
 #[async_trait]
 impl Action for InstancePower {
-    fn name(&self) -> &'static str {
-        "instance-power"
-    }
+    const NAME: &'static str = "instance-power";
+    type Params = InstancePowerParams;
+    type State = Powering;
 
     fn targets(&self) -> &'static [ResourceType] {
         &[ResourceType::Instance]
     }
 
-    fn describe(&self, ctx: ActionContext<'_>) -> String {
-        match Self::params(&ctx) {
-            Ok(p) => format!(
-                "would {} {}{}",
-                match p.operation {
-                    Operation::Stop if p.force => "force-stop",
-                    Operation::Stop => "stop",
-                    Operation::Start => "start",
-                    Operation::Reboot => "reboot",
-                },
-                ctx.job.resource.id,
-                if p.wait() { " and wait for it" } else { "" }
-            ),
-            Err(_) => format!("would change the power state of {}", ctx.job.resource.id),
-        }
+    fn examples(&self) -> Vec<InstancePowerParams> {
+        [Operation::Stop, Operation::Start, Operation::Reboot]
+            .into_iter()
+            .map(|operation| InstancePowerParams {
+                operation,
+                wait: None,
+                force: false,
+                check_after_secs: default_check_after_secs(),
+            })
+            .collect()
     }
 
-    fn iam_actions(&self) -> &'static [&'static str] {
-        &["ec2:DescribeInstances", "ec2:StopInstances", "ec2:StartInstances", "ec2:RebootInstances", "ec2:CreateTags"]
+    fn describe(&self, ctx: ActionContext<'_>, p: &InstancePowerParams) -> String {
+        format!(
+            "would {} {}{}",
+            match p.operation {
+                Operation::Stop if p.force => "force-stop",
+                Operation::Stop => "stop",
+                Operation::Start => "start",
+                Operation::Reboot => "reboot",
+            },
+            ctx.job.resource.id,
+            if p.wait() { " and wait for it" } else { "" }
+        )
     }
 
-    fn iam_statements(&self, params: &Value) -> Vec<Value> {
+    fn statements(&self, p: &InstancePowerParams) -> Vec<Value> {
         use super::iam::*;
         let mut out = vec![allow(&["ec2:DescribeInstances"], &["*"])];
-        match parse_params::<InstancePowerParams>(params).map(|p| p.operation) {
-            Ok(Operation::Stop) => out.push(allow_if(&["ec2:StopInstances"], &[INSTANCES], not_opted_out())),
-            Ok(Operation::Start) => out.push(allow_if(&["ec2:StartInstances"], &[INSTANCES], not_opted_out())),
-            Ok(Operation::Reboot) => {
+        match p.operation {
+            Operation::Stop => out.push(allow_if(&["ec2:StopInstances"], &[INSTANCES], not_opted_out())),
+            Operation::Start => out.push(allow_if(&["ec2:StartInstances"], &[INSTANCES], not_opted_out())),
+            Operation::Reboot => {
                 out.push(allow_if(&["ec2:RebootInstances"], &[INSTANCES], not_opted_out()));
                 out.push(allow_if(
                     &["ec2:CreateTags"],
@@ -128,33 +136,18 @@ impl Action for InstancePower {
                     serde_json::json!({ "ForAllValues:StringEquals": { "aws:TagKeys": [REBOOTED_BY] } }),
                 ));
             }
-            Err(_) => {}
         }
         out
     }
 
-    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("operation", "stop, start or reboot (required)"),
-            (
-                "wait",
-                "wait until the instance is stopped or running (default true for stop and start, false for reboot)",
-            ),
-            ("force", "force the stop (default false)"),
-            ("check_after_secs", "seconds until the first state check (default 15)"),
-        ]
-    }
-
-    fn check_params(&self, params: &Value) -> Result<(), String> {
-        let p: InstancePowerParams = parse_params(params)?;
+    fn validate(&self, p: &InstancePowerParams) -> Result<(), String> {
         if p.force && p.operation != Operation::Stop {
             return Err("params: force is for operation = \"stop\" only".into());
         }
         Ok(())
     }
 
-    async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = or_step!(Self::params(&ctx));
+    async fn start(&self, ctx: ActionContext<'_>, p: &InstancePowerParams) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
         let id = ctx.job.resource.id.as_str();
         let (state, tags) = or_step!(instance(&ec2, id).await);
@@ -198,16 +191,15 @@ impl Action for InstancePower {
                 }
             }
         }
-        let state = json!({ "operation": format!("{:?}", p.operation).to_lowercase() });
-        self.check(ctx, &state).await.checked_after(Duration::from_secs(p.check_after_secs))
+        let state = Powering { operation: p.operation };
+        self.check(ctx, p, state).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
-    async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
-        let p = or_step!(Self::params(&ctx));
+    async fn check(&self, ctx: ActionContext<'_>, p: &InstancePowerParams, state: Powering) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
         let id = ctx.job.resource.id.as_str();
         let (now, _) = or_step!(instance(&ec2, id).await);
-        let pending = Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state: state.clone() };
+        let pending = Step::pending(Duration::from_secs(p.check_after_secs), &state);
         // What was asked for is verified: reached (with `wait`), or at least under way.
         let (reached, under_way, target) = match p.operation {
             Operation::Stop => (now == InstanceStateName::Stopped, now == InstanceStateName::Stopping, "stopped"),

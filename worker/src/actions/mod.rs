@@ -14,21 +14,25 @@ macro_rules! or_step {
 }
 
 mod ami_create;
+mod any;
 mod ebs_snapshot;
 mod ec2;
 mod instance_power;
 mod noop;
 mod notify;
+mod params;
 mod registry;
 mod snapshot_copy;
 mod snapshot_retention;
 mod tag;
 
 pub use ami_create::AmiCreate;
+pub use any::{erased, AnyAction};
 pub use ebs_snapshot::EbsSnapshot;
 pub use instance_power::InstancePower;
 pub use noop::Noop;
 pub use notify::Notify;
+pub use params::ParamHelp;
 pub use registry::ActionRegistry;
 pub use snapshot_copy::SnapshotCopy;
 pub use snapshot_retention::SnapshotRetention;
@@ -39,6 +43,9 @@ use opsfleet_backend::aws::AwsAccounts;
 use opsfleet_protocol::config::LimitDefault;
 use opsfleet_protocol::template::{Template, TemplateInput};
 use opsfleet_protocol::{Job, ResourceType};
+use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 use std::time::Duration;
 
@@ -73,6 +80,14 @@ pub enum Step {
 }
 
 impl Step {
+    /// A step whose work is under way: check again after `check_after` with `state`.
+    pub fn pending(check_after: Duration, state: &impl Serialize) -> Step {
+        match serde_json::to_value(state) {
+            Ok(state) => Step::Pending { check_after, state },
+            Err(e) => Step::Failed { retryable: false, error: format!("the check state does not serialize: {e}") },
+        }
+    }
+
     /// The step with its next check `after` that long when it is pending: a start that
     /// checks at once waits the action's own delay before the next check.
     pub fn checked_after(self, after: Duration) -> Step {
@@ -126,11 +141,22 @@ impl ActionContext<'_> {
     }
 }
 
-/// One kind of action.
+/// One kind of action, typed: it declares its params and the state its checks read as serde
+/// structs, and the worker parses them (once per step) before calling it.
+///
+/// The params struct is the action's one description of its params: each field's doc comment
+/// and serde default are the help `opsfleet actions` and the docs show (through its JSON
+/// schema). The IAM actions it needs are those its [`Action::statements`] name.
 #[async_trait]
-pub trait Action: Send + Sync {
+pub trait Action: Send + Sync + 'static {
     /// The name tasks use in `action = "…"`.
-    fn name(&self) -> &'static str;
+    const NAME: &'static str;
+
+    /// The params a task gives it (`deny_unknown_fields`, a doc comment on every field).
+    type Params: DeserializeOwned + Serialize + JsonSchema + Send + Sync;
+
+    /// What a pending start leaves for its checks (`Step::pending`).
+    type State: DeserializeOwned + Serialize + Send + Sync;
 
     /// The resource types it acts on.
     fn targets(&self) -> &'static [ResourceType];
@@ -146,46 +172,39 @@ pub trait Action: Send + Sync {
         true
     }
 
+    /// Params that, together, use all it can do: the first is the docs' example, and
+    /// `opsfleet actions` lists the IAM actions their statements name.
+    fn examples(&self) -> Vec<Self::Params>;
+
     /// What the action would do to the job's resource, for plan mode.
-    fn describe(&self, ctx: ActionContext<'_>) -> String {
-        format!("would run {} on {} with params {}", self.name(), ctx.job.resource.key(), ctx.job.params)
+    fn describe(&self, ctx: ActionContext<'_>, params: &Self::Params) -> String {
+        let _ = params;
+        format!("would run {} on {} with params {}", Self::NAME, ctx.job.resource.key(), ctx.job.params)
     }
 
-    /// The IAM actions it needs.
-    fn iam_actions(&self) -> &'static [&'static str];
-
-    /// The IAM policy statements a task of this action needs, scoped to resource ARNs and
-    /// tag conditions where EC2 allows (`opsfleet iam-policy`); by default its IAM actions on
-    /// every resource.
-    fn iam_statements(&self, _params: &Value) -> Vec<Value> {
-        vec![serde_json::json!({ "Effect": "Allow", "Action": self.iam_actions(), "Resource": "*" })]
-    }
-
-    /// The params it takes, with a line on each, for `opsfleet actions`.
-    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
-        &[]
-    }
+    /// The IAM policy statements a task with these params needs, scoped to resource ARNs and
+    /// tag conditions where the service allows (`opsfleet iam-policy`; see [`iam`]).
+    fn statements(&self, params: &Self::Params) -> Vec<Value>;
 
     /// The params that are templates (`{task}`, `{date}`, `{event.FIELD}`, …), by name with
     /// their text, so that `opsfleet validate` checks them and the router copies the event
     /// fields they read into each job.
-    fn templates(&self, _params: &Value) -> Vec<(String, String)> {
+    fn templates(&self, params: &Self::Params) -> Vec<(String, String)> {
+        let _ = params;
         Vec::new()
     }
 
-    /// Checks the task's params (its serde params struct); the error is a one-line reason.
-    fn check_params(&self, params: &Value) -> Result<(), String>;
+    /// Checks what serde cannot (a region's spelling, a range); the error is a one-line reason.
+    fn validate(&self, params: &Self::Params) -> Result<(), String> {
+        let _ = params;
+        Ok(())
+    }
 
     /// Starts the effect on the job's resource. Must be idempotent by job id.
-    async fn start(&self, ctx: ActionContext<'_>) -> Step;
+    async fn start(&self, ctx: ActionContext<'_>, params: &Self::Params) -> Step;
 
     /// Asks how pending work started by `start` is going.
-    async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step;
-}
-
-/// Parses params into an action's params struct, naming the problem in one line.
-pub fn parse_params<T: serde::de::DeserializeOwned>(params: &Value) -> Result<T, String> {
-    serde_json::from_value(params.clone()).map_err(|e| format!("params: {e}"))
+    async fn check(&self, ctx: ActionContext<'_>, params: &Self::Params, state: Self::State) -> Step;
 }
 
 /// IAM statement helpers: EC2 resource ARNs and the conditions actions scope themselves by.

@@ -2,42 +2,52 @@
 //! the worker: a sleep, a failure rate, failures on the first attempts, and a number of pending
 //! checks before completion.
 
-use super::{parse_params, Action, ActionContext, Step};
+use super::{Action, ActionContext, Step};
 use async_trait::async_trait;
 use opsfleet_protocol::ResourceType;
 use rand::Rng;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::time::Duration;
 
 /// The params of `noop`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NoopParams {
-    /// How long `start` takes, in milliseconds.
+    /// How long start takes, in ms.
     #[serde(default)]
     pub sleep_ms: u64,
-    /// The probability that `start` fails (not retryable when 1.0, retryable otherwise).
+    /// The share of starts that fail, 0..1: 1 fails for good, less fails retryably.
     #[serde(default)]
     pub fail_rate: f64,
-    /// Fail (retryably) the first this many attempts, then succeed: deterministic retries.
+    /// Fail (retryably) the first N attempts, then succeed: deterministic retries.
     #[serde(default)]
     pub fail_attempts: u32,
-    /// Fail (retryably) the first this many checks.
+    /// Fail (retryably) the first N checks.
     #[serde(default)]
     pub fail_checks: u32,
-    /// How many checks report pending before the job completes.
+    /// Completion checks that report pending before the job is done.
     #[serde(default)]
     pub pending_checks: u32,
-    /// Delay before each check, in milliseconds.
+    /// Delay before each check, in ms.
     #[serde(default = "default_check_ms")]
     pub check_after_ms: u64,
-    /// A folder where each start that takes effect appends a line to a file named after the
-    /// job, the way a real action creates something: it first looks for what it made before
-    /// (the file), then works (`sleep_ms`), then makes it. Two runs of a job at once both
-    /// find nothing and both write, so a test counts double effects instead of guessing.
+    /// A folder where each effect is recorded, one file per job, and each start in
+    /// `<job>.starts` (tests). A start that takes effect first looks for what it made before
+    /// (the file), then works (`sleep_ms`), then makes it, the way a real action creates
+    /// something: two runs of a job at once both find nothing and both write, so a test counts
+    /// double effects instead of guessing.
     #[serde(default)]
     pub effects_dir: Option<String>,
+}
+
+/// What a pending `noop` counts.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct NoopState {
+    /// Checks that reported pending so far.
+    #[serde(default)]
+    pub checks: u64,
 }
 
 fn default_check_ms() -> u64 {
@@ -47,17 +57,11 @@ fn default_check_ms() -> u64 {
 /// The `noop` action.
 pub struct Noop;
 
-impl Noop {
-    fn params(ctx: &ActionContext<'_>) -> NoopParams {
-        parse_params(&ctx.job.params).unwrap_or_default()
-    }
-}
-
 #[async_trait]
 impl Action for Noop {
-    fn name(&self) -> &'static str {
-        "noop"
-    }
+    const NAME: &'static str = "noop";
+    type Params = NoopParams;
+    type State = NoopState;
 
     fn targets(&self) -> &'static [ResourceType] {
         &ResourceType::ALL
@@ -67,32 +71,22 @@ impl Action for Noop {
         false
     }
 
-    fn iam_actions(&self) -> &'static [&'static str] {
-        &[]
+    fn examples(&self) -> Vec<NoopParams> {
+        vec![NoopParams { sleep_ms: 50, pending_checks: 2, ..NoopParams::default() }]
     }
 
-    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("sleep_ms", "how long start takes, in ms (default 0)"),
-            ("fail_rate", "share of starts that fail, 0..1; 1 fails for good (default 0)"),
-            ("fail_attempts", "fail (retryably) the first N attempts (default 0)"),
-            ("pending_checks", "completion checks that report pending before done (default 0)"),
-            ("fail_checks", "fail (retryably) the first N checks (default 0)"),
-            ("check_after_ms", "delay before each check, in ms (default 1000)"),
-            ("effects_dir", "a folder where each effect is recorded, one file per job, and each start in `<job>.starts` (tests; default none)"),
-        ]
+    fn statements(&self, _params: &NoopParams) -> Vec<Value> {
+        Vec::new()
     }
 
-    fn check_params(&self, params: &Value) -> Result<(), String> {
-        let p: NoopParams = parse_params(params)?;
+    fn validate(&self, p: &NoopParams) -> Result<(), String> {
         if !(0.0..=1.0).contains(&p.fail_rate) {
             return Err(format!("params: fail_rate {} is not between 0 and 1", p.fail_rate));
         }
         Ok(())
     }
 
-    async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = Self::params(&ctx);
+    async fn start(&self, ctx: ActionContext<'_>, p: &NoopParams) -> Step {
         let effect = p.effects_dir.as_deref().map(|dir| std::path::Path::new(dir).join(&ctx.job.id));
         if let Some(dir) = p.effects_dir.as_deref() {
             // Every start is counted apart from the effects, so tests see a start that the
@@ -124,24 +118,20 @@ impl Action for Noop {
             return Step::Failed { retryable: true, error: "noop: random failure".into() };
         }
         if p.pending_checks > 0 {
-            return Step::Pending {
-                check_after: Duration::from_millis(p.check_after_ms),
-                state: json!({ "checks": 0 }),
-            };
+            return Step::pending(Duration::from_millis(p.check_after_ms), &NoopState { checks: 0 });
         }
         Step::Done { summary: format!("noop on {}", ctx.job.resource.id) }
     }
 
-    async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
-        let p = Self::params(&ctx);
+    async fn check(&self, ctx: ActionContext<'_>, p: &NoopParams, state: NoopState) -> Step {
         if ctx.check <= p.fail_checks {
             return Step::Failed { retryable: true, error: format!("noop: failing check {}", ctx.check) };
         }
-        let checks = state.get("checks").and_then(Value::as_u64).unwrap_or(0) + 1;
+        let checks = state.checks + 1;
         if checks >= u64::from(p.pending_checks) {
             Step::Done { summary: format!("noop on {} after {checks} checks", ctx.job.resource.id) }
         } else {
-            Step::Pending { check_after: Duration::from_millis(p.check_after_ms), state: json!({ "checks": checks }) }
+            Step::pending(Duration::from_millis(p.check_after_ms), &NoopState { checks })
         }
     }
 }

@@ -2,20 +2,21 @@
 //! On a FIFO topic the job's id deduplicates the message; a standard topic may deliver a
 //! redelivered job's message twice (SNS offers no deduplication there).
 
-use super::{parse_params, Action, ActionContext, Step};
+use super::{Action, ActionContext, Step};
 use async_trait::async_trait;
 use opsfleet_protocol::resource::Arn;
 use opsfleet_protocol::ResourceType;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 /// The params of `notify`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NotifyParams {
-    /// The topic's ARN.
+    /// The SNS topic's ARN.
     pub topic_arn: String,
-    /// The subject (a template; SNS takes up to 100 characters for email).
+    /// The subject, a template (SNS takes up to 100 characters for email).
     #[serde(default = "default_subject")]
     pub subject: String,
 }
@@ -26,12 +27,6 @@ fn default_subject() -> String {
 
 /// The `notify` action.
 pub struct Notify;
-
-impl Notify {
-    fn params(ctx: &ActionContext<'_>) -> Result<NotifyParams, Step> {
-        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
-    }
-}
 
 /// The message a job publishes.
 pub fn summary(ctx: &ActionContext<'_>) -> Value {
@@ -60,58 +55,38 @@ fn subject(text: &str) -> String {
 
 #[async_trait]
 impl Action for Notify {
-    fn name(&self) -> &'static str {
-        "notify"
-    }
+    const NAME: &'static str = "notify";
+    type Params = NotifyParams;
+    type State = ();
 
     fn targets(&self) -> &'static [ResourceType] {
         &ResourceType::ALL
     }
 
-    fn describe(&self, ctx: ActionContext<'_>) -> String {
-        match Self::params(&ctx) {
-            Ok(p) => format!(
-                "would publish `{}` about {} to {}",
-                subject(&ctx.render(&p.subject)),
-                ctx.job.resource.id,
-                p.topic_arn
-            ),
-            Err(_) => format!("would publish about {}", ctx.job.resource.id),
-        }
+    fn examples(&self) -> Vec<NotifyParams> {
+        vec![NotifyParams { topic_arn: "arn:aws:sns:us-east-1:111122223333:ops".into(), subject: default_subject() }]
     }
 
-    fn iam_actions(&self) -> &'static [&'static str] {
-        &["sns:Publish"]
+    fn describe(&self, ctx: ActionContext<'_>, p: &NotifyParams) -> String {
+        format!("would publish `{}` about {} to {}", subject(&ctx.render(&p.subject)), ctx.job.resource.id, p.topic_arn)
     }
 
-    fn iam_statements(&self, params: &Value) -> Vec<Value> {
-        match parse_params::<NotifyParams>(params) {
-            Ok(p) => vec![json!({ "Effect": "Allow", "Action": ["sns:Publish"], "Resource": p.topic_arn })],
-            Err(_) => Vec::new(),
-        }
+    fn statements(&self, p: &NotifyParams) -> Vec<Value> {
+        vec![json!({ "Effect": "Allow", "Action": ["sns:Publish"], "Resource": p.topic_arn })]
     }
 
-    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("topic_arn", "the SNS topic's ARN (required)"),
-            ("subject", "the subject, a template (default \"opsfleet {task}: {id}\")"),
-        ]
+    fn templates(&self, p: &NotifyParams) -> Vec<(String, String)> {
+        vec![("subject".to_owned(), p.subject.clone())]
     }
 
-    fn templates(&self, params: &Value) -> Vec<(String, String)> {
-        parse_params::<NotifyParams>(params).map(|p| vec![("subject".to_owned(), p.subject)]).unwrap_or_default()
-    }
-
-    fn check_params(&self, params: &Value) -> Result<(), String> {
-        let p: NotifyParams = parse_params(params)?;
+    fn validate(&self, p: &NotifyParams) -> Result<(), String> {
         match Arn::parse(&p.topic_arn) {
             Some(arn) if arn.service == "sns" && !arn.region.is_empty() && !arn.account.is_empty() => Ok(()),
             _ => Err(format!("params: topic_arn `{}` is not an SNS topic ARN", p.topic_arn)),
         }
     }
 
-    async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = or_step!(Self::params(&ctx));
+    async fn start(&self, ctx: ActionContext<'_>, p: &NotifyParams) -> Step {
         let Some(arn) = Arn::parse(&p.topic_arn) else {
             return Step::Failed { retryable: false, error: format!("topic_arn `{}` is not an ARN", p.topic_arn) };
         };
@@ -143,7 +118,7 @@ impl Action for Notify {
         }
     }
 
-    async fn check(&self, ctx: ActionContext<'_>, _state: &Value) -> Step {
-        self.start(ctx).await
+    async fn check(&self, ctx: ActionContext<'_>, p: &NotifyParams, _state: ()) -> Step {
+        self.start(ctx, p).await
     }
 }

@@ -1,45 +1,55 @@
 //! The actions this build knows, by name.
 
-use super::{Action, AmiCreate, EbsSnapshot, InstancePower, Noop, Notify, SnapshotCopy, SnapshotRetention, Tag};
+use super::any::Typed;
+use super::{
+    Action, AmiCreate, AnyAction, EbsSnapshot, InstancePower, Noop, Notify, SnapshotCopy, SnapshotRetention, Tag,
+};
 use opsfleet_protocol::config::{ActionCatalog, ActionInfo};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Actions by name; also the catalog `opsfleet validate` checks tasks against.
-#[derive(Clone)]
+/// Actions by name; also the catalog `opsfleet validate` checks tasks against, and the one list
+/// of the actions this build ships (`opsfleet actions`, `iam-policy` and the docs' checks read
+/// it).
+#[derive(Clone, Default)]
 pub struct ActionRegistry {
-    actions: BTreeMap<&'static str, Arc<dyn Action>>,
+    actions: BTreeMap<&'static str, Arc<dyn AnyAction>>,
 }
 
 impl ActionRegistry {
     /// Every action this build ships.
     pub fn builtin() -> Self {
-        let mut registry = ActionRegistry { actions: BTreeMap::new() };
-        registry.register(Arc::new(Noop));
-        registry.register(Arc::new(EbsSnapshot));
-        registry.register(Arc::new(SnapshotCopy));
-        registry.register(Arc::new(AmiCreate));
-        registry.register(Arc::new(InstancePower));
-        registry.register(Arc::new(Tag));
-        registry.register(Arc::new(SnapshotRetention));
-        registry.register(Arc::new(Notify));
-        registry
+        ActionRegistry::default()
+            .with(Noop)
+            .with(EbsSnapshot)
+            .with(SnapshotCopy)
+            .with(AmiCreate)
+            .with(InstancePower)
+            .with(Tag)
+            .with(SnapshotRetention)
+            .with(Notify)
     }
 
-    /// Adds an action (replacing one of the same name).
-    pub fn register(&mut self, action: Arc<dyn Action>) {
-        self.actions.insert(action.name(), action);
+    /// The same registry with an action added (replacing one of the same name).
+    pub fn with<A: Action>(mut self, action: A) -> Self {
+        self.actions.insert(A::NAME, Arc::new(Typed(action)));
+        self
     }
 
     /// The action of a name.
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Action>> {
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn AnyAction>> {
         self.actions.get(name)
     }
 
     /// Every action, by name.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Action>> {
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn AnyAction>> {
         self.actions.values()
+    }
+
+    /// The names of every action, in order.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.actions.keys().copied()
     }
 }
 
@@ -49,8 +59,8 @@ impl ActionCatalog for ActionRegistry {
             let known: Vec<&str> = self.actions.keys().copied().collect();
             format!("unknown action `{action}`; known: {}", known.join(", "))
         })?;
-        found.check_params(params)?;
-        Ok(ActionInfo { targets: found.targets().to_vec(), limit: found.limit(), templates: found.templates(params) })
+        let templates = found.check_params(params)?;
+        Ok(ActionInfo { targets: found.targets().to_vec(), limit: found.limit(), templates })
     }
 }
 

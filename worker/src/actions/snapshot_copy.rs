@@ -6,33 +6,34 @@
 //! with the job's id.
 
 use super::ec2::{failed, filter, made_tags, not_found, opted_out, spec, JOB_TAG};
-use super::{default_check_after_secs, parse_params, Action, ActionContext, Step};
+use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{ResourceType as Ec2Type, SnapshotState};
 use opsfleet_protocol::config::LimitDefault;
 use opsfleet_protocol::resource::looks_like_region;
 use opsfleet_protocol::ResourceType;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// The params of `snapshot-copy`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotCopyParams {
     /// The region to copy into.
     pub destination_region: String,
-    /// The KMS key to encrypt the copy with (the copy is then encrypted).
+    /// A KMS key to encrypt the copy with (none: encrypted as the source).
     #[serde(default)]
     pub kms_key_id: Option<String>,
     /// Delete the source snapshot once the copy is complete.
     #[serde(default)]
     pub delete_source: bool,
-    /// The copy's description (a template).
+    /// The copy's description, a template.
     #[serde(default = "default_description")]
     pub description: String,
-    /// More tags on the copy (values are templates).
+    /// More tags on the copy, values are templates.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     /// Seconds until the first completion check.
@@ -44,20 +45,22 @@ fn default_description() -> String {
     "opsfleet {task}: copy of {id} from {region}".into()
 }
 
+/// The copy a pending `snapshot-copy` waits for.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Copying {
+    /// The copy; none while the source is not complete yet.
+    #[serde(default)]
+    pub copy: Option<String>,
+}
+
 /// The `snapshot-copy` action.
 pub struct SnapshotCopy;
 
-impl SnapshotCopy {
-    fn params(ctx: &ActionContext<'_>) -> Result<SnapshotCopyParams, Step> {
-        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
-    }
-}
-
 #[async_trait]
 impl Action for SnapshotCopy {
-    fn name(&self) -> &'static str {
-        "snapshot-copy"
-    }
+    const NAME: &'static str = "snapshot-copy";
+    type Params = SnapshotCopyParams;
+    type State = Copying;
 
     fn targets(&self) -> &'static [ResourceType] {
         &[ResourceType::Snapshot]
@@ -67,75 +70,60 @@ impl Action for SnapshotCopy {
         Some(LimitDefault { name: "snapshot-copy".into(), max: 5, pool: "{params.destination_region}".into() })
     }
 
-    fn describe(&self, ctx: ActionContext<'_>) -> String {
-        match Self::params(&ctx) {
-            Ok(p) => format!(
-                "would copy {} from {} to {}{}",
-                ctx.job.resource.id,
-                ctx.job.resource.region,
-                p.destination_region,
-                if p.delete_source { ", then delete the source" } else { "" }
-            ),
-            Err(_) => format!("would copy {}", ctx.job.resource.id),
-        }
+    fn examples(&self) -> Vec<SnapshotCopyParams> {
+        vec![SnapshotCopyParams {
+            destination_region: "eu-west-1".into(),
+            kms_key_id: Some("arn:aws:kms:eu-west-1:111122223333:key/example".into()),
+            delete_source: true,
+            description: default_description(),
+            tags: BTreeMap::new(),
+            check_after_secs: default_check_after_secs(),
+        }]
     }
 
-    fn iam_actions(&self) -> &'static [&'static str] {
-        &["ec2:DescribeSnapshots", "ec2:CopySnapshot", "ec2:CreateTags", "ec2:DeleteSnapshot"]
+    fn describe(&self, ctx: ActionContext<'_>, p: &SnapshotCopyParams) -> String {
+        format!(
+            "would copy {} from {} to {}{}",
+            ctx.job.resource.id,
+            ctx.job.resource.region,
+            p.destination_region,
+            if p.delete_source { ", then delete the source" } else { "" }
+        )
     }
 
-    fn iam_statements(&self, params: &Value) -> Vec<Value> {
+    fn statements(&self, p: &SnapshotCopyParams) -> Vec<Value> {
         use super::iam::*;
         let mut out = vec![
             allow(&["ec2:DescribeSnapshots"], &["*"]),
             allow(&["ec2:CopySnapshot"], &[SNAPSHOTS]),
             allow_if(&["ec2:CreateTags"], &[SNAPSHOTS], on_create(&["CopySnapshot"])),
         ];
-        if let Ok(p) = parse_params::<SnapshotCopyParams>(params) {
-            if p.delete_source {
-                // The source is the operator's own snapshot, not one opsfleet made.
-                out.push(allow(&["ec2:DeleteSnapshot"], &[SNAPSHOTS]));
-            }
-            if let Some(key) = p.kms_key_id {
-                out.push(serde_json::json!({ "Effect": "Allow", "Action": ["kms:CreateGrant", "kms:Decrypt",
-                    "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
-                    "kms:ReEncryptTo"], "Resource": key }));
-            }
+        if p.delete_source {
+            // The source is the operator's own snapshot, not one opsfleet made.
+            out.push(allow(&["ec2:DeleteSnapshot"], &[SNAPSHOTS]));
+        }
+        if let Some(key) = &p.kms_key_id {
+            out.push(serde_json::json!({ "Effect": "Allow", "Action": ["kms:CreateGrant", "kms:Decrypt",
+                "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
+                "kms:ReEncryptTo"], "Resource": key }));
         }
         out
     }
 
-    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("destination_region", "the region to copy into (required)"),
-            ("kms_key_id", "a KMS key to encrypt the copy with (default: as the source)"),
-            ("delete_source", "delete the source snapshot once the copy is complete (default false)"),
-            (
-                "description",
-                "the copy's description, a template (default \"opsfleet {task}: copy of {id} from {region}\")",
-            ),
-            ("tags", "more tags on the copy, values are templates (default none)"),
-            ("check_after_secs", "seconds until the first completion check (default 15)"),
-        ]
-    }
-
-    fn templates(&self, params: &Value) -> Vec<(String, String)> {
-        let Ok(p) = parse_params::<SnapshotCopyParams>(params) else { return Vec::new() };
-        let mut out = vec![("description".to_owned(), p.description)];
-        out.extend(p.tags.into_iter().map(|(k, v)| (format!("tags.{k}"), v)));
+    fn templates(&self, p: &SnapshotCopyParams) -> Vec<(String, String)> {
+        let mut out = vec![("description".to_owned(), p.description.clone())];
+        out.extend(p.tags.iter().map(|(k, v)| (format!("tags.{k}"), v.clone())));
         out
     }
 
-    fn check_params(&self, params: &Value) -> Result<(), String> {
-        let p: SnapshotCopyParams = parse_params(params)?;
+    fn validate(&self, p: &SnapshotCopyParams) -> Result<(), String> {
         if !looks_like_region(&p.destination_region) {
             return Err(format!("params: destination_region `{}` is not a region", p.destination_region));
         }
         Ok(())
     }
 
-    async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = or_step!(Self::params(&ctx));
+    async fn start(&self, ctx: ActionContext<'_>, p: &SnapshotCopyParams) -> Step {
         let r = &ctx.job.resource;
         let aws = or_step!(ctx.aws());
         let (source, dest) =
@@ -156,8 +144,8 @@ impl Action for SnapshotCopy {
             Err(e) => return failed("DescribeSnapshots", &e),
         };
         if let Some(copy) = existing {
-            let state = json!({ "copy": copy });
-            return self.check(ctx, &state).await.checked_after(Duration::from_secs(p.check_after_secs));
+            let state = Copying { copy: Some(copy) };
+            return self.check(ctx, p, state).await.checked_after(Duration::from_secs(p.check_after_secs));
         }
         let original = match source.describe_snapshots().snapshot_ids(&r.id).send().await {
             Ok(out) => out.snapshots().first().cloned(),
@@ -175,10 +163,7 @@ impl Action for SnapshotCopy {
         }
         if original.state() != Some(&SnapshotState::Completed) {
             // A snapshot copies once it is complete.
-            return Step::Pending {
-                check_after: Duration::from_secs(p.check_after_secs),
-                state: json!({ "copy": null }),
-            };
+            return Step::pending(Duration::from_secs(p.check_after_secs), &Copying { copy: None });
         }
         let copy = {
             {
@@ -198,15 +183,14 @@ impl Action for SnapshotCopy {
                 }
             }
         };
-        let state = json!({ "copy": copy });
-        self.check(ctx, &state).await.checked_after(Duration::from_secs(p.check_after_secs))
+        let state = Copying { copy: Some(copy) };
+        self.check(ctx, p, state).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
-    async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
-        let p = or_step!(Self::params(&ctx));
-        let Some(copy) = state["copy"].as_str() else {
+    async fn check(&self, ctx: ActionContext<'_>, p: &SnapshotCopyParams, state: Copying) -> Step {
+        let Some(copy) = state.copy.as_deref() else {
             // The source was not complete yet: start over (finding no copy, or its own).
-            return self.start(ctx).await;
+            return self.start(ctx, p).await;
         };
         let r = &ctx.job.resource;
         let aws = or_step!(ctx.aws());
@@ -223,9 +207,7 @@ impl Action for SnapshotCopy {
             Some(SnapshotState::Error) => {
                 return Step::Failed { retryable: false, error: format!("copy {copy} ended in state error") }
             }
-            Some(_) => {
-                return Step::Pending { check_after: Duration::from_secs(p.check_after_secs), state: state.clone() }
-            }
+            Some(_) => return Step::pending(Duration::from_secs(p.check_after_secs), &state),
             None => return Step::Failed { retryable: true, error: format!("copy {copy} is not found (yet)") },
         }
         if p.delete_source {

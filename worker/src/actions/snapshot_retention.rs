@@ -3,21 +3,22 @@
 //! without an `opsfleet:job` tag). Idempotent by nature.
 
 use super::ec2::{failed, filter, not_found, opted_out, JOB_TAG};
-use super::{parse_params, Action, ActionContext, Step};
+use super::{Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::SnapshotState;
 use opsfleet_protocol::ResourceType;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The params of `snapshot-retention`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotRetentionParams {
-    /// Keep the newest this many.
+    /// Keep the newest N snapshots opsfleet made of the volume.
     #[serde(default)]
     pub keep: Option<u32>,
-    /// Delete those older than this many days.
+    /// Delete those older than N days (at least one of keep and max_age_days).
     #[serde(default)]
     pub max_age_days: Option<u32>,
 }
@@ -25,24 +26,21 @@ pub struct SnapshotRetentionParams {
 /// The `snapshot-retention` action.
 pub struct SnapshotRetention;
 
-impl SnapshotRetention {
-    fn params(ctx: &ActionContext<'_>) -> Result<SnapshotRetentionParams, Step> {
-        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
-    }
-}
-
 #[async_trait]
 impl Action for SnapshotRetention {
-    fn name(&self) -> &'static str {
-        "snapshot-retention"
-    }
+    const NAME: &'static str = "snapshot-retention";
+    type Params = SnapshotRetentionParams;
+    type State = ();
 
     fn targets(&self) -> &'static [ResourceType] {
         &[ResourceType::Volume]
     }
 
-    fn describe(&self, ctx: ActionContext<'_>) -> String {
-        let p = Self::params(&ctx).unwrap_or_default();
+    fn examples(&self) -> Vec<SnapshotRetentionParams> {
+        vec![SnapshotRetentionParams { keep: Some(7), max_age_days: Some(30) }]
+    }
+
+    fn describe(&self, ctx: ActionContext<'_>, p: &SnapshotRetentionParams) -> String {
         let mut rules = Vec::new();
         if let Some(n) = p.keep {
             rules.push(format!("beyond the newest {n}"));
@@ -53,11 +51,7 @@ impl Action for SnapshotRetention {
         format!("would delete the snapshots opsfleet made of {} {}", ctx.job.resource.id, rules.join(" or "))
     }
 
-    fn iam_actions(&self) -> &'static [&'static str] {
-        &["ec2:DescribeVolumes", "ec2:DescribeSnapshots", "ec2:DeleteSnapshot"]
-    }
-
-    fn iam_statements(&self, _params: &Value) -> Vec<Value> {
+    fn statements(&self, _params: &SnapshotRetentionParams) -> Vec<Value> {
         use super::iam::*;
         vec![
             allow(&["ec2:DescribeVolumes", "ec2:DescribeSnapshots"], &["*"]),
@@ -65,23 +59,14 @@ impl Action for SnapshotRetention {
         ]
     }
 
-    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
-        &[
-            ("keep", "keep the newest N snapshots opsfleet made of the volume"),
-            ("max_age_days", "delete those older than N days (at least one of keep and max_age_days)"),
-        ]
-    }
-
-    fn check_params(&self, params: &Value) -> Result<(), String> {
-        let p: SnapshotRetentionParams = parse_params(params)?;
+    fn validate(&self, p: &SnapshotRetentionParams) -> Result<(), String> {
         if p.keep.is_none() && p.max_age_days.is_none() {
             return Err("params: give `keep`, `max_age_days`, or both".into());
         }
         Ok(())
     }
 
-    async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = or_step!(Self::params(&ctx));
+    async fn start(&self, ctx: ActionContext<'_>, p: &SnapshotRetentionParams) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
         let volume = ctx.job.resource.id.as_str();
         // The volume may be gone; its snapshots are still kept in bounds.
@@ -128,7 +113,7 @@ impl Action for SnapshotRetention {
         }
     }
 
-    async fn check(&self, ctx: ActionContext<'_>, _state: &Value) -> Step {
-        self.start(ctx).await
+    async fn check(&self, ctx: ActionContext<'_>, p: &SnapshotRetentionParams, _state: ()) -> Step {
+        self.start(ctx, p).await
     }
 }

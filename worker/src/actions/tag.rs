@@ -3,19 +3,20 @@
 //! nothing.
 
 use super::ec2::{failed, filter, opted_out, tag};
-use super::{parse_params, Action, ActionContext, Step};
+use super::{Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::Tag as Ec2Tag;
 use opsfleet_protocol::ResourceType;
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
 /// The params of `tag`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TagParams {
-    /// Tags to set (values are templates).
+    /// Tags to set, values are templates.
     #[serde(default)]
     pub add: BTreeMap<String, String>,
     /// Tag keys to remove.
@@ -25,12 +26,6 @@ pub struct TagParams {
 
 /// The `tag` action.
 pub struct Tag;
-
-impl Tag {
-    fn params(ctx: &ActionContext<'_>) -> Result<TagParams, Step> {
-        parse_params(&ctx.job.params).map_err(|error| Step::Failed { retryable: false, error })
-    }
-}
 
 /// The tags of a resource (any EC2 type), by `DescribeTags`.
 async fn tags_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<BTreeMap<String, String>, Step> {
@@ -45,16 +40,19 @@ async fn tags_of(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<BTreeMap<String,
 
 #[async_trait]
 impl Action for Tag {
-    fn name(&self) -> &'static str {
-        "tag"
-    }
+    const NAME: &'static str = "tag";
+    type Params = TagParams;
+    type State = ();
 
     fn targets(&self) -> &'static [ResourceType] {
         &ResourceType::ALL
     }
 
-    fn describe(&self, ctx: ActionContext<'_>) -> String {
-        let p = Self::params(&ctx).unwrap_or_default();
+    fn examples(&self) -> Vec<TagParams> {
+        vec![TagParams { add: BTreeMap::from([("Backup".into(), "{date}".into())]), remove: vec!["Stale".into()] }]
+    }
+
+    fn describe(&self, ctx: ActionContext<'_>, p: &TagParams) -> String {
         let add: Vec<String> = p.add.iter().map(|(k, v)| format!("{k}={}", ctx.render(v))).collect();
         let mut what = Vec::new();
         if !add.is_empty() {
@@ -66,13 +64,8 @@ impl Action for Tag {
         format!("would {} on {}", what.join(" and "), ctx.job.resource.id)
     }
 
-    fn iam_actions(&self) -> &'static [&'static str] {
-        &["ec2:DescribeTags", "ec2:CreateTags", "ec2:DeleteTags"]
-    }
-
-    fn iam_statements(&self, params: &Value) -> Vec<Value> {
+    fn statements(&self, p: &TagParams) -> Vec<Value> {
         use super::iam::*;
-        let p = parse_params::<TagParams>(params).unwrap_or_default();
         let keys: Vec<&String> = p.add.keys().chain(&p.remove).collect();
         let only_these = serde_json::json!({ "ForAllValues:StringEquals": { "aws:TagKeys": keys } });
         let mut actions = Vec::new();
@@ -88,17 +81,11 @@ impl Action for Tag {
         ]
     }
 
-    fn params_help(&self) -> &'static [(&'static str, &'static str)] {
-        &[("add", "tags to set, values are templates (default none)"), ("remove", "tag keys to remove (default none)")]
+    fn templates(&self, p: &TagParams) -> Vec<(String, String)> {
+        p.add.iter().map(|(k, v)| (format!("add.{k}"), v.clone())).collect()
     }
 
-    fn templates(&self, params: &Value) -> Vec<(String, String)> {
-        let Ok(p) = parse_params::<TagParams>(params) else { return Vec::new() };
-        p.add.into_iter().map(|(k, v)| (format!("add.{k}"), v)).collect()
-    }
-
-    fn check_params(&self, params: &Value) -> Result<(), String> {
-        let p: TagParams = parse_params(params)?;
+    fn validate(&self, p: &TagParams) -> Result<(), String> {
         if p.add.is_empty() && p.remove.is_empty() {
             return Err("params: give tags to `add` or `remove`".into());
         }
@@ -108,8 +95,7 @@ impl Action for Tag {
         Ok(())
     }
 
-    async fn start(&self, ctx: ActionContext<'_>) -> Step {
-        let p = or_step!(Self::params(&ctx));
+    async fn start(&self, ctx: ActionContext<'_>, p: &TagParams) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
         let id = ctx.job.resource.id.as_str();
         let before = or_step!(tags_of(&ec2, id).await);
@@ -144,7 +130,7 @@ impl Action for Tag {
         Step::Done { summary: format!("{id}: {} tags set, {} removed", add.len(), p.remove.len()) }
     }
 
-    async fn check(&self, ctx: ActionContext<'_>, _state: &Value) -> Step {
-        self.start(ctx).await
+    async fn check(&self, ctx: ActionContext<'_>, p: &TagParams, _state: ()) -> Step {
+        self.start(ctx, p).await
     }
 }

@@ -3,6 +3,7 @@
 //! no write of its own.
 
 use super::{job_key, Attempt, Ledger, Status};
+use crate::table;
 use opsfleet_protocol::ports::{Cond, Item, StoreError, Update};
 use serde_json::json;
 
@@ -68,7 +69,7 @@ impl Ledger {
                 .collect(),
             None => Vec::new(),
         };
-        for item in self.store.query_prefix(&format!("job#{job_id}"), "attempt#").await? {
+        for item in self.store.query_prefix(&table::job(job_id).pk, table::ATTEMPT_PREFIX).await? {
             let number = item.key.sk.split('#').nth(1).and_then(|n| n.parse().ok()).unwrap_or(0);
             attempts.push(from_item(number, &item));
         }

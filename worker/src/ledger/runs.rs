@@ -1,6 +1,7 @@
 //! Runs (one per event and task): their jobs, their counts, their cancellation.
 
 use super::{run_key, Ledger, RunRecord, Status};
+use crate::table;
 use opsfleet_protocol::ports::{Cond, Index, IndexQuery, StoreError, Update, INDEXES};
 use std::collections::BTreeSet;
 
@@ -33,11 +34,11 @@ impl Ledger {
     /// crash is not counted.
     pub async fn run_failures(&self, run: &str) -> Result<u32, StoreError> {
         let mut failed = 0;
-        for entry in self.store.query_prefix(&format!("run#{run}"), "job#").await? {
+        for entry in self.store.query_prefix(&table::run_pk(run), table::JOB_PREFIX).await? {
             if entry.str("status") != Some(Status::Failed.as_str()) {
                 continue;
             }
-            let Some(id) = entry.key.sk.strip_prefix("job#") else { continue };
+            let Some(id) = entry.key.sk.strip_prefix(table::JOB_PREFIX) else { continue };
             if self.job(id).await?.is_some_and(|r| r.status == Status::Failed) {
                 failed += 1;
             }
@@ -51,14 +52,14 @@ impl Ledger {
     pub async fn run_jobs(&self, run: &str) -> Result<Vec<String>, StoreError> {
         let mut ids: BTreeSet<String> = self
             .store
-            .query_prefix(&format!("run#{run}"), "job#")
+            .query_prefix(&table::run_pk(run), table::JOB_PREFIX)
             .await?
             .into_iter()
-            .filter_map(|i| i.key.sk.strip_prefix("job#").map(str::to_owned))
+            .filter_map(|i| i.key.sk.strip_prefix(table::JOB_PREFIX).map(str::to_owned))
             .collect();
         let query = IndexQuery { index: BY_RUN, value: run.to_owned(), since: None, limit: MAX_RUN_JOBS };
         for key in self.store.query_index(&query).await? {
-            if let Some(id) = key.pk.strip_prefix("job#").filter(|_| key.sk == "job") {
+            if let Some(id) = table::job_id(&key) {
                 ids.insert(id.to_owned());
             }
         }

@@ -6,7 +6,7 @@ use super::dead_letters::DeadLetters;
 use super::guarded::Guarded;
 use super::held::Held;
 use super::{failure_backoff, jitter, CallError, Disposition};
-use crate::actions::{Action, Step};
+use crate::actions::{AnyAction, Step};
 use crate::lease::Holder;
 use crate::ledger::{Attempt, Ledger, Status};
 use crate::telemetry::{JobFinished, RunCancelled, WorkerCallFailed};
@@ -26,7 +26,7 @@ pub(super) struct Subject<'a> {
     /// Its task.
     pub task: &'a Task,
     /// Its action.
-    pub action: &'a dyn Action,
+    pub action: &'a dyn AnyAction,
 }
 
 /// The completion check a step ran as: its number and the state it checked.

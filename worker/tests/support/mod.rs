@@ -4,10 +4,11 @@
 
 pub mod faulty;
 
-use opsfleet_backend::{setup::setup, EmbeddedBackend};
+use opsfleet_backend::EmbeddedBackend;
 use opsfleet_protocol::job::JobOrigin;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
+use opsfleet_protocol::setup::setup;
 use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Config, Job, Resource, ResourceType};
 use opsfleet_worker::ledger::{Ledger, Status};

@@ -1,8 +1,9 @@
-//! The queues and table a fleet needs, created idempotently by `opsfleet setup`.
+//! The queues and table a fleet needs, created idempotently through the ports by `opsfleet
+//! setup` (and by the demo and the tests on the embedded backend).
 
-use opsfleet_protocol::names;
-use opsfleet_protocol::ports::{Backend, QueueError, QueueSpec, StoreError};
-use opsfleet_protocol::Config;
+use crate::names;
+use crate::ports::{Backend, QueueError, QueueSpec, StoreError};
+use crate::Config;
 use std::time::Duration;
 
 /// How long messages are kept: SQS's maximum, 14 days.
