@@ -4,20 +4,19 @@
 
 mod support;
 
-use opsfleet_backend::AwsBackend;
-use opsfleet_protocol::job::JobOrigin;
+use opsfleet_protocol::config::fixture::{noop_task, tasks};
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
-use opsfleet_protocol::Clock;
-use opsfleet_protocol::{Config, Job, Resource, ResourceType};
+use opsfleet_protocol::Job;
 use opsfleet_worker::lease::{lock_key, Leases};
-use opsfleet_worker::ledger::{Attempt, Ledger, Status};
-use opsfleet_worker::ActionRegistry;
+use opsfleet_worker::ledger::Status;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::{opsfleet_fast, unique_fleet, write_config, ChildGuard};
+use support::opsfleet_fast;
+use support::process_fleet::{peak_overlap, ProcessFleet};
 
-const CONFIG: &str = r#"
+/// The fleet every test here runs: `FLEET` is the fleet's name.
+fn config() -> String {
+    let head = r#"
 [fleet]
 name = "FLEET"
 partitions = 2
@@ -31,178 +30,24 @@ visibility_secs = 4
 shutdown_grace_secs = 5
 max_in_flight = 16
 
-[[tasks]]
-name = "quick"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 20 }
-
-[[tasks]]
-name = "limited"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 300 }
-limit = "three"
-
-[[tasks]]
-name = "long"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 4000 }
-
-[[tasks]]
-name = "steady"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 500 }
-
-[[tasks]]
-name = "two-seconds"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 2000 }
-
-[[tasks]]
-name = "poison"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { fail_rate = 1.0 }
-
-[[tasks]]
-name = "slow"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 2, check_after_ms = 1000 }
 "#;
-
-struct Fleet {
-    name: String,
-    path: PathBuf,
-    config: Config,
-    backend: AwsBackend,
-    ledger: Ledger,
-}
-
-impl Fleet {
-    async fn new(prefix: &str) -> Self {
-        let name = unique_fleet(prefix);
-        let path = write_config(&name, CONFIG);
-        let setup = opsfleet_fast(&["setup", "--config", path.to_str().unwrap_or_default()]).output().expect("setup");
-        assert!(setup.status.success(), "setup: {}", String::from_utf8_lossy(&setup.stderr));
-        let text = std::fs::read_to_string(&path).expect("config");
-        let config = Config::parse(&text, Some(&ActionRegistry::builtin())).expect("config");
-        let backend = support::fast_backend().await;
-        let store = backend.store(&name).await.expect("table");
-        Fleet { ledger: Ledger::new(store, Clock::new(), Duration::from_secs(3600)), name, path, config, backend }
-    }
-
-    fn job(&self, task: &str, event: &str, instance: &str) -> Job {
-        let resource = Resource {
-            account: "123456789012".into(),
-            region: "us-east-1".into(),
-            kind: ResourceType::Instance,
-            id: instance.into(),
-        };
-        let t = self.config.task(task).expect("task");
-        let origin = JobOrigin {
-            event_id: event,
-            event_time: None,
-            received_ms: Clock::new().now_ms(),
-            task,
-            action: &t.action,
-            params: &t.params,
-        };
-        Job::new(origin, resource, 2)
-    }
-
-    /// Sends jobs to their partitions; `group` names each job's FIFO group.
-    async fn send(&self, jobs: &[Job], group: impl Fn(&Job) -> String, dedup_suffix: &str) {
-        for p in 0..2u32 {
-            let queue = self.backend.queue(&format!("{}-jobs-{p}.fifo", self.name)).await.expect("partition");
-            let messages: Vec<OutgoingMessage> = jobs
-                .iter()
-                .filter(|j| j.partition == p)
-                .map(|j| OutgoingMessage {
-                    body: j.to_json().expect("json"),
-                    group_id: Some(group(j)),
-                    dedup_id: Some(format!("{}{dedup_suffix}", j.id)),
-                    ..Default::default()
-                })
-                .collect();
-            for chunk in messages.chunks(10) {
-                assert!(queue.send_batch(chunk).await.expect("send").is_empty());
-            }
-        }
-    }
-
-    fn worker(&self, label: &str) -> ChildGuard {
-        let log = std::fs::File::create(support::root().join("target/e2e").join(format!("{}-{label}.log", self.name)))
-            .expect("log");
-        ChildGuard(
-            opsfleet_fast(&["worker", "--config", self.path.to_str().unwrap_or_default()])
-                .stderr(log)
-                .spawn()
-                .expect("worker"),
-        )
-    }
-
-    async fn statuses(&self, jobs: &[Job]) -> Vec<Option<Status>> {
-        let mut out = Vec::new();
-        for job in jobs {
-            out.push(self.ledger.job(&job.id).await.expect("ledger").map(|r| r.status));
-        }
-        out
-    }
-
-    async fn wait_final(&self, jobs: &[Job], within: Duration) {
-        let deadline = Instant::now() + within;
-        loop {
-            let statuses = self.statuses(jobs).await;
-            let open = statuses.iter().filter(|s| !s.is_some_and(Status::is_final)).count();
-            if open == 0 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{open} of {} jobs not finished in {within:?}", jobs.len());
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    async fn attempts(&self, job: &Job) -> Vec<Attempt> {
-        self.ledger.attempts(&job.id).await.expect("attempts")
-    }
-
-    async fn assert_succeeded_exactly_once(&self, jobs: &[Job]) {
-        for job in jobs {
-            let record = self.ledger.job(&job.id).await.expect("ledger").expect("record");
-            assert_eq!(record.status, Status::Succeeded, "job {}", job.id);
-            let wins = self.attempts(job).await.iter().filter(|a| a.outcome == "SUCCEEDED").count();
-            assert_eq!(wins, 1, "job {} ran to SUCCEEDED {wins} times", job.id);
-        }
-    }
-}
-
-/// The largest number of intervals that overlap at one instant.
-fn peak_overlap(intervals: &[(u64, u64)]) -> usize {
-    let mut edges: Vec<(u64, i32)> = intervals.iter().flat_map(|&(s, e)| [(s, 1), (e, -1)]).collect();
-    edges.sort_by_key(|&(t, d)| (t, d));
-    let (mut now, mut peak) = (0i32, 0i32);
-    for (_, d) in edges {
-        now += d;
-        peak = peak.max(now);
-    }
-    peak as usize
+    format!(
+        "{head}{}",
+        tasks(&[
+            noop_task("quick", "sleep_ms = 20"),
+            noop_task("limited", "sleep_ms = 300").with(r#"limit = "three""#),
+            noop_task("long", "sleep_ms = 4000"),
+            noop_task("steady", "sleep_ms = 500"),
+            noop_task("two-seconds", "sleep_ms = 2000"),
+            noop_task("poison", "fail_rate = 1.0"),
+            noop_task("slow", "pending_checks = 2, check_after_ms = 1000"),
+        ])
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_run_500_jobs_once_each_and_never_share_a_lock() {
-    let fleet = Fleet::new("e2e-locks").await;
+    let fleet = ProcessFleet::new("e2e-locks", &config()).await;
     let mut jobs = Vec::new();
     for event in 0..10 {
         for r in 0..50 {
@@ -211,7 +56,7 @@ async fn two_workers_run_500_jobs_once_each_and_never_share_a_lock() {
     }
     // Two FIFO groups per resource, so two jobs of one resource compete for its lock at once.
     let parity = |j: &Job| j.event_id.bytes().last().map_or(0, |b| b % 2);
-    fleet.send(&jobs, |j| format!("{}-{}", j.resource.key(), parity(j)), "").await;
+    fleet.send_jobs(&jobs, |j| format!("{}-{}", j.resource.key(), parity(j)), "").await;
     let _a = fleet.worker("a");
     let _b = fleet.worker("b");
     fleet.wait_final(&jobs, Duration::from_secs(300)).await;
@@ -232,9 +77,9 @@ async fn two_workers_run_500_jobs_once_each_and_never_share_a_lock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_of_three_never_has_more_than_three_holders() {
-    let fleet = Fleet::new("e2e-limit").await;
+    let fleet = ProcessFleet::new("e2e-limit", &config()).await;
     let jobs: Vec<Job> = (0..24).map(|r| fleet.job("limited", "ev", &format!("i-{r}"))).collect();
-    fleet.send(&jobs, |j| j.resource.key(), "").await;
+    fleet.send_jobs(&jobs, |j| j.resource.key(), "").await;
     let _a = fleet.worker("a");
     let _b = fleet.worker("b");
     fleet.wait_final(&jobs, Duration::from_secs(180)).await;
@@ -252,9 +97,9 @@ async fn a_limit_of_three_never_has_more_than_three_holders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_kill_9_the_other_worker_finishes_everything_after_the_lease() {
-    let fleet = Fleet::new("e2e-kill").await;
+    let fleet = ProcessFleet::new("e2e-kill", &config()).await;
     let jobs: Vec<Job> = (0..6).map(|r| fleet.job("long", "ev", &format!("i-{r}"))).collect();
-    fleet.send(&jobs, |j| j.resource.key(), "").await;
+    fleet.send_jobs(&jobs, |j| j.resource.key(), "").await;
     let mut a = fleet.worker("a");
     // A first attempt is written to the ledger only with its outcome: the locks say what a runs.
     let table = fleet.backend.store(&opsfleet_protocol::names::table(&fleet.name)).await.expect("table");
@@ -315,13 +160,13 @@ async fn sigterm_exits_0_within_the_grace(worker: &mut std::process::Child) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_within_the_grace_and_loses_nothing() {
-    let fleet = Fleet::new("e2e-term").await;
+    let fleet = ProcessFleet::new("e2e-term", &config()).await;
     let jobs: Vec<Job> = (0..30).map(|r| fleet.job("steady", "ev", &format!("i-{r}"))).collect();
-    fleet.send(&jobs, |j| j.resource.key(), "").await;
+    fleet.send_jobs(&jobs, |j| j.resource.key(), "").await;
     let mut a = fleet.worker("a");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let done = fleet.statuses(&jobs).await.iter().filter(|s| **s == Some(Status::Succeeded)).count();
+        let done = fleet.statuses(&jobs).await.values().filter(|s| **s == Some(Status::Succeeded)).count();
         if done >= 3 {
             break;
         }
@@ -338,14 +183,14 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_loses_nothing() {
 /// finishes what it handed back, each job once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scale_in_stops_one_worker_within_the_grace_and_the_other_finishes_its_jobs() {
-    let fleet = Fleet::new("e2e-scalein").await;
+    let fleet = ProcessFleet::new("e2e-scalein", &config()).await;
     // Two-second jobs, 16 at a time per worker: 120 of them take both workers several rounds.
     let jobs: Vec<Job> = (0..120).map(|r| fleet.job("two-seconds", "ev", &format!("i-{r}"))).collect();
-    fleet.send(&jobs, |j| j.resource.key(), "").await;
+    fleet.send_jobs(&jobs, |j| j.resource.key(), "").await;
     let mut a = fleet.worker("a");
     let _b = fleet.worker("b");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let left = fleet.statuses(&jobs).await.iter().filter(|s| **s != Some(Status::Succeeded)).count();
+    let left = fleet.statuses(&jobs).await.values().filter(|s| **s != Some(Status::Succeeded)).count();
     assert!(left > 0, "the scale-in comes while work is left");
     sigterm_exits_0_within_the_grace(&mut a.0).await;
     fleet.wait_final(&jobs, Duration::from_secs(120)).await;
@@ -354,7 +199,7 @@ async fn scale_in_stops_one_worker_within_the_grace_and_the_other_finishes_its_j
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_redelivery_and_completion_checks() {
-    let fleet = Fleet::new("e2e-misc").await;
+    let fleet = ProcessFleet::new("e2e-misc", &config()).await;
     let poison = fleet.job("poison", "ev", "i-0");
     let partition = poison.partition;
     let good: Vec<Job> = (1..40)
@@ -365,7 +210,7 @@ async fn poison_redelivery_and_completion_checks() {
     let slow = fleet.job("slow", "ev", "i-100");
     let mut all = vec![poison.clone(), slow.clone()];
     all.extend(good.iter().cloned());
-    fleet.send(&all, |j| j.resource.key(), "").await;
+    fleet.send_jobs(&all, |j| j.resource.key(), "").await;
     let queue = fleet.backend.queue(&format!("{}-jobs-{partition}.fifo", fleet.name)).await.expect("queue");
     let garbage = OutgoingMessage {
         body: "{garbage".into(),
@@ -437,7 +282,7 @@ async fn poison_redelivery_and_completion_checks() {
     assert_eq!((record.status, record.checks), (Status::Succeeded, 2));
 
     // (f) A finished job delivered again is acknowledged without running.
-    fleet.send(&good[..1], |j| j.resource.key(), "-again").await;
+    fleet.send_jobs(&good[..1], |j| j.resource.key(), "-again").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let depth = queue.depth().await.expect("depth");

@@ -101,9 +101,7 @@ async fn kill_9_of_random_workers_every_few_seconds() {
     let drained = fleet.drain(&jobs, since, DRAIN).await;
     let kills = fleet.kills;
     let report = fleet.finish(&jobs, drained).await;
-    println!("{}", report.line("kill -9", &format!("{kills} workers killed with SIGKILL and restarted")));
-    report.assert_clean("kill -9");
-    assert_eq!(report.dead_letters, 0, "{report:?}");
+    report.assert_all_good("kill -9", &format!("{kills} workers killed with SIGKILL and restarted"));
     assert_locks_and_limits_held(&fleet);
 }
 
@@ -135,9 +133,7 @@ async fn latency_errors_throttling_and_resets_on_the_wire() {
     let faults = format!("{:?} on SQS and {:?} on DynamoDB in 45 s", fleet.sqs.injected(), fleet.dynamodb.injected());
     assert!(fleet.sqs.total() > 0 && fleet.dynamodb.total() > 0, "{faults}");
     let report = fleet.finish(&jobs, drained).await;
-    println!("{}", report.line("faults on the wire", &faults));
-    report.assert_clean("faults on the wire");
-    assert_eq!(report.dead_letters, 0, "{report:?}");
+    report.assert_all_good("faults on the wire", &faults);
     assert_locks_and_limits_held(&fleet);
 }
 
@@ -157,9 +153,7 @@ async fn both_emulators_unreachable_for_ten_seconds() {
     let drained = fleet.drain(&jobs, since, DRAIN).await;
     let refused = fleet.sqs.total() + fleet.dynamodb.total();
     let report = fleet.finish(&jobs, drained).await;
-    println!("{}", report.line("both emulators unreachable", &format!("10 s down, {refused} connections refused")));
-    report.assert_clean("both emulators unreachable");
-    assert_eq!(report.dead_letters, 0, "{report:?}");
+    report.assert_all_good("both emulators unreachable", &format!("10 s down, {refused} connections refused"));
     assert_locks_and_limits_held(&fleet);
 }
 
@@ -191,15 +185,10 @@ async fn sigterm_of_every_worker_while_checks_are_pending_then_new_workers() {
     }
     let drained = fleet.drain(&jobs, since, DRAIN).await;
     let report = fleet.finish(&jobs, drained).await;
-    println!(
-        "{}",
-        report.line(
-            "SIGTERM while checks pend",
-            &format!("3 workers stopped in {:.1} s, 3 new ones", took.as_secs_f64())
-        )
+    report.assert_all_good(
+        "SIGTERM while checks pend",
+        &format!("3 workers stopped in {:.1} s, 3 new ones", took.as_secs_f64()),
     );
-    report.assert_clean("SIGTERM while checks pend");
-    assert_eq!(report.dead_letters, 0, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,9 +204,7 @@ async fn workers_whose_clocks_disagree_by_more_than_a_lease() {
     let jobs = fleet.send(&alarms("skew", 40, 5)).await;
     let drained = fleet.drain(&jobs, since, DRAIN).await;
     let report = fleet.finish(&jobs, drained).await;
-    println!("{}", report.line("skewed clocks", "wall clocks at -120 s, 0, +120 s"));
-    report.assert_clean("skewed clocks");
-    assert_eq!(report.dead_letters, 0, "{report:?}");
+    report.assert_all_good("skewed clocks", "wall clocks at -120 s, 0, +120 s");
     assert_locks_and_limits_held(&fleet);
 }
 
@@ -278,15 +265,10 @@ async fn jobs_wait_ten_minutes_behind_a_full_limit_without_spending_receives() {
         - held.attrs.get("started_ms").and_then(|v| v.as_i64()).unwrap_or(0);
     assert!(held_ms >= 600_000, "the limit was held for {held_ms} ms");
     let report = fleet.finish(&jobs, drained).await;
-    println!(
-        "{}",
-        report.line(
-            "waiting behind a full limit",
-            &format!("{} jobs waited {:.0} s at max_receive_count = 3", behind.len(), held_ms as f64 / 1000.0)
-        )
+    report.assert_all_good(
+        "waiting behind a full limit",
+        &format!("{} jobs waited {:.0} s at max_receive_count = 3", behind.len(), held_ms as f64 / 1000.0),
     );
-    report.assert_clean("waiting behind a full limit");
-    assert_eq!(report.dead_letters, 0, "{report:?}");
 }
 
 /// The old config of a rolling deploy: it lacks the task the router already routes.
@@ -339,15 +321,10 @@ async fn a_redrive_during_a_deploy_keeps_every_dead_letter_and_runs_after_it() {
     assert_eq!(redriven.lines().count(), limited.len(), "{redriven}");
     let drained = fleet.drain(&jobs, since, DRAIN).await;
     let report = fleet.finish(&jobs, drained).await;
-    println!(
-        "{}",
-        report.line(
-            "redrive during a deploy",
-            &format!("{} jobs dead-lettered twice by an old worker, then redriven", limited.len())
-        )
+    report.assert_all_good(
+        "redrive during a deploy",
+        &format!("{} jobs dead-lettered twice by an old worker, then redriven", limited.len()),
     );
-    report.assert_clean("redrive during a deploy");
-    assert_eq!(report.dead_letters, 0, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,19 +6,19 @@ use crate::discovery::{Discover, DiscoveryError};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::Filter;
 use futures::future::join_all;
-use opsfleet_backend::aws::AwsAccounts;
+use opsfleet_backend::aws::AwsClients;
 use opsfleet_protocol::plan::Discovery;
 use opsfleet_protocol::{Resource, ResourceType};
 use std::sync::Arc;
 
 /// Finds resources with EC2 `Describe*` calls.
 pub struct Ec2Discovery {
-    accounts: Arc<AwsAccounts>,
+    accounts: Arc<dyn AwsClients>,
 }
 
 impl Ec2Discovery {
     /// Discovery through these accounts' clients.
-    pub fn new(accounts: Arc<AwsAccounts>) -> Self {
+    pub fn new(accounts: Arc<dyn AwsClients>) -> Self {
         Ec2Discovery { accounts }
     }
 }

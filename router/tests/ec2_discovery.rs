@@ -70,7 +70,7 @@ async fn discovery_finds_tagged_resources_in_two_accounts_and_two_regions() {
         accounts: vec![OWN.into(), MEMBER.into()],
         regions: vec!["us-east-1".into(), "us-west-2".into()],
     };
-    let mut found = Ec2Discovery::new(Arc::clone(&accounts)).discover(&discovery).await.expect("discover");
+    let mut found = Ec2Discovery::new(accounts.clone()).discover(&discovery).await.expect("discover");
     found.sort();
     expected.sort();
     assert_eq!(found, expected, "each account and region's tagged volume, nothing else");

@@ -121,7 +121,7 @@ pub async fn router(path: &Path, metrics_addr: Option<String>) -> anyhow::Result
 
 async fn open_router(prepared: &Prepared) -> anyhow::Result<Arc<Router>> {
     let planner = Arc::new(Planner::new(prepared.config.clone()));
-    let discovery = Arc::new(Ec2Discovery::new(Arc::clone(&prepared.accounts)));
+    let discovery = Arc::new(Ec2Discovery::new(prepared.accounts.clone()));
     let router = opened("router", &prepared.shutdown, || {
         Router::open(
             &prepared.backend,

@@ -10,7 +10,7 @@ use opsfleet_protocol::event::normalize;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
 use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Config, Job, Planner};
-use opsfleet_worker::ledger::{Ledger, Status};
+use opsfleet_worker::ledger::{Attempt, Ledger, Status};
 use opsfleet_worker::ActionRegistry;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -32,13 +32,15 @@ pub struct Proc {
 pub struct ProcessFleet {
     /// The fleet's name.
     pub name: String,
-    path: PathBuf,
+    /// Its config file.
+    pub path: PathBuf,
     /// Where the noop actions record their effects.
     pub effects: PathBuf,
     planner: Planner,
     /// A client straight to the emulators (no faults).
     pub backend: AwsBackend,
-    ledger: Ledger,
+    /// Its ledger.
+    pub ledger: Ledger,
     /// The proxy in front of SQS.
     pub sqs: FaultProxy,
     /// The proxy in front of DynamoDB.
@@ -212,6 +214,69 @@ impl ProcessFleet {
         jobs
     }
 
+    /// The job of a task for an instance, as the router would make it (for jobs sent straight
+    /// to the partitions).
+    pub fn job(&self, task: &str, event: &str, instance: &str) -> Job {
+        opsfleet_protocol::config::fixture::instance_job(self.planner.config(), task, event, instance)
+    }
+
+    /// Sends jobs straight to their partitions, past the router; `group` names each job's FIFO
+    /// group and `dedup_suffix` follows the job id in its deduplication id.
+    pub async fn send_jobs(&self, jobs: &[Job], group: impl Fn(&Job) -> String, dedup_suffix: &str) {
+        for p in 0..self.planner.config().fleet.partitions.get() {
+            let queue = self.backend.queue(&format!("{}-jobs-{p}.fifo", self.name)).await.expect("partition");
+            let messages: Vec<OutgoingMessage> = jobs
+                .iter()
+                .filter(|j| j.partition == p)
+                .map(|j| OutgoingMessage {
+                    body: j.to_json().expect("json"),
+                    group_id: Some(group(j)),
+                    dedup_id: Some(format!("{}{dedup_suffix}", j.id)),
+                    ..Default::default()
+                })
+                .collect();
+            for chunk in messages.chunks(10) {
+                assert!(queue.send_batch(chunk).await.expect("send").is_empty());
+            }
+        }
+    }
+
+    /// A worker of its own, straight on the emulators (no proxy), that the test stops itself.
+    pub fn worker(&self, label: &str) -> ChildGuard {
+        let log = root().join("target/e2e").join(format!("{}-{label}.log", self.name));
+        let log = std::fs::File::create(log).expect("log");
+        let path = self.path.to_str().unwrap_or_default();
+        ChildGuard(super::opsfleet_fast(&["worker", "--config", path]).stderr(log).spawn().expect("worker"))
+    }
+
+    /// Waits until every job is final; fails the test past `within`.
+    pub async fn wait_final(&self, jobs: &[Job], within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let open = self.open_jobs(jobs).await;
+            if open == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{open} of {} jobs not finished in {within:?}", jobs.len());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The attempts of a job, from its audit trail.
+    pub async fn attempts(&self, job: &Job) -> Vec<Attempt> {
+        self.ledger.attempts(&job.id).await.expect("attempts")
+    }
+
+    /// Asserts every job succeeded, and that exactly one attempt of each did.
+    pub async fn assert_succeeded_exactly_once(&self, jobs: &[Job]) {
+        for job in jobs {
+            let record = self.ledger.job(&job.id).await.expect("ledger").expect("record");
+            assert_eq!(record.status, Status::Succeeded, "job {}", job.id);
+            let wins = self.attempts(job).await.iter().filter(|a| a.outcome == "SUCCEEDED").count();
+            assert_eq!(wins, 1, "job {} ran to SUCCEEDED {wins} times", job.id);
+        }
+    }
+
     /// A job's ledger record.
     pub async fn record(&self, job: &Job) -> Option<opsfleet_worker::ledger::JobRecord> {
         self.ledger.job(&job.id).await.expect("ledger")
@@ -337,6 +402,13 @@ impl Report {
             self.dead_letters,
             self.not_succeeded
         )
+    }
+
+    /// Prints the scenario's line, and asserts it clean with no dead letter left.
+    pub fn assert_all_good(&self, scenario: &str, faults: &str) {
+        println!("{}", self.line(scenario, faults));
+        self.assert_clean(scenario);
+        assert_eq!(self.dead_letters, 0, "{scenario}: {self:?}");
     }
 
     /// Asserts what every scenario must show.

@@ -114,7 +114,7 @@ pub struct Worker {
     id: String,
     dry_run: bool,
     /// AWS clients for the actions (none in plan mode and on the embedded backend).
-    aws: Option<Arc<opsfleet_backend::aws::AwsAccounts>>,
+    aws: Option<Arc<dyn opsfleet_backend::aws::AwsClients>>,
 }
 
 impl Worker {
@@ -161,7 +161,7 @@ impl Worker {
     }
 
     /// The same worker with AWS clients for its actions.
-    pub fn with_aws(mut self, aws: Arc<opsfleet_backend::aws::AwsAccounts>) -> Self {
+    pub fn with_aws(mut self, aws: Arc<dyn opsfleet_backend::aws::AwsClients>) -> Self {
         self.aws = Some(aws);
         self
     }

@@ -3,6 +3,7 @@
 
 mod support;
 
+use opsfleet_protocol::config::fixture::{noop_task, tasks};
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::Backend;
 use opsfleet_worker::lease::{lock_key, Acquire, Leases, Watch};
@@ -13,17 +14,7 @@ use support::*;
 
 #[tokio::test]
 async fn a_pending_job_completes_through_the_checks_queue_holding_its_lock() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "slow"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 2, check_after_ms = 1000 }
-"#,
-    )
-    .await;
+    let fleet = Fleet::new(&tasks(&[noop_task("slow", "pending_checks = 2, check_after_ms = 1000")])).await;
     let job = fleet.job("slow", "e", "i-1");
     fleet.send(&job, "s").await;
     let (stop, handle) = fleet.start(None).await;
@@ -51,17 +42,8 @@ fn a_check_due_past_the_15_minute_delay_is_chained_until_it_is_due() {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().expect("runtime");
         runtime.block_on(async {
-            let fleet = Fleet::new(
-                r#"
-[[tasks]]
-name = "glacial"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 1, check_after_ms = 2400000 }
-"#,
-            )
-            .await;
+            let fleet =
+                Fleet::new(&tasks(&[noop_task("glacial", "pending_checks = 1, check_after_ms = 2400000")])).await;
             let job = fleet.job("glacial", "e", "i-1");
             fleet.send(&job, "g").await;
             let started = tokio::time::Instant::now();
@@ -98,17 +80,9 @@ async fn a_second_delivery_of_a_pending_job_is_acknowledged_and_the_check_finish
 
 #[tokio::test]
 async fn a_failed_check_is_checked_again_and_the_job_completes() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "bumpy"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 1, fail_checks = 1, check_after_ms = 500 }
-retries = 2
-"#,
-    )
+    let fleet = Fleet::new(&tasks(&[
+        noop_task("bumpy", "pending_checks = 1, fail_checks = 1, check_after_ms = 500").with("retries = 2")
+    ]))
     .await;
     let job = fleet.job("bumpy", "e", "i-1");
     fleet.send(&job, "b").await;

@@ -4,6 +4,7 @@
 
 mod support;
 
+use opsfleet_protocol::config::fixture::{noop_task, tasks};
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{AttrValue, Backend};
 use opsfleet_protocol::Job;
@@ -79,19 +80,9 @@ max_errors = 3
 
 #[tokio::test(start_paused = true)]
 async fn a_step_past_its_timeout_is_a_retryable_failure() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "hung"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 3600000 }
-timeout_secs = 2
-retries = 1
-"#,
-    )
-    .await;
+    let fleet =
+        Fleet::new(&tasks(&[noop_task("hung", "sleep_ms = 3600000").with("timeout_secs = 2").with("retries = 1")]))
+            .await;
     let job = fleet.job("hung", "e", "i-1");
     fleet.send(&job, "m").await;
     fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(600)).await;
@@ -103,18 +94,7 @@ retries = 1
 
 #[tokio::test(start_paused = true)]
 async fn a_paused_holder_whose_lease_was_taken_over_dead_letters_nothing() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "broken"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { fail_rate = 1.0 }
-retries = 0
-"#,
-    )
-    .await;
+    let fleet = Fleet::new(&tasks(&[noop_task("broken", "fail_rate = 1.0").with("retries = 0")])).await;
     let job = fleet.job("broken", "e", "i-1");
     // Worker a pauses for a minute at the run entry of the job's final failure: its 5 s lease
     // lapses meanwhile, and worker b takes the job over from a second delivery.

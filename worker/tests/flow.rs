@@ -3,6 +3,7 @@
 
 mod support;
 
+use opsfleet_protocol::config::fixture::{noop_task, tasks};
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
 use opsfleet_protocol::Job;
@@ -36,18 +37,7 @@ async fn a_job_succeeds_once_and_its_redelivery_is_acknowledged_without_running(
 
 #[tokio::test]
 async fn a_poison_job_fails_into_the_dlq_without_blocking_its_partition() {
-    let fleet = Fleet::new(&format!(
-        "{NOOP}{}",
-        r#"
-[[tasks]]
-name = "poison"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { fail_rate = 1.0 }
-"#
-    ))
-    .await;
+    let fleet = Fleet::new(&format!("{NOOP}{}", &tasks(&[noop_task("poison", "fail_rate = 1.0"),]))).await;
     let poison = fleet.job("poison", "e1", "i-1");
     let partition = poison.partition;
     let good: Vec<Job> = (0..40)
@@ -89,25 +79,10 @@ params = { fail_rate = 1.0 }
 
 #[tokio::test]
 async fn retryable_failures_retry_within_the_budget_and_fail_beyond_it() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "flaky"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { fail_attempts = 1 }
-retries = 1
-
-[[tasks]]
-name = "broken"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { fail_attempts = 5 }
-retries = 1
-"#,
-    )
+    let fleet = Fleet::new(&tasks(&[
+        noop_task("flaky", "fail_attempts = 1").with("retries = 1"),
+        noop_task("broken", "fail_attempts = 5").with("retries = 1"),
+    ]))
     .await;
     let flaky = fleet.job("flaky", "e", "i-1");
     let broken = fleet.job("broken", "e", "i-2");
@@ -126,18 +101,7 @@ retries = 1
 
 #[tokio::test]
 async fn a_limit_bounds_concurrent_holders() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "limited"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 150 }
-limit = "two"
-"#,
-    )
-    .await;
+    let fleet = Fleet::new(&tasks(&[noop_task("limited", "sleep_ms = 150").with(r#"limit = "two""#)])).await;
     let jobs: Vec<Job> = (0..8).map(|i| fleet.job("limited", "e", &format!("i-{i}"))).collect();
     for job in &jobs {
         fleet.send(job, &job.id).await;
@@ -157,18 +121,7 @@ limit = "two"
 
 #[tokio::test]
 async fn a_run_past_max_errors_cancels_its_remaining_jobs() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "doomed"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { fail_rate = 1.0 }
-max_errors = 1
-"#,
-    )
-    .await;
+    let fleet = Fleet::new(&tasks(&[noop_task("doomed", "fail_rate = 1.0").with("max_errors = 1")])).await;
     let jobs: Vec<Job> = (0..6).map(|i| fleet.job("doomed", "e", &format!("i-{i}"))).collect();
     for job in &jobs {
         fleet.send(job, &job.id).await;
@@ -191,17 +144,7 @@ max_errors = 1
 
 #[tokio::test]
 async fn shutdown_lets_running_jobs_finish_and_leaves_the_rest_queued() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "steady"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 400 }
-"#,
-    )
-    .await;
+    let fleet = Fleet::new(&tasks(&[noop_task("steady", "sleep_ms = 400")])).await;
     let jobs: Vec<Job> = (0..10).map(|i| fleet.job("steady", "e", &format!("i-{i}"))).collect();
     for job in &jobs {
         fleet.send(job, &job.id).await;
@@ -258,24 +201,10 @@ fn metrics_count_finished_jobs_durations_in_flight_and_lock_results() {
 #[tokio::test]
 async fn jobs_of_one_resource_in_one_batch_run_in_order() {
     // Each job takes a lock of its own, so only the FIFO group keeps them in order.
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "first"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 300 }
-lock = "{task}"
-
-[[tasks]]
-name = "second"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-lock = "{task}"
-"#,
-    )
+    let fleet = Fleet::new(&tasks(&[
+        noop_task("first", "sleep_ms = 300").with(r#"lock = "{task}""#),
+        noop_task("second", "").with(r#"lock = "{task}""#),
+    ]))
     .await;
     let a = fleet.job("first", "e", "i-1");
     let b = fleet.job("second", "e", "i-1");
@@ -290,18 +219,7 @@ lock = "{task}"
 
 #[tokio::test]
 async fn a_job_that_failed_for_good_runs_again_once_reopened() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "once"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { fail_attempts = 1 }
-retries = 0
-"#,
-    )
-    .await;
+    let fleet = Fleet::new(&tasks(&[noop_task("once", "fail_attempts = 1").with("retries = 0")])).await;
     let job = fleet.job("once", "e", "i-1");
     fleet.send(&job, "first").await;
     fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(10)).await;

@@ -3,6 +3,7 @@
 
 mod support;
 
+use opsfleet_protocol::config::fixture::{noop_task, tasks};
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
 use opsfleet_protocol::Job;
@@ -98,19 +99,9 @@ async fn a_redriven_job_that_fails_the_same_way_within_five_minutes_is_dead_lett
 
 #[tokio::test]
 async fn redriven_jobs_of_a_cancelled_run_run() {
-    let fleet = Fleet::new(
-        r#"
-[[tasks]]
-name = "doomed"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { fail_attempts = 1 }
-retries = 0
-max_errors = 0
-"#,
-    )
-    .await;
+    let fleet =
+        Fleet::new(&tasks(&[noop_task("doomed", "fail_attempts = 1").with("retries = 0").with("max_errors = 0")]))
+            .await;
     let jobs: Vec<Job> = (0..3).map(|i| fleet.job("doomed", "e", &format!("i-{i}"))).collect();
     for job in &jobs {
         fleet.send(job, &job.id).await;

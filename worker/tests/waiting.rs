@@ -5,6 +5,7 @@
 mod support;
 
 use opsfleet_loadtest::counting::{CountingBackend, Counts};
+use opsfleet_protocol::config::fixture::{noop_task, tasks};
 use opsfleet_protocol::ports::Backend;
 use opsfleet_protocol::Job;
 use opsfleet_worker::ledger::Status;
@@ -12,40 +13,23 @@ use std::sync::Arc;
 use std::time::Duration;
 use support::*;
 
-const TASKS: &str = r#"
+/// The limit and the tasks every scenario here runs.
+fn tasks_config() -> String {
+    let limit = r#"
 [limits.one]
 max = 1
 
-[[tasks]]
-name = "hold-limit"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 12, check_after_ms = 600000 }
-limit = "one"
-
-[[tasks]]
-name = "hold-lock"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 12, check_after_ms = 600000 }
-lock = "shared"
-
-[[tasks]]
-name = "after-limit"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-limit = "one"
-
-[[tasks]]
-name = "after-lock"
-pattern = { source = ["x"] }
-targets = "event"
-action = "noop"
-lock = "shared"
 "#;
+    format!(
+        "{limit}{}",
+        tasks(&[
+            noop_task("hold-limit", "pending_checks = 12, check_after_ms = 600000").with(r#"limit = "one""#),
+            noop_task("hold-lock", "pending_checks = 12, check_after_ms = 600000").with(r#"lock = "shared""#),
+            noop_task("after-limit", "").with(r#"limit = "one""#),
+            noop_task("after-lock", "").with(r#"lock = "shared""#),
+        ])
+    )
+}
 
 /// What one scenario cost while the holders were pending.
 struct Window {
@@ -57,7 +41,9 @@ struct Window {
 /// `waiters` jobs of each kind wait behind them. Returns the window's cost and the fleet.
 async fn scenario(waiters: usize) -> (Window, Fleet, Vec<Job>, Vec<Job>) {
     // Three receives would dead-letter a job that went back to its queue while waiting.
-    let fleet = Fleet::with(&format!("{}{TASKS}", BASE.replace("[worker]", "[worker]\nmax_receive_count = 3"))).await;
+    let fleet =
+        Fleet::with(&format!("{}{}", BASE.replace("[worker]", "[worker]\nmax_receive_count = 3"), tasks_config()))
+            .await;
     let counting = CountingBackend::new(fleet.backend.clone());
     let holders = vec![fleet.job("hold-limit", "e", "i-1"), fleet.job("hold-lock", "e", "i-2")];
     for job in &holders {

@@ -4,6 +4,7 @@
 
 mod accounts;
 pub mod budget;
+mod clients;
 mod dynamodb;
 mod errors;
 pub mod metrics;
@@ -11,6 +12,7 @@ mod sqs;
 pub mod timeouts;
 
 pub use accounts::{AccountError, AwsAccounts};
+pub use clients::AwsClients;
 
 pub use dynamodb::{DynamoStore, TTL_ATTRIBUTE};
 pub use sqs::SqsQueue;

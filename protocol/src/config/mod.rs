@@ -5,6 +5,7 @@
 //! [`validate`](load) compiles patterns and templates and checks every task, collecting every
 //! problem with its place in the file.
 
+pub mod fixture;
 mod load;
 mod raw;
 

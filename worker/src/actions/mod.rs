@@ -39,7 +39,7 @@ pub use snapshot_retention::SnapshotRetention;
 pub use tag::Tag;
 
 use async_trait::async_trait;
-use opsfleet_backend::aws::AwsAccounts;
+use opsfleet_backend::aws::AwsClients;
 use opsfleet_protocol::config::LimitDefault;
 use opsfleet_protocol::template::{Template, TemplateInput};
 use opsfleet_protocol::{Job, ResourceType};
@@ -111,7 +111,7 @@ pub struct ActionContext<'a> {
     pub check: u32,
     /// AWS clients in the job's account and region (none in plan mode and in tests of the
     /// worker on the embedded backend).
-    pub aws: Option<&'a AwsAccounts>,
+    pub aws: Option<&'a dyn AwsClients>,
     /// Now, in Unix ms (`{date}`, `{datetime}`).
     pub now_ms: u64,
 }
@@ -127,7 +127,7 @@ impl ActionContext<'_> {
     }
 
     /// The AWS clients, or the failure of a step that has none.
-    pub fn aws(&self) -> Result<&AwsAccounts, Step> {
+    pub fn aws(&self) -> Result<&dyn AwsClients, Step> {
         self.aws.ok_or_else(|| Step::Failed {
             retryable: false,
             error: "this worker has no AWS clients (plan mode or a test backend)".into(),

@@ -13,7 +13,7 @@ use opsfleet_protocol::ports::MAX_DELAY;
 /// What taking over a pending job came to.
 enum TakeOver {
     /// The job is ours under new leases.
-    Taken(Held, Running),
+    Taken(Box<(Held, Running)>),
     /// Someone else has it, or it is no longer pending.
     Gone,
     /// The worker is shutting down: the check comes back.
@@ -54,7 +54,7 @@ impl Worker {
             CheckRan { job_id: &job.id, result: "late" }.emit();
             drop(running);
             match self.take_over(job, task, held).await? {
-                TakeOver::Taken(taken, again) => (held, running) = (taken, again),
+                TakeOver::Taken(taken) => (held, running) = *taken,
                 TakeOver::Gone => return self.dead_letter_if_failed(job).await,
                 TakeOver::Stopped => return Ok(Disposition::Returned),
             }
@@ -98,7 +98,7 @@ impl Worker {
                     // The job's check carries it on from here, as it did the lapsed leases.
                     taken.keep_for_check();
                     tracing::warn!(job_id = %job.id, old_fence, fence = taken.fence(), "A pending job's check came after its leases lapsed; it goes on under new ones from its recorded state.");
-                    return Ok(TakeOver::Taken(taken, running));
+                    return Ok(TakeOver::Taken(Box::new((taken, running))));
                 }
                 let _ = taken.release().await;
                 Ok(TakeOver::Gone)

@@ -5,12 +5,12 @@
 pub mod faulty;
 
 use opsfleet_backend::EmbeddedBackend;
-use opsfleet_protocol::job::JobOrigin;
+use opsfleet_protocol::config::fixture::instance_job;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, OutgoingMessage};
 use opsfleet_protocol::setup::setup;
 use opsfleet_protocol::Clock;
-use opsfleet_protocol::{Config, Job, Resource, ResourceType};
+use opsfleet_protocol::{Config, Job};
 use opsfleet_worker::ledger::{Ledger, Status};
 use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Worker};
 use std::sync::Arc;
@@ -51,22 +51,7 @@ impl Fleet {
     }
 
     pub fn job(&self, task: &str, event: &str, instance: &str) -> Job {
-        let resource = Resource {
-            account: "123456789012".into(),
-            region: "us-east-1".into(),
-            kind: ResourceType::Instance,
-            id: instance.into(),
-        };
-        let t = self.config.task(task).expect("task");
-        let origin = JobOrigin {
-            event_id: event,
-            event_time: None,
-            received_ms: Clock::new().now_ms(),
-            task,
-            action: &t.action,
-            params: &t.params,
-        };
-        Job::new(origin, resource, self.config.fleet.partitions.get())
+        instance_job(&self.config, task, event, instance)
     }
 
     pub async fn send(&self, job: &Job, dedup: &str) {

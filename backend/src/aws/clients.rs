@@ -1,0 +1,27 @@
+//! The AWS-clients port: what actions and discovery ask for, an SDK client of a service in an
+//! account and region. How accounts are reached (the fleet's own role, member roles through
+//! STS, the EC2 budget) is decided by whoever builds the implementation: the binary, and tests.
+
+use super::{AccountError, AwsAccounts};
+use async_trait::async_trait;
+
+/// SDK clients in any account and region.
+#[async_trait]
+pub trait AwsClients: Send + Sync {
+    /// An EC2 client in an account and region.
+    async fn ec2(&self, account: &str, region: &str) -> Result<aws_sdk_ec2::Client, AccountError>;
+
+    /// An SNS client in an account and region.
+    async fn sns(&self, account: &str, region: &str) -> Result<aws_sdk_sns::Client, AccountError>;
+}
+
+#[async_trait]
+impl AwsClients for AwsAccounts {
+    async fn ec2(&self, account: &str, region: &str) -> Result<aws_sdk_ec2::Client, AccountError> {
+        AwsAccounts::ec2(self, account, region).await
+    }
+
+    async fn sns(&self, account: &str, region: &str) -> Result<aws_sdk_sns::Client, AccountError> {
+        AwsAccounts::sns(self, account, region).await
+    }
+}
