@@ -115,17 +115,17 @@ impl Consumer {
                 Source::Partition(_) => (Arc::clone(&job_room), self.worker.run_capacity()),
                 Source::Checks => (Arc::clone(&check_room), self.worker.check_capacity()),
             };
-            pollers.spawn(poll(
-                *source,
+            pollers.spawn(poll(Poller {
+                source: *source,
                 acker,
                 room,
                 capacity,
                 long_poll,
-                self.visibility,
-                shutdown.clone(),
-                spawn_tx.clone(),
-                Arc::clone(&returned),
-            ));
+                visibility: self.visibility,
+                shutdown: shutdown.clone(),
+                spawn: spawn_tx.clone(),
+                returned: Arc::clone(&returned),
+            }));
         }
         drop(spawn_tx);
         // At shutdown, jobs waiting for a lock or a slot hand their messages back at once, and
@@ -210,18 +210,27 @@ impl Work {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn poll(
+/// One queue's long-poll loop and what it works with.
+struct Poller {
     source: Source,
     acker: Acker,
+    /// Messages of the queue's kind this process may hold (running, and waiting for a lock or
+    /// a slot).
     room: Arc<Semaphore>,
+    /// Permits to start a job (or check) now.
     capacity: Arc<Semaphore>,
     long_poll: Duration,
     visibility: Duration,
     shutdown: CancellationToken,
+    /// Where received work goes to be run.
     spawn: tokio::sync::mpsc::UnboundedSender<Work>,
+    /// Counts messages handed back unstarted at shutdown.
     returned: Arc<AtomicUsize>,
-) {
+}
+
+/// Receives from one queue until shutdown, handing each message that can start to the runner.
+async fn poll(poller: Poller) {
+    let Poller { source, acker, room, capacity, long_poll, visibility, shutdown, spawn, returned } = poller;
     let queue = Arc::clone(acker.queue());
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {

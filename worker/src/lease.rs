@@ -162,6 +162,18 @@ impl Wanted {
     }
 }
 
+/// A pool of slots: its partition key (`slot#<limit>#<pool>`), how many slots it has, and
+/// when its items expire (Unix seconds), if they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool<'a> {
+    /// The pool's partition key.
+    pub key: &'a str,
+    /// The number of slots.
+    pub max: u32,
+    /// When its slot items expire (DynamoDB TTL), if they do.
+    pub expires_at: Option<i64>,
+}
+
 /// Leases in one table.
 #[derive(Clone)]
 pub struct Leases {
@@ -283,20 +295,18 @@ impl Leases {
         self.take(Key::new(key, LOCK_SK), owner, job, lease, watch, None).await
     }
 
-    /// Takes one of `max` slots of a pool (items under `slot#<limit>#<pool>`), reading the
-    /// pool first so that a full pool costs one read, not `max` refused writes; `None` when
-    /// every slot is held. Slots may carry a TTL (`expires_at`, Unix seconds).
-    #[allow(clippy::too_many_arguments)]
+    /// Takes one of the slots of a pool (items under `slot#<limit>#<pool>`), reading the pool
+    /// first so that a full pool costs one read, not `max` refused writes; `None` when every
+    /// slot is held. Slots may carry a TTL (`expires_at`, Unix seconds).
     pub async fn acquire_slot(
         &self,
-        pool: &str,
-        max: u32,
+        pool: &Pool<'_>,
         owner: &str,
         job: &str,
         lease: Duration,
         watch: &mut Watch,
-        expires_at: Option<i64>,
     ) -> Result<Option<Lease>, StoreError> {
+        let Pool { key: pool, max, expires_at } = *pool;
         let held = self.pool_holders(pool).await?;
         // Free slots first, in an order that spreads holders; then lapsed ones.
         let start = rand::random::<u32>() % max.max(1);

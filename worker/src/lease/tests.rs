@@ -101,24 +101,51 @@ async fn slots_admit_at_most_max_holders_per_pool() {
     let pool = pool_key("copy", "us-east-1");
     let mut held = Vec::new();
     for i in 0..3 {
-        let slot = a.acquire_slot(&pool, 3, &format!("w{i}"), "j", LEASE, &mut Watch::default(), None).await;
+        let slot = a
+            .acquire_slot(
+                &Pool { key: &pool, max: 3, expires_at: None },
+                &format!("w{i}"),
+                "j",
+                LEASE,
+                &mut Watch::default(),
+            )
+            .await;
         held.push(slot.expect("slot").expect("a free slot"));
     }
     let mut watch = Watch::default();
-    let full = b.acquire_slot(&pool, 3, "w9", "j", LEASE, &mut watch, None).await.expect("slot");
+    let full = b
+        .acquire_slot(&Pool { key: &pool, max: 3, expires_at: None }, "w9", "j", LEASE, &mut watch)
+        .await
+        .expect("slot");
     assert_eq!(full, None, "all three are held");
     let other = pool_key("copy", "eu-west-1");
-    assert!(b.acquire_slot(&other, 3, "w9", "j", LEASE, &mut Watch::default(), None).await.expect("slot").is_some());
+    assert!(b
+        .acquire_slot(&Pool { key: &other, max: 3, expires_at: None }, "w9", "j", LEASE, &mut Watch::default())
+        .await
+        .expect("slot")
+        .is_some());
     assert!(a.release(&held[1]).await.expect("release"));
     assert!(b.looks_free(&Wanted::Slot { pool: pool.clone(), max: 3 }, &mut watch).await.expect("peek"));
-    let again = b.acquire_slot(&pool, 3, "w9", "j", LEASE, &mut watch, None).await.expect("slot").expect("freed slot");
+    let again = b
+        .acquire_slot(&Pool { key: &pool, max: 3, expires_at: None }, "w9", "j", LEASE, &mut watch)
+        .await
+        .expect("slot")
+        .expect("freed slot");
     assert_eq!(again.sk, held[1].sk);
     // The other two holders stop heartbeating: a whole lease later they are taken over.
     let mut watch = Watch::default();
-    assert_eq!(b.acquire_slot(&pool, 3, "w10", "j", LEASE, &mut watch, None).await.expect("slot"), None);
+    assert_eq!(
+        b.acquire_slot(&Pool { key: &pool, max: 3, expires_at: None }, "w10", "j", LEASE, &mut watch)
+            .await
+            .expect("slot"),
+        None
+    );
     tokio::time::advance(LEASE).await;
     assert!(b.heartbeat(&again, LEASE, false).await.expect("heartbeat"));
-    let taken = b.acquire_slot(&pool, 3, "w10", "j", LEASE, &mut watch, None).await.expect("slot");
+    let taken = b
+        .acquire_slot(&Pool { key: &pool, max: 3, expires_at: None }, "w10", "j", LEASE, &mut watch)
+        .await
+        .expect("slot");
     assert!(taken.is_some_and(|s| s.sk != again.sk), "a lapsed slot is taken, never the live one");
 }
 
@@ -152,7 +179,15 @@ async fn slots_of_a_run_carry_the_ttl_they_are_given_and_locks_none() {
     let store = backend.store("t").await.expect("store");
     let l = Leases::new(Arc::clone(&store));
     let pool = pool_key("run", "r1");
-    let slot = l.acquire_slot(&pool, 2, "w", "j", LEASE, &mut Watch::default(), Some(1_900_000_000)).await;
+    let slot = l
+        .acquire_slot(
+            &Pool { key: &pool, max: 2, expires_at: Some(1_900_000_000) },
+            "w",
+            "j",
+            LEASE,
+            &mut Watch::default(),
+        )
+        .await;
     let slot = slot.expect("slot").expect("free");
     let item = store.get(&Key::new(&slot.key, &slot.sk)).await.expect("get").expect("item");
     assert_eq!(item.int("expires_at"), Some(1_900_000_000));

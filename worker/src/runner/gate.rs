@@ -17,7 +17,7 @@
 use super::held::Held;
 use super::permits::{Permits, Running};
 use super::CallError;
-use crate::lease::{lock_key, pool_key, Acquire, Holder, Leases, Wanted, Watch};
+use crate::lease::{lock_key, pool_key, Acquire, Holder, Leases, Pool as LeasePool, Wanted, Watch};
 use crate::ledger::{Ledger, Status};
 use crate::telemetry::{JobWaitEnded, JobWaitStarted, LockAcquisition, SlotUnavailable};
 use opsfleet_protocol::config::Task;
@@ -216,7 +216,8 @@ impl Gate {
             pools.push(Pool { key, max: limit.max, ttl: None, reason: "limit", label: &limit.name });
         }
         for pool in pools {
-            let slot = self.leases.acquire_slot(&pool.key, pool.max, &owner, &job.id, self.lease, watch, pool.ttl);
+            let slots = LeasePool { key: &pool.key, max: pool.max, expires_at: pool.ttl };
+            let slot = self.leases.acquire_slot(&slots, &owner, &job.id, self.lease, watch);
             match slot.await? {
                 Some(slot) => held.add_slot(slot),
                 None => {
