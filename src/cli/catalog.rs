@@ -112,7 +112,14 @@ pub fn policy(config: &Config, setup: bool) -> Value {
     let mut dynamodb: Vec<&str> = DYNAMODB_RUN.to_vec();
     if setup {
         sqs.extend(["sqs:CreateQueue", "sqs:SetQueueAttributes"]);
-        dynamodb.extend(["dynamodb:CreateTable", "dynamodb:UpdateTimeToLive"]);
+        // What `setup` calls beyond a running fleet's needs: creating the queues and the table,
+        // turning on its TTL, and adding the audit indexes to a table made by an older version.
+        dynamodb.extend([
+            "dynamodb:CreateTable",
+            "dynamodb:DescribeTimeToLive",
+            "dynamodb:UpdateTable",
+            "dynamodb:UpdateTimeToLive",
+        ]);
     }
     let mut statements = vec![
         json!({ "Sid": "FleetQueues", "Effect": "Allow", "Action": sqs, "Resource": format!("arn:aws:sqs:*:*:{fleet}-*") }),
@@ -170,10 +177,12 @@ mod tests {
         assert_eq!(statements[4]["Resource"], "arn:aws:iam::*:role/Member");
         let with_setup = policy(&config, true);
         assert!(with_setup["Statement"][0]["Action"].as_array().expect("actions").contains(&json!("sqs:CreateQueue")));
-        assert!(with_setup["Statement"][1]["Action"]
-            .as_array()
-            .expect("actions")
-            .contains(&json!("dynamodb:CreateTable")));
+        let table = with_setup["Statement"][1]["Action"].as_array().expect("actions");
+        for setup_calls in
+            ["dynamodb:CreateTable", "dynamodb:DescribeTimeToLive", "dynamodb:UpdateTable", "dynamodb:UpdateTimeToLive"]
+        {
+            assert!(table.contains(&json!(setup_calls)), "{setup_calls} missing from the setup policy: {table:?}");
+        }
     }
 
     #[test]
