@@ -219,9 +219,13 @@ fn every_registered_action_is_in_the_catalog_the_policy_and_the_docs() {
     std::fs::create_dir_all(&dir).expect("temp dir");
     for action in registry.iter() {
         let name = action.name();
-        assert!(listed.lines().any(|l| l == name), "`{name}` missing from `opsfleet actions`");
+        // The action's block: its name's line, then its indented lines.
+        let block: Vec<&str> =
+            listed.lines().skip_while(|l| *l != name).skip(1).take_while(|l| l.starts_with(' ')).collect();
+        assert!(!block.is_empty(), "`{name}` missing from `opsfleet actions`");
         for param in action.params() {
-            assert!(listed.contains(&format!("param {}:", param.name)), "{name}'s {} not listed", param.name);
+            let line = format!("  param {}: ", param.name);
+            assert!(block.iter().any(|l| l.starts_with(&line)), "{name}'s {} not listed", param.name);
             assert!(!param.help.is_empty(), "{name}'s param {} has no doc comment", param.name);
         }
         assert!(docs.lines().any(|l| l == format!("## `{name}`")), "`{name}` has no section in docs/actions.md");

@@ -4,8 +4,8 @@
 
 use crate::events::LoadEvent;
 use anyhow::Context;
+use opsfleet_protocol::ports::send_all;
 use opsfleet_protocol::ports::{OutgoingMessage, Queue, MAX_BATCH};
-use opsfleet_router::send_all;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

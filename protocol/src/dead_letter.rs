@@ -66,8 +66,7 @@ impl DeadLetter {
             .and_then(|v| v.parse().ok())
             .unwrap_or(if message.sent_ms > 0 { message.sent_ms } else { now_ms });
         let mut letter = DeadLetter::new(message.body.clone(), reason, first_seen, source);
-        letter.attributes =
-            message.attributes.iter().filter(|(k, _)| !is_ours(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        letter.attributes = theirs(&message.attributes);
         letter
     }
 
@@ -107,12 +106,7 @@ impl DeadLetter {
             reason: attribute(REASON_ATTRIBUTE).unwrap_or_default(),
             first_seen_ms: attribute(FIRST_SEEN_ATTRIBUTE).and_then(|v| v.parse().ok()).unwrap_or(message.sent_ms),
             source: attribute(SOURCE_ATTRIBUTE).unwrap_or_default(),
-            attributes: message
-                .attributes
-                .iter()
-                .filter(|(k, _)| !is_ours(k))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            attributes: theirs(&message.attributes),
         }
     }
 
@@ -134,9 +128,13 @@ impl DeadLetter {
     }
 }
 
-/// Whether an attribute is one the fleet writes on dead letters.
-fn is_ours(name: &str) -> bool {
-    matches!(name, REASON_ATTRIBUTE | FIRST_SEEN_ATTRIBUTE | SOURCE_ATTRIBUTE)
+/// A message's own attributes: all but those the fleet writes on dead letters.
+fn theirs(attributes: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    attributes
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), REASON_ATTRIBUTE | FIRST_SEEN_ATTRIBUTE | SOURCE_ATTRIBUTE))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// A reason cut to at most [`MAX_REASON_BYTES`] at a character boundary.

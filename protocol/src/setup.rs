@@ -2,7 +2,7 @@
 //! setup` (and by the demo and the tests on the embedded backend).
 
 use crate::names;
-use crate::ports::{Backend, QueueError, QueueSpec, StoreError};
+use crate::ports::{Backend, PortError, QueueSpec};
 use crate::Config;
 use std::time::Duration;
 
@@ -12,16 +12,8 @@ const RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 /// Receives after which an event the router keeps failing on moves to the events DLQ.
 pub const EVENTS_MAX_RECEIVE: u32 = 10;
 
-/// Why setup failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    /// A queue could not be created.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// The table could not be created.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+/// Why setup failed: a queue or the table could not be created.
+pub type SetupError = PortError;
 
 /// Every queue of a fleet, dead-letter queues first, with their redrive policies.
 pub fn queue_specs(config: &Config) -> Vec<QueueSpec> {

@@ -4,8 +4,8 @@
 //! its own. Each job learns what became of it, entry by entry: one event's job that the queue
 //! refuses never fails another event's jobs of the same batch.
 
-use crate::send::SendError;
 use opsfleet_protocol::job::MAX_JOB_BYTES;
+use opsfleet_protocol::ports::SendError;
 use opsfleet_protocol::ports::{OutgoingMessage, Queue, QueueError, MAX_BATCH};
 use std::sync::Arc;
 use std::time::Duration;

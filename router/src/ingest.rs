@@ -2,14 +2,13 @@
 
 use crate::batcher::Batcher;
 use crate::discovery::{Discover, DiscoveryError};
-use crate::send::{send_all, SendError};
 use crate::telemetry::{
     EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted, PollFailed, TaskFoundNothing,
 };
 use futures::future::join_all;
 use opsfleet_protocol::event::{normalize, TargetError};
 use opsfleet_protocol::names;
-use opsfleet_protocol::ports::{Backend, Queue, QueueError, ReceivedMessage};
+use opsfleet_protocol::ports::{send_all, Backend, Queue, QueueError, ReceivedMessage, SendError};
 use opsfleet_protocol::setup::EVENTS_MAX_RECEIVE;
 use opsfleet_protocol::{Clock, DeadLetter, Job, PlanError, Planner};
 use std::collections::{BTreeMap, HashSet};

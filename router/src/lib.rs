@@ -13,11 +13,9 @@ mod discovery;
 mod ec2_discovery;
 mod ingest;
 mod inventory;
-mod send;
 mod telemetry;
 
 pub use discovery::{Discover, DiscoveryError, NoDiscovery};
 pub use ec2_discovery::Ec2Discovery;
 pub use ingest::{Outcome, Router, RouterError};
 pub use inventory::{InventoryItem, StaticInventory};
-pub use send::{send_all, SendError};

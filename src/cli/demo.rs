@@ -56,7 +56,7 @@ pub async fn run(config: Option<PathBuf>, events: Option<PathBuf>) -> anyhow::Re
         let mut message = OutgoingMessage { body, ..Default::default() };
         let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         message.attributes.insert("demo-file".into(), name);
-        opsfleet_router::send_all(events.as_ref(), vec![message]).await?;
+        opsfleet_protocol::ports::send_all(events.as_ref(), vec![message]).await?;
     }
 
     let partitions = config.fleet.partitions.get();

@@ -11,36 +11,14 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Which dead-letter queues a command works on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Which {
-    /// `<name>-events-dlq`: events the router rejected.
-    Events,
-    /// `<name>-jobs-<p>-dlq.fifo`: jobs that failed for good, and bodies that were not jobs.
-    Jobs,
-    /// `<name>-checks-dlq`: completion checks that kept failing.
-    Checks,
-    /// All of them.
-    All,
-}
-
-impl From<Which> for redrive::Which {
-    fn from(which: Which) -> Self {
-        match which {
-            Which::Events => redrive::Which::Events,
-            Which::Jobs => redrive::Which::Jobs,
-            Which::Checks => redrive::Which::Checks,
-            Which::All => redrive::Which::All,
-        }
-    }
-}
+pub use opsfleet_worker::redrive::Which;
 
 /// Prints up to `max` dead-lettered messages per queue as JSON lines (`queue`, `message_id`,
 /// `reason`, `receive_count`, `first_seen`, `last_seen`, `body`); they stay in their queue.
 pub async fn list(path: &Path, which: Which, max: usize) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
     let backend = AwsBackend::from_env().await;
-    for pair in redrive::dead_letter_queues(&backend, &config, which.into()).await? {
+    for pair in redrive::dead_letter_queues(&backend, &config, which).await? {
         for (m, letter) in redrive::list(pair.dead.as_ref(), max).await? {
             // First seen: when the fleet first got it; last seen: when it was dead-lettered.
             let line = json!({
@@ -70,7 +48,7 @@ pub async fn redrive(path: &Path, which: Which, max: usize) -> anyhow::Result<Ex
         Duration::from_secs(u64::from(config.worker.ledger_retention_days) * 86_400),
     );
     let mut total = 0;
-    for pair in redrive::dead_letter_queues(&backend, &config, which.into()).await? {
+    for pair in redrive::dead_letter_queues(&backend, &config, which).await? {
         for done in redrive::redrive(&pair, &ledger, max, stamp).await? {
             match done {
                 Redriven::Sent { message_id } => {

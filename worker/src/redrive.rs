@@ -2,7 +2,7 @@
 //! `opsfleet dlq redrive` does, as library functions over the ports.
 
 use crate::ledger::Ledger;
-use opsfleet_protocol::ports::{Backend, Queue, QueueError, ReceivedMessage, StoreError};
+use opsfleet_protocol::ports::{send_all, Backend, PortError, Queue, QueueError, ReceivedMessage};
 use opsfleet_protocol::{names, Config, DeadLetter, Job};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -10,6 +10,7 @@ use std::time::Duration;
 
 /// Which dead-letter queues to work on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Which {
     /// `<name>-events-dlq`: events the router rejected.
     Events,
@@ -19,17 +20,6 @@ pub enum Which {
     Checks,
     /// All of them.
     All,
-}
-
-/// Why listing or redriving stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RedriveError {
-    /// A queue call failed.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// Reopening a job in the ledger failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
 }
 
 /// A dead-letter queue and the queue its messages go back to.
@@ -117,7 +107,7 @@ pub async fn redrive(
     ledger: &Ledger,
     max: usize,
     stamp: u128,
-) -> Result<Vec<Redriven>, RedriveError> {
+) -> Result<Vec<Redriven>, PortError> {
     let mut done = Vec::new();
     let mut left = HashSet::new();
     let there = pair.dead.depth().await?.visible as usize;
@@ -139,7 +129,8 @@ pub async fn redrive(
             if let (true, Ok(job)) = (pair.live.name().ends_with(".fifo"), Job::from_json(&letter.body)) {
                 ledger.reopen(&job.id).await?;
             }
-            pair.live.send_one(out).await?;
+            // When it cannot be sent, it stays in the DLQ: visible again soon, for a later redrive.
+            send_all(pair.live.as_ref(), vec![out]).await?;
             pair.dead.delete_batch(std::slice::from_ref(&m.receipt)).await?;
             done.push(Redriven::Sent { message_id: m.message_id });
             redriven += 1;

@@ -23,7 +23,7 @@ use gate::Gate;
 use guarded::{Guarded, StepGuard};
 use opsfleet_protocol::config::Task;
 use opsfleet_protocol::names;
-use opsfleet_protocol::ports::{Backend, QueueError, ReceivedMessage, StoreError};
+use opsfleet_protocol::ports::{Backend, PortError, ReceivedMessage};
 use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Config, Job};
 use permits::Permits;
@@ -58,34 +58,11 @@ pub enum Disposition {
     Returned,
 }
 
-/// Why the worker cannot start.
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    /// A queue is missing or unreachable.
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    /// The table is missing or unreachable.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+/// Why the worker cannot start: a queue or the table is missing or unreachable.
+pub type WorkerError = PortError;
 
-impl WorkerError {
-    /// Whether trying again later may succeed (transport, throttling, a server error).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            WorkerError::Queue(e) => e.is_transient(),
-            WorkerError::Store(e) => e.is_transient(),
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum CallError {
-    #[error(transparent)]
-    Queue(#[from] QueueError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
+/// A queue or store call of a message's handling that failed: the message is retried.
+type CallError = PortError;
 
 /// How long a pending job's leases outlast its check's due time: a check later than this (a
 /// checks backlog of over this long, or a check in the checks DLQ) finds its leases taken

@@ -3,13 +3,43 @@
 //! same semantics.
 
 mod queue;
+mod send;
 mod store;
 
 pub use queue::{
     DeleteFailure, OutgoingMessage, Queue, QueueDepth, QueueError, QueueSpec, ReceivedMessage, SendFailure, MAX_BATCH,
     MAX_DELAY,
 };
+pub use send::{send_all, SendError};
 pub use store::{AttrValue, Attrs, Cond, Index, IndexQuery, Item, Key, Store, StoreError, Update};
+
+/// A queue or store call that failed: what the router's, the worker's and `setup`'s calls
+/// through the ports come to.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// A queue is missing, unreachable, or refused the call.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// The table is missing, unreachable, or refused the call.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Messages could not all be sent, retries included.
+    #[error(transparent)]
+    Send(#[from] SendError),
+}
+
+impl PortError {
+    /// Whether trying again later may succeed (transport, throttling, a server error).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            PortError::Queue(e) => e.is_transient(),
+            PortError::Store(e) => e.is_transient(),
+            PortError::Send(SendError::Queue(e)) => e.is_transient(),
+            PortError::Send(SendError::Unavailable { .. }) => true,
+            PortError::Send(SendError::Refused { .. } | SendError::TooLarge(_)) => false,
+        }
+    }
+}
 
 /// The secondary indexes of a fleet's table, which `setup` creates: the ledger's jobs by
 /// resource id, by task, by status and by run (event and task), newest first by when their

@@ -7,6 +7,7 @@ use super::{Action, ActionContext, Step};
 use async_trait::async_trait;
 use opsfleet_protocol::config::LimitDefault;
 use opsfleet_protocol::ResourceType;
+use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -61,7 +62,7 @@ pub fn erased<A: Action>(action: A) -> std::sync::Arc<dyn AnyAction> {
 
 impl<A: Action> Typed<A> {
     fn parse(params: &Value) -> Result<A::Params, String> {
-        serde_json::from_value(params.clone()).map_err(|e| format!("params: {e}"))
+        A::Params::deserialize(params).map_err(|e| format!("params: {e}"))
     }
 
     /// The job's params, or the failure of a step whose params do not parse (`validate`
@@ -130,7 +131,7 @@ impl<A: Action> AnyAction for Typed<A> {
 
     async fn check(&self, ctx: ActionContext<'_>, state: &Value) -> Step {
         let params = or_step!(Self::job_params(&ctx));
-        let state: A::State = match serde_json::from_value(state.clone()) {
+        let state = match A::State::deserialize(state) {
             Ok(state) => state,
             Err(e) => {
                 return Step::Failed { retryable: false, error: format!("{}: unreadable check state: {e}", A::NAME) }

@@ -56,15 +56,18 @@ impl DeadLetters {
     /// or action is unknown here).
     pub(super) async fn message(&self, partition: u32, message: &ReceivedMessage, reason: &str) -> Disposition {
         let source = names::jobs_queue(&self.fleet, partition);
-        let letter = DeadLetter::of_received(message, reason, source, self.clock.now_ms());
-        send(self.partition(partition), &letter, &format!("message/{}", message.message_id)).await
+        self.received(self.partition(partition), source, message, reason).await
     }
 
     /// Dead-letters a message of the checks queue that is not a check.
     pub(super) async fn check_message(&self, message: &ReceivedMessage, reason: &str) -> Disposition {
-        let source = names::checks_queue(&self.fleet);
+        self.received(self.checks.as_ref(), names::checks_queue(&self.fleet), message, reason).await
+    }
+
+    /// Dead-letters a received message, deduplicated by its own message id.
+    async fn received(&self, dlq: &dyn Queue, source: String, message: &ReceivedMessage, reason: &str) -> Disposition {
         let letter = DeadLetter::of_received(message, reason, source, self.clock.now_ms());
-        send(self.checks.as_ref(), &letter, &format!("message/{}", message.message_id)).await
+        send(dlq, &letter, &format!("message/{}", message.message_id)).await
     }
 
     /// Dead-letters a job that ended `status` (failed or cancelled) under `fence`, and records

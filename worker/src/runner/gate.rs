@@ -185,7 +185,8 @@ impl Gate {
     /// the first that is busy, lets go of what it took and says what to wait for.
     async fn take(&self, job: &Job, task: &Task, watch: &mut Watch, check_run: bool) -> Result<Taken, CallError> {
         let owner = self.owner(job);
-        let input = TemplateInput::of(job, self.clock.now_ms());
+        let now = self.clock.now_ms();
+        let input = TemplateInput::of(job, now);
         let key = lock_key(&task.lock.render(input));
         let asked = Instant::now();
         let lock = match self.leases.acquire(&key, &owner, &job.id, self.lease, watch).await? {
@@ -204,8 +205,7 @@ impl Gate {
                 return Ok(Taken::Cancelled(held, reason));
             }
         }
-        let input = TemplateInput::of(job, self.clock.now_ms());
-        let ttl = (self.clock.now_ms() / 1000 + RUN_SLOT_TTL.as_secs()) as i64;
+        let ttl = (now / 1000 + RUN_SLOT_TTL.as_secs()) as i64;
         let mut pools: Vec<Pool<'_>> = Vec::new();
         if let Some(max) = task.max_concurrency {
             let key = pool_key("run", &job.run_id());

@@ -1,7 +1,8 @@
-//! Sending jobs to their partitions in batches, retrying entries the queue did not accept.
+//! Sending messages in batches, retrying entries the queue did not accept: how the router sends
+//! jobs and dead letters, the CLI and the load test events, and a redrive what it sends back.
 
-use opsfleet_protocol::job::MAX_JOB_BYTES;
-use opsfleet_protocol::ports::{OutgoingMessage, Queue, QueueError, MAX_BATCH};
+use super::{OutgoingMessage, Queue, QueueError, MAX_BATCH};
+use crate::job::MAX_JOB_BYTES;
 use std::time::Duration;
 
 /// Attempts per batch before the event is left for redelivery.
@@ -32,7 +33,7 @@ pub enum SendError {
     },
     /// A job is over the message size limit.
     #[error(transparent)]
-    TooLarge(opsfleet_protocol::JobError),
+    TooLarge(crate::JobError),
     /// The queue call was refused.
     #[error(transparent)]
     Queue(#[from] QueueError),
