@@ -6,6 +6,11 @@ use opsfleet_protocol::Job;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// A new token for a link of a chain of checks.
+pub fn new_token() -> String {
+    format!("{:016x}{:016x}", rand::random::<u64>(), rand::random::<u64>())
+}
+
 /// The version of the check JSON this build writes.
 pub const CHECK_VERSION: u32 = 2;
 
@@ -33,6 +38,11 @@ pub struct CheckMessage {
     pub due_ms: Option<u64>,
     /// Checks run so far.
     pub checks: u32,
+    /// This link of the job's chain of checks: the same in every delivery of the message and
+    /// in a copy redriven from the checks DLQ, so the ledger knows the link again. Messages
+    /// written before tokens were carried have none; their message id stands in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token: String,
     /// The attempt the job is in.
     pub attempt: u32,
     /// When the lock was taken, Unix ms.

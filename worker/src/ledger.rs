@@ -122,6 +122,32 @@ pub enum Begin {
     Stale,
 }
 
+/// One link of a pending job's chain of checks, as its handler records that it runs.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckLink<'a> {
+    /// Checks run before this one (the number in its message).
+    pub previous: u32,
+    /// The link's token: the same in every delivery of its message, a redriven copy's too.
+    pub token: &'a str,
+    /// This handling's claim: unique to one delivery being handled.
+    pub claim: &'a str,
+    /// How long a claim holds off other handlings: the longest a check step can run, and a
+    /// lease more. A claim older than this belongs to a handler that died.
+    pub hold: Duration,
+}
+
+/// What recording that a check runs came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    /// Recorded: this handling runs the check.
+    Running,
+    /// Another handling of the job's checks runs now (a second delivery, or a handler that
+    /// may have died): try again after this long.
+    Busy(Duration),
+    /// The chain moved past this link, or the job is no longer pending under the fence.
+    Stale,
+}
+
 /// A run's counts, derived from its jobs' entries.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunRecord {
@@ -184,6 +210,15 @@ fn beginnable(fence: i64) -> Cond {
     ])
 }
 
+/// The chain of checks is at `checks` (a job that never had a check is at 0).
+fn at_check(checks: u32) -> Cond {
+    if checks == 0 {
+        Cond::Or(vec![Cond::Lacks("checks".into()), Cond::eq("checks", 0i64)])
+    } else {
+        Cond::eq("checks", i64::from(checks))
+    }
+}
+
 fn fenced(fence: i64) -> Cond {
     Cond::And(vec![
         Cond::eq("fence", fence),
@@ -231,6 +266,9 @@ impl Ledger {
             .set("owner", owner)
             .set("fence", fence)
             .set("started_ms", started_ms)
+            .remove("checks")
+            .remove("check_token")
+            .remove("check_claimed_ms")
             .add("attempts", 1)
     }
 
@@ -305,26 +343,39 @@ impl Ledger {
         }
     }
 
-    /// Marks the job pending completion checks, keeping the check state; false when the fence
-    /// is no longer current.
+    /// Marks the job pending completion checks, keeping the check state and the token of the
+    /// check just sent (`next`); false when the fence is no longer current.
+    ///
+    /// The write is pinned to the chain's position: `checks` (the checks run so far) and, for
+    /// a check's outcome, the token of the link that ran (`ran`). A late SDK retry of this write
+    /// that lands after the next check began is refused instead of setting the chain back.
     pub async fn pending<'a>(
         &self,
         job: &Job,
         writer: impl Into<Writer<'a>>,
         state: &Value,
         checks: u32,
+        ran: Option<&str>,
+        next: &str,
     ) -> Result<bool, StoreError> {
         let writer = writer.into();
         let update = with_status(Update::default(), Status::Pending)
             .set("state", state.to_string())
             .set("checks", i64::from(checks))
+            .set("check_token", next)
+            .set("check_claimed_ms", 0i64)
             .set("expires_at", self.expires_at());
-        let (update, cond) = self.written_by(job, &writer, update, None);
+        let mut pins = vec![at_check(checks)];
+        if let Some(ran) = ran {
+            pins.push(Cond::eq("check_token", ran));
+        }
+        let (update, cond) = self.written_by(job, &writer, update, Some(Cond::And(pins)));
         match self.store.update(&job_key(&job.id), update, cond).await {
             Ok(_) => Ok(true),
-            // A retried write whose first try went through.
+            // A retried write whose first try went through, or one the chain has moved past
+            // under this very fence (its check came first): either way the chain is this
+            // holder's, carried on by the check just sent or the one that moved it on.
             Err(StoreError::ConditionFailed { current: Some(item), .. }) => Ok(item.int("fence") == Some(writer.fence)
-                && item.str("status") == Some(Status::Pending.as_str())
                 && writer.unbegun.is_none_or(|owner| item.str("owner") == Some(owner))),
             Err(StoreError::ConditionFailed { .. }) => Ok(false),
             Err(e) => Err(e),
@@ -354,6 +405,10 @@ impl Ledger {
             .add("failures", 1);
         if writer.unbegun.is_some() {
             update = with_status(update, Status::InProgress);
+        }
+        if step.starts_with("check/") {
+            // The check is over: its claim no longer holds off the next one.
+            update = update.set("check_claimed_ms", 0i64);
         }
         let (update, cond) = self.written_by(job, &writer, update, Some(Cond::missing_or_not("failed_step", step)));
         match self.store.update(&job_key(&job.id), update, cond).await {
@@ -419,31 +474,52 @@ impl Ledger {
         }
     }
 
-    /// Records that check number `next` runs, only when the previous one was `previous`, or
-    /// when this very check message (`token`) recorded it already and comes again: a
-    /// duplicated check message cannot fork the chain of checks, and a handed-back one goes on.
-    pub async fn checked(
-        &self,
-        job: &Job,
-        fence: i64,
-        previous: u32,
-        next: u32,
-        token: &str,
-    ) -> Result<bool, StoreError> {
-        let mut same = vec![
-            Cond::eq("checks", i64::from(previous)),
-            Cond::And(vec![Cond::eq("checks", i64::from(next)), Cond::eq("check_token", token)]),
-        ];
-        if previous == 0 {
-            same.push(Cond::Lacks("checks".into()));
-        }
-        let cond = Cond::And(vec![fenced(fence), Cond::Or(same)]);
-        let update = Update::default().set("checks", i64::from(next)).set("check_token", token);
-        match self.store.update(&job_key(&job.id), update, cond).await {
-            Ok(_) => Ok(true),
-            Err(StoreError::ConditionFailed { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
+    /// Records that the check after `link.previous` runs under `fence`, claimed by this
+    /// handling: only when the chain is at that check and no other handling's claim is live, or
+    /// when this very link (its token) recorded it already and its claim is this handling's or
+    /// lapsed (a handed-back, redelivered or redriven message goes on). A second delivery of a
+    /// check never runs beside the first, and a late one never forks the chain.
+    pub async fn checked(&self, job: &Job, fence: i64, link: &CheckLink<'_>) -> Result<Checked, StoreError> {
+        let now = self.now();
+        let lapsed_before = now - link.hold.as_millis() as i64;
+        let next = link.previous + 1;
+        let unclaimed = || {
+            Cond::Or(vec![
+                Cond::Lacks("check_claimed_ms".into()),
+                Cond::lt("check_claimed_ms", lapsed_before),
+                Cond::eq("check_claim", link.claim),
+            ])
+        };
+        let this_link = Cond::And(vec![at_check(next), Cond::eq("check_token", link.token), unclaimed()]);
+        let cond = Cond::And(vec![
+            fenced(fence),
+            Cond::Or(vec![Cond::And(vec![at_check(link.previous), unclaimed()]), this_link]),
+        ]);
+        let update = Update::default()
+            .set("checks", i64::from(next))
+            .set("check_token", link.token)
+            .set("check_claim", link.claim)
+            .set("check_claimed_ms", now);
+        let current = match self.store.update(&job_key(&job.id), update, cond).await {
+            Ok(_) => return Ok(Checked::Running),
+            Err(StoreError::ConditionFailed { current, .. }) => match current {
+                Some(item) => Some(*item),
+                None => self.store.get(&job_key(&job.id)).await?,
+            },
+            Err(e) => return Err(e),
+        };
+        let Some(item) = current else { return Ok(Checked::Stale) };
+        let checks = item.int("checks").unwrap_or(0);
+        let ours = (checks == i64::from(link.previous))
+            || (checks == i64::from(next) && item.str("check_token") == Some(link.token));
+        let claimed = item.int("check_claimed_ms").unwrap_or(0);
+        let live = item.int("fence") == Some(fence)
+            && matches!(item.str("status"), Some(s) if s == Status::Pending.as_str() || s == Status::InProgress.as_str());
+        Ok(if ours && live && claimed >= lapsed_before {
+            Checked::Busy(Duration::from_millis((claimed - lapsed_before).max(1) as u64))
+        } else {
+            Checked::Stale
+        })
     }
 
     /// Reopens a job that failed for good or was cancelled, so that it runs again when it is
@@ -456,7 +532,11 @@ impl Ledger {
             .set("expires_at", self.expires_at())
             .remove("error")
             .remove("dead_lettered")
-            .remove("finished_ms");
+            .remove("finished_ms")
+            .remove("checks")
+            .remove("check_token")
+            .remove("check_claimed_ms")
+            .remove("state");
         let cond =
             Cond::Or(vec![Cond::eq("status", Status::Failed.as_str()), Cond::eq("status", Status::Cancelled.as_str())]);
         match self.store.update(&job_key(job_id), update, cond).await {

@@ -33,8 +33,11 @@ pub struct NoopParams {
     /// Delay before each check, in ms.
     #[serde(default = "default_check_ms")]
     pub check_after_ms: u64,
-    /// A folder where each effect is recorded, one file per job, and each start in
-    /// `<job>.starts` (tests). A start that takes effect first looks for what it made before
+    /// How long each check takes, in ms.
+    #[serde(default)]
+    pub check_sleep_ms: u64,
+    /// A folder where each effect is recorded, one file per job, each start in
+    /// `<job>.starts` and each check in `<job>.checks` (tests). A start that takes effect first looks for what it made before
     /// (the file), then works (`sleep_ms`), then makes it, the way a real action creates
     /// something: two runs of a job at once both find nothing and both write, so a test counts
     /// double effects instead of guessing.
@@ -124,6 +127,16 @@ impl Action for Noop {
     }
 
     async fn check(&self, ctx: ActionContext<'_>, p: &NoopParams, state: NoopState) -> Step {
+        let began = unix_ms();
+        if p.check_sleep_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(p.check_sleep_ms)).await;
+        }
+        if let Some(dir) = p.effects_dir.as_deref() {
+            let checks = std::path::Path::new(dir).join(format!("{}.checks", ctx.job.id));
+            if let Err(e) = record_effect(&checks, ctx, began) {
+                return Step::Failed { retryable: true, error: format!("noop: recording the check: {e}") };
+            }
+        }
         if ctx.check <= p.fail_checks {
             return Step::Failed { retryable: true, error: format!("noop: failing check {}", ctx.check) };
         }
@@ -146,6 +159,7 @@ fn record_effect(path: &std::path::Path, ctx: ActionContext<'_>, began: u64) -> 
     use std::io::Write;
     let line = json!({
         "job": ctx.job.id,
+        "check": ctx.check,
         "task": ctx.job.task,
         "resource": ctx.job.resource.key(),
         "pid": std::process::id(),

@@ -37,17 +37,93 @@ async fn begin_refuses_older_fences_and_finished_jobs() {
     assert_eq!(l.begin(&j, "d", 4).await.expect("begin"), Begin::Finished(Status::Succeeded));
 }
 
+const HOLD: Duration = Duration::from_secs(60);
+
+fn link<'a>(previous: u32, token: &'a str, claim: &'a str) -> CheckLink<'a> {
+    CheckLink { previous, token, claim, hold: HOLD }
+}
+
 #[tokio::test]
 async fn a_check_goes_on_when_handed_back_but_a_duplicate_cannot_fork_the_chain() {
     let l = ledger().await;
     let j = job();
     l.begin(&j, "a", 1).await.expect("begin");
-    assert!(l.pending(&j, 1, &json!({}), 0).await.expect("pending"));
-    assert!(l.checked(&j, 1, 0, 1, "msg-a").await.expect("checked"), "the first check runs");
-    assert!(l.checked(&j, 1, 0, 1, "msg-a").await.expect("checked"), "the same check message, handed back, goes on");
-    assert!(!l.checked(&j, 1, 0, 1, "msg-b").await.expect("checked"), "a duplicate of it does not");
-    assert!(!l.checked(&j, 2, 1, 2, "msg-c").await.expect("checked"), "nor a check under another fence");
-    assert!(l.checked(&j, 1, 1, 2, "msg-c").await.expect("checked"), "the next check of the chain runs");
+    assert!(l.pending(&j, 1, &json!({}), 0, None, "link-1").await.expect("pending"));
+    assert_eq!(
+        l.checked(&j, 1, &link(0, "link-1", "h1")).await.expect("checked"),
+        Checked::Running,
+        "the first check runs"
+    );
+    assert_eq!(
+        l.checked(&j, 1, &link(0, "link-1", "h1")).await.expect("checked"),
+        Checked::Running,
+        "the same handling again (an SDK retry) goes on"
+    );
+    assert!(
+        matches!(l.checked(&j, 1, &link(0, "link-1", "h2")).await.expect("checked"), Checked::Busy(left) if left <= HOLD),
+        "a second delivery of the same link waits while the first runs"
+    );
+    assert_eq!(
+        l.checked(&j, 1, &link(0, "link-x", "h3")).await.expect("checked"),
+        Checked::Stale,
+        "another link of that place is stale"
+    );
+    assert_eq!(
+        l.checked(&j, 2, &link(1, "link-2", "h4")).await.expect("checked"),
+        Checked::Stale,
+        "so is a check under another fence"
+    );
+    assert!(
+        matches!(l.checked(&j, 1, &link(1, "link-2", "h4")).await.expect("checked"), Checked::Busy(_)),
+        "the next check waits while a handling of this one runs"
+    );
+    assert!(l.pending(&j, 1, &json!({}), 1, Some("link-1"), "link-2").await.expect("pending"));
+    assert_eq!(
+        l.checked(&j, 1, &link(0, "link-1", "h2")).await.expect("checked"),
+        Checked::Stale,
+        "once it ended, its duplicate is stale"
+    );
+    assert_eq!(
+        l.checked(&j, 1, &link(1, "link-2", "h4")).await.expect("checked"),
+        Checked::Running,
+        "the next check of the chain runs"
+    );
+}
+
+#[tokio::test]
+async fn a_late_retry_of_a_pending_write_cannot_set_the_chain_back() {
+    let l = ledger().await;
+    let j = job();
+    l.begin(&j, "a", 1).await.expect("begin");
+    assert!(l.pending(&j, 1, &json!({"n": 0}), 0, None, "link-1").await.expect("pending"));
+    assert_eq!(l.checked(&j, 1, &link(0, "link-1", "h1")).await.expect("checked"), Checked::Running);
+    assert!(l.pending(&j, 1, &json!({"n": 1}), 1, Some("link-1"), "link-2").await.expect("pending"));
+    // The first pending write, sent again by the SDK long after its first try went through.
+    assert!(
+        l.pending(&j, 1, &json!({"n": 0}), 0, None, "link-1").await.expect("late retry"),
+        "the chain is still this holder's"
+    );
+    let record = l.job(&j.id).await.expect("job").expect("record");
+    assert_eq!(record.checks, 1, "{record:?}");
+    assert_eq!(record.attrs.get("check_token"), Some(&"link-2".into()));
+    assert_eq!(
+        l.checked(&j, 1, &link(1, "link-2", "h2")).await.expect("checked"),
+        Checked::Running,
+        "the next check runs"
+    );
+}
+
+#[tokio::test]
+async fn a_redriven_check_whose_handler_died_after_recording_it_goes_on_once_its_claim_lapsed() {
+    let l = ledger().await;
+    let j = job();
+    l.begin(&j, "a", 1).await.expect("begin");
+    assert!(l.pending(&j, 1, &json!({}), 0, None, "link-1").await.expect("pending"));
+    assert_eq!(l.checked(&j, 1, &link(0, "link-1", "died")).await.expect("checked"), Checked::Running);
+    // The same message body, redriven from the checks DLQ: a new message id, the same token.
+    let short = CheckLink { previous: 0, token: "link-1", claim: "redriven", hold: Duration::ZERO };
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(l.checked(&j, 1, &short).await.expect("checked"), Checked::Running, "the dead handler's claim lapsed");
 }
 
 #[tokio::test]
@@ -55,7 +131,7 @@ async fn a_failed_check_keeps_the_job_pending() {
     let l = ledger().await;
     let j = job();
     l.begin(&j, "a", 1).await.expect("begin");
-    l.pending(&j, 1, &json!({}), 0).await.expect("pending");
+    l.pending(&j, 1, &json!({}), 0, None, "link-1").await.expect("pending");
     assert_eq!(l.failure(&j, 1, "throttled", "check/1").await.expect("failure"), Some(1));
     let record = l.job(&j.id).await.expect("job").expect("record");
     assert_eq!((record.status, record.failures), (Status::Pending, 1));
@@ -112,14 +188,18 @@ async fn a_pending_job_never_begins_again_and_is_adopted_by_a_newer_fence() {
     let l = ledger().await;
     let j = job();
     l.begin(&j, "a", 1).await.expect("begin");
-    assert!(l.pending(&j, 1, &json!({"snapshot": "snap-1"}), 0).await.expect("pending"));
+    assert!(l.pending(&j, 1, &json!({"snapshot": "snap-1"}), 0, None, "link-1").await.expect("pending"));
     assert_eq!(l.begin(&j, "b", 2).await.expect("begin"), Begin::Pending, "a second delivery does not start it");
     assert!(!l.adopt(&j, 7, 8, "c").await.expect("adopt"), "only from the fence it is pending under");
     assert!(l.adopt(&j, 1, 3, "c").await.expect("adopt"));
     assert!(!l.adopt(&j, 1, 4, "d").await.expect("adopt"), "once");
     let record = l.job(&j.id).await.expect("job").expect("record");
     assert_eq!((record.status, record.fence, record.attempts), (Status::Pending, 3, 1));
-    assert!(l.checked(&j, 3, 0, 1, "m").await.expect("checked"), "its checks go on under the new fence");
+    assert_eq!(
+        l.checked(&j, 3, &link(0, "link-1", "h")).await.expect("checked"),
+        Checked::Running,
+        "its checks go on under the new fence"
+    );
 }
 
 #[tokio::test]
@@ -193,7 +273,7 @@ async fn an_unbegun_holder_cannot_write_over_a_newer_fence() {
     let zombie = Writer { fence: 1, unbegun: Some("w/j/1"), attempt: None };
     assert!(!l.finish(&j, zombie, Status::Succeeded, "late").await.expect("finish"));
     assert_eq!(l.failure(&j, zombie, "late", "start/1").await.expect("failure"), None);
-    assert!(!l.pending(&j, zombie, &json!({}), 0).await.expect("pending"));
+    assert!(!l.pending(&j, zombie, &json!({}), 0, None, "link-1").await.expect("pending"));
     // A newer unbegun holder takes over a job in progress under an older fence.
     let newer = Writer { fence: 5, unbegun: Some("w/j/5"), attempt: None };
     assert_eq!(l.failure(&j, newer, "throttled", "start/2").await.expect("failure"), Some(1));

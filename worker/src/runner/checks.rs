@@ -7,6 +7,7 @@ use super::held::Held;
 use super::permits::Running;
 use super::recorder::{Checking, Subject};
 use super::*;
+use crate::ledger::{CheckLink, Checked};
 use crate::telemetry::CheckRan;
 use opsfleet_protocol::ports::MAX_DELAY;
 
@@ -41,37 +42,68 @@ impl Worker {
         let (task, action) = match self.task_and_action(job) {
             Ok(found) => found,
             Err(reason) => {
+                // A deploy renamed or removed its task: the job fails for good, recorded in the
+                // ledger under its fence first, so that a redrive reopens and runs it once the
+                // task is back.
                 let fence = held.fence();
-                let _ = held.release().await;
                 let reason = format!("a pending job can no longer be checked: {reason}");
+                let attempt = held.attempt_record(&self.clock, "FAILED", Some(&reason));
+                let finished = self.ledger.finish(job, held.writer(Some(&attempt)), Status::Failed, &reason).await?;
+                let released = held.release().await;
+                if !finished {
+                    // Another holder has the job: this check carries nothing on.
+                    return Ok(released.then(Disposition::Delete));
+                }
                 return Ok(self.recorder.dead_letters().job(job, &reason, fence, Status::Failed).await);
             }
         };
         let mut running = running;
+        let mut took_over = false;
         if !held.renew(&job.id, self.gate.lease(), false).await? {
             // The check came after its leases lapsed and were taken: take the job over under
             // new leases and go on from its recorded state, never from the start.
             CheckRan { job_id: &job.id, result: "late" }.emit();
             drop(running);
             match self.take_over(job, task, held).await? {
-                TakeOver::Taken(taken) => (held, running) = *taken,
+                TakeOver::Taken(taken) => {
+                    (held, running) = *taken;
+                    took_over = true;
+                }
                 TakeOver::Gone => return self.dead_letter_if_failed(job).await,
                 TakeOver::Stopped => return Ok(Disposition::Returned),
             }
         }
         let checks = check.checks + 1;
-        if !self.ledger.checked(job, held.fence(), check.checks, checks, token).await? {
-            // A duplicate of a check that already ran, or a job that finished meanwhile.
-            CheckRan { job_id: &job.id, result: "stale" }.emit();
-            held.leave_with_check();
-            return self.dead_letter_if_failed(job).await;
+        let token = if check.token.is_empty() { token } else { check.token.as_str() };
+        let claim = format!("{}/{:x}", self.id, rand::random::<u64>());
+        let link = CheckLink { previous: check.checks, token, claim: &claim, hold: task.timeout + self.gate.lease() };
+        match self.ledger.checked(job, held.fence(), &link).await? {
+            Checked::Running => {}
+            Checked::Busy(left) => {
+                // Another delivery of the job's checks runs now, or its handler died and its
+                // claim has not lapsed yet: this one comes back when it has.
+                CheckRan { job_id: &job.id, result: "busy" }.emit();
+                held.leave_with_check();
+                return Ok(Disposition::Retry(left.min(MAX_DELAY)));
+            }
+            Checked::Stale => {
+                // A duplicate of a check that already ran, or a job that finished meanwhile.
+                CheckRan { job_id: &job.id, result: "stale" }.emit();
+                if took_over {
+                    // The leases just taken carry nothing on.
+                    let _ = held.release().await;
+                } else {
+                    held.leave_with_check();
+                }
+                return self.dead_letter_if_failed(job).await;
+            }
         }
         let started = tokio::time::Instant::now();
         let ctx = self.context(job, check.attempt, checks);
         let step = self.guard.run(action.check(ctx, &check.state), &held, &job.id, task.timeout).await;
         CheckRan { job_id: &job.id, result: step.result() }.emit();
         let s = Subject { job, task, action: action.as_ref() };
-        let checking = Checking { n: checks, state: &check.state };
+        let checking = Checking { n: checks, state: &check.state, token };
         let settled = self.recorder.settle(&s, held, Some(checking), step, started.elapsed()).await;
         drop(running);
         settled

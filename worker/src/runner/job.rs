@@ -26,9 +26,16 @@ impl Worker {
             SettleDelay { left }.emit();
             return Ok(Disposition::Retry(left));
         }
-        // Eventually consistent: a stale answer at worst runs a job that just finished, which
-        // its lock and its fenced writes then settle, and its idempotent action makes harmless.
-        let record = self.ledger.peek_job(&job.id).await?;
+        // Eventually consistent (the happy path's one read). A stale answer of no record or of
+        // a job in progress at worst runs a job that just finished, which its lock and fenced
+        // writes then settle. An answer that would end this message is read again strongly
+        // first: FAILED, CANCELLED and PENDING are not final for good (a redrive reopens the
+        // first two; a pending job can fail and be reopened), and a stale one would delete a
+        // redriven job unrun.
+        let mut record = self.ledger.peek_job(&job.id).await?;
+        if record.as_ref().is_some_and(|r| matches!(r.status, Status::Failed | Status::Cancelled | Status::Pending)) {
+            record = self.ledger.job(&job.id).await?;
+        }
         if let Some(record) = &record {
             if record.status == Status::Failed || record.status == Status::Cancelled {
                 return Ok(self.recorder.dead_letters().finished(job, record).await);
@@ -86,7 +93,14 @@ impl Worker {
                 }
                 Begin::Finished(status) => {
                     JobAlreadyFinished { job_id: &job.id, status: status.as_str() }.emit();
-                    return Ok(held.release().await.then(Disposition::Delete));
+                    let released = held.release().await;
+                    if matches!(status, Status::Failed | Status::Cancelled) {
+                        // Make sure its dead letter went out before this message goes.
+                        if let Some(record) = self.ledger.job(&job.id).await? {
+                            return Ok(released.then(self.recorder.dead_letters().finished(job, &record).await));
+                        }
+                    }
+                    return Ok(released.then(Disposition::Delete));
                 }
                 Begin::Pending => {
                     JobAlreadyFinished { job_id: &job.id, status: Status::Pending.as_str() }.emit();

@@ -4,7 +4,7 @@
 use super::held::Held;
 use super::recorder::Recorder;
 use super::{CallError, Disposition, PENDING_SLACK};
-use crate::check::{CheckMessage, CHECK_VERSION};
+use crate::check::{new_token, CheckMessage, CHECK_VERSION};
 use crate::ledger::Begin;
 use crate::telemetry::LeaseLost;
 use opsfleet_protocol::ports::{OutgoingMessage, QueueError, MAX_DELAY};
@@ -20,6 +20,8 @@ pub(super) struct Due {
     pub state: Value,
     /// How long until the check.
     pub after: Duration,
+    /// The token of the check that came to this (none for a job's first step).
+    pub ran: Option<String>,
 }
 
 impl Recorder {
@@ -62,6 +64,7 @@ impl Recorder {
             wait_ms: (due.after - first).as_millis() as u64,
             due_ms: None,
             checks: due.checks,
+            token: new_token(),
             attempt: held.attempt,
             locked_ms: held.locked_ms,
             started_ms: held.started_ms,
@@ -73,7 +76,9 @@ impl Recorder {
         }
         // From here on the check message carries the leases.
         if mark_pending {
-            match self.ledger.pending(job, held.writer(None), &due.state, due.checks).await {
+            let pending =
+                self.ledger.pending(job, held.writer(None), &due.state, due.checks, due.ran.as_deref(), &check.token);
+            match pending.await {
                 Ok(true) => held.leave_with_check(),
                 // A newer holder has the job; the check just sent will find that and stop.
                 Ok(false) => {

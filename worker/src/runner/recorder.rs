@@ -36,6 +36,8 @@ pub(super) struct Checking<'a> {
     pub n: u32,
     /// The action's state it checked.
     pub state: &'a Value,
+    /// The token of its link of the chain.
+    pub token: &'a str,
 }
 
 /// Records what jobs' steps came to.
@@ -90,7 +92,8 @@ impl Recorder {
             Step::Skipped { reason } => self.finished(s, held, Status::Skipped, &reason, took).await,
             Step::Pending { check_after, state } => {
                 let checks = checking.map_or(0, |c| c.n);
-                self.pending(s.job, held, super::pending::Due { checks, state, after: check_after }, true).await
+                let ran = checking.map(|c| c.token.to_owned());
+                self.pending(s.job, held, super::pending::Due { checks, state, after: check_after, ran }, true).await
             }
             Step::Failed { retryable, error } => self.failed(s, held, checking, retryable, error, took).await,
         }
@@ -148,7 +151,9 @@ impl Recorder {
             JobFinished { job_id: &s.job.id, action: s.action.name(), outcome: "retried", took, detail: &error }.emit();
             if let Some(c) = checking {
                 // A failed check is checked again later, the job keeping its leases.
-                let due = super::pending::Due { checks: c.n, state: c.state.clone(), after: failure_backoff(failures) };
+                let after = failure_backoff(failures);
+                let due =
+                    super::pending::Due { checks: c.n, state: c.state.clone(), after, ran: Some(c.token.to_owned()) };
                 return self.pending(s.job, held, due, false).await;
             }
             return Ok(held.release().await.then(Disposition::Retry(failure_backoff(failures))));

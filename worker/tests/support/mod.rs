@@ -4,6 +4,7 @@
 
 pub mod faulty;
 
+use opsfleet_backend::realism::{Realism, RealisticBackend};
 use opsfleet_backend::EmbeddedBackend;
 use opsfleet_protocol::config::fixture::instance_job;
 use opsfleet_protocol::names;
@@ -33,6 +34,8 @@ shutdown_grace_secs = 5
 
 pub struct Fleet {
     pub backend: Arc<EmbeddedBackend>,
+    /// What workers run on: the embedded backend, or a layer of AWS's semantics around it.
+    pub layer: Arc<dyn Backend>,
     pub config: Arc<Config>,
     pub ledger: Ledger,
 }
@@ -47,7 +50,20 @@ impl Fleet {
         let backend = Arc::new(EmbeddedBackend::new());
         setup(backend.as_ref(), &config).await.expect("setup");
         let store = backend.store("w").await.expect("store");
-        Fleet { backend, config: Arc::new(config), ledger: Ledger::new(store, Clock::new(), Duration::from_secs(3600)) }
+        let ledger = Ledger::new(store, Clock::new(), Duration::from_secs(3600));
+        Fleet { layer: backend.clone(), backend, config: Arc::new(config), ledger }
+    }
+
+    /// A fleet whose workers, and whose ledger, see the embedded backend as AWS serves it
+    /// (stale eventually consistent reads, lost replies, second deliveries). The ledger's
+    /// clock advances with tokio's, as the workers' do.
+    pub async fn realistic(text: &str, realism: Realism) -> (Self, Arc<RealisticBackend>) {
+        let mut fleet = Self::with(&format!("{BASE}{text}")).await;
+        let layer = Arc::new(RealisticBackend::new(fleet.backend.clone(), realism));
+        let store = layer.store("w").await.expect("store");
+        fleet.ledger = Ledger::new(store, Clock::starting_at(Clock::new().now_ms()), Duration::from_secs(3600));
+        fleet.layer = layer.clone();
+        (fleet, layer)
     }
 
     pub fn job(&self, task: &str, event: &str, instance: &str) -> Job {
@@ -74,8 +90,7 @@ impl Fleet {
         &self,
         max_in_flight: Option<u32>,
     ) -> (CancellationToken, tokio::task::JoinHandle<ConsumeSummary>) {
-        let backend: Arc<dyn Backend> = self.backend.clone();
-        self.start_on(backend, max_in_flight, "test").await
+        self.start_on(Arc::clone(&self.layer), max_in_flight, "test").await
     }
 
     /// Starts a worker with its own id on a backend (the fleet's, or a layer around it) whose
@@ -101,7 +116,25 @@ impl Fleet {
         if let Some(n) = max_in_flight {
             config.worker.max_in_flight = n.try_into().expect("non-zero");
         }
-        let config = Arc::new(config);
+        self.run_worker(backend, Arc::new(config), id, aws).await
+    }
+
+    /// Starts a worker with a config of its own (another release's).
+    pub async fn start_configured(
+        &self,
+        backend: Arc<dyn Backend>,
+        config: Arc<Config>,
+    ) -> (CancellationToken, tokio::task::JoinHandle<ConsumeSummary>) {
+        self.run_worker(backend, config, "next-release", None).await
+    }
+
+    async fn run_worker(
+        &self,
+        backend: Arc<dyn Backend>,
+        config: Arc<Config>,
+        id: &str,
+        aws: Option<Arc<opsfleet_backend::aws::AwsAccounts>>,
+    ) -> (CancellationToken, tokio::task::JoinHandle<ConsumeSummary>) {
         let hard_stop = CancellationToken::new();
         let worker = Worker::open(
             backend.as_ref(),

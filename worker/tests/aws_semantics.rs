@@ -1,0 +1,187 @@
+//! The worker on the embedded backend as AWS serves it: eventually consistent reads that lag,
+//! writes whose replies are lost and sent again late, checks delivered twice, dead letters
+//! redriven, tasks renamed under pending jobs. Each test fails on a worker that trusts the
+//! emulators' kindness.
+
+mod support;
+
+use opsfleet_backend::realism::Realism;
+use opsfleet_protocol::config::fixture::{noop_task, tasks};
+use opsfleet_protocol::names;
+use opsfleet_protocol::ports::{Backend, OutgoingMessage};
+use opsfleet_protocol::Job;
+use opsfleet_worker::ledger::{CheckLink, Checked, Status};
+use opsfleet_worker::redrive::{dead_letter_queues, redrive, Which};
+use opsfleet_worker::CheckMessage;
+use std::time::Duration;
+use support::Fleet;
+
+/// A scratch folder for the noop's effects.
+fn effects_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("opsfleet-semantics-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("effects dir");
+    dir
+}
+
+/// The check numbers the noop ran for a job, with when each began and ended.
+fn checks_run(dir: &std::path::Path, job: &Job) -> Vec<(u64, u64, u64)> {
+    let text = std::fs::read_to_string(dir.join(format!("{}.checks", job.id))).unwrap_or_default();
+    text.lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .map(|v| {
+            (v["check"].as_u64().unwrap_or(0), v["began_ms"].as_u64().unwrap_or(0), v["ended_ms"].as_u64().unwrap_or(0))
+        })
+        .collect()
+}
+
+async fn wait_for(fleet: &Fleet, job: &Job, status: Status, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = fleet.ledger.job(&job.id).await.expect("ledger");
+        if seen.as_ref().map(|r| r.status) == Some(status) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{} never became {status:?}: {seen:?}", job.id);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_redriven_job_runs_though_an_eventually_consistent_read_still_says_it_failed() {
+    let lag = Duration::from_secs(2);
+    let text = tasks(&[noop_task("flaky", "fail_attempts = 1").with("retries = 0")]);
+    let (fleet, _layer) = Fleet::realistic(&text.to_string(), Realism::stale_reads(lag)).await;
+    let job = fleet.job("flaky", "e", "i-1");
+    fleet.send(&job, "first").await;
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(10)).await;
+    assert_eq!(fleet.status(&job).await, Status::Failed);
+    // Every read now sees it failed and dead-lettered; the redrive that follows is what an
+    // eventually consistent read misses for a moment.
+    tokio::time::sleep(lag + Duration::from_millis(500)).await;
+    let pairs = dead_letter_queues(fleet.layer.as_ref(), &fleet.config, Which::Jobs).await.expect("dlqs");
+    let mut sent = 0;
+    for pair in &pairs {
+        sent += redrive(pair, &fleet.ledger, 10, 1).await.expect("redrive").len();
+    }
+    assert_eq!(sent, 1, "the failed job was dead-lettered once");
+    let (stop, handle) = fleet.start(None).await;
+    wait_for(&fleet, &job, Status::Succeeded, Duration::from_secs(10)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+}
+
+/// A fleet on `realism` whose job goes pending for `checks` checks, `check_after_ms` apart:
+/// the job is sent and run until it is pending, and the worker stopped.
+async fn pending(
+    realism: Realism,
+    params: &str,
+    lines: &[&str],
+) -> (Fleet, std::sync::Arc<opsfleet_backend::realism::RealisticBackend>, Job) {
+    let mut task = noop_task("slow", params);
+    for line in lines {
+        task = task.with(line);
+    }
+    let text = tasks(&[task]).to_string().replace("lease_secs = 5", "lease_secs = 3");
+    let (fleet, layer) = Fleet::realistic(&text, realism).await;
+    let job = fleet.job("slow", "e", "i-1");
+    fleet.send(&job, "first").await;
+    let (stop, handle) = fleet.start(None).await;
+    wait_for(&fleet, &job, Status::Pending, Duration::from_secs(10)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    (fleet, layer, job)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_redriven_from_the_checks_dlq_after_its_handler_died_finishes_the_job() {
+    let (fleet, _layer, job) = pending(
+        Realism::stale_reads(Duration::ZERO),
+        "pending_checks = 1, check_after_ms = 500",
+        &["timeout_secs = 5"],
+    )
+    .await;
+    let checks = fleet.backend.queue(&names::checks_queue("w")).await.expect("checks");
+    let got = checks.receive(1, Duration::from_secs(5), None).await.expect("receive");
+    assert_eq!(got.len(), 1, "the job's check is on its way");
+    let check = CheckMessage::from_json(&got[0].body, 0).expect("check");
+    // Its handler recorded that the check runs, then died, again and again: SQS moved the
+    // message to the checks DLQ.
+    let link =
+        CheckLink { previous: 0, token: &check.token, claim: "a-handler-that-died", hold: Duration::from_secs(8) };
+    assert_eq!(fleet.ledger.checked(&job, check.lock.fence, &link).await.expect("checked"), Checked::Running);
+    let dlq = fleet.backend.queue(&names::checks_dlq("w")).await.expect("dlq");
+    dlq.send_one(OutgoingMessage { body: got[0].body.clone(), ..Default::default() }).await.expect("dead-letter");
+    assert!(checks.delete_batch(&[got[0].receipt.clone()]).await.expect("delete").is_empty());
+    // The operator redrives the checks DLQ: the copy is a new message, the same link.
+    for pair in dead_letter_queues(fleet.layer.as_ref(), &fleet.config, Which::Checks).await.expect("dlqs") {
+        redrive(&pair, &fleet.ledger, 10, 1).await.expect("redrive");
+    }
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(60)).await;
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.status, record.checks), (Status::Succeeded, 1), "{record:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_retry_of_the_pending_write_does_not_set_the_chain_of_checks_back() {
+    let text = tasks(&[noop_task("slow", "pending_checks = 3, check_after_ms = 1000")]);
+    let (fleet, layer) = Fleet::realistic(&text.to_string(), Realism::stale_reads(Duration::ZERO)).await;
+    let store = layer.eventual_store("w").await.expect("store");
+    // The first pending write is applied, its reply lost, and the SDK sends it again 2.5 s
+    // later: after the first check (1 s) and the second (2 s) recorded their places.
+    store.lose_reply_of_next(
+        Box::new(|_, update| {
+            update.set.get("status").and_then(|v| v.as_str()) == Some("PENDING")
+                && update.set.get("checks").and_then(|v| v.as_i64()) == Some(0)
+        }),
+        Duration::from_millis(2500),
+    );
+    let job = fleet.job("slow", "e", "i-1");
+    fleet.send(&job, "first").await;
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(60)).await;
+    assert_eq!(store.lost_replies(), 1, "the reply was lost");
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.status, record.checks), (Status::Succeeded, 3), "{record:?}");
+}
+
+#[tokio::test]
+async fn a_check_delivered_twice_runs_once() {
+    let dir = effects_dir("twice");
+    let params =
+        format!("pending_checks = 3, check_after_ms = 0, check_sleep_ms = 300, effects_dir = \"{}\"", dir.display());
+    let realism = Realism { duplicates: 1.0, ..Realism::stale_reads(Duration::ZERO) };
+    let text = tasks(&[noop_task("slow", &params)]);
+    let (fleet, _layer) = Fleet::realistic(&text.to_string(), realism).await;
+    let job = fleet.job("slow", "e", "i-1");
+    fleet.send(&job, "first").await;
+    fleet.run_until_final(std::slice::from_ref(&job), Some(4), Duration::from_secs(30)).await;
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.status, record.checks), (Status::Succeeded, 3), "{record:?}");
+    let mut ran = checks_run(&dir, &job);
+    ran.sort();
+    assert_eq!(ran.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(), [1, 2, 3], "each check ran once: {ran:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pending_job_whose_task_a_deploy_removed_fails_in_the_ledger_and_runs_when_redriven() {
+    let (fleet, layer, job) =
+        pending(Realism::stale_reads(Duration::ZERO), "pending_checks = 1, check_after_ms = 500", &[]).await;
+    // The next release renamed the task: its workers cannot check the job.
+    let mut renamed = fleet.config.as_ref().clone();
+    renamed.tasks.retain(|t| t.name != "slow");
+    let renamed = std::sync::Arc::new(renamed);
+    let (stop, handle) = fleet.start_configured(layer.clone(), renamed).await;
+    wait_for(&fleet, &job, Status::Failed, Duration::from_secs(30)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert!(record.error.as_deref().is_some_and(|e| e.contains("can no longer be checked")), "{record:?}");
+    let dead = fleet.dead_letters(job.partition);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    // The task is back (a rollback): the redrive reopens the job, and it runs.
+    for pair in dead_letter_queues(fleet.layer.as_ref(), &fleet.config, Which::Jobs).await.expect("dlqs") {
+        redrive(&pair, &fleet.ledger, 10, 1).await.expect("redrive");
+    }
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(60)).await;
+    assert_eq!(fleet.status(&job).await, Status::Succeeded);
+}
