@@ -43,6 +43,8 @@ pub struct Consumer {
     visibility: Duration,
     grace: Duration,
     long_poll: Duration,
+    /// The queues' `maxReceiveCount`.
+    max_receive: u32,
 }
 
 /// What a consumer did before it stopped.
@@ -79,6 +81,7 @@ impl Consumer {
             visibility: Duration::from_secs(u64::from(config.worker.visibility_secs.max(2))),
             grace: Duration::from_secs(u64::from(config.worker.shutdown_grace_secs)),
             long_poll: LONG_POLL,
+            max_receive: config.worker.max_receive_count.max(1),
         })
     }
 
@@ -139,6 +142,7 @@ impl Consumer {
             })
         };
         let keeper = tokio::spawn(keep_hidden(ackers.clone(), self.visibility, hard_stop.clone()));
+        let max_receive = self.max_receive;
         let in_flight = self.worker.in_flight_counter();
         let sampler = tokio::spawn(self.sampler.run(shutdown.clone(), move || in_flight.load(Ordering::SeqCst)));
 
@@ -147,8 +151,9 @@ impl Consumer {
             let worker = Arc::clone(&self.worker);
             let (handled, returned) = (Arc::clone(&handled), Arc::clone(&returned));
             jobs.spawn(async move {
-                let counter = if work.run(&worker).await { handled } else { returned };
-                counter.fetch_add(1, Ordering::SeqCst);
+                let (done, back) = work.run(worker, max_receive).await;
+                handled.fetch_add(done, Ordering::SeqCst);
+                returned.fetch_add(back, Ordering::SeqCst);
             });
             while jobs.try_join_next().is_some() {}
         }
@@ -181,7 +186,8 @@ impl Consumer {
     }
 }
 
-/// One received message with its room and its queue.
+/// One received message with its room and its queue, and the messages of its FIFO group that
+/// the same receive brought after it.
 struct Work {
     source: Source,
     acker: Acker,
@@ -189,24 +195,120 @@ struct Work {
     /// The run (or check) permit the message starts with.
     start: OwnedSemaphorePermit,
     _room: OwnedSemaphorePermit,
+    /// Later messages of the same group, in order: each runs once the one before it is done,
+    /// so none spends a receive waiting for its turn.
+    rest: Vec<ReceivedMessage>,
+    /// Where the later messages' start permits come from.
+    capacity: Arc<Semaphore>,
+    shutdown: CancellationToken,
 }
 
 impl Work {
-    /// Handles the message; false when it was handed back unstarted.
-    async fn run(self, worker: &Worker) -> bool {
-        let disposition = match self.source {
-            Source::Partition(p) => worker.handle_job(&self.message, p, self.start).await,
-            Source::Checks => worker.handle_check(&self.message, self.start).await,
-        };
-        match disposition {
-            Disposition::Delete => self.acker.delete(&self.message.receipt),
-            Disposition::Retry(after) => self.acker.hand_back(&self.message.receipt, after),
-            Disposition::Returned => {
-                self.acker.hand_back(&self.message.receipt, Duration::ZERO);
-                return false;
+    /// Handles the message, then the later ones of its group; how many were handled, and how
+    /// many handed back unstarted. Once one is not done with (retried or handed back), the later
+    /// ones go back too: the group stays blocked behind it, so they come back in order.
+    async fn run(self, worker: Arc<Worker>, max_receive: u32) -> (usize, usize) {
+        let Work { source, acker, message, start, _room, rest, capacity, shutdown } = self;
+        let mut handled = 0;
+        let mut disposition = handle(&worker, source, &acker, &message, start, max_receive).await;
+        let mut rest = rest.into_iter();
+        loop {
+            match disposition {
+                Disposition::Returned => break,
+                Disposition::Retry(_) => {
+                    handled += 1;
+                    break;
+                }
+                Disposition::Delete => handled += 1,
+            }
+            let Some(next) = rest.next() else { break };
+            let start = tokio::select! {
+                permit = Arc::clone(&capacity).acquire_owned() => permit.ok(),
+                () = shutdown.cancelled() => None,
+            };
+            let Some(start) = start else {
+                acker.hand_back(&next.receipt, Duration::ZERO);
+                disposition = Disposition::Returned;
+                break;
+            };
+            disposition = handle(&worker, source, &acker, &next, start, max_receive).await;
+        }
+        let mut returned = usize::from(disposition == Disposition::Returned);
+        for later in rest {
+            acker.hand_back(&later.receipt, Duration::ZERO);
+            returned += 1;
+        }
+        (handled, returned)
+    }
+}
+
+/// Handles one message and tells its queue what came of it. A handling that panics (a bug)
+/// never strands the message: it is handed back after a pause, and dead-lettered with the
+/// panic's message before SQS would move it to the DLQ without a reason.
+async fn handle(
+    worker: &Arc<Worker>,
+    source: Source,
+    acker: &Acker,
+    message: &ReceivedMessage,
+    start: OwnedSemaphorePermit,
+    max_receive: u32,
+) -> Disposition {
+    let handling = {
+        let (worker, message) = (Arc::clone(worker), message.clone());
+        tokio::spawn(async move {
+            match source {
+                Source::Partition(p) => worker.handle_job(&message, p, start).await,
+                Source::Checks => worker.handle_check(&message, start).await,
+            }
+        })
+    };
+    // Aborting this task (the grace ran out) aborts the handling too.
+    let mut handling = AbortOnDrop(handling);
+    let disposition = match (&mut handling.0).await {
+        Ok(disposition) => disposition,
+        Err(e) => {
+            let reason = format!("handling the message panicked: {}", panic_message(e));
+            WorkerCallFailed { what: "panic", error: &reason }.emit();
+            if message.receive_count + 1 >= max_receive {
+                let partition = match source {
+                    Source::Partition(p) => Some(p),
+                    Source::Checks => None,
+                };
+                worker.dead_letter_panicked(message, partition, &reason).await
+            } else {
+                Disposition::Retry(PANIC_PAUSE)
             }
         }
-        true
+    };
+    match disposition {
+        Disposition::Delete => acker.delete(&message.receipt),
+        Disposition::Retry(after) => acker.hand_back(&message.receipt, after),
+        Disposition::Returned => acker.hand_back(&message.receipt, Duration::ZERO),
+    }
+    disposition
+}
+
+/// A task aborted when its handle is dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long a message whose handling panicked stays hidden before it is tried again.
+const PANIC_PAUSE: Duration = Duration::from_secs(30);
+
+/// The message of a task's panic (or why it has none).
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(payload) => payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_owned()),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -272,15 +374,21 @@ async fn poll(poller: Poller) {
                 }
             }
         };
-        // A receive may return several messages of one FIFO group (one resource): run only the
-        // first, and hand the others back; the group stays blocked until the first is done,
-        // so they come back in order.
-        let mut groups = std::collections::HashSet::new();
+        // A receive may return several messages of one FIFO group (one resource), in order: the
+        // first runs, and the others wait in line behind it, held, spending no receive.
+        let mut groups: Vec<(ReceivedMessage, Vec<ReceivedMessage>)> = Vec::new();
         for message in messages {
             acker.hold(&message.receipt);
-            if message.group_id.as_ref().is_some_and(|g| !groups.insert(g.clone())) || shutdown.is_cancelled() {
-                acker.hand_back(&message.receipt, Duration::ZERO);
-                if shutdown.is_cancelled() {
+            let group = message.group_id.clone();
+            match groups.iter_mut().find(|(first, _)| group.is_some() && first.group_id == group) {
+                Some((_, rest)) => rest.push(message),
+                None => groups.push((message, Vec::new())),
+            }
+        }
+        for (message, rest) in groups {
+            if shutdown.is_cancelled() {
+                for m in std::iter::once(&message).chain(&rest) {
+                    acker.hand_back(&m.receipt, Duration::ZERO);
                     returned.fetch_add(1, Ordering::SeqCst);
                 }
                 continue;
@@ -296,15 +404,28 @@ async fn poll(poller: Poller) {
                 () = shutdown.cancelled() => None,
             };
             let Some((room_permit, start)) = permits else {
-                // Not started: hand it back at once.
-                acker.hand_back(&message.receipt, Duration::ZERO);
-                returned.fetch_add(1, Ordering::SeqCst);
+                // Not started: hand them back at once.
+                for m in std::iter::once(&message).chain(&rest) {
+                    acker.hand_back(&m.receipt, Duration::ZERO);
+                    returned.fetch_add(1, Ordering::SeqCst);
+                }
                 continue;
             };
-            let work = Work { source, acker: acker.clone(), message, start, _room: room_permit };
+            let work = Work {
+                source,
+                acker: acker.clone(),
+                message,
+                start,
+                _room: room_permit,
+                rest,
+                capacity: Arc::clone(&capacity),
+                shutdown: shutdown.clone(),
+            };
             if let Err(tokio::sync::mpsc::error::SendError(work)) = spawn.send(work) {
-                work.acker.hand_back(&work.message.receipt, Duration::ZERO);
-                returned.fetch_add(1, Ordering::SeqCst);
+                for m in std::iter::once(&work.message).chain(&work.rest) {
+                    work.acker.hand_back(&m.receipt, Duration::ZERO);
+                    returned.fetch_add(1, Ordering::SeqCst);
+                }
             }
         }
     }

@@ -203,11 +203,24 @@ impl Worker {
         };
         // Every line logged about the job carries its id, task, resource and event.
         let span = tracing::info_span!("job", job_id = %job.id, task = %job.task, resource = %job.resource.key(), event_id = %job.event_id);
-        match self.run_job(&job, message, self.run_permits.count(permit)).instrument(span).await {
-            Ok(d) => d,
-            Err(e) => {
-                WorkerCallFailed { what: "job", error: &e.to_string() }.emit();
-                Disposition::Retry(jitter(Duration::from_secs(5)))
+        let mut first = Some(self.run_permits.count(permit));
+        let mut outage = Outage::default();
+        loop {
+            let running = match first.take() {
+                Some(running) => running,
+                None => match self.gate.permit(&self.run_permits).await {
+                    Some(running) => running,
+                    None => return Disposition::Returned,
+                },
+            };
+            match self.run_job(&job, message, running).instrument(span.clone()).await {
+                Ok(d) => return d,
+                Err(e) => {
+                    WorkerCallFailed { what: "job", error: &e.to_string() }.emit();
+                    if !outage.wait(&e, &self.gate).await {
+                        return Disposition::Retry(jitter(Duration::from_secs(5)));
+                    }
+                }
             }
         }
     }
@@ -222,12 +235,39 @@ impl Worker {
         let job = &check.job;
         let span = tracing::info_span!("job", job_id = %job.id, task = %job.task, resource = %job.resource.key(), event_id = %job.event_id);
         let token = &message.message_id;
-        match self.run_check(check.clone(), token, self.check_permits.count(permit)).instrument(span).await {
-            Ok(d) => d,
-            Err(e) => {
-                WorkerCallFailed { what: "check", error: &e.to_string() }.emit();
-                Disposition::Retry(jitter(Duration::from_secs(5)))
+        let mut first = Some(self.check_permits.count(permit));
+        let mut outage = Outage::default();
+        loop {
+            let running = match first.take() {
+                Some(running) => running,
+                None => match self.gate.permit(&self.check_permits).await {
+                    Some(running) => running,
+                    None => return Disposition::Returned,
+                },
+            };
+            match self.run_check(check.clone(), token, running).instrument(span.clone()).await {
+                Ok(d) => return d,
+                Err(e) => {
+                    WorkerCallFailed { what: "check", error: &e.to_string() }.emit();
+                    if !outage.wait(&e, &self.gate).await {
+                        return Disposition::Retry(jitter(Duration::from_secs(5)));
+                    }
+                }
             }
+        }
+    }
+
+    /// Dead-letters a message whose handling panicked (a bug) with the panic's message, to
+    /// its partition's DLQ or the checks DLQ.
+    pub async fn dead_letter_panicked(
+        &self,
+        message: &ReceivedMessage,
+        partition: Option<u32>,
+        reason: &str,
+    ) -> Disposition {
+        match partition {
+            Some(p) => self.recorder.dead_letters().message(p, message, reason).await,
+            None => self.recorder.dead_letters().check_message(message, reason).await,
         }
     }
 
@@ -257,6 +297,31 @@ impl Worker {
 
 fn retention(config: &Config) -> Duration {
     Duration::from_secs(u64::from(config.worker.ledger_retention_days) * 86_400)
+}
+
+/// The longest wait between tries of a message's handling while the table or a queue is
+/// unreachable.
+const OUTAGE_MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// A message's handling waiting out an outage of the table or a queue: it keeps the message
+/// (hidden, its visibility extended with the others held) and tries again, backing off, instead
+/// of handing it back, so that an outage spends none of the message's receives.
+#[derive(Default)]
+struct Outage {
+    tries: u32,
+}
+
+impl Outage {
+    /// Waits before the next try after `error`; false when the error is not an outage (a
+    /// retry through the message's visibility is due) or the worker is shutting down.
+    async fn wait(&mut self, error: &CallError, gate: &Gate) -> bool {
+        if !error.is_transient() || gate.stopping() {
+            return false;
+        }
+        self.tries += 1;
+        let pause = jitter(Duration::from_millis(500 << self.tries.min(6)).min(OUTAGE_MAX_WAIT));
+        gate.pause(pause).await
+    }
 }
 
 /// Between half and all of `d`.

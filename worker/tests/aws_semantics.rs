@@ -185,3 +185,74 @@ async fn a_pending_job_whose_task_a_deploy_removed_fails_in_the_ledger_and_runs_
     fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(60)).await;
     assert_eq!(fleet.status(&job).await, Status::Succeeded);
 }
+
+/// The fleet's base config with SQS moving a message to its DLQ after `n` receives.
+fn max_receives(n: u32, tasks: &str) -> String {
+    format!(
+        "{}{tasks}",
+        support::BASE.replace("shutdown_grace_secs = 5", &format!("shutdown_grace_secs = 5\nmax_receive_count = {n}"))
+    )
+}
+
+#[tokio::test]
+async fn jobs_received_together_from_one_group_run_in_order_without_spending_receives() {
+    let dir = effects_dir("group");
+    let params = format!("sleep_ms = 20, effects_dir = \"{}\"", dir.display());
+    // SQS returns as many messages of one group as it can per receive: ten jobs of one
+    // resource come in one receive, and a queue that dead-letters after two receives.
+    let fleet = Fleet::with(&max_receives(2, &tasks(&[noop_task("quick", &params)]).to_string())).await;
+    let jobs: Vec<Job> = (0..10).map(|i| fleet.job("quick", &format!("e{i}"), "i-1")).collect();
+    for job in &jobs {
+        fleet.send_in_group(job, &job.resource.key(), &job.id).await;
+    }
+    fleet.run_until_final(&jobs, Some(4), Duration::from_secs(30)).await;
+    for job in &jobs {
+        assert_eq!(fleet.status(job).await, Status::Succeeded, "{}", job.id);
+    }
+    for p in 0..2 {
+        assert!(fleet.dead_letters(p).is_empty(), "nothing was dead-lettered: {:?}", fleet.dead_letters(p));
+    }
+    let began: Vec<u64> = jobs
+        .iter()
+        .map(|job| {
+            let text = std::fs::read_to_string(dir.join(&job.id)).expect("effect");
+            serde_json::from_str::<serde_json::Value>(text.lines().next().expect("line")).expect("json")["began_ms"]
+                .as_u64()
+                .expect("began")
+        })
+        .collect();
+    assert!(began.windows(2).all(|w| w[0] <= w[1]), "in the order they were sent: {began:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handling_that_panics_is_dead_lettered_with_its_reason_not_stranded() {
+    let fleet = Fleet::with(&max_receives(3, &tasks(&[noop_task("buggy", "panic_attempts = 100")]).to_string())).await;
+    let job = fleet.job("buggy", "e", "i-1");
+    fleet.send(&job, "first").await;
+    let (stop, handle) = fleet.start(None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while fleet.dead_letters(job.partition).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the job was never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = fleet.dead_letters(job.partition);
+    assert!(dead[0].1.contains("panicked: noop: panicking in attempt 1"), "{dead:?}");
+    stop.cancel();
+    handle.await.expect("worker");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_check_due_after_more_than_anyone_waits_is_kept_within_bounds() {
+    let params = format!("pending_checks = 1, check_after_ms = {}", i64::MAX);
+    let fleet = Fleet::new(&tasks(&[noop_task("forever", &params)]).to_string()).await;
+    let job = fleet.job("forever", "e", "i-1");
+    fleet.send(&job, "first").await;
+    let (stop, handle) = fleet.start(None).await;
+    wait_for(&fleet, &job, Status::Pending, Duration::from_secs(30)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    let checks = fleet.backend.embedded_queue(&names::checks_queue("w")).expect("checks").peek_bodies();
+    assert_eq!(checks.len(), 1, "{checks:?}");
+    let check = CheckMessage::from_json(&checks[0], 0).expect("check");
+    assert!(check.wait_ms <= 7 * 86_400_000, "{check:?}");
+}

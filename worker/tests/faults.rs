@@ -200,3 +200,66 @@ async fn a_long_poll_under_way_at_shutdown_hands_back_what_it_brings() {
     let visible = queue.receive(10, Duration::ZERO, None).await.expect("receive");
     assert_eq!(visible.len(), 1, "the message a closing long poll took is visible again at once");
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_of_the_table_spends_no_receives() {
+    // Messages go to the DLQ after two receives; the table is down for six minutes.
+    let text = BASE.replace("shutdown_grace_secs = 5", "shutdown_grace_secs = 5\nmax_receive_count = 2");
+    let fleet = Fleet::with(&format!(
+        "{text}{}",
+        tasks(&[noop_task("quick", ""), noop_task("slow", "pending_checks = 1, check_after_ms = 500")])
+    ))
+    .await;
+    let pending = fleet.job("slow", "e", "i-0");
+    fleet.send(&pending, "pending").await;
+    let faults = Arc::new(Faults::default());
+    let (stop, handle) = fleet.start_on(faulty(&fleet, &faults), None, "w").await;
+    while fleet.ledger.job(&pending.id).await.expect("ledger").map(|r| r.status) != Some(Status::Pending) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    faults.table_down.store(true, Ordering::SeqCst);
+    let jobs: Vec<Job> = (1..5).map(|i| fleet.job("quick", "e", &format!("i-{i}"))).collect();
+    for job in &jobs {
+        fleet.send(job, &job.id).await;
+    }
+    tokio::time::sleep(Duration::from_secs(360)).await;
+    faults.table_down.store(false, Ordering::SeqCst);
+    let mut all = jobs.clone();
+    all.push(pending.clone());
+    fleet.wait_final(&all, Duration::from_secs(120)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    for job in &all {
+        assert_eq!(fleet.status(job).await, Status::Succeeded, "{}", job.id);
+    }
+    for p in 0..2 {
+        assert!(fleet.dead_letters(p).is_empty(), "{:?}", fleet.dead_letters(p));
+    }
+    let checks_dlq = fleet.backend.embedded_queue(&names::checks_dlq("w")).expect("dlq").peek_bodies();
+    assert!(checks_dlq.is_empty(), "{checks_dlq:?}");
+}
+
+#[tokio::test]
+async fn a_run_is_cancelled_though_counting_its_failures_failed_once() {
+    let fleet =
+        Fleet::new(&tasks(&[noop_task("doomed", "fail_rate = 1").with("retries = 0").with("max_errors = 0")])).await;
+    let job = fleet.job("doomed", "e", "i-1");
+    fleet.send(&job, "first").await;
+    let faults = Arc::new(Faults::default());
+    // The query that counts the run's failures is throttled once.
+    faults.failing_queries.store(1, Ordering::SeqCst);
+    let (stop, handle) = fleet.start_on(faulty(&fleet, &faults), None, "w").await;
+    fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(10)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fleet.ledger.run_cancelled(&job.run_id()).await.expect("run").is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "the run was never cancelled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    while fleet.dead_letters(job.partition).is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "the job was never dead-lettered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    handle.await.expect("worker");
+    assert_eq!(faults.failing_queries.load(Ordering::SeqCst), 0, "the throttled query was made");
+}

@@ -112,6 +112,10 @@ impl Action for AmiCreate {
         )
     }
 
+    fn validate(&self, p: &AmiCreateParams) -> Result<(), String> {
+        super::check_after_in_range(p.check_after_secs)
+    }
+
     fn statements(&self, p: &AmiCreateParams) -> Vec<Value> {
         use super::iam::*;
         let mut out = vec![

@@ -183,6 +183,10 @@ impl Action for EbsSnapshot {
         }
     }
 
+    fn validate(&self, p: &EbsSnapshotParams) -> Result<(), String> {
+        super::check_after_in_range(p.check_after_secs)
+    }
+
     fn statements(&self, p: &EbsSnapshotParams) -> Vec<Value> {
         use super::iam::*;
         let mut out = vec![

@@ -144,7 +144,7 @@ impl Action for InstancePower {
         if p.force && p.operation != Operation::Stop {
             return Err("params: force is for operation = \"stop\" only".into());
         }
-        Ok(())
+        super::check_after_in_range(p.check_after_secs)
     }
 
     async fn start(&self, ctx: ActionContext<'_>, p: &InstancePowerParams) -> Step {

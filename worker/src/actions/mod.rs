@@ -255,3 +255,14 @@ pub mod iam {
 pub fn default_check_after_secs() -> u64 {
     15
 }
+
+/// The longest `check_after_secs` an action takes: a day.
+pub const MAX_CHECK_AFTER_SECS: u64 = 86_400;
+
+/// Refuses a `check_after_secs` past [`MAX_CHECK_AFTER_SECS`].
+pub fn check_after_in_range(secs: u64) -> Result<(), String> {
+    if secs > MAX_CHECK_AFTER_SECS {
+        return Err(format!("params: check_after_secs {secs} is over {MAX_CHECK_AFTER_SECS} (a day)"));
+    }
+    Ok(())
+}

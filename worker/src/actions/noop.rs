@@ -24,6 +24,9 @@ pub struct NoopParams {
     /// Fail (retryably) the first N attempts, then succeed: deterministic retries.
     #[serde(default)]
     pub fail_attempts: u32,
+    /// Panic (a bug) in the first N attempts' starts.
+    #[serde(default)]
+    pub panic_attempts: u32,
     /// Fail (retryably) the first N checks.
     #[serde(default)]
     pub fail_checks: u32,
@@ -105,6 +108,9 @@ impl Action for Noop {
         let began = unix_ms();
         if p.sleep_ms > 0 {
             tokio::time::sleep(Duration::from_millis(p.sleep_ms)).await;
+        }
+        if ctx.attempt <= p.panic_attempts {
+            panic!("noop: panicking in attempt {}", ctx.attempt);
         }
         if let Some(path) = effect {
             if let Err(e) = record_effect(&path, ctx, began) {

@@ -120,7 +120,7 @@ impl Action for SnapshotCopy {
         if !looks_like_region(&p.destination_region) {
             return Err(format!("params: destination_region `{}` is not a region", p.destination_region));
         }
-        Ok(())
+        super::check_after_in_range(p.check_after_secs)
     }
 
     async fn start(&self, ctx: ActionContext<'_>, p: &SnapshotCopyParams) -> Step {

@@ -130,6 +130,19 @@ impl Gate {
         self.stop_waiting.cancel();
     }
 
+    /// Whether the worker is shutting down.
+    pub(super) fn stopping(&self) -> bool {
+        self.stop_waiting.is_cancelled()
+    }
+
+    /// Sleeps for `pause`; false when the worker began shutting down meanwhile.
+    pub(super) async fn pause(&self, pause: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(pause) => true,
+            () = self.stop_waiting.cancelled() => false,
+        }
+    }
+
     /// Takes a run permit from `permits` unless the worker is shutting down.
     pub(super) async fn permit(&self, permits: &Permits) -> Option<Running> {
         permits.take(&self.stop_waiting).await

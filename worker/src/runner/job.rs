@@ -38,6 +38,10 @@ impl Worker {
         }
         if let Some(record) = &record {
             if record.status == Status::Failed || record.status == Status::Cancelled {
+                if let (Status::Failed, false, Some(max)) = (record.status, record.dead_lettered, task.max_errors) {
+                    // Its failure may not have been counted against its run yet.
+                    self.recorder.check_max_errors(job, max).await?;
+                }
                 return Ok(self.recorder.dead_letters().finished(job, record).await);
             }
             if record.status.is_final() || record.status == Status::Pending {

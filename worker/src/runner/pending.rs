@@ -24,6 +24,10 @@ pub(super) struct Due {
     pub ran: Option<String>,
 }
 
+/// The longest a pending job waits for its next check: an action asking for more (a bug, or a
+/// param in the wrong unit) is checked after this long, and its leases kept no longer.
+pub(super) const MAX_CHECK_WAIT: Duration = Duration::from_secs(7 * 86_400);
+
 impl Recorder {
     /// Keeps the leases for the wait (until the check is due plus [`PENDING_SLACK`]), sends the
     /// check that continues the job and, when `mark_pending` (a step that came to `Pending`),
@@ -39,6 +43,7 @@ impl Recorder {
         mark_pending: bool,
     ) -> Result<Disposition, CallError> {
         let mut held = held;
+        let due = Due { after: due.after.min(MAX_CHECK_WAIT), ..due };
         if mark_pending && !held.begun {
             // The check about to go out needs the job's record to hold this fence (the check
             // runs under it): begin the attempt first, which a job that finishes at once never

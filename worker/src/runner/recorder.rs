@@ -176,16 +176,15 @@ impl Recorder {
         }
         JobFinished { job_id: &s.job.id, action: s.action.name(), outcome: "failed", took, detail: reason }.emit();
         if let Some(max) = s.task.max_errors {
-            if let Err(e) = self.check_max_errors(s.job, max).await {
-                // The next failure of the run counts again (the counts are derived).
-                WorkerCallFailed { what: "max_errors", error: &e.to_string() }.emit();
-            }
+            // When this fails, the message is tried again: the job's record says FAILED without
+            // its dead letter, and the next try checks the run again before dead-lettering it.
+            self.check_max_errors(s.job, max).await?;
         }
         Ok(self.dead_letters.job(s.job, reason, fence, Status::Failed).await)
     }
 
     /// Cancels the job's run when its failures (derived from its jobs' entries) pass `max`.
-    async fn check_max_errors(&self, job: &Job, max: u32) -> Result<(), StoreError> {
+    pub(super) async fn check_max_errors(&self, job: &Job, max: u32) -> Result<(), StoreError> {
         let failed = self.ledger.run_failures(&job.run_id()).await?;
         if failed > max && self.ledger.run_cancelled(&job.run_id()).await?.is_none() {
             let why = format!("run failed {failed} jobs, over max_errors = {max}");

@@ -1,5 +1,6 @@
 //! A backend layer that injects the faults a real process meets: a crash at a chosen write
-//! (every call after it fails, as if the process were gone), a write that stalls (a paused
+//! (every call after it fails, as if the process were gone), the table unreachable for a while,
+//! queries throttled, a write that stalls (a paused
 //! process), batch deletes that leave entries behind, and receives that go on server-side
 //! after the caller stops waiting (as SQS's do).
 
@@ -28,6 +29,10 @@ pub struct Faults {
     pub stalled_refused: AtomicUsize,
     /// The next this many delete entries fail (as throttled: retrying may work), undeleted.
     pub failing_deletes: AtomicUsize,
+    /// The table is unreachable while this is set (the queues are not).
+    pub table_down: AtomicBool,
+    /// The next this many queries of a partition (`query_prefix`) fail, as throttled.
+    pub failing_queries: AtomicUsize,
     /// Receives run on as their own task, so a receive its caller stopped waiting for still
     /// takes messages, hiding them for their visibility timeout.
     pub detached_receives: AtomicBool,
@@ -36,6 +41,10 @@ pub struct Faults {
 impl Faults {
     fn gone(&self) -> bool {
         self.crashed.load(Ordering::SeqCst)
+    }
+
+    fn table_gone(&self) -> bool {
+        self.gone() || self.table_down.load(Ordering::SeqCst)
     }
 }
 
@@ -87,21 +96,21 @@ struct FaultyStore {
 #[async_trait]
 impl Store for FaultyStore {
     async fn get(&self, key: &Key) -> Result<Option<Item>, StoreError> {
-        if self.faults.gone() {
+        if self.faults.table_gone() {
             return Err(store_down("GetItem"));
         }
         self.inner.get(key).await
     }
 
     async fn peek(&self, key: &Key) -> Result<Option<Item>, StoreError> {
-        if self.faults.gone() {
+        if self.faults.table_gone() {
             return Err(store_down("GetItem"));
         }
         self.inner.peek(key).await
     }
 
     async fn put(&self, item: Item, cond: Cond) -> Result<(), StoreError> {
-        if self.faults.gone() {
+        if self.faults.table_gone() {
             return Err(store_down("PutItem"));
         }
         let stall = {
@@ -123,7 +132,7 @@ impl Store for FaultyStore {
     }
 
     async fn update(&self, key: &Key, update: Update, cond: Cond) -> Result<Item, StoreError> {
-        if self.faults.gone() {
+        if self.faults.table_gone() {
             return Err(store_down("UpdateItem"));
         }
         let crash = self
@@ -141,28 +150,30 @@ impl Store for FaultyStore {
     }
 
     async fn delete(&self, key: &Key, cond: Cond) -> Result<(), StoreError> {
-        if self.faults.gone() {
+        if self.faults.table_gone() {
             return Err(store_down("DeleteItem"));
         }
         self.inner.delete(key, cond).await
     }
 
     async fn query_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
-        if self.faults.gone() {
+        let throttled =
+            self.faults.failing_queries.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if self.faults.table_gone() || throttled {
             return Err(store_down("Query"));
         }
         self.inner.query_prefix(pk, sk_prefix).await
     }
 
     async fn peek_prefix(&self, pk: &str, sk_prefix: &str) -> Result<Vec<Item>, StoreError> {
-        if self.faults.gone() {
+        if self.faults.table_gone() {
             return Err(store_down("Query"));
         }
         self.inner.peek_prefix(pk, sk_prefix).await
     }
 
     async fn query_index(&self, query: &opsfleet_protocol::ports::IndexQuery) -> Result<Vec<Key>, StoreError> {
-        if self.faults.gone() {
+        if self.faults.table_gone() {
             return Err(store_down("Query"));
         }
         self.inner.query_index(query).await
