@@ -122,6 +122,12 @@ impl Template {
         })
     }
 
+    /// Whether the template reads the clock (`{date}`, `{datetime}`): rendered at two moments,
+    /// it may give two answers.
+    pub fn reads_the_clock(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Var(Var::Date | Var::DateTime)))
+    }
+
     /// The event fields the template reads, as paths (`detail.state` for `{event.detail.state}`).
     pub fn event_fields(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {

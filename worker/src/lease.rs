@@ -66,6 +66,10 @@ pub struct Lease {
     /// ran to its end under the previous holder.
     #[serde(skip)]
     pub last_job: Option<String>,
+    /// The attempt of `last_job` whose outcome its holder never recorded (interrupted at
+    /// shutdown, or its outcome's write failed), as JSON: the job's next run records it.
+    #[serde(skip)]
+    pub last_attempt: Option<String>,
     /// The holder this acquisition took the lease over from, its lease having lapsed (it
     /// crashed or hung); its fence was this one's less one.
     #[serde(skip)]
@@ -246,6 +250,7 @@ impl Leases {
                         fence: item.int("fence").unwrap_or(0),
                         job: job.to_owned(),
                         last_job: item.str("last_job").map(str::to_owned),
+                        last_attempt: item.str("last_attempt").map(str::to_owned),
                         took_over: lapsed,
                     }));
                 }
@@ -269,6 +274,7 @@ impl Leases {
                             fence,
                             job: job.to_owned(),
                             last_job: current.as_ref().and_then(|i| i.str("last_job")).map(str::to_owned),
+                            last_attempt: current.as_ref().and_then(|i| i.str("last_attempt")).map(str::to_owned),
                             took_over: lapsed,
                         }));
                     }
@@ -391,10 +397,20 @@ impl Leases {
     /// Releases a held lease and wakes this process's waiters for it; false when it was no
     /// longer ours. The fence stays, and the job that held it is kept as `last_job`.
     pub async fn release(&self, held: &Lease) -> Result<bool, StoreError> {
+        self.release_remembering(held, None).await
+    }
+
+    /// As [`Leases::release`], keeping on the item the holder's attempt whose outcome was never
+    /// recorded (JSON), for the job's next run to record; any such attempt kept before goes.
+    pub async fn release_remembering(&self, held: &Lease, unrecorded: Option<&str>) -> Result<bool, StoreError> {
         let mut update = Update::default().remove("owner").remove("job").remove("pending").set("rvn", self.version());
         if !held.job.is_empty() {
             update = update.set("last_job", held.job.as_str());
         }
+        update = match unrecorded {
+            Some(attempt) => update.set("last_attempt", attempt),
+            None => update.remove("last_attempt"),
+        };
         let released = match self.store.update(&held.item_key(), update, Self::mine(held)).await {
             Ok(_) => true,
             Err(StoreError::ConditionFailed { .. }) => false,

@@ -276,9 +276,19 @@ impl Ledger {
     /// the job never began, or is in progress (retrying, or its last holder's lease lapsed)
     /// under an older fence. A pending job never begins again: its completion check carries it
     /// on.
-    pub async fn begin(&self, job: &Job, owner: &str, fence: i64) -> Result<Begin, StoreError> {
-        let update =
+    ///
+    /// `earlier` is an attempt of the job whose outcome was never recorded, as its lock kept it
+    /// ([`remembered_json`]): it goes into the audit trail with this write, and is counted when it
+    /// was not begun.
+    pub async fn begin(&self, job: &Job, owner: &str, fence: i64, earlier: Option<&str>) -> Result<Begin, StoreError> {
+        let mut update =
             self.started(Update::default(), job, owner, fence, self.now()).set("expires_at", self.expires_at());
+        if let Some((attempt, counted)) = earlier.and_then(remembered) {
+            update = update.set(&attempt_attribute(&attempt), attempt_json(&attempt));
+            if !counted {
+                update = update.add("attempts", 1);
+            }
+        }
         let update = with_status(update, Status::InProgress);
         match self.store.update(&job_key(&job.id), update, beginnable(fence)).await {
             Ok(item) => Ok(Begin::Started(item.int("attempts").unwrap_or(1) as u32)),
@@ -622,7 +632,7 @@ mod runs;
 #[cfg(test)]
 mod tests;
 
-pub(crate) use attempts::{attempt_attribute, attempt_json};
+pub(crate) use attempts::{attempt_attribute, attempt_json, remembered, remembered_json};
 
 /// Sets a job's status, and its [`OPEN_STATUS`] (the sparse `by-status` index's key) while it
 /// is not done well.

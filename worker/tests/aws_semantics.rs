@@ -236,7 +236,7 @@ async fn a_handling_that_panics_is_dead_lettered_with_its_reason_not_stranded() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let dead = fleet.dead_letters(job.partition);
-    assert!(dead[0].1.contains("panicked: noop: panicking in attempt 1"), "{dead:?}");
+    assert!(dead[0].1.contains("panicked: noop: panicking in attempt"), "{dead:?}");
     stop.cancel();
     handle.await.expect("worker");
 }

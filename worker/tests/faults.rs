@@ -263,3 +263,46 @@ async fn a_run_is_cancelled_though_counting_its_failures_failed_once() {
     handle.await.expect("worker");
     assert_eq!(faults.failing_queries.load(Ordering::SeqCst), 0, "the throttled query was made");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_first_attempt_interrupted_at_shutdown_stays_in_the_audit_and_the_rerun_is_the_second() {
+    let fleet = Fleet::new(&tasks(&[noop_task("long", "sleep_ms = 60000")])).await;
+    let job = fleet.job("long", "e", "i-1");
+    fleet.send(&job, "first").await;
+    let (stop, handle) = fleet.start(None).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Shut down while it runs: the grace (5 s) runs out and the attempt is interrupted.
+    stop.cancel();
+    let summary = handle.await.expect("worker");
+    assert_eq!(summary.interrupted, 1, "{summary:?}");
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(300)).await;
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.status, record.attempts), (Status::Succeeded, 2), "{record:?}");
+    let attempts: Vec<(u32, String)> =
+        fleet.ledger.attempts(&job.id).await.expect("attempts").into_iter().map(|a| (a.number, a.outcome)).collect();
+    assert_eq!(attempts, [(1, "INTERRUPTED".to_owned()), (2, "SUCCEEDED".to_owned())]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pending_renewal_that_fails_half_way_does_not_hold_the_job_for_an_hour() {
+    let text = format!(
+        "{}[limits.one]\nmax = 1\n{}",
+        "",
+        tasks(&[noop_task("slow", "pending_checks = 1, check_after_ms = 500").with("limit = \"one\"")])
+    );
+    let fleet = Fleet::new(&text).await;
+    let job = fleet.job("slow", "e", "i-1");
+    fleet.send(&job, "first").await;
+    let faults = Arc::new(Faults::default());
+    // The lock is kept for the check; then the table goes away for two seconds, as the slot is.
+    *faults.outage_at.lock().expect("faults") = Some((
+        Box::new(|key, update| key.pk.starts_with("slot#") && update.set.contains_key("pending")),
+        Duration::from_secs(2),
+    ));
+    let (stop, handle) = fleet.start_on(faulty(&fleet, &faults), None, "w").await;
+    fleet.wait_final(std::slice::from_ref(&job), Duration::from_secs(300)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    assert!(faults.table_down_seen.load(Ordering::SeqCst), "the outage happened");
+    assert_eq!(fleet.status(&job).await, Status::Succeeded);
+}

@@ -119,7 +119,7 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
     for (name, spanned) in &raw.limits {
         let line = Some(line_of(text, spanned.span().start));
         let settings = spanned.get_ref();
-        match Template::parse(&settings.pool) {
+        match Template::parse(&settings.pool).and_then(|t| steady("a pool", t)) {
             Ok(pool) => {
                 limits.insert(name.clone(), Limit { name: name.clone(), max: settings.max.get(), pool });
             }
@@ -194,8 +194,10 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 }
             }
         }
-        let lock =
-            Template::parse(task.lock.as_deref().unwrap_or("{resource}")).map_err(|e| task_problem("lock", e)).ok();
+        let lock = Template::parse(task.lock.as_deref().unwrap_or("{resource}"))
+            .and_then(|t| steady("a lock", t))
+            .map_err(|e| task_problem("lock", e))
+            .ok();
         let limit =
             resolve_limit(task, info.as_ref(), &mut limits).map_err(|e| task_problem("limit", e)).ok().flatten();
         if let Some(limit) = limit.as_ref().and_then(|name| limits.get(name)) {
@@ -343,3 +345,16 @@ fn resolve_limit(
 
 #[cfg(test)]
 mod tests;
+
+/// Refuses a lock or pool template that reads the clock: it is rendered again at every
+/// attempt, so one job's attempts would take different items (and a pool would double at
+/// midnight).
+fn steady(what: &str, template: Template) -> Result<Template, String> {
+    if template.reads_the_clock() {
+        return Err(format!(
+            "{what} must name the same item at every attempt: `{}` reads the clock ({{date}}, {{datetime}})",
+            template.as_str()
+        ));
+    }
+    Ok(template)
+}

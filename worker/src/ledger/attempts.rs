@@ -27,6 +27,20 @@ pub(crate) fn attempt_json(attempt: &Attempt) -> String {
     .to_string()
 }
 
+/// An attempt whose outcome was never recorded, as a lock keeps it for the job's next run:
+/// its JSON, and whether the job's `attempts` counted it already (it was begun).
+pub(crate) fn remembered_json(attempt: &Attempt, counted: bool) -> String {
+    let mut value: serde_json::Value = serde_json::from_str(&attempt_json(attempt)).unwrap_or_default();
+    value["counted"] = counted.into();
+    value.to_string()
+}
+
+/// An attempt a lock kept (see [`remembered_json`]), and whether it was counted.
+pub(crate) fn remembered(text: &str) -> Option<(Attempt, bool)> {
+    let counted = serde_json::from_str::<serde_json::Value>(text).ok()?.get("counted")?.as_bool()?;
+    Some((parse(text)?, counted))
+}
+
 fn parse(text: &str) -> Option<Attempt> {
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
     let num = |name: &str| v.get(name).and_then(serde_json::Value::as_u64).unwrap_or(0);
@@ -88,7 +102,11 @@ impl Ledger {
             .set(&attempt_attribute(attempt), attempt_json(attempt))
             .set("expires_at", self.expires_at());
         let in_progress = |fence: Cond| Cond::And(vec![Cond::eq("status", Status::InProgress.as_str()), fence]);
-        let unbegun = Cond::Or(vec![Cond::Lacks("status".into()), in_progress(Cond::lt("fence", attempt.fence))]);
+        // Counted once: an SDK retry of this write finds the attempt there and counts nothing.
+        let unbegun = Cond::And(vec![
+            Cond::Lacks(attempt_attribute(attempt)),
+            Cond::Or(vec![Cond::Lacks("status".into()), in_progress(Cond::lt("fence", attempt.fence))]),
+        ]);
         match self.store.update(&job_key(job_id), update.clone().add("attempts", 1), unbegun).await {
             Ok(_) => return Ok(()),
             Err(StoreError::ConditionFailed { .. }) => {}

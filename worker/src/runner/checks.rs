@@ -38,7 +38,7 @@ impl Worker {
             self.recorder.send_check(&next, delay).await?;
             return Ok(Disposition::Delete);
         }
-        let mut held = Held::of_check(self.gate.leases().clone(), &check, self.gate.lease());
+        let mut held = Held::of_check(self.gate.leases().clone(), &check, self.gate.lease(), self.clock);
         let (task, action) = match self.task_and_action(job) {
             Ok(found) => found,
             Err(reason) => {

@@ -212,7 +212,7 @@ impl Gate {
                 return Ok(Taken::Busy { wanted: Wanted::Lock(key), reason: "lock", holder: Some(holder) });
             }
         };
-        let mut held = Held::taken(self.leases.clone(), lock, self.lease, self.clock.now_ms(), asked);
+        let mut held = Held::taken(self.leases.clone(), lock, self.lease, self.clock, asked);
         if check_run && task.max_errors.is_some() {
             if let Some(reason) = self.ledger.run_cancelled(&job.run_id()).await? {
                 return Ok(Taken::Cancelled(held, reason));

@@ -52,6 +52,14 @@ pub(super) struct Held {
     pub(super) begun: bool,
     /// The attempt these leases run (0 for a cancellation).
     pub(super) attempt: u32,
+    /// Whether the action started under these leases.
+    pub(super) acted: bool,
+    /// Whether a write recorded the attempt's outcome (or handed it to a check).
+    pub(super) recorded: bool,
+    /// The latest the leases lapse by themselves (a renewal whose reply was lost may have
+    /// gone through, so every renewal sent counts).
+    lapses_at: Instant,
+    clock: Clock,
     keeper: Keeper,
     /// Set once let go, so that dropping does nothing more.
     done: bool,
@@ -79,8 +87,13 @@ impl Released {
 
 impl Held {
     /// The lock just taken by this process (`renewed`: when its write was sent).
-    pub(super) fn taken(leases: Leases, lock: Lease, lease: Duration, now_ms: u64, renewed: Instant) -> Self {
+    pub(super) fn taken(leases: Leases, lock: Lease, lease: Duration, clock: Clock, renewed: Instant) -> Self {
+        let now_ms = clock.now_ms();
         Held {
+            acted: false,
+            recorded: false,
+            lapses_at: renewed + lease,
+            clock,
             leases,
             lock,
             slots: Vec::new(),
@@ -96,8 +109,13 @@ impl Held {
     }
 
     /// The leases a check message carries: its job's, begun under their fence.
-    pub(super) fn of_check(leases: Leases, check: &crate::check::CheckMessage, lease: Duration) -> Self {
+    pub(super) fn of_check(leases: Leases, check: &crate::check::CheckMessage, lease: Duration, clock: Clock) -> Self {
         Held {
+            acted: true,
+            recorded: true,
+            // Kept for the check: until it is due and more.
+            lapses_at: Instant::now() + lease + super::PENDING_SLACK,
+            clock,
             leases,
             lock: check.lock.clone(),
             slots: check.slots.clone(),
@@ -165,6 +183,7 @@ impl Held {
     /// when one was taken over.
     pub(super) async fn renew(&mut self, job_id: &str, lease: Duration, pending: bool) -> Result<bool, StoreError> {
         let sent = Instant::now();
+        self.lapses_at = self.lapses_at.max(sent + lease);
         for held in std::iter::once(&self.lock).chain(&self.slots) {
             if !self.leases.heartbeat(held, lease, pending).await? {
                 LeaseLost { job_id, key: &held.name() }.emit();
@@ -175,16 +194,55 @@ impl Held {
         Ok(true)
     }
 
-    /// Lets go of every lease now, trying each release a few times.
+    /// Lets go of every lease now, trying each release a few times; one that still fails is
+    /// tried on in the background until it goes through or the lease lapses. The lock keeps
+    /// the attempt when the action ran and its outcome was never recorded, for the job's next
+    /// run to record.
     pub(super) async fn release(mut self) -> Released {
         self.done = true;
+        let unrecorded = self.unrecorded();
         let mut released = Released::Freed;
-        for held in std::iter::once(&self.lock).chain(&self.slots) {
-            if let Err(left) = release_one(&self.leases, held, self.lease).await {
-                released = left;
+        let mut left = Vec::new();
+        for (i, held) in std::iter::once(&self.lock).chain(&self.slots).enumerate() {
+            let attempt = if i == 0 { unrecorded.as_deref() } else { None };
+            if release_one(&self.leases, held, attempt).await.is_err() {
+                released = Released::Lapsing(self.lease);
+                left.push(held.clone());
             }
         }
+        if !left.is_empty() {
+            self.release_in_background(left, unrecorded);
+        }
         released
+    }
+
+    /// The attempt, as the lock keeps it, when the action ran and its outcome was never
+    /// recorded.
+    fn unrecorded(&self) -> Option<String> {
+        (self.acted && !self.recorded && self.keeper == Keeper::Process).then(|| {
+            let error = "its outcome was never recorded (interrupted, or the write failed)";
+            let attempt = self.attempt_record(&self.clock, "INTERRUPTED", Some(error));
+            crate::ledger::remembered_json(&attempt, self.begun)
+        })
+    }
+
+    /// Keeps releasing `leases` until each goes through or lapses by itself.
+    fn release_in_background(&self, leases: Vec<Lease>, unrecorded: Option<String>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (store, lapses_at, lock) = (self.leases.clone(), self.lapses_at, self.lock.name());
+        runtime.spawn(async move {
+            let mut pause = Duration::from_millis(500);
+            for held in &leases {
+                let attempt = if held.name() == lock { unrecorded.as_deref() } else { None };
+                while Instant::now() < lapses_at {
+                    if store.release_remembering(held, attempt).await.is_ok() {
+                        break;
+                    }
+                    tokio::time::sleep(pause.min(lapses_at.saturating_duration_since(Instant::now()))).await;
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+            }
+        });
     }
 
     /// From now on a check message carries these leases: dropped, they stay for it.
@@ -203,12 +261,11 @@ impl Held {
     }
 }
 
-/// Releases one lease, trying again on a store error; `Err` with how long until it lapses when
-/// every try failed.
-async fn release_one(leases: &Leases, held: &Lease, lease: Duration) -> Result<(), Released> {
+/// Releases one lease (the lock keeping `attempt`), trying again on a store error.
+async fn release_one(leases: &Leases, held: &Lease, attempt: Option<&str>) -> Result<(), ()> {
     let mut backoff = Duration::from_millis(100);
     for n in 1..=RELEASE_TRIES {
-        match leases.release(held).await {
+        match leases.release_remembering(held, attempt).await {
             Ok(_) => return Ok(()),
             Err(e) => {
                 ReleaseFailed { key: &held.name(), error: &e.to_string(), last: n == RELEASE_TRIES }.emit();
@@ -219,7 +276,7 @@ async fn release_one(leases: &Leases, held: &Lease, lease: Duration) -> Result<(
             }
         }
     }
-    Err(Released::Lapsing(lease))
+    Err(())
 }
 
 impl Drop for Held {
@@ -227,16 +284,11 @@ impl Drop for Held {
         if self.done || self.keeper == Keeper::CheckMessage {
             return;
         }
-        // Not let go on purpose (an error returned early): release in the background.
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let leases = self.leases.clone();
+        // Not let go on purpose (an error returned early): release in the background, until
+        // it goes through or the leases lapse.
         let all: Vec<Lease> = std::iter::once(self.lock.clone()).chain(self.slots.drain(..)).collect();
-        let lease = self.lease;
-        runtime.spawn(async move {
-            for held in &all {
-                let _ = release_one(&leases, held, lease).await;
-            }
-        });
+        let unrecorded = self.unrecorded();
+        self.release_in_background(all, unrecorded);
     }
 }
 
@@ -251,7 +303,7 @@ mod tests {
 
     async fn held(leases: &Leases, owner: &str) -> Held {
         match leases.acquire("lock#r", owner, "job", LEASE, &mut Watch::default()).await.expect("acquire") {
-            Acquire::Acquired(lock) => Held::taken(leases.clone(), lock, LEASE, 0, Instant::now()),
+            Acquire::Acquired(lock) => Held::taken(leases.clone(), lock, LEASE, Clock::new(), Instant::now()),
             Acquire::Held(holder) => panic!("held by {}", holder.owner),
         }
     }

@@ -90,7 +90,10 @@ impl Worker {
         }
         let ours_lapsed = took_over.as_ref().is_some_and(|h| h.job.as_deref() == Some(job.id.as_str()));
         if begin || ours_lapsed {
-            match self.ledger.begin(job, &held.lock().owner, held.fence()).await? {
+            // The job's own attempt before this one, if its lock kept it unrecorded.
+            let last_ours = held.lock().last_job.as_deref() == Some(job.id.as_str());
+            let earlier = held.lock().last_attempt.clone().filter(|_| last_ours);
+            match self.ledger.begin(job, &held.lock().owner, held.fence(), earlier.as_deref()).await? {
                 Begin::Started(n) => {
                     held.begun = true;
                     held.attempt = n;
@@ -121,6 +124,7 @@ impl Worker {
             return Ok(held.release().await.then(Disposition::Retry(Duration::ZERO)));
         }
         held.started_ms = self.clock.now_ms();
+        held.acted = true;
         let since_event = Duration::from_millis(self.clock.now_ms().saturating_sub(job.received_ms));
         JobStarted { job_id: &job.id, since_event }.emit();
         let started = tokio::time::Instant::now();

@@ -114,7 +114,9 @@ impl Recorder {
         };
         let record = held.attempt_record(&self.clock, status.as_str(), error);
         let finished = self.ledger.finish(s.job, held.writer(Some(&record)), status, text).await;
+        let mut held = held;
         if matches!(finished, Ok(true)) {
+            held.recorded = true;
             JobFinished { job_id: &s.job.id, action: s.action.name(), outcome, took, detail: text }.emit();
         }
         let released = held.release().await;
@@ -142,7 +144,10 @@ impl Recorder {
         let recorded = checking.is_none().then_some(&record);
         // On an error, a start's leases are released and a check's stay with its message.
         let failures = match self.ledger.failure(s.job, held.writer(recorded), &error, &step).await? {
-            Some(n) => n,
+            Some(n) => {
+                held.recorded = true;
+                n
+            }
             // A newer holder has the job: write nothing more, dead-letter nothing.
             None => return Ok(held.release().await.then(Disposition::Retry(Duration::ZERO))),
         };
@@ -170,6 +175,8 @@ impl Recorder {
         let fence = held.fence();
         let record = held.attempt_record(&self.clock, "FAILED", Some(reason));
         let finished = self.ledger.finish(s.job, held.writer(Some(&record)), Status::Failed, reason).await;
+        let mut held = held;
+        held.recorded = matches!(finished, Ok(true));
         let released = held.release().await;
         if !finished? {
             return Ok(released.then(Disposition::Retry(Duration::ZERO)));
@@ -203,6 +210,7 @@ impl Recorder {
         let fence = held.fence();
         let record = held.attempt_record(&self.clock, "CANCELLED", Some(&reason));
         let cancelled = self.ledger.cancel(s.job, &held.lock().owner, fence, &reason, &record).await;
+        held.recorded = matches!(cancelled, Ok(true));
         let released = held.release().await;
         if !cancelled? {
             return Ok(released.then(Disposition::Retry(jitter(Duration::from_secs(2)))));

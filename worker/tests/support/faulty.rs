@@ -31,6 +31,11 @@ pub struct Faults {
     pub failing_deletes: AtomicUsize,
     /// The table is unreachable while this is set (the queues are not).
     pub table_down: AtomicBool,
+    /// The first update this matches fails, and the table is unreachable for this long from
+    /// then on.
+    pub outage_at: Mutex<Option<(WritePredicate, Duration)>>,
+    /// Whether `outage_at` struck.
+    pub table_down_seen: AtomicBool,
     /// The next this many queries of a partition (`query_prefix`) fail, as throttled.
     pub failing_queries: AtomicUsize,
     /// Receives run on as their own task, so a receive its caller stopped waiting for still
@@ -133,6 +138,23 @@ impl Store for FaultyStore {
 
     async fn update(&self, key: &Key, update: Update, cond: Cond) -> Result<Item, StoreError> {
         if self.faults.table_gone() {
+            return Err(store_down("UpdateItem"));
+        }
+        let outage = {
+            let mut outage = self.faults.outage_at.lock().unwrap_or_else(PoisonError::into_inner);
+            match outage.as_ref() {
+                Some((matches, _)) if matches(key, &update) => outage.take().map(|(_, lasts)| lasts),
+                _ => None,
+            }
+        };
+        if let Some(lasts) = outage {
+            self.faults.table_down.store(true, Ordering::SeqCst);
+            self.faults.table_down_seen.store(true, Ordering::SeqCst);
+            let faults = Arc::clone(&self.faults);
+            tokio::spawn(async move {
+                tokio::time::sleep(lasts).await;
+                faults.table_down.store(false, Ordering::SeqCst);
+            });
             return Err(store_down("UpdateItem"));
         }
         let crash = self

@@ -69,6 +69,13 @@ action = "noop"
 lock = "{nope}"
 
 [[tasks]]
+name = "dated"
+pattern = { source = ["aws.ec2"] }
+targets = "event"
+action = "noop"
+lock = "{resource}-{date}"
+
+[[tasks]]
 name = "a"
 pattern = '''{"detail": {"x": [null]}}'''
 targets = { type = "ec2:volume", regions = ["mars"] }
@@ -81,9 +88,10 @@ limit = "missing"
         "fleet.allowed_accounts: `12345` is not a 12-digit account id",
         "line 6: tasks[0] \"a\".pattern: at `source`: a pattern value must be an array",
         "line 6: tasks[0] \"a\".lock: unknown placeholder `{nope}`",
-        "line 13: tasks[1] \"a\".name: another task has the same name",
-        "line 13: tasks[1] \"a\".targets.regions: `mars` is not a region name",
-        "line 13: tasks[1] \"a\".limit: no [limits.missing] is configured",
+        "line 13: tasks[1] \"dated\".lock: a lock must name the same item at every attempt: `{resource}-{date}` reads the clock",
+        "line 20: tasks[2] \"a\".name: another task has the same name",
+        "line 20: tasks[2] \"a\".targets.regions: `mars` is not a region name",
+        "line 20: tasks[2] \"a\".limit: no [limits.missing] is configured",
     ];
     for e in expect {
         assert!(lines.iter().any(|l| l.contains(e)), "missing `{e}` in {lines:#?}");
@@ -258,4 +266,15 @@ fn rule_names_fit_eventbridge() {
     let long = crate::names::rule("ops", &"x".repeat(80));
     assert_eq!(long.len(), 64);
     assert_ne!(long, crate::names::rule("ops", &"x".repeat(81)), "cut names stay distinct");
+}
+
+#[test]
+fn a_pool_that_reads_the_clock_is_refused() {
+    let text = "[fleet]\nname = \"f\"\n\n[limits.daily]\nmax = 1\npool = \"{region}-{date}\"\n";
+    let err = super::super::Config::parse(text, None).expect_err("the config is invalid");
+    let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    assert!(
+        lines.iter().any(|l| l.contains("limits.daily.pool: a pool must name the same item at every attempt")),
+        "{lines:#?}"
+    );
 }
