@@ -1,6 +1,8 @@
 //! The fault-injection suite: a router and three workers as real processes on the fast
 //! emulators (fauxqs, DynamoDB Local), at default settings, each emulator behind a loopback
-//! fault proxy, with `noop` actions that record every effect. Each scenario prints one line of
+//! fault proxy that also serves what AWS does and the emulators do not (reads a second stale,
+//! replies lost after writes applied, standard-queue messages delivered twice:
+//! `FaultPlan::aws()`, on in every scenario), with `noop` actions that record every effect. Each scenario prints one line of
 //! figures (kept in RELIABILITY.md) and asserts: no job lost, no effect twice, no process
 //! crashed, dead letters only where expected, every job final in the ledger.
 //!
@@ -116,7 +118,7 @@ async fn latency_errors_throttling_and_resets_on_the_wire() {
         throttle: 0.03,
         reset_before: 0.02,
         reset_after: 0.02,
-        down: false,
+        ..FaultPlan::aws()
     };
     fleet.sqs.set(plan.clone());
     fleet.dynamodb.set(plan);
@@ -127,8 +129,8 @@ async fn latency_errors_throttling_and_resets_on_the_wire() {
     let since = Instant::now();
     let jobs = fleet.send(&alarms("wire", 60, 5)).await;
     tokio::time::sleep(Duration::from_secs(45)).await;
-    fleet.sqs.set(FaultPlan::default());
-    fleet.dynamodb.set(FaultPlan::default());
+    fleet.sqs.set(FaultPlan::aws());
+    fleet.dynamodb.set(FaultPlan::aws());
     let drained = fleet.drain(&jobs, since, DRAIN).await;
     let faults = format!("{:?} on SQS and {:?} on DynamoDB in 45 s", fleet.sqs.injected(), fleet.dynamodb.injected());
     assert!(fleet.sqs.total() > 0 && fleet.dynamodb.total() > 0, "{faults}");
@@ -144,12 +146,12 @@ async fn both_emulators_unreachable_for_ten_seconds() {
     let since = Instant::now();
     let jobs = fleet.send(&alarms("down", 40, 5)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let down = FaultPlan { down: true, ..FaultPlan::default() };
+    let down = FaultPlan { down: true, ..FaultPlan::aws() };
     fleet.sqs.set(down.clone());
     fleet.dynamodb.set(down);
     tokio::time::sleep(Duration::from_secs(10)).await;
-    fleet.sqs.set(FaultPlan::default());
-    fleet.dynamodb.set(FaultPlan::default());
+    fleet.sqs.set(FaultPlan::aws());
+    fleet.dynamodb.set(FaultPlan::aws());
     let drained = fleet.drain(&jobs, since, DRAIN).await;
     let refused = fleet.sqs.total() + fleet.dynamodb.total();
     let report = fleet.finish(&jobs, drained).await;
@@ -353,4 +355,171 @@ async fn forged_and_invalid_ids_go_to_the_events_dlq_with_their_reasons() {
     println!("{}", report.line("forged and invalid ids", &format!("{} bad events among {}", bad.len(), events.len())));
     report.assert_clean("forged and invalid ids");
     assert_eq!(report.dead_letters, bad.len(), "{report:?}");
+}
+
+/// Jobs that wait for two completion checks of five seconds each, and a load beside them.
+/// Checks are claimed for the task's timeout and a lease (here 20 s + 10 s).
+const CHECKS_CONFIG: &str = r#"
+[fleet]
+name = "FLEET"
+
+[worker]
+lease_secs = 10
+
+[[tasks]]
+name = "by-region"
+pattern = { "detail-type" = ["CloudWatch Alarm State Change"] }
+targets = "event"
+action = "noop"
+params = { sleep_ms = 20, effects_dir = "EFFECTS" }
+lock = "{region}"
+
+[[tasks]]
+name = "pending"
+pattern = { "detail-type" = ["EC2 Instance State-change Notification"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 2, check_after_ms = 2000, check_sleep_ms = 5000, effects_dir = "EFFECTS" }
+timeout_secs = 20
+"#;
+
+/// Waits until at least `n` of `jobs` are pending.
+async fn until_pending(fleet: &ProcessFleet, jobs: &[opsfleet_protocol::Job], n: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let statuses = fleet.statuses(jobs).await;
+        let waiting = statuses.values().filter(|s| **s == Some(opsfleet_worker::ledger::Status::Pending)).count();
+        if waiting >= n {
+            return waiting;
+        }
+        assert!(Instant::now() < deadline, "jobs never went pending: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_dead_lettered_after_their_workers_died_mid_check_are_redriven_during_load() {
+    use opsfleet_protocol::ports::{Backend, OutgoingMessage};
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut fleet = ProcessFleet::new("fault-checks", CHECKS_CONFIG).await;
+    fleet.start("router", None);
+    for _ in 0..3 {
+        fleet.start("worker", None);
+    }
+    let since = Instant::now();
+    let events: Vec<String> =
+        (0..20).map(|i| stopped(&format!("chk-{i}"), "us-east-1", &format!("i-{i:08x}"))).collect();
+    let mut jobs = fleet.send(&events).await;
+    let pending = until_pending(&fleet, &jobs, 20).await;
+    // Every check is under way (due after 2 s, running 5 s): kill -9 every worker mid-check.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for worker in fleet.live_workers() {
+        fleet.kill(worker);
+    }
+    // SQS would move them to the checks DLQ after their receives ran out: do it at once.
+    let checks = fleet.backend.queue(&format!("{}-checks", fleet.name)).await.expect("checks");
+    let dlq = fleet.backend.queue(&format!("{}-checks-dlq", fleet.name)).await.expect("checks dlq");
+    let mut moved = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while moved < pending {
+        assert!(Instant::now() < deadline, "{moved} of {pending} checks came back");
+        for m in checks.receive(10, Duration::from_secs(2), None).await.expect("receive") {
+            dlq.send_one(OutgoingMessage { body: m.body.clone(), ..Default::default() }).await.expect("dead-letter");
+            checks.delete_batch(&[m.receipt.clone()]).await.expect("delete");
+            moved += 1;
+        }
+    }
+    // New workers, a load beside them, and the operator redrives the checks.
+    for _ in 0..3 {
+        fleet.start("worker", None);
+    }
+    jobs.extend(fleet.send(&alarms("chk-load", 40, 5)).await);
+    let redriven = fleet.command(&["dlq", "redrive", "--queue", "checks"], None);
+    assert_eq!(redriven.lines().count(), pending, "{redriven}");
+    let drained = fleet.drain(&jobs, since, DRAIN).await;
+    let report = fleet.finish(&jobs, drained).await;
+    report.assert_all_good(
+        "checks DLQ redrive",
+        &format!("{pending} checks dead-lettered after their workers died mid-check, redriven during load"),
+    );
+}
+
+/// The next release renames the `pending` task.
+const RENAMED: &str = r#"
+[fleet]
+name = "FLEET"
+allowed_accounts = ["123456789012"]
+
+[limits.shared]
+max = 3
+
+[[tasks]]
+name = "by-region"
+pattern = { "detail-type" = ["CloudWatch Alarm State Change"] }
+targets = "event"
+action = "noop"
+params = { sleep_ms = 20, effects_dir = "EFFECTS" }
+lock = "{region}"
+
+[[tasks]]
+name = "limited"
+pattern = { "detail-type" = ["CloudWatch Alarm State Change"] }
+targets = "event"
+action = "noop"
+params = { sleep_ms = 20, effects_dir = "EFFECTS" }
+limit = "shared"
+max_concurrency = 4
+
+[[tasks]]
+name = "pending-renamed"
+pattern = { "detail-type" = ["EC2 Instance State-change Notification"] }
+targets = "event"
+action = "noop"
+params = { pending_checks = 2, check_after_ms = 3000, effects_dir = "EFFECTS" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deploy_that_renames_a_task_with_checks_pending_then_rolls_back() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let mut fleet = fleet("fault-rename", 3).await;
+    let renamed = fleet.config_version("renamed", RENAMED);
+    let since = Instant::now();
+    let mut events: Vec<String> =
+        (0..20).map(|i| stopped(&format!("ren-{i}"), "us-east-1", &format!("i-{i:08x}"))).collect();
+    events.extend(alarms("ren", 10, 5));
+    let jobs = fleet.send(&events).await;
+    let pending: Vec<_> = jobs.iter().filter(|j| j.task == "pending").cloned().collect();
+    until_pending(&fleet, &pending, 10).await;
+    // The release that renamed the task replaces every worker: the checks of the jobs still
+    // pending find no task, and each job fails in the ledger and goes to its DLQ.
+    let workers = fleet.live_workers();
+    fleet.terminate(&workers).await;
+    for _ in 0..2 {
+        fleet.start_with("worker", None, &renamed);
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let failed = loop {
+        let statuses = fleet.statuses(&pending).await;
+        if statuses.values().all(|s| s.is_some_and(opsfleet_worker::ledger::Status::is_final)) {
+            break statuses.values().filter(|s| **s == Some(opsfleet_worker::ledger::Status::Failed)).count();
+        }
+        assert!(Instant::now() < deadline, "pending jobs never ended under the renamed task: {statuses:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert!(failed > 0, "some checks met the renamed task");
+    assert_eq!(fleet.dead_letters().await, failed, "every failed job is in its DLQ");
+    // The rollback: workers of the first release again, and a redrive runs them.
+    let workers = fleet.live_workers();
+    fleet.terminate(&workers).await;
+    for _ in 0..2 {
+        fleet.start("worker", None);
+    }
+    let redriven = fleet.command(&["dlq", "redrive", "--queue", "jobs"], None);
+    assert_eq!(redriven.lines().count(), failed, "{redriven}");
+    let drained = fleet.drain(&jobs, since, DRAIN).await;
+    let report = fleet.finish(&jobs, drained).await;
+    report.assert_all_good(
+        "a deploy renames a task with checks pending",
+        &format!("{failed} pending jobs failed under the rename, redriven after the rollback"),
+    );
 }

@@ -3,7 +3,7 @@
 //! the end what every fleet must show: no job lost, no effect twice, no process crashed, no
 //! dead letter that was not expected, every job final in the ledger.
 
-use super::fault_proxy::FaultProxy;
+use super::fault_proxy::{FaultPlan, FaultProxy};
 use super::{fast_backend, fast_endpoints, opsfleet, root, unique_fleet, write_config, ChildGuard};
 use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::event::normalize;
@@ -68,6 +68,9 @@ pub struct Report {
     pub dead_letters: usize,
     /// From the first event sent to the last job final.
     pub drained_in: Duration,
+    /// What AWS's semantics came to on the wire: eventually consistent reads served stale,
+    /// standard-queue messages delivered twice, and writes applied whose reply was lost.
+    pub aws: (u64, u64, u64),
 }
 
 impl ProcessFleet {
@@ -89,10 +92,14 @@ impl ProcessFleet {
         let config = Config::parse(&text, Some(&ActionRegistry::builtin())).expect("config");
         let backend = fast_backend().await;
         let ledger = Ledger::new(backend.store(&name).await.expect("table"), Clock::new(), Duration::from_secs(86_400));
+        // AWS's own semantics are on from the start, in every scenario.
+        let (sqs, dynamodb) = (FaultProxy::start(&sqs_url).await, FaultProxy::start(&dynamodb_url).await);
+        sqs.set(FaultPlan::aws());
+        dynamodb.set(FaultPlan::aws());
         ProcessFleet {
             planner: Planner::new(config),
-            sqs: FaultProxy::start(&sqs_url).await,
-            dynamodb: FaultProxy::start(&dynamodb_url).await,
+            sqs,
+            dynamodb,
             name,
             path,
             effects,
@@ -385,6 +392,8 @@ impl ProcessFleet {
             }
         }
         report.dead_letters = self.dead_letters().await;
+        let lost_replies = self.dynamodb.injected().get("reset_after").copied().unwrap_or(0);
+        report.aws = (self.dynamodb.aws_semantics().0, self.sqs.aws_semantics().1, lost_replies);
         report
     }
 }
@@ -393,8 +402,11 @@ impl Report {
     /// One line for the log and `RELIABILITY.md`.
     pub fn line(&self, scenario: &str, faults: &str) -> String {
         format!(
-            "{scenario}: {} jobs, {faults}, drained in {:.1} s; lost {}, effects twice {}, crashes {}, dead letters {}, not succeeded {}",
+            "{scenario}: {} jobs, {faults} (with {} stale reads, {} second deliveries, {} lost replies), drained in {:.1} s; lost {}, effects twice {}, crashes {}, dead letters {}, not succeeded {}",
             self.jobs,
+            self.aws.0,
+            self.aws.1,
+            self.aws.2,
             self.drained_in.as_secs_f64(),
             self.lost,
             self.doubled,
@@ -417,6 +429,7 @@ impl Report {
         assert_eq!(self.doubled, 0, "{scenario}: effects run twice: {self:?}");
         assert_eq!(self.crashes, 0, "{scenario}: processes crashed: {self:?}");
         assert_eq!(self.not_succeeded, 0, "{scenario}: jobs not succeeded: {self:?}");
+        assert!(self.aws.0 > 0, "{scenario}: no read was served stale, so AWS's semantics were off: {self:?}");
     }
 }
 
