@@ -507,7 +507,11 @@ async fn a_deploy_that_renames_a_task_with_checks_pending_then_rolls_back() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert!(failed > 0, "some checks met the renamed task");
-    assert_eq!(fleet.dead_letters().await, failed, "every failed job is in its DLQ");
+    let mut dead = Vec::new();
+    for queue in ["events", "checks", "0", "1", "2", "3"] {
+        dead.extend(fleet.dead_letters_of(queue).await.into_iter().map(|(body, reason)| (queue, body, reason)));
+    }
+    assert_eq!(dead.len(), failed, "every failed job is in its DLQ once: {dead:#?}");
     // The rollback: workers of the first release again, and a redrive runs them.
     let workers = fleet.live_workers();
     fleet.terminate(&workers).await;

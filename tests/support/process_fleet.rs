@@ -346,8 +346,9 @@ impl ProcessFleet {
     pub fn effects(&self) -> Vec<Value> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.effects).into_iter().flatten().flatten() {
-            // `<job>.starts` counts the action's starts, not its effects.
-            if entry.path().extension().is_some_and(|e| e == "starts") {
+            // `<job>.starts` counts the action's starts and `<job>.checks` its checks, not its
+            // effects.
+            if entry.path().extension().is_some_and(|e| e == "starts" || e == "checks") {
                 continue;
             }
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();

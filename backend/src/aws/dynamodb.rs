@@ -156,13 +156,18 @@ impl Expr {
         })
     }
 
+    /// Joins conditions with `sep`, each in parentheses; one alone is itself (DynamoDB refuses
+    /// redundant parentheses, such as `((a = :v))`).
     fn join(&mut self, conds: &[Cond], sep: &str, empty: &str) -> Option<String> {
         let parts: Vec<String> = conds
             .iter()
-            .map(|c| self.cond(c).unwrap_or_else(|| "(attribute_exists(pk) OR attribute_not_exists(pk))".to_owned()))
-            .map(|c| format!("({c})"))
+            .map(|c| self.cond(c).unwrap_or_else(|| "attribute_exists(pk) OR attribute_not_exists(pk)".to_owned()))
             .collect();
-        Some(if parts.is_empty() { format!("({empty})") } else { parts.join(sep) })
+        Some(match parts.len() {
+            0 => empty.to_owned(),
+            1 => parts.into_iter().next().unwrap_or_default(),
+            _ => parts.iter().map(|c| format!("({c})")).collect::<Vec<_>>().join(sep),
+        })
     }
 
     fn update(&mut self, update: &Update) -> Option<String> {

@@ -218,6 +218,16 @@ pub async fn store_semantics(backend: &dyn Backend, prefix: &str) {
         .expect("release");
     assert_eq!(updated.str("owner"), None);
     assert_eq!(store.get(&key).await.expect("get").expect("still there").int("fence"), Some(2));
+    // Conditions nest as the ledger builds them: one-element groups, `Always` inside a group.
+    let nested = Cond::And(vec![
+        Cond::And(vec![Cond::eq("fence", 2i64)]),
+        Cond::Or(vec![Cond::And(vec![Cond::Or(vec![Cond::Lacks("checks".into()), Cond::eq("checks", 0i64)])])]),
+        Cond::Or(vec![Cond::Always]),
+    ]);
+    let updated = store.update(&key, Update::default().set("checks", 1i64), nested.clone()).await.expect("nested");
+    assert_eq!(updated.int("checks"), Some(1));
+    let refused = store.update(&key, Update::default().set("checks", 2i64), nested).await;
+    assert!(matches!(refused, Err(StoreError::ConditionFailed { .. })), "{refused:?}");
     let created = store
         .update(&Key::new("run#1", "run"), Update::default().add("failed", 1), Cond::Always)
         .await
