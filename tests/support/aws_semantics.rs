@@ -17,16 +17,18 @@ const SECOND: &str = "second-delivery:";
 /// Sends requests upstream with the original request's headers.
 pub type Forward<'a> = &'a super::fault_proxy::Forwarder<'a>;
 
+/// Per item (`table|pk|sk`), what it was before each write of the last while, oldest first.
+type History = HashMap<String, VecDeque<(Instant, Option<Value>)>>;
+
 /// What the proxy remembers to serve AWS's semantics.
 #[derive(Default)]
 pub struct AwsSemantics {
-    /// Per item (`table|pk|sk`), what it was before each write of the last while, oldest first.
-    history: Mutex<HashMap<String, VecDeque<(Instant, Option<Value>)>>>,
+    history: Mutex<History>,
     /// One write at a time per item, so the item read before it is what it replaced.
     writing: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Per queue URL, messages to deliver a second time.
     again: Mutex<HashMap<String, Vec<Value>>>,
-    /// Reads served stale and second deliveries made.
+    /// Reads served stale.
     pub stale_reads: std::sync::atomic::AtomicU64,
     /// Second deliveries made.
     pub second_deliveries: std::sync::atomic::AtomicU64,
