@@ -425,7 +425,7 @@ async fn checks_dead_lettered_after_their_workers_died_mid_check_are_redriven_du
         assert!(Instant::now() < deadline, "{moved} of {pending} checks came back");
         for m in checks.receive(10, Duration::from_secs(2), None).await.expect("receive") {
             dlq.send_one(OutgoingMessage { body: m.body.clone(), ..Default::default() }).await.expect("dead-letter");
-            checks.delete_batch(&[m.receipt.clone()]).await.expect("delete");
+            checks.delete_batch(std::slice::from_ref(&m.receipt)).await.expect("delete");
             moved += 1;
         }
     }
