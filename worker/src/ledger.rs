@@ -74,6 +74,8 @@ pub struct JobRecord {
     pub failures: u32,
     /// The lock fence of the latest attempt.
     pub fence: i64,
+    /// The key of the lock item its attempts take, once one began.
+    pub lock: Option<String>,
     /// The error of the latest failure.
     pub error: Option<String>,
     /// The result summary.
@@ -174,12 +176,16 @@ pub struct Writer<'a> {
     pub unbegun: Option<&'a str>,
     /// The attempt to record in the job's audit trail.
     pub attempt: Option<&'a Attempt>,
+    /// The key of the lock item the holder holds, recorded by a write that begins the attempt,
+    /// so that the job's later attempts take the same item whatever its task's `lock` says by
+    /// then.
+    pub lock: Option<&'a str>,
 }
 
 impl From<i64> for Writer<'_> {
     /// A holder whose attempt was begun, recording no attempt.
     fn from(fence: i64) -> Self {
-        Writer { fence, unbegun: None, attempt: None }
+        Writer { fence, unbegun: None, attempt: None, lock: None }
     }
 }
 
@@ -254,7 +260,12 @@ impl Ledger {
 
     /// What a job's first write sets besides its status: who runs it, under which fence, and
     /// what it is (the audit indexes' keys).
-    fn started(&self, update: Update, job: &Job, owner: &str, fence: i64, started_ms: i64) -> Update {
+    fn started(&self, update: Update, job: &Job, holder: (&str, i64, Option<&str>), started_ms: i64) -> Update {
+        let (owner, fence, lock) = holder;
+        let update = match lock {
+            Some(lock) => update.set("lock", lock),
+            None => update,
+        };
         update
             .set("task", job.task.as_str())
             .set("action", job.action.as_str())
@@ -280,9 +291,16 @@ impl Ledger {
     /// `earlier` is an attempt of the job whose outcome was never recorded, as its lock kept it
     /// ([`remembered_json`]): it goes into the audit trail with this write, and is counted when it
     /// was not begun.
-    pub async fn begin(&self, job: &Job, owner: &str, fence: i64, earlier: Option<&str>) -> Result<Begin, StoreError> {
+    pub async fn begin(
+        &self,
+        job: &Job,
+        owner: &str,
+        fence: i64,
+        earlier: Option<&str>,
+        lock: Option<&str>,
+    ) -> Result<Begin, StoreError> {
         let mut update =
-            self.started(Update::default(), job, owner, fence, self.now()).set("expires_at", self.expires_at());
+            self.started(Update::default(), job, (owner, fence, lock), self.now()).set("expires_at", self.expires_at());
         if let Some((attempt, counted)) = earlier.and_then(remembered) {
             update = update.set(&attempt_attribute(&attempt), attempt_json(&attempt));
             if !counted {
@@ -327,7 +345,7 @@ impl Ledger {
             Some(owner) => {
                 // The action started before this write: the attempt says when.
                 let started_ms = writer.attempt.map_or_else(|| self.now(), |a| a.started_ms as i64);
-                (self.started(update, job, owner, writer.fence, started_ms), beginnable(writer.fence))
+                (self.started(update, job, (owner, writer.fence, writer.lock), started_ms), beginnable(writer.fence))
             }
         };
         match also {
@@ -606,7 +624,7 @@ impl Ledger {
         reason: &str,
         attempt: &Attempt,
     ) -> Result<bool, StoreError> {
-        let writer = Writer { fence, unbegun: Some(owner), attempt: Some(attempt) };
+        let writer = Writer { fence, unbegun: Some(owner), attempt: Some(attempt), lock: None };
         self.finish(job, writer, Status::Cancelled, reason).await
     }
 }
@@ -618,6 +636,7 @@ fn record(item: Item) -> Option<JobRecord> {
         attempts: item.int("attempts").unwrap_or(0) as u32,
         failures: item.int("failures").unwrap_or(0) as u32,
         fence: item.int("fence").unwrap_or(0),
+        lock: item.str("lock").map(str::to_owned),
         error: item.str("error").map(str::to_owned),
         summary: item.str("summary").map(str::to_owned),
         checks: item.int("checks").unwrap_or(0) as u32,

@@ -256,3 +256,30 @@ async fn a_check_due_after_more_than_anyone_waits_is_kept_within_bounds() {
     let check = CheckMessage::from_json(&checks[0], 0).expect("check");
     assert!(check.wait_ms <= 7 * 86_400_000, "{check:?}");
 }
+
+#[tokio::test]
+async fn a_job_retried_after_its_tasks_lock_changed_takes_the_lock_it_began_under() {
+    let task = noop_task("t", "fail_attempts = 1").with("retries = 1").with("lock = \"{id}\"");
+    let fleet = Fleet::new(&tasks(&[task]).to_string()).await;
+    let job = fleet.job("t", "e", "i-1");
+    fleet.send(&job, "first").await;
+    let (stop, handle) = fleet.start(None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fleet.ledger.job(&job.id).await.expect("ledger").is_none_or(|r| r.failures != 1) {
+        assert!(tokio::time::Instant::now() < deadline, "the first attempt never failed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.cancel();
+    handle.await.expect("worker");
+    // The next release locks the task by region: the retry still takes the item it began under.
+    let mut changed = fleet.config.as_ref().clone();
+    let at = changed.tasks.iter().position(|t| t.name == "t").expect("task");
+    changed.tasks[at].lock = opsfleet_protocol::template::Template::parse("{region}").expect("template");
+    let (stop, handle) =
+        fleet.start_configured(std::sync::Arc::clone(&fleet.layer), std::sync::Arc::new(changed)).await;
+    wait_for(&fleet, &job, Status::Succeeded, Duration::from_secs(20)).await;
+    stop.cancel();
+    handle.await.expect("worker");
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!((record.attempts, record.lock.as_deref()), (2, Some("lock#i-1")), "{record:?}");
+}

@@ -29,12 +29,12 @@ fn job() -> Job {
 async fn begin_refuses_older_fences_and_finished_jobs() {
     let l = ledger().await;
     let j = job();
-    assert_eq!(l.begin(&j, "a", 2, None).await.expect("begin"), Begin::Started(1));
-    assert_eq!(l.begin(&j, "b", 1, None).await.expect("begin"), Begin::Stale, "an older fence cannot write");
-    assert_eq!(l.begin(&j, "c", 3, None).await.expect("begin"), Begin::Started(2));
+    assert_eq!(l.begin(&j, "a", 2, None, None).await.expect("begin"), Begin::Started(1));
+    assert_eq!(l.begin(&j, "b", 1, None, None).await.expect("begin"), Begin::Stale, "an older fence cannot write");
+    assert_eq!(l.begin(&j, "c", 3, None, None).await.expect("begin"), Begin::Started(2));
     assert!(!l.finish(&j, 2, Status::Succeeded, "x").await.expect("finish"), "a superseded holder cannot finish");
     assert!(l.finish(&j, 3, Status::Succeeded, "done").await.expect("finish"));
-    assert_eq!(l.begin(&j, "d", 4, None).await.expect("begin"), Begin::Finished(Status::Succeeded));
+    assert_eq!(l.begin(&j, "d", 4, None, None).await.expect("begin"), Begin::Finished(Status::Succeeded));
 }
 
 const HOLD: Duration = Duration::from_secs(60);
@@ -47,7 +47,7 @@ fn link<'a>(previous: u32, token: &'a str, claim: &'a str) -> CheckLink<'a> {
 async fn a_check_goes_on_when_handed_back_but_a_duplicate_cannot_fork_the_chain() {
     let l = ledger().await;
     let j = job();
-    l.begin(&j, "a", 1, None).await.expect("begin");
+    l.begin(&j, "a", 1, None, None).await.expect("begin");
     assert!(l.pending(&j, 1, &json!({}), 0, None, "link-1").await.expect("pending"));
     assert_eq!(
         l.checked(&j, 1, &link(0, "link-1", "h1")).await.expect("checked"),
@@ -94,7 +94,7 @@ async fn a_check_goes_on_when_handed_back_but_a_duplicate_cannot_fork_the_chain(
 async fn a_late_retry_of_a_pending_write_cannot_set_the_chain_back() {
     let l = ledger().await;
     let j = job();
-    l.begin(&j, "a", 1, None).await.expect("begin");
+    l.begin(&j, "a", 1, None, None).await.expect("begin");
     assert!(l.pending(&j, 1, &json!({"n": 0}), 0, None, "link-1").await.expect("pending"));
     assert_eq!(l.checked(&j, 1, &link(0, "link-1", "h1")).await.expect("checked"), Checked::Running);
     assert!(l.pending(&j, 1, &json!({"n": 1}), 1, Some("link-1"), "link-2").await.expect("pending"));
@@ -117,7 +117,7 @@ async fn a_late_retry_of_a_pending_write_cannot_set_the_chain_back() {
 async fn a_redriven_check_whose_handler_died_after_recording_it_goes_on_once_its_claim_lapsed() {
     let l = ledger().await;
     let j = job();
-    l.begin(&j, "a", 1, None).await.expect("begin");
+    l.begin(&j, "a", 1, None, None).await.expect("begin");
     assert!(l.pending(&j, 1, &json!({}), 0, None, "link-1").await.expect("pending"));
     assert_eq!(l.checked(&j, 1, &link(0, "link-1", "died")).await.expect("checked"), Checked::Running);
     // The same message body, redriven from the checks DLQ: a new message id, the same token.
@@ -130,7 +130,7 @@ async fn a_redriven_check_whose_handler_died_after_recording_it_goes_on_once_its
 async fn a_failed_check_keeps_the_job_pending() {
     let l = ledger().await;
     let j = job();
-    l.begin(&j, "a", 1, None).await.expect("begin");
+    l.begin(&j, "a", 1, None, None).await.expect("begin");
     l.pending(&j, 1, &json!({}), 0, None, "link-1").await.expect("pending");
     assert_eq!(l.failure(&j, 1, "throttled", "check/1").await.expect("failure"), Some(1));
     let record = l.job(&j.id).await.expect("job").expect("record");
@@ -154,22 +154,22 @@ async fn a_runs_counts_are_derived_from_its_jobs_so_retries_and_crashes_cannot_s
     let l = ledger().await;
     let (a, b, c) = (job_for("i-a"), job_for("i-b"), job_for("i-c"));
     let run = a.run_id();
-    l.begin(&a, "w", 1, None).await.expect("begin");
+    l.begin(&a, "w", 1, None, None).await.expect("begin");
     assert!(l.finish(&a, 1, Status::Succeeded, "ok").await.expect("finish"));
     // The same write again (an SDK retry whose first response was lost) counts nothing more.
     assert!(l.finish(&a, 1, Status::Succeeded, "ok").await.expect("finish again"));
-    l.begin(&b, "w", 1, None).await.expect("begin");
+    l.begin(&b, "w", 1, None, None).await.expect("begin");
     assert!(l.finish(&b, 1, Status::Failed, "boom").await.expect("finish"));
     // A worker crashed after writing c's entry in its run and before finishing c: c runs again
     // and its final entry replaces the one of the crashed attempt.
-    l.begin(&c, "w", 1, None).await.expect("begin");
+    l.begin(&c, "w", 1, None, None).await.expect("begin");
     let entry = Item {
         key: Key::new(format!("run#{run}"), format!("job#{}", c.id)),
         attrs: [("status".to_owned(), "FAILED".into()), ("fence".to_owned(), 1i64.into())].into_iter().collect(),
     };
     l.store.put(entry, Cond::Always).await.expect("crashed write");
     assert_eq!(l.job(&c.id).await.expect("job").expect("record").status, Status::InProgress);
-    l.begin(&c, "w2", 2, None).await.expect("begin again");
+    l.begin(&c, "w2", 2, None, None).await.expect("begin again");
     assert!(l.finish(&c, 2, Status::Succeeded, "ok").await.expect("finish"));
     let counts = l.run(&run).await.expect("run");
     assert_eq!((counts.succeeded, counts.failed, counts.cancelled), (2, 1, 0), "{counts:?}");
@@ -187,9 +187,13 @@ async fn a_runs_counts_are_derived_from_its_jobs_so_retries_and_crashes_cannot_s
 async fn a_pending_job_never_begins_again_and_is_adopted_by_a_newer_fence() {
     let l = ledger().await;
     let j = job();
-    l.begin(&j, "a", 1, None).await.expect("begin");
+    l.begin(&j, "a", 1, None, None).await.expect("begin");
     assert!(l.pending(&j, 1, &json!({"snapshot": "snap-1"}), 0, None, "link-1").await.expect("pending"));
-    assert_eq!(l.begin(&j, "b", 2, None).await.expect("begin"), Begin::Pending, "a second delivery does not start it");
+    assert_eq!(
+        l.begin(&j, "b", 2, None, None).await.expect("begin"),
+        Begin::Pending,
+        "a second delivery does not start it"
+    );
     assert!(!l.adopt(&j, 7, 8, "c").await.expect("adopt"), "only from the fence it is pending under");
     assert!(l.adopt(&j, 1, 3, "c").await.expect("adopt"));
     assert!(!l.adopt(&j, 1, 4, "d").await.expect("adopt"), "once");
@@ -206,7 +210,7 @@ async fn a_pending_job_never_begins_again_and_is_adopted_by_a_newer_fence() {
 async fn a_reopened_job_is_marked_redriven_and_loses_its_dead_letter_mark() {
     let l = ledger().await;
     let j = job();
-    l.begin(&j, "a", 1, None).await.expect("begin");
+    l.begin(&j, "a", 1, None, None).await.expect("begin");
     assert!(l.finish(&j, 1, Status::Cancelled, "cancelled: run failed").await.expect("finish"));
     l.dead_lettered(&j.id, 1).await.expect("dead-lettered");
     assert!(l.job(&j.id).await.expect("job").expect("record").dead_lettered);
@@ -220,12 +224,20 @@ async fn a_reopened_job_is_marked_redriven_and_loses_its_dead_letter_mark() {
 async fn writes_the_sdk_retried_after_their_first_try_went_through_count_once() {
     let l = ledger().await;
     let j = job();
-    assert_eq!(l.begin(&j, "w/j/1", 1, None).await.expect("begin"), Begin::Started(1));
-    assert_eq!(l.begin(&j, "w/j/1", 1, None).await.expect("retried begin"), Begin::Started(1), "the same attempt");
-    assert_eq!(l.begin(&j, "w/j/2", 1, None).await.expect("begin"), Begin::Stale, "another owner of that fence is not");
+    assert_eq!(l.begin(&j, "w/j/1", 1, None, None).await.expect("begin"), Begin::Started(1));
+    assert_eq!(
+        l.begin(&j, "w/j/1", 1, None, None).await.expect("retried begin"),
+        Begin::Started(1),
+        "the same attempt"
+    );
+    assert_eq!(
+        l.begin(&j, "w/j/2", 1, None, None).await.expect("begin"),
+        Begin::Stale,
+        "another owner of that fence is not"
+    );
     assert_eq!(l.failure(&j, 1, "throttled", "start/1").await.expect("failure"), Some(1));
     assert_eq!(l.failure(&j, 1, "throttled", "start/1").await.expect("retried failure"), Some(1));
-    assert_eq!(l.begin(&j, "w/j/3", 2, None).await.expect("begin"), Begin::Started(2));
+    assert_eq!(l.begin(&j, "w/j/3", 2, None, None).await.expect("begin"), Begin::Started(2));
     assert_eq!(l.failure(&j, 2, "throttled", "start/2").await.expect("failure"), Some(2));
     assert!(l.finish(&j, 2, Status::Succeeded, "ok").await.expect("finish"));
     assert!(l.finish(&j, 2, Status::Succeeded, "ok").await.expect("retried finish"));
@@ -252,7 +264,7 @@ async fn a_first_attempt_is_begun_by_the_write_of_its_outcome_with_its_attempt_i
     let l = ledger().await;
     let j = job();
     let done = attempt(1, "w/j/1", 3, "SUCCEEDED");
-    let writer = Writer { fence: 3, unbegun: Some("w/j/1"), attempt: Some(&done) };
+    let writer = Writer { fence: 3, unbegun: Some("w/j/1"), attempt: Some(&done), lock: None };
     assert!(l.finish(&j, writer, Status::Succeeded, "ok").await.expect("finish"));
     assert!(l.finish(&j, writer, Status::Succeeded, "ok").await.expect("retried finish"), "an SDK retry is its own");
     let record = l.job(&j.id).await.expect("job").expect("record");
@@ -269,13 +281,13 @@ async fn an_unbegun_holder_cannot_write_over_a_newer_fence() {
     let l = ledger().await;
     let j = job();
     // A zombie of fence 1 that never began, after the holder of fence 2 began.
-    assert_eq!(l.begin(&j, "w/j/2", 2, None).await.expect("begin"), Begin::Started(1));
-    let zombie = Writer { fence: 1, unbegun: Some("w/j/1"), attempt: None };
+    assert_eq!(l.begin(&j, "w/j/2", 2, None, None).await.expect("begin"), Begin::Started(1));
+    let zombie = Writer { fence: 1, unbegun: Some("w/j/1"), attempt: None, lock: None };
     assert!(!l.finish(&j, zombie, Status::Succeeded, "late").await.expect("finish"));
     assert_eq!(l.failure(&j, zombie, "late", "start/1").await.expect("failure"), None);
     assert!(!l.pending(&j, zombie, &json!({}), 0, None, "link-1").await.expect("pending"));
     // A newer unbegun holder takes over a job in progress under an older fence.
-    let newer = Writer { fence: 5, unbegun: Some("w/j/5"), attempt: None };
+    let newer = Writer { fence: 5, unbegun: Some("w/j/5"), attempt: None, lock: None };
     assert_eq!(l.failure(&j, newer, "throttled", "start/2").await.expect("failure"), Some(1));
     let record = l.job(&j.id).await.expect("job").expect("record");
     assert_eq!((record.status, record.fence, record.attempts), (Status::InProgress, 5, 2));
@@ -289,12 +301,12 @@ async fn a_lapsed_attempt_is_recorded_only_while_its_job_is_unfinished() {
     l.lapsed(&a.id, &attempt(0, "w/a/1", 1, "LAPSED")).await.expect("lapsed");
     assert_eq!(l.job(&a.id).await.expect("job"), None, "an attempt alone is no job record");
     let done = attempt(1, "w/a/2", 2, "SUCCEEDED");
-    let writer = Writer { fence: 2, unbegun: Some("w/a/2"), attempt: Some(&done) };
+    let writer = Writer { fence: 2, unbegun: Some("w/a/2"), attempt: Some(&done), lock: None };
     assert!(l.finish(&a, writer, Status::Succeeded, "ok").await.expect("finish"));
     let outcomes: Vec<String> = l.attempts(&a.id).await.expect("attempts").into_iter().map(|a| a.outcome).collect();
     assert_eq!(outcomes, ["LAPSED", "SUCCEEDED"]);
     // b finished under fence 1 and only failed to release its lock: not lapsed.
-    l.begin(&b, "w/b/1", 1, None).await.expect("begin");
+    l.begin(&b, "w/b/1", 1, None, None).await.expect("begin");
     assert!(l.finish(&b, 1, Status::Succeeded, "ok").await.expect("finish"));
     l.lapsed(&b.id, &attempt(0, "w/b/1", 1, "LAPSED")).await.expect("lapsed");
     assert!(l.attempts(&b.id).await.expect("attempts").is_empty());

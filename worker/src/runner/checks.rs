@@ -115,13 +115,15 @@ impl Worker {
     async fn take_over(&self, job: &Job, task: &Task, lapsed: Held) -> Result<TakeOver, CallError> {
         let old_fence = lapsed.fence();
         let attempt = lapsed.attempt;
+        // The job goes on under the same lock item as before, whatever its task says now.
+        let job_lock = lapsed.lock().key.clone();
         // Free what the check still held, so that taking it again does not wait on itself.
         let _ = lapsed.release().await;
         let record = self.ledger.job(&job.id).await?;
         if !record.as_ref().is_some_and(|r| r.status == Status::Pending && r.fence == old_fence) {
             return Ok(TakeOver::Gone);
         }
-        let entry = Entry { check_run: false, own_pending_ends: false };
+        let entry = Entry { check_run: false, own_pending_ends: false, lock: Some(job_lock.as_str()) };
         match self.gate.enter(job, task, &self.check_permits, None, entry).await? {
             Entered::All { held: mut taken, running, .. } | Entered::Cancelled { held: mut taken, running, .. } => {
                 if self.ledger.adopt(job, old_fence, taken.fence(), &taken.lock().owner).await? {

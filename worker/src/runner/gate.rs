@@ -87,11 +87,14 @@ enum Taken {
 /// How a job enters: whether its run's cancellation is checked, and whether its own pending run
 /// holding the lock ends it.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Entry {
+pub(super) struct Entry<'a> {
     /// Check whether the job's run was cancelled (not for a redriven job, which runs anyway).
     pub check_run: bool,
     /// A job message finding its own pending run on the lock is done with.
     pub own_pending_ends: bool,
+    /// The key of the lock item the job began under, if it did: taken instead of the one its
+    /// task's `lock` renders now.
+    pub lock: Option<&'a str>,
 }
 
 impl Gate {
@@ -156,7 +159,7 @@ impl Gate {
         task: &Task,
         permits: &Permits,
         first: Option<Running>,
-        entry: Entry,
+        entry: Entry<'_>,
     ) -> Result<Entered, CallError> {
         let mut waiting = Waiting::new();
         let mut first = first;
@@ -169,7 +172,7 @@ impl Gate {
                     None => return Ok(Entered::HandBack),
                 },
             };
-            match self.take(job, task, waiting.watch(), entry.check_run).await? {
+            match self.take(job, task, waiting.watch(), entry.check_run, entry.lock).await? {
                 Taken::All(held) => return Ok(Entered::All { held, running, waited }),
                 Taken::Cancelled(held, reason) => return Ok(Entered::Cancelled { held, reason, running }),
                 Taken::Busy { wanted, reason, holder } => {
@@ -196,11 +199,18 @@ impl Gate {
 
     /// Takes the job's lock, then its run's `max_concurrency` slot and its limit's slot; on
     /// the first that is busy, lets go of what it took and says what to wait for.
-    async fn take(&self, job: &Job, task: &Task, watch: &mut Watch, check_run: bool) -> Result<Taken, CallError> {
+    async fn take(
+        &self,
+        job: &Job,
+        task: &Task,
+        watch: &mut Watch,
+        check_run: bool,
+        lock: Option<&str>,
+    ) -> Result<Taken, CallError> {
         let owner = self.owner(job);
         let now = self.clock.now_ms();
         let input = TemplateInput::of(job, now);
-        let key = lock_key(&task.lock.render(input));
+        let key = lock.map_or_else(|| lock_key(&task.lock.render(input)), str::to_owned);
         let asked = Instant::now();
         let lock = match self.leases.acquire(&key, &owner, &job.id, self.lease, watch).await? {
             Acquire::Acquired(lock) => {
@@ -321,5 +331,39 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         self.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ActionRegistry;
+    use opsfleet_backend::EmbeddedBackend;
+    use opsfleet_protocol::config::fixture::{instance_job, noop_task, tasks};
+    use opsfleet_protocol::ports::Backend;
+
+    #[tokio::test]
+    async fn a_lock_this_process_failed_to_release_is_not_taken_again_as_its_own() {
+        let text = format!("[fleet]\nname = \"g\"\n{}", tasks(&[noop_task("t", "")]));
+        let config = Arc::new(Config::parse(&text, Some(&ActionRegistry::builtin())).expect("config"));
+        let backend = EmbeddedBackend::new();
+        backend.ensure_table("g").await.expect("table");
+        let store = backend.store("g").await.expect("store");
+        let clock = Clock::new();
+        let ledger = Ledger::new(Arc::clone(&store), clock, Duration::from_secs(3600));
+        let gate = Gate::new(Leases::new(store), ledger, Arc::clone(&config), clock, "w".into());
+        let job = instance_job(&config, "t", "e", "i-1");
+        let task = config.task("t").expect("task");
+        let Taken::All(first) = gate.take(&job, task, &mut Watch::default(), false, None).await.expect("take") else {
+            panic!("the lock is free");
+        };
+        let owner = first.lock().owner.clone();
+        // Its release failed: the lock stays with the first acquisition until it lapses.
+        first.lost();
+        match gate.take(&job, task, &mut Watch::default(), false, None).await.expect("take again") {
+            Taken::Busy { holder: Some(holder), .. } => assert_eq!(holder.owner, owner),
+            Taken::All(again) => panic!("taken again without a write, as {}", again.lock().owner),
+            _ => panic!("the lock is what is busy"),
+        }
     }
 }

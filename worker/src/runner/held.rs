@@ -162,7 +162,12 @@ impl Held {
 
     /// This holder as the writer of the job's record, recording `attempt` with the write.
     pub(super) fn writer<'a>(&'a self, attempt: Option<&'a Attempt>) -> Writer<'a> {
-        Writer { fence: self.lock.fence, unbegun: (!self.begun).then_some(self.lock.owner.as_str()), attempt }
+        Writer {
+            fence: self.lock.fence,
+            unbegun: (!self.begun).then_some(self.lock.owner.as_str()),
+            attempt,
+            lock: Some(self.lock.key.as_str()),
+        }
     }
 
     /// This holder's attempt, let go now, for the audit trail.

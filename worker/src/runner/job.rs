@@ -56,7 +56,10 @@ impl Worker {
         // out its older holders at once; a new one is begun by the write of its outcome.
         let seen = record.is_some();
         let s = Subject { job, task, action: action.as_ref() };
-        let entry = Entry { check_run: !redriven, own_pending_ends: true };
+        // A job that began takes the lock item it began under, whatever its task's `lock`
+        // says now (a deploy may have changed it): its fences compare within one item.
+        let lock = record.as_ref().and_then(|r| r.lock.as_deref());
+        let entry = Entry { check_run: !redriven, own_pending_ends: true, lock };
         match self.gate.enter(job, task, &self.run_permits, Some(first), entry).await? {
             Entered::All { held, running, waited } => {
                 // A job that waited, or whose lock was last released by a run of itself, may
@@ -93,7 +96,8 @@ impl Worker {
             // The job's own attempt before this one, if its lock kept it unrecorded.
             let last_ours = held.lock().last_job.as_deref() == Some(job.id.as_str());
             let earlier = held.lock().last_attempt.clone().filter(|_| last_ours);
-            match self.ledger.begin(job, &held.lock().owner, held.fence(), earlier.as_deref()).await? {
+            let lock = Some(held.lock().key.as_str());
+            match self.ledger.begin(job, &held.lock().owner, held.fence(), earlier.as_deref(), lock).await? {
                 Begin::Started(n) => {
                     held.begun = true;
                     held.attempt = n;

@@ -48,7 +48,8 @@ impl Recorder {
             // The check about to go out needs the job's record to hold this fence (the check
             // runs under it): begin the attempt first, which a job that finishes at once never
             // needs.
-            match self.ledger.begin(job, &held.lock().owner, held.fence(), None).await? {
+            let lock = Some(held.lock().key.as_str());
+            match self.ledger.begin(job, &held.lock().owner, held.fence(), None, lock).await? {
                 Begin::Started(_) => held.begun = true,
                 Begin::Stale => return Ok(held.release().await.then(Disposition::Retry(Duration::ZERO))),
                 // Finished or pending under another holder: nothing is left to do here.
