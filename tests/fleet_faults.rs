@@ -345,8 +345,11 @@ async fn forged_and_invalid_ids_go_to_the_events_dlq_with_their_reasons() {
     events.extend(alarms("ids-good", 4, 5));
     let jobs = fleet.send(&events).await;
     let drained = fleet.drain(&jobs, since, DRAIN).await;
+    // A standard queue may deliver an event twice, and each delivery of a bad one is
+    // dead-lettered: every bad event is there, and nothing else.
     let dead = fleet.dead_letters_of("events").await;
-    assert_eq!(dead.len(), bad.len(), "{dead:?}");
+    let bodies: std::collections::BTreeSet<&String> = dead.iter().map(|(body, _)| body).collect();
+    assert_eq!(bodies.len(), bad.len(), "{dead:?}");
     for (body, reason) in &dead {
         assert!(!reason.is_empty() && reason.len() < 400, "a one-line reason: {reason}");
         assert!(bad.contains(body), "only the bad events: {body}");
@@ -354,7 +357,7 @@ async fn forged_and_invalid_ids_go_to_the_events_dlq_with_their_reasons() {
     let report = fleet.finish(&jobs, drained).await;
     println!("{}", report.line("forged and invalid ids", &format!("{} bad events among {}", bad.len(), events.len())));
     report.assert_clean("forged and invalid ids");
-    assert_eq!(report.dead_letters, bad.len(), "{report:?}");
+    assert_eq!(report.dead_letters, dead.len(), "{report:?}");
 }
 
 /// Jobs that wait for two completion checks of five seconds each, and a load beside them.

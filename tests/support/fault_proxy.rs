@@ -112,6 +112,11 @@ impl FaultProxy {
         *self.shared.plan.lock().unwrap_or_else(PoisonError::into_inner) = plan;
     }
 
+    /// The faults injected from now on.
+    pub fn plan(&self) -> FaultPlan {
+        self.shared.plan.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
     /// The faults injected so far, by kind.
     pub fn injected(&self) -> BTreeMap<&'static str, u64> {
         self.shared.counts.lock().unwrap_or_else(PoisonError::into_inner).clone()

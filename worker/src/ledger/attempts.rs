@@ -95,22 +95,29 @@ impl Ledger {
     /// hung), as found by the taker: only while the job is unfinished under that holder's
     /// fence or an older one, so that a holder that finished and only failed to release is not
     /// marked lapsed. An attempt its holder never got to write is counted in `attempts` here;
-    /// one it began was counted then. Creates a record holding the attempt alone when the job
-    /// has none.
+    /// one it began was counted then. A job with no record yet gets one, in progress under
+    /// the lapsed fence and dated when the lapse was found, so that the `by-status` index lists
+    /// it until the job's own message comes back and writes the rest.
     pub async fn lapsed(&self, job_id: &str, attempt: &Attempt) -> Result<(), StoreError> {
         let update = Update::default()
             .set(&attempt_attribute(attempt), attempt_json(attempt))
             .set("expires_at", self.expires_at());
         let in_progress = |fence: Cond| Cond::And(vec![Cond::eq("status", Status::InProgress.as_str()), fence]);
-        // Counted once: an SDK retry of this write finds the attempt there and counts nothing.
-        let unbegun = Cond::And(vec![
-            Cond::Lacks(attempt_attribute(attempt)),
-            Cond::Or(vec![Cond::Lacks("status".into()), in_progress(Cond::lt("fence", attempt.fence))]),
-        ]);
-        match self.store.update(&job_key(job_id), update.clone().add("attempts", 1), unbegun).await {
-            Ok(_) => return Ok(()),
-            Err(StoreError::ConditionFailed { .. }) => {}
-            Err(e) => return Err(e),
+        // Counted once: an SDK retry of these writes finds the attempt there and counts nothing.
+        let counted_once = |cond: Cond| Cond::And(vec![Cond::Lacks(attempt_attribute(attempt)), cond]);
+        let new = super::with_status(update.clone().add("attempts", 1), Status::InProgress)
+            .set("fence", attempt.fence)
+            .set("received_ms", self.now());
+        let tries = [
+            (new, counted_once(Cond::Lacks("status".into()))),
+            (update.clone().add("attempts", 1), counted_once(in_progress(Cond::lt("fence", attempt.fence)))),
+        ];
+        for (update, cond) in tries {
+            match self.store.update(&job_key(job_id), update, cond).await {
+                Ok(_) => return Ok(()),
+                Err(StoreError::ConditionFailed { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         match self.store.update(&job_key(job_id), update, in_progress(Cond::eq("fence", attempt.fence))).await {
             Ok(_) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
