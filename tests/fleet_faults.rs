@@ -448,44 +448,17 @@ async fn checks_dead_lettered_after_their_workers_died_mid_check_are_redriven_du
 }
 
 /// The next release renames the `pending` task.
-const RENAMED: &str = r#"
-[fleet]
-name = "FLEET"
-allowed_accounts = ["123456789012"]
-
-[limits.shared]
-max = 3
-
-[[tasks]]
-name = "by-region"
-pattern = { "detail-type" = ["CloudWatch Alarm State Change"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 20, effects_dir = "EFFECTS" }
-lock = "{region}"
-
-[[tasks]]
-name = "limited"
-pattern = { "detail-type" = ["CloudWatch Alarm State Change"] }
-targets = "event"
-action = "noop"
-params = { sleep_ms = 20, effects_dir = "EFFECTS" }
-limit = "shared"
-max_concurrency = 4
-
-[[tasks]]
-name = "pending-renamed"
-pattern = { "detail-type" = ["EC2 Instance State-change Notification"] }
-targets = "event"
-action = "noop"
-params = { pending_checks = 2, check_after_ms = 3000, effects_dir = "EFFECTS" }
-"#;
+fn renamed() -> String {
+    let renamed = CONFIG.replace("name = \"pending\"", "name = \"pending-renamed\"");
+    assert_ne!(renamed, CONFIG, "the task is renamed");
+    renamed
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deploy_that_renames_a_task_with_checks_pending_then_rolls_back() {
     let _one = ONE_AT_A_TIME.lock().await;
     let mut fleet = fleet("fault-rename", 3).await;
-    let renamed = fleet.config_version("renamed", RENAMED);
+    let renamed = fleet.config_version("renamed", &renamed());
     let since = Instant::now();
     let mut events: Vec<String> =
         (0..20).map(|i| stopped(&format!("ren-{i}"), "us-east-1", &format!("i-{i:08x}"))).collect();

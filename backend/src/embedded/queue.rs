@@ -371,3 +371,31 @@ impl Queue for EmbeddedQueue {
 fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_receive_brings_as_many_messages_of_a_group_as_it_can_in_order() {
+        let spec = QueueSpec {
+            name: "q.fifo".into(),
+            visibility: Duration::from_secs(30),
+            retention: Duration::from_secs(3600),
+            dead_letter: None,
+        };
+        let q = EmbeddedQueue::new(&spec, None);
+        let messages: Vec<OutgoingMessage> = (0..4)
+            .map(|i| OutgoingMessage {
+                body: format!("a{i}"),
+                group_id: Some("A".into()),
+                dedup_id: Some(format!("d{i}")),
+                ..Default::default()
+            })
+            .collect();
+        assert!(q.send_batch(&messages).await.expect("send").is_empty());
+        let got = q.receive(10, Duration::ZERO, None).await.expect("receive");
+        assert_eq!(got.iter().map(|m| m.body.as_str()).collect::<Vec<_>>(), ["a0", "a1", "a2", "a3"], "as SQS does");
+        assert!(q.receive(10, Duration::ZERO, None).await.expect("receive").is_empty(), "the group is in flight");
+    }
+}

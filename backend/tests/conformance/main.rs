@@ -53,6 +53,7 @@ every!(embedded_queue_basics, aws_queue_basics, fast_queue_basics, suite::queue_
 every!(embedded_queue_redrive, aws_queue_redrive, fast_queue_redrive, suite::queue_redrive);
 every!(embedded_queue_fifo, aws_queue_fifo, fast_queue_fifo, suite::queue_fifo);
 every!(embedded_queue_delay, aws_queue_delay, fast_queue_delay, suite::queue_delay);
+every!(embedded_queue_fifo_in_order, aws_queue_fifo_in_order, fast_queue_fifo_in_order, suite::queue_fifo_in_order);
 every!(embedded_store_semantics, aws_store_semantics, fast_store_semantics, suite::store_semantics);
 every!(embedded_store_indexes, aws_store_indexes, fast_store_indexes, suite::store_indexes);
 

@@ -154,6 +154,34 @@ pub async fn queue_fifo(backend: &dyn Backend, prefix: &str) {
     }
 }
 
+/// FIFO: what one receive brings of a group comes in order, however many it brings (SQS brings
+/// as many as it can, the embedded queue too, fauxqs one), and across receives the group's
+/// order holds.
+pub async fn queue_fifo_in_order(backend: &dyn Backend, prefix: &str) {
+    let q = queue(backend, &format!("{prefix}-order.fifo"), 30, None).await;
+    let mut sent = Vec::new();
+    for i in 0..6 {
+        sent.push(fifo(&format!("a{i}"), "A", &format!("d-a{i}")));
+    }
+    sent.push(fifo("b0", "B", "d-b0"));
+    assert!(q.send_batch(&sent[..7]).await.expect("send").is_empty());
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..20 {
+        let got = q.receive(10, Duration::from_secs(1), None).await.expect("receive");
+        seen.extend(got.iter().map(|m| m.body.clone()));
+        let receipts: Vec<String> = got.iter().map(|m| m.receipt.clone()).collect();
+        if !receipts.is_empty() {
+            assert!(q.delete_batch(&receipts).await.expect("delete").is_empty());
+        }
+        if seen.len() == 7 {
+            break;
+        }
+    }
+    let a: Vec<&str> = seen.iter().map(String::as_str).filter(|b| b.starts_with('a')).collect();
+    assert_eq!(a, ["a0", "a1", "a2", "a3", "a4", "a5"], "group A in order: {seen:?}");
+    assert!(seen.iter().any(|b| b == "b0"), "{seen:?}");
+}
+
 /// Per-message delay on a standard queue.
 pub async fn queue_delay(backend: &dyn Backend, prefix: &str) {
     let q = queue(backend, &format!("{prefix}-delay"), 30, None).await;
