@@ -42,6 +42,8 @@ fn example_events() -> Vec<ExampleEvent> {
         // An instance and a volume: the reboot acts on the instance only, the page on both.
         example_event!("alarm-io-pressure-metric-math.json", ALARMED, 3, 0),
         example_event!("ebs-snapshot-completed.json", Some(&["copy-completed-snapshot"]), 1, 0),
+        // The copy it made, finished in the destination region: copied no further.
+        example_event!("ebs-snapshot-copied-eu-west-1.json", Some(&[]), 0, 0),
         example_event!("ebs-volume-created.json", Some(&["tag-new-volume"]), 1, 0),
         example_event!("ec2-instance-running.json", Some(&[]), 0, 0),
         example_event!("ec2-instance-stopped.json", Some(&["snapshot-stopped-instance"]), 1, 0),
