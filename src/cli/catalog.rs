@@ -164,7 +164,7 @@ mod tests {
 
     #[test]
     fn policy_names_the_fleets_own_queues_table_and_member_role() {
-        let text = "[fleet]\nname = \"ops\"\nmember_role = \"arn:aws:iam::{account}:role/Member\"\n\n[[tasks]]\nname = \"t\"\npattern = { source = [\"x\"] }\ntargets = \"event\"\naction = \"noop\"\n";
+        let text = "[fleet]\nname = \"ops\"\nmember_role = \"arn:aws:iam::{account}:role/Member\"\nexternal_id = \"e\"\n\n[[tasks]]\nname = \"t\"\npattern = { source = [\"x\"] }\ntargets = \"event\"\naction = \"noop\"\n";
         let config = Config::parse(text, Some(&ActionRegistry::builtin())).expect("config");
         let p = policy(&config, false);
         let statements = p["Statement"].as_array().expect("statements");

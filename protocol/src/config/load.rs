@@ -108,6 +108,13 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
         if !role.contains("{account}") {
             problem(None, "fleet.member_role".into(), format!("`{role}` must contain `{{account}}`"));
         }
+        if fleet.external_id.as_deref().is_none_or(str::is_empty) {
+            problem(
+                None,
+                "fleet.external_id".into(),
+                "is required with `member_role`: the member accounts' roles trust the fleet only with it".into(),
+            );
+        }
     }
     for topic in &fleet.alarm_topics {
         if !is_topic_arn(topic) {

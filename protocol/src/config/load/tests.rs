@@ -278,3 +278,13 @@ fn a_pool_that_reads_the_clock_is_refused() {
         "{lines:#?}"
     );
 }
+
+#[test]
+fn a_member_role_needs_an_external_id() {
+    let text = "[fleet]\nname = \"f\"\nmember_role = \"arn:aws:iam::{account}:role/M\"\n";
+    let err = super::super::Config::parse(text, None).expect_err("the config is invalid");
+    let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    assert!(lines.iter().any(|l| l.contains("fleet.external_id: is required with `member_role`")), "{lines:#?}");
+    let with = format!("{text}external_id = \"e-1\"\n");
+    assert!(super::super::Config::parse(&with, None).is_ok(), "with an external id it is valid");
+}
