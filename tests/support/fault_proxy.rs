@@ -44,8 +44,8 @@ pub struct FaultPlan {
 
 impl FaultPlan {
     /// What AWS does on every request, faults or none: reads a second behind, one request in a
-    /// hundred (writes among them) applied with its reply lost (the SDK sends it again), one standard-queue message
-    /// in twenty delivered twice.
+    /// hundred (writes among them) applied with its reply lost (the SDK sends it again), one
+    /// standard-queue message in twenty delivered twice.
     pub fn aws() -> Self {
         FaultPlan { stale_reads: Some(Duration::from_secs(1)), reset_after: 0.01, duplicates: 0.05, ..Self::default() }
     }
