@@ -12,6 +12,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
+/// The longest tag key EC2 takes.
+const MAX_KEY: usize = 128;
+
+/// The longest tag value EC2 takes.
+const MAX_VALUE: usize = 256;
+
 /// The params of `tag`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -89,8 +95,19 @@ impl Action for Tag {
         if p.add.is_empty() && p.remove.is_empty() {
             return Err("params: give tags to `add` or `remove`".into());
         }
-        if let Some(key) = p.add.keys().chain(&p.remove).find(|k| k.starts_with("aws:")) {
-            return Err(format!("params: tag keys starting with `aws:` are AWS's own: `{key}`"));
+        let keys = || p.add.keys().chain(&p.remove);
+        if let Some(key) = keys().find(|k| k.to_ascii_lowercase().starts_with("aws:")) {
+            return Err(format!("params: tag keys starting with `aws:` (any case) are AWS's own: `{key}`"));
+        }
+        // opsfleet's own tags say what it made, and what it may delete: a task never sets them.
+        if let Some(key) = keys().find(|k| k.to_ascii_lowercase().starts_with("opsfleet:")) {
+            return Err(format!("params: tag keys starting with `opsfleet:` are opsfleet's own: `{key}`"));
+        }
+        if let Some(key) = keys().find(|k| k.is_empty() || k.chars().count() > MAX_KEY) {
+            return Err(format!("params: tag key `{key}` is not 1 to {MAX_KEY} characters"));
+        }
+        if let Some((key, _)) = p.add.iter().find(|(_, v)| v.chars().count() > MAX_VALUE) {
+            return Err(format!("params: the value of tag `{key}` is over {MAX_VALUE} characters"));
         }
         Ok(())
     }
@@ -132,5 +149,35 @@ impl Action for Tag {
 
     async fn check(&self, ctx: ActionContext<'_>, p: &TagParams, _state: ()) -> Step {
         self.start(ctx, p).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(add: &[(&str, &str)], remove: &[&str]) -> TagParams {
+        TagParams {
+            add: add.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect::<BTreeMap<_, _>>(),
+            remove: remove.iter().map(|k| (*k).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn reserved_keys_and_oversized_tags_are_refused() {
+        let t = Tag;
+        assert!(t.validate(&params(&[("Team", "ops")], &[])).is_ok());
+        for (add, remove, says) in [
+            (vec![("AWS:cloudformation", "x")], vec![], "`aws:` (any case)"),
+            (vec![("opsfleet:job", "forged")], vec![], "`opsfleet:` are opsfleet's own"),
+            (vec![], vec!["OpsFleet:skip"], "`opsfleet:` are opsfleet's own"),
+        ] {
+            let err = t.validate(&params(&add, &remove)).expect_err("refused");
+            assert!(err.contains(says), "{err}");
+        }
+        let long_key = "k".repeat(MAX_KEY + 1);
+        assert!(t.validate(&params(&[(&long_key, "v")], &[])).is_err());
+        let long_value = "v".repeat(MAX_VALUE + 1);
+        assert!(t.validate(&params(&[("k", &long_value)], &[])).is_err());
     }
 }
