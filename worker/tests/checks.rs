@@ -124,3 +124,31 @@ async fn a_check_that_comes_after_its_leases_lapsed_goes_on_from_the_recorded_st
         "the job went on under a new fence without starting again: {record:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn work_still_pending_past_the_tasks_deadline_fails_and_lets_go_of_its_lock() {
+    let fleet = Fleet::new(&tasks(&[
+        noop_task("stuck", "pending_checks = 1000, check_after_ms = 600000").with("deadline_mins = 30")
+    ]))
+    .await;
+    let job = fleet.job("stuck", "e", "i-1");
+    fleet.send(&job, "s").await;
+    fleet.run_until_final(std::slice::from_ref(&job), None, Duration::from_secs(3600)).await;
+    let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+    assert_eq!(record.status, Status::Failed, "{record:?}");
+    assert!(
+        (3..=4).contains(&record.checks),
+        "checked every 10 minutes until 30 minutes had passed: {} checks",
+        record.checks
+    );
+    let reason = record.error.clone().unwrap_or_default();
+    assert!(reason.contains("deadline_mins is 30"), "{reason}");
+    let dead = fleet.dead_letters(job.partition);
+    assert!(dead.iter().any(|(_, r)| r.contains("deadline_mins")), "dead-lettered with the reason: {dead:?}");
+    let store = fleet.backend.store("w").await.expect("store");
+    let lock = store
+        .get(&opsfleet_protocol::ports::Key::new(format!("lock#{}", job.resource.key()), "lease"))
+        .await
+        .expect("get");
+    assert!(lock.and_then(|l| l.str("owner").map(str::to_owned)).is_none(), "the lock is released");
+}

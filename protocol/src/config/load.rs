@@ -227,6 +227,9 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
         if task.delay_secs > 12 * 3600 {
             task_problem("delay_secs", format!("{} s is over the 12 hours a message can wait hidden", task.delay_secs));
         }
+        if task.deadline_mins.get() > 7 * 24 * 60 {
+            task_problem("deadline_mins", format!("{} min is over the 7 days a job may stay pending", task.deadline_mins));
+        }
         if let (Some(pattern), Some(pattern_json), Some(lock)) = (pattern, pattern_json, lock) {
             tasks.push(Task {
                 name: task.name.clone(),
@@ -243,6 +246,7 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 retries: task.retries,
                 timeout: std::time::Duration::from_secs(u64::from(task.timeout_secs.get())),
                 delay: std::time::Duration::from_secs(u64::from(task.delay_secs)),
+                deadline: std::time::Duration::from_secs(60 * u64::from(task.deadline_mins.get())),
                 event_fields: event_fields.into_iter().collect(),
                 acts_on: info.as_ref().map(|i| i.targets.clone()).unwrap_or_default(),
                 line,

@@ -85,6 +85,10 @@ pub struct Task {
     /// How long after its event a job may start at the earliest (`delay_secs`), for tags and
     /// volumes that appear a little after a launch.
     pub delay: std::time::Duration,
+    /// How long after its start long-running work may stay pending (`deadline_mins`, 60 by
+    /// default): a check past it ends the job FAILED with the reason and releases its lock and
+    /// slot, whatever the work's state.
+    pub deadline: std::time::Duration,
     /// The event fields the action's param templates read (`{event.FIELD}`), copied into each
     /// job by the router.
     pub event_fields: Vec<String>,

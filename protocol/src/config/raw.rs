@@ -100,6 +100,12 @@ pub(super) struct RawTask {
     pub timeout_secs: std::num::NonZeroU32,
     #[serde(default)]
     pub delay_secs: u32,
+    #[serde(default = "default_deadline")]
+    pub deadline_mins: std::num::NonZeroU32,
+}
+
+fn default_deadline() -> std::num::NonZeroU32 {
+    std::num::NonZeroU32::new(60).unwrap_or(std::num::NonZeroU32::MIN)
 }
 
 fn default_timeout() -> std::num::NonZeroU32 {

@@ -100,7 +100,22 @@ impl Worker {
         }
         let started = tokio::time::Instant::now();
         let ctx = self.context(job, check.attempt, checks);
-        let step = self.guard.run(action.check(ctx, &check.state), &held, &job.id, task.timeout).await;
+        let pending_for = Duration::from_millis(self.clock.now_ms().saturating_sub(check.started_ms));
+        let step = if check.started_ms > 0 && pending_for > task.deadline {
+            // Work that never completes (a start that fell back, a copy whose source failed,
+            // a state the action does not know) must not hold the lock and the slot forever.
+            Guarded::Step(Step::Failed {
+                retryable: false,
+                error: format!(
+                    "not complete {} min after it started (the task's deadline_mins is {}); state: {}",
+                    pending_for.as_secs() / 60,
+                    task.deadline.as_secs() / 60,
+                    one_line(&check.state.to_string()),
+                ),
+            })
+        } else {
+            self.guard.run(action.check(ctx, &check.state), &held, &job.id, task.timeout).await
+        };
         CheckRan { job_id: &job.id, result: step.result() }.emit();
         let s = Subject { job, task, action: action.as_ref() };
         let checking = Checking { n: checks, state: &check.state, token };
@@ -152,4 +167,9 @@ impl Worker {
             _ => Ok(Disposition::Delete),
         }
     }
+}
+
+/// The first 200 characters of a text, for a one-line reason.
+fn one_line(text: &str) -> String {
+    text.chars().take(200).collect()
 }

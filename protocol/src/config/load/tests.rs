@@ -288,3 +288,24 @@ fn a_member_role_needs_an_external_id() {
     let with = format!("{text}external_id = \"e-1\"\n");
     assert!(super::super::Config::parse(&with, None).is_ok(), "with an external id it is valid");
 }
+
+#[test]
+fn a_task_completes_within_an_hour_unless_it_says_otherwise() {
+    let text = r#"
+[fleet]
+name = "f"
+
+[[tasks]]
+name = "copy"
+pattern = { source = ["aws.ec2"] }
+targets = "event"
+action = "noop"
+deadline_mins = 240
+"#;
+    let config = Config::parse(text, None).expect("config");
+    assert_eq!(config.task("copy").expect("task").deadline, std::time::Duration::from_secs(4 * 3600));
+    let default = Config::parse(&text.replace("deadline_mins = 240\n", ""), None).expect("config");
+    assert_eq!(default.task("copy").expect("task").deadline, std::time::Duration::from_secs(3600));
+    let err = Config::parse(&text.replace("240", "20000"), None).expect_err("over a week");
+    assert_eq!(err.problems[0].path, "tasks[0] \"copy\".deadline_mins", "{err}");
+}
