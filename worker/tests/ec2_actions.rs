@@ -1,6 +1,9 @@
-//! The EC2 and SNS actions against the emulator (moto, which `tests/run.sh` starts): each
-//! action's effect, its idempotency (a job run twice makes nothing twice), its verification
-//! (no success before the effect is there), retention, and the opt-out tag.
+//! The EC2 and SNS actions against the emulator (moto, which `tests/run.sh` starts) behind the
+//! EC2 realism layer (eventual consistency, pending snapshots and images, EC2's throttling
+//! buckets, retryable server errors): each action's effect, its idempotency (a job run twice
+//! makes nothing twice), its verification (no success before the effect is there), retention,
+//! and the opt-out tag. Each action runs as the worker runs it: start, checks while pending,
+//! and another attempt after a retryable failure.
 
 mod support;
 
@@ -10,22 +13,21 @@ use opsfleet_backend::aws::AwsAccounts;
 use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::job::JobOrigin;
 use opsfleet_protocol::{Config, Job, Resource, ResourceType};
+use opsfleet_testkit::{Ec2Plan, Ec2Realism};
 use opsfleet_worker::actions::{
-    erased, AmiCreate, EbsSnapshot, InstancePower, Notify, SnapshotCopy, SnapshotRetention, Tag,
+    erased, AmiCreate, AnyAction, EbsSnapshot, InstancePower, Notify, SnapshotCopy, SnapshotRetention, Tag,
 };
 use opsfleet_worker::{ActionContext, Step};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 const ACCOUNT: &str = "123456789012";
 const REGION: &str = "us-east-1";
 
-fn require_emulator() {
-    assert!(
-        std::env::var_os("AWS_ENDPOINT_URL").is_some(),
-        "the action tests need the emulator: run them with tests/run.sh"
-    );
+fn require_emulator() -> String {
+    std::env::var("AWS_ENDPOINT_URL").expect("the action tests need the emulator: run them with tests/run.sh")
 }
 
 fn unique(prefix: &str) -> String {
@@ -33,10 +35,17 @@ fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
 }
 
-async fn accounts() -> Arc<AwsAccounts> {
-    require_emulator();
+/// Clients in the emulator's account through an EC2 realism layer with this plan.
+async fn accounts_with(plan: Ec2Plan) -> (Arc<AwsAccounts>, Ec2Realism) {
+    let layer = Ec2Realism::start(&require_emulator(), plan).await.expect("the EC2 realism layer");
+    let base = layer.sdk_config(&AwsBackend::sdk_config().await);
     let config = Config::parse("[fleet]\nname = \"t\"\n", None).expect("config");
-    Arc::new(AwsAccounts::new(AwsBackend::sdk_config().await, &config.fleet, Ec2Budget::new(config.ec2_budget)))
+    (Arc::new(AwsAccounts::new(base, &config.fleet, Ec2Budget::new(config.ec2_budget))), layer)
+}
+
+/// Clients through EC2 as it behaves on an ordinary day.
+async fn accounts() -> (Arc<AwsAccounts>, Ec2Realism) {
+    accounts_with(Ec2Plan::aws()).await
 }
 
 async fn ec2(aws: &AwsAccounts, region: &str) -> aws_sdk_ec2::Client {
@@ -50,7 +59,42 @@ fn job(task: &str, event: &str, action: &str, params: &Value, kind: ResourceType
 }
 
 fn ctx<'a>(job: &'a Job, aws: &'a AwsAccounts) -> ActionContext<'a> {
-    ActionContext { job, dry_run: false, attempt: 1, check: 0, aws: Some(aws), now_ms: 1_795_631_405_000 }
+    at(job, aws, 1, 0)
+}
+
+fn at<'a>(job: &'a Job, aws: &'a AwsAccounts, attempt: u32, check: u32) -> ActionContext<'a> {
+    ActionContext { job, dry_run: false, attempt, check, aws: Some(aws), now_ms: now_ms() }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Runs a job as the worker does: its start, its checks while pending (quickly: the layer's
+/// windows are seconds), another attempt after a retryable failure (up to 6).
+async fn run(action: &Arc<dyn AnyAction>, job: &Job, aws: &AwsAccounts) -> Step {
+    run_from(action, job, aws, 1).await
+}
+
+async fn run_from(action: &Arc<dyn AnyAction>, job: &Job, aws: &AwsAccounts, first: u32) -> Step {
+    let mut attempt = first;
+    loop {
+        let mut step = action.start(at(job, aws, attempt, 0)).await;
+        let mut checks = 0;
+        while let Step::Pending { state, .. } = &step {
+            assert!(checks < 120, "still pending after {checks} checks: {state}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            checks += 1;
+            step = action.check(at(job, aws, attempt, checks), state).await;
+        }
+        match step {
+            Step::Failed { retryable: true, .. } if attempt < first + 5 => {
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 fn tags(pairs: &[(&str, &str)]) -> Vec<Ec2Tag> {
@@ -103,21 +147,25 @@ fn done(step: &Step) -> &str {
 
 #[tokio::test]
 async fn ebs_snapshot_makes_one_tagged_snapshot_per_job_and_keeps_the_newest_n() {
-    let aws = accounts().await;
+    let (aws, layer) = accounts().await;
     let ec2 = ec2(&aws, REGION).await;
     let vol = volume(&ec2, &[("Name", "orders-data")]).await;
+    layer.settle().await;
     let task = unique("snap");
-    let params = json!({ "retain": 2, "tags": { "Env": "test-{task}" } });
+    let params = json!({ "retain": 2, "tags": { "Env": "test-{task}" }, "check_after_secs": 1 });
     let mut last = None;
     for event in 0..4 {
         let j = job(&task, &format!("e{event}"), "ebs-snapshot", &params, ResourceType::Volume, &vol, REGION);
-        let summary = done(&erased(EbsSnapshot).start(ctx(&j, &aws)).await).to_owned();
+        let summary = done(&run(&erased(EbsSnapshot), &j, &aws).await).to_owned();
         assert!(summary.contains(&vol) && summary.contains("completed"), "{summary}");
         if event == 0 {
             // The same job again (a redelivery): it finds its snapshot and makes no other.
-            done(&erased(EbsSnapshot).start(ctx(&j, &aws)).await);
+            layer.settle().await;
+            done(&run(&erased(EbsSnapshot), &j, &aws).await);
+            layer.settle().await;
             assert_eq!(snapshots(&ec2, "opsfleet:job", &j.id).await.len(), 1, "one snapshot per job");
         }
+        layer.settle().await;
         last = Some(j);
     }
     let last = last.expect("jobs");
@@ -130,27 +178,39 @@ async fn ebs_snapshot_makes_one_tagged_snapshot_per_job_and_keeps_the_newest_n()
     assert_eq!(t.get("opsfleet:source"), Some(&vol));
     assert_eq!(t.get("Name").map(String::as_str), Some("orders-data"), "the volume's tags are copied");
     assert_eq!(t.get("Env"), Some(&format!("test-{task}")), "tag values are templates");
+    assert!(layer.counts().get("pending").copied().unwrap_or(0) > 0, "snapshots were pending: {:?}", layer.counts());
 }
 
 #[tokio::test]
-async fn ebs_snapshot_of_an_instance_takes_each_volume_and_an_opted_out_one_is_skipped() {
-    let aws = accounts().await;
+async fn ebs_snapshot_of_an_instance_takes_its_volumes_as_one_set_and_an_opted_out_one_is_skipped() {
+    let (aws, layer) = accounts().await;
     let ec2 = ec2(&aws, REGION).await;
     let id = instance(&ec2).await;
-    let data = volume(&ec2, &[]).await;
+    let data = volume(&ec2, &[("Name", "data")]).await;
+    layer.settle().await;
     ec2.attach_volume().volume_id(&data).instance_id(&id).device("/dev/sdf").send().await.expect("attach");
     let task = unique("inst");
     let j = job(&task, "e", "ebs-snapshot", &json!({}), ResourceType::Instance, &id, REGION);
-    done(&erased(EbsSnapshot).start(ctx(&j, &aws)).await);
+    done(&run(&erased(EbsSnapshot), &j, &aws).await);
+    layer.settle().await;
     let made = snapshots(&ec2, "opsfleet:job", &j.id).await;
     let mut sources: Vec<String> = made.iter().filter_map(|s| s.volume_id().map(str::to_owned)).collect();
     sources.sort();
     assert_eq!(sources.len(), 2, "one snapshot per attached volume: {made:?}");
-    assert!(sources.contains(&data));
+    let of_data = made.iter().find(|s| s.volume_id() == Some(data.as_str())).expect("the data volume's");
+    assert_eq!(tag_map(of_data.tags()).get("Name").map(String::as_str), Some("data"), "each carries its volume's tags");
+
+    let data_only =
+        job(&task, "e1", "ebs-snapshot", &json!({ "exclude_boot_volume": true }), ResourceType::Instance, &id, REGION);
+    done(&run(&erased(EbsSnapshot), &data_only, &aws).await);
+    layer.settle().await;
+    let made = snapshots(&ec2, "opsfleet:job", &data_only.id).await;
+    assert_eq!(made.iter().filter_map(|s| s.volume_id()).collect::<Vec<_>>(), vec![data.as_str()], "no boot volume");
 
     ec2.create_tags().resources(&id).set_tags(Some(tags(&[("opsfleet:skip", "true")]))).send().await.expect("tag");
+    layer.settle().await;
     let again = job(&task, "e2", "ebs-snapshot", &json!({}), ResourceType::Instance, &id, REGION);
-    match erased(EbsSnapshot).start(ctx(&again, &aws)).await {
+    match run(&erased(EbsSnapshot), &again, &aws).await {
         Step::Skipped { reason } => assert!(reason.contains("opsfleet:skip"), "{reason}"),
         other => panic!("an opted-out instance is skipped, not {other:?}"),
     }
@@ -158,40 +218,173 @@ async fn ebs_snapshot_of_an_instance_takes_each_volume_and_an_opted_out_one_is_s
 }
 
 #[tokio::test]
+async fn a_snapshot_a_describe_does_not_know_yet_is_waited_for_not_failed() {
+    // Three seconds of eventual consistency: the check right after the create does not find
+    // the snapshot by its id.
+    let plan = Ec2Plan { consistency: Duration::from_secs(3), ..Ec2Plan::aws() };
+    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, ..plan }).await;
+    let ec2 = ec2(&aws, REGION).await;
+    let vol = volume(&ec2, &[]).await;
+    layer.settle().await;
+    let j =
+        job(&unique("lag"), "e", "ebs-snapshot", &json!({ "check_after_secs": 1 }), ResourceType::Volume, &vol, REGION);
+    let first = erased(EbsSnapshot).start(ctx(&j, &aws)).await;
+    assert!(matches!(first, Step::Pending { .. }), "not found yet is pending, not {first:?}");
+    assert!(layer.counts().get("not_found").copied().unwrap_or(0) > 0, "{:?}", layer.counts());
+    let Step::Pending { state, .. } = first else { unreachable!() };
+    let mut step = erased(EbsSnapshot).check(at(&j, &aws, 1, 1), &state).await;
+    for n in 2..40 {
+        let Step::Pending { state, .. } = &step else { break };
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        step = erased(EbsSnapshot).check(at(&j, &aws, 1, n), state).await;
+    }
+    assert!(done(&step).contains("completed"));
+}
+
+#[tokio::test]
+async fn a_create_whose_reply_was_lost_is_found_again_not_made_twice() {
+    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, ..Ec2Plan::aws() }).await;
+    let ec2 = ec2(&aws, REGION).await;
+    let vol = volume(&ec2, &[]).await;
+    let id = instance(&ec2).await;
+    layer.settle().await;
+    let task = unique("doubt");
+    let snap = job(&task, "e", "ebs-snapshot", &json!({ "check_after_secs": 1 }), ResourceType::Volume, &vol, REGION);
+    let image = job(&task, "e", "ami-create", &json!({ "check_after_secs": 1 }), ResourceType::Instance, &id, REGION);
+    // Every create is made and its reply lost; then EC2 answers again.
+    layer.change(|p| p.lost_creates = 1.0);
+    for (action, j) in [(erased(EbsSnapshot), &snap), (erased(AmiCreate), &image)] {
+        match action.start(ctx(j, &aws)).await {
+            Step::Failed { retryable: true, error } => assert!(error.contains("in doubt"), "{error}"),
+            other => panic!("a create without an answer is in doubt, not {other:?}"),
+        }
+    }
+    assert_eq!(layer.counts().get("lost_create"), Some(&2), "one create each, not sent again by the SDK");
+    layer.change(|p| p.lost_creates = 0.0);
+    done(&run_from(&erased(EbsSnapshot), &snap, &aws, 2).await);
+    done(&run_from(&erased(AmiCreate), &image, &aws, 2).await);
+    layer.settle().await;
+    assert_eq!(snapshots(&ec2, "opsfleet:job", &snap.id).await.len(), 1, "the lost snapshot was found, not made again");
+    let images = ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter("tag:opsfleet:job", &image.id))
+        .send()
+        .await
+        .expect("images");
+    assert_eq!(images.images().len(), 1, "the lost image was found, not made again");
+}
+
+#[tokio::test]
+async fn an_image_whose_create_lost_its_reply_is_known_by_its_name_though_no_describe_shows_it_yet() {
+    // Longer than the action's own wait before it looks again: only the name gives it away.
+    let plan = Ec2Plan { consistency: Duration::from_secs(12), server_errors: 0.0, ..Ec2Plan::aws() };
+    let (aws, layer) = accounts_with(plan).await;
+    let ec2 = ec2(&aws, REGION).await;
+    let id = instance(&ec2).await;
+    layer.settle().await;
+    let task = unique("named");
+    let params = json!({ "name": "{task}-{id}-{datetime}", "check_after_secs": 1 });
+    let mut j = job(&task, "e", "ami-create", &params, ResourceType::Instance, &id, REGION);
+    j.received_ms = now_ms() - 60_000;
+    layer.change(|p| p.lost_creates = 1.0);
+    assert!(matches!(erased(AmiCreate).start(ctx(&j, &aws)).await, Step::Failed { retryable: true, .. }));
+    layer.change(|p| p.lost_creates = 0.0);
+    match erased(AmiCreate).start(at(&j, &aws, 2, 0)).await {
+        Step::Failed { retryable: true, error } => assert!(error.contains("InvalidAMIName.Duplicate"), "{error}"),
+        other => panic!("the same name again meets its image, which no describe shows yet: {other:?}"),
+    }
+    layer.settle().await;
+    done(&run_from(&erased(AmiCreate), &j, &aws, 3).await);
+    let images =
+        ec2.describe_images().owners("self").filters(filter("tag:opsfleet:job", &j.id)).send().await.expect("images");
+    assert_eq!(images.images().len(), 1, "one image");
+}
+
+#[tokio::test]
 async fn snapshot_copy_copies_once_into_the_destination_and_deletes_the_source_when_asked() {
-    let aws = accounts().await;
+    let (aws, layer) = accounts().await;
     let east = ec2(&aws, REGION).await;
     let west = ec2(&aws, "us-west-2").await;
     let vol = volume(&east, &[]).await;
     let source =
         east.create_snapshot().volume_id(&vol).send().await.expect("snapshot").snapshot_id().expect("id").to_owned();
+    layer.settle().await;
     let task = unique("copy");
     let params = json!({ "destination_region": "us-west-2", "delete_source": true, "tags": { "From": "{region}" } });
     let j = job(&task, "e", "snapshot-copy", &params, ResourceType::Snapshot, &source, REGION);
-    let summary = done(&erased(SnapshotCopy).start(ctx(&j, &aws)).await).to_owned();
+    let summary = done(&run(&erased(SnapshotCopy), &j, &aws).await).to_owned();
     assert!(summary.contains("us-west-2") && summary.contains("source deleted"), "{summary}");
+    layer.settle().await;
     // Run again (a redelivery): no second copy.
-    done(&erased(SnapshotCopy).check(ctx(&j, &aws), &json!({ "copy": null })).await);
+    done(&run(&erased(SnapshotCopy), &j, &aws).await);
+    layer.settle().await;
     let copies = snapshots(&west, "opsfleet:job", &j.id).await;
     assert_eq!(copies.len(), 1, "{copies:?}");
-    assert_eq!(tag_map(copies[0].tags()).get("From").map(String::as_str), Some(REGION));
+    let t = tag_map(copies[0].tags());
+    assert_eq!(t.get("From").map(String::as_str), Some(REGION));
+    assert_eq!(t.get("opsfleet:volume"), Some(&vol), "the copy names its source's volume");
     let gone = east.describe_snapshots().snapshot_ids(&source).send().await;
     assert!(gone.map(|o| o.snapshots().is_empty()).unwrap_or(true), "the source is deleted");
 }
 
 #[tokio::test]
-async fn ami_create_images_once_tags_its_snapshots_and_deregisters_beyond_retain() {
-    let aws = accounts().await;
+async fn snapshot_copy_keeps_the_newest_copies_of_a_volume_and_fails_on_a_source_in_error() {
+    let (aws, layer) = accounts().await;
+    let east = ec2(&aws, REGION).await;
+    let west = ec2(&aws, "us-west-2").await;
+    let vol = volume(&east, &[]).await;
+    layer.settle().await;
+    let task = unique("copies");
+    let params = json!({ "destination_region": "us-west-2", "retain": 2, "check_after_secs": 1 });
+    for n in 0..3 {
+        let source = east
+            .create_snapshot()
+            .volume_id(&vol)
+            .send()
+            .await
+            .expect("snapshot")
+            .snapshot_id()
+            .expect("id")
+            .to_owned();
+        layer.settle().await;
+        let j = job(&task, &format!("e{n}"), "snapshot-copy", &params, ResourceType::Snapshot, &source, REGION);
+        done(&run(&erased(SnapshotCopy), &j, &aws).await);
+        layer.settle().await;
+    }
+    assert_eq!(snapshots(&west, "opsfleet:task", &task).await.len(), 2, "retain = 2 copies of the volume");
+
+    let broken = volume(&east, &[]).await;
+    layer.change(|p| {
+        p.erroring_volumes.insert(broken.clone());
+    });
+    layer.settle().await;
+    let source =
+        east.create_snapshot().volume_id(&broken).send().await.expect("snapshot").snapshot_id().expect("id").to_owned();
+    tokio::time::sleep(layer.plan().pending + Duration::from_millis(200)).await;
+    let j = job(&task, "bad", "snapshot-copy", &params, ResourceType::Snapshot, &source, REGION);
+    match run(&erased(SnapshotCopy), &j, &aws).await {
+        Step::Failed { retryable: false, error } => assert!(error.contains("state error"), "{error}"),
+        other => panic!("a source in error fails, not {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn ami_create_images_once_tags_its_snapshots_as_it_makes_them_and_deregisters_beyond_retain() {
+    let (aws, layer) = accounts().await;
     let ec2 = ec2(&aws, REGION).await;
     let id = instance(&ec2).await;
+    layer.settle().await;
     let task = unique("ami");
-    let params = json!({ "retain": 1, "name": "{task}-{id}-{event.n}" });
+    let params = json!({ "retain": 1, "name": "{task}-{id}-{event.n}", "check_after_secs": 1 });
     let mut images = Vec::new();
     for n in 0..3 {
         let mut j = job(&task, &format!("e{n}"), "ami-create", &params, ResourceType::Instance, &id, REGION);
         j.event_fields.insert("n".into(), n.to_string());
-        done(&erased(AmiCreate).start(ctx(&j, &aws)).await);
-        done(&erased(AmiCreate).start(ctx(&j, &aws)).await);
+        done(&run(&erased(AmiCreate), &j, &aws).await);
+        layer.settle().await;
+        done(&run(&erased(AmiCreate), &j, &aws).await);
+        layer.settle().await;
         let mine = ec2
             .describe_images()
             .owners("self")
@@ -215,10 +408,40 @@ async fn ami_create_images_once_tags_its_snapshots_and_deregisters_beyond_retain
 }
 
 #[tokio::test]
-async fn instance_power_reaches_the_state_asked_for_and_reboots_once_per_job() {
-    let aws = accounts().await;
+async fn ami_create_retention_spares_an_image_shared_with_another_account() {
+    let (aws, layer) = accounts().await;
     let ec2 = ec2(&aws, REGION).await;
     let id = instance(&ec2).await;
+    layer.settle().await;
+    let task = unique("shared");
+    let params = json!({ "retain": 1, "name": "{task}-{event.n}", "check_after_secs": 1 });
+    let mut first = None;
+    for n in 0..2 {
+        let mut j = job(&task, &format!("e{n}"), "ami-create", &params, ResourceType::Instance, &id, REGION);
+        j.event_fields.insert("n".into(), n.to_string());
+        let summary = done(&run(&erased(AmiCreate), &j, &aws).await).to_owned();
+        layer.settle().await;
+        if n == 0 {
+            let image = summary.split_whitespace().nth(1).expect("image id").to_owned();
+            let permission = aws_sdk_ec2::types::LaunchPermission::builder().user_id("210987654321").build();
+            let modification = aws_sdk_ec2::types::LaunchPermissionModifications::builder().add(permission).build();
+            ec2.modify_image_attribute().image_id(&image).launch_permission(modification).send().await.expect("share");
+            first = Some(image);
+        } else {
+            assert!(summary.contains("kept as in use elsewhere") && summary.contains("shared"), "{summary}");
+        }
+    }
+    let first = first.expect("image");
+    let still = ec2.describe_images().image_ids(&first).send().await.expect("describe");
+    assert_eq!(still.images().len(), 1, "a shared image is never deregistered by retention");
+}
+
+#[tokio::test]
+async fn instance_power_reaches_the_state_asked_for_and_reboots_once_per_job() {
+    let (aws, layer) = accounts().await;
+    let ec2 = ec2(&aws, REGION).await;
+    let id = instance(&ec2).await;
+    layer.settle().await;
     let task = unique("power");
     let state = |ec2: aws_sdk_ec2::Client, id: String| async move {
         let out = ec2.describe_instances().instance_ids(id).send().await.expect("describe");
@@ -228,69 +451,197 @@ async fn instance_power_reaches_the_state_asked_for_and_reboots_once_per_job() {
             .map(|n| n.as_str().to_owned())
             .unwrap_or_default()
     };
-    let stop = job(&task, "e1", "instance-power", &json!({ "operation": "stop" }), ResourceType::Instance, &id, REGION);
-    assert_eq!(done(&erased(InstancePower).start(ctx(&stop, &aws)).await), format!("{id} is stopped"));
+    let power = |op: &str| json!({ "operation": op, "check_after_secs": 1 });
+    let stop = job(&task, "e1", "instance-power", &power("stop"), ResourceType::Instance, &id, REGION);
+    assert_eq!(done(&run(&erased(InstancePower), &stop, &aws).await), format!("{id} is stopped"));
     assert_eq!(state(ec2.clone(), id.clone()).await, "stopped");
-    let start =
-        job(&task, "e2", "instance-power", &json!({ "operation": "start" }), ResourceType::Instance, &id, REGION);
-    assert_eq!(done(&erased(InstancePower).start(ctx(&start, &aws)).await), format!("{id} is running"));
-    let reboot =
-        job(&task, "e3", "instance-power", &json!({ "operation": "reboot" }), ResourceType::Instance, &id, REGION);
-    done(&erased(InstancePower).start(ctx(&reboot, &aws)).await);
-    let again = done(&erased(InstancePower).start(ctx(&reboot, &aws)).await).to_owned();
+    let start = job(&task, "e2", "instance-power", &power("start"), ResourceType::Instance, &id, REGION);
+    assert_eq!(done(&run(&erased(InstancePower), &start, &aws).await), format!("{id} is running"));
+    let reboot = job(&task, "e3", "instance-power", &power("reboot"), ResourceType::Instance, &id, REGION);
+    done(&run(&erased(InstancePower), &reboot, &aws).await);
+    layer.settle().await;
+    let again = done(&run(&erased(InstancePower), &reboot, &aws).await).to_owned();
     assert!(again.contains("rebooted by this job before"), "a redelivered reboot does not reboot again: {again}");
 
     // Verification: an effect that cannot be reached is a failure, never a success.
     ec2.terminate_instances().instance_ids(&id).send().await.expect("terminate");
-    let late =
-        job(&task, "e4", "instance-power", &json!({ "operation": "start" }), ResourceType::Instance, &id, REGION);
-    match erased(InstancePower).start(ctx(&late, &aws)).await {
+    let late = job(&task, "e4", "instance-power", &power("start"), ResourceType::Instance, &id, REGION);
+    match run(&erased(InstancePower), &late, &aws).await {
         Step::Failed { retryable: false, error } => assert!(error.contains("terminated"), "{error}"),
         other => panic!("starting a terminated instance must fail, not {other:?}"),
     }
 }
 
 #[tokio::test]
+async fn a_reboot_that_failed_is_tried_again_rather_than_reported_done() {
+    // Every mutating call fails for a moment: the reboot does not go through.
+    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, ..Ec2Plan::aws() }).await;
+    let ec2 = ec2(&aws, REGION).await;
+    let id = instance(&ec2).await;
+    layer.settle().await;
+    let j = job(
+        &unique("reboot"),
+        "e",
+        "instance-power",
+        &json!({ "operation": "reboot" }),
+        ResourceType::Instance,
+        &id,
+        REGION,
+    );
+    layer.change(|p| p.server_errors = 1.0);
+    let first = erased(InstancePower).start(ctx(&j, &aws)).await;
+    assert!(matches!(first, Step::Failed { retryable: true, .. }), "{first:?}");
+    layer.change(|p| p.server_errors = 0.0);
+    layer.settle().await;
+    let second = done(&erased(InstancePower).start(at(&j, &aws, 2, 0)).await).to_owned();
+    assert!(!second.contains("rebooted by this job before"), "the retry reboots: {second}");
+    layer.settle().await;
+    let out = ec2.describe_instances().instance_ids(&id).send().await.expect("describe");
+    let tags = tag_map(out.reservations()[0].instances()[0].tags());
+    assert_eq!(tags.get("opsfleet:rebooted-by"), Some(&j.id), "tagged once the reboot went through");
+}
+
+#[tokio::test]
+async fn a_start_that_falls_back_to_stopped_fails_retryably_and_no_capacity_is_retried() {
+    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, no_capacity: 0.0, ..Ec2Plan::aws() }).await;
+    let ec2 = ec2(&aws, REGION).await;
+    let id = instance(&ec2).await;
+    layer.settle().await;
+    ec2.stop_instances().instance_ids(&id).send().await.expect("stop");
+    let params = json!({ "operation": "start", "check_after_secs": 1 });
+    let j = job(&unique("start"), "e", "instance-power", &params, ResourceType::Instance, &id, REGION);
+    layer.change(|p| {
+        p.no_start.insert(id.clone());
+    });
+    let first = erased(InstancePower).start(ctx(&j, &aws)).await;
+    let Step::Pending { state, .. } = first else { panic!("a start under way is pending, not {first:?}") };
+    match erased(InstancePower).check(at(&j, &aws, 1, 1), &state).await {
+        Step::Failed { retryable: true, error } => assert!(error.contains("fell back to stopped"), "{error}"),
+        other => panic!("a start that fell back fails retryably, not {other:?}"),
+    }
+    layer.change(|p| {
+        p.no_start.clear();
+        p.no_capacity = 1.0;
+    });
+    match erased(InstancePower).start(at(&j, &aws, 2, 0)).await {
+        Step::Failed { retryable: true, error } => assert!(error.contains("InsufficientInstanceCapacity"), "{error}"),
+        other => panic!("no capacity is retried, not {other:?}"),
+    }
+    layer.change(|p| p.no_capacity = 0.0);
+    assert_eq!(done(&run_from(&erased(InstancePower), &j, &aws, 3).await), format!("{id} is running"));
+}
+
+#[tokio::test]
 async fn tag_sets_rendered_tags_removes_others_and_reads_them_back() {
-    let aws = accounts().await;
+    let (aws, layer) = accounts().await;
     let ec2 = ec2(&aws, REGION).await;
     let vol = volume(&ec2, &[("Old", "x"), ("Keep", "y")]).await;
+    layer.settle().await;
     let task = unique("tag");
     let params = json!({ "add": { "Owner": "{task}", "Seen": "{date}" }, "remove": ["Old"] });
-    let j = job(&task, "e", "tag", &params, ResourceType::Volume, &vol, REGION);
-    done(&erased(Tag).start(ctx(&j, &aws)).await);
+    let mut j = job(&task, "e", "tag", &params, ResourceType::Volume, &vol, REGION);
+    j.received_ms = 1_795_631_405_000;
+    done(&run(&erased(Tag), &j, &aws).await);
     let out = ec2.describe_volumes().volume_ids(&vol).send().await.expect("describe");
     let t = tag_map(out.volumes()[0].tags());
     assert_eq!(t.get("Owner"), Some(&task));
-    assert_eq!(t.get("Seen").map(String::as_str), Some("2026-11-25"));
+    assert_eq!(t.get("Seen").map(String::as_str), Some("2026-11-25"), "{{date}} is the job's event time");
     assert_eq!(t.get("Keep").map(String::as_str), Some("y"));
     assert!(!t.contains_key("Old"));
 }
 
 #[tokio::test]
 async fn snapshot_retention_deletes_only_what_opsfleet_made_beyond_keep() {
-    let aws = accounts().await;
+    let (aws, layer) = accounts().await;
     let ec2 = ec2(&aws, REGION).await;
     let vol = volume(&ec2, &[]).await;
     let theirs =
         ec2.create_snapshot().volume_id(&vol).send().await.expect("snapshot").snapshot_id().expect("id").to_owned();
+    layer.settle().await;
     let task = unique("made");
     for n in 0..4 {
-        let j = job(&task, &format!("e{n}"), "ebs-snapshot", &json!({}), ResourceType::Volume, &vol, REGION);
-        done(&erased(EbsSnapshot).start(ctx(&j, &aws)).await);
+        let j = job(
+            &task,
+            &format!("e{n}"),
+            "ebs-snapshot",
+            &json!({ "check_after_secs": 1 }),
+            ResourceType::Volume,
+            &vol,
+            REGION,
+        );
+        done(&run(&erased(EbsSnapshot), &j, &aws).await);
+        layer.settle().await;
     }
     let retention =
         job(&unique("ret"), "e", "snapshot-retention", &json!({ "keep": 1 }), ResourceType::Volume, &vol, REGION);
-    let summary = done(&erased(SnapshotRetention).start(ctx(&retention, &aws)).await).to_owned();
+    let summary = done(&run(&erased(SnapshotRetention), &retention, &aws).await).to_owned();
     assert!(summary.contains("3 snapshots deleted, 1 kept"), "{summary}");
+    layer.settle().await;
     assert_eq!(snapshots(&ec2, "opsfleet:task", &task).await.len(), 1);
     let still = ec2.describe_snapshots().snapshot_ids(&theirs).send().await.expect("theirs");
     assert_eq!(still.snapshots().len(), 1, "a snapshot opsfleet did not make is never deleted");
 }
 
 #[tokio::test]
+async fn snapshot_retention_leaves_the_snapshots_behind_images_and_other_tasks_alone() {
+    let (aws, layer) = accounts().await;
+    let ec2 = ec2(&aws, REGION).await;
+    let id = instance(&ec2).await;
+    layer.settle().await;
+    let root = {
+        let out = ec2.describe_instances().instance_ids(&id).send().await.expect("describe");
+        let instance = out.reservations()[0].instances()[0].clone();
+        instance.block_device_mappings()[0].ebs().and_then(|e| e.volume_id()).expect("root volume").to_owned()
+    };
+    let (ami_task, backups, other) = (unique("images"), unique("backups"), unique("other"));
+    for n in 0..2 {
+        let mut j = job(
+            &ami_task,
+            &format!("a{n}"),
+            "ami-create",
+            &json!({ "name": "{task}-{event.n}", "check_after_secs": 1 }),
+            ResourceType::Instance,
+            &id,
+            REGION,
+        );
+        j.event_fields.insert("n".into(), n.to_string());
+        done(&run(&erased(AmiCreate), &j, &aws).await);
+        for (task, e) in [(&backups, "b"), (&other, "o")] {
+            let j = job(
+                task,
+                &format!("{e}{n}"),
+                "ebs-snapshot",
+                &json!({ "check_after_secs": 1 }),
+                ResourceType::Volume,
+                &root,
+                REGION,
+            );
+            done(&run(&erased(EbsSnapshot), &j, &aws).await);
+        }
+        layer.settle().await;
+    }
+    let params = json!({ "keep": 1, "tasks": [backups] });
+    let retention = job(&unique("ret"), "e", "snapshot-retention", &params, ResourceType::Volume, &root, REGION);
+    let summary = done(&run(&erased(SnapshotRetention), &retention, &aws).await).to_owned();
+    assert!(summary.contains("1 snapshots deleted"), "{summary}");
+    layer.settle().await;
+    assert_eq!(snapshots(&ec2, "opsfleet:task", &backups).await.len(), 1, "the task named keeps its newest");
+    assert_eq!(snapshots(&ec2, "opsfleet:task", &other).await.len(), 2, "another task's are not touched");
+    assert_eq!(snapshots(&ec2, "opsfleet:task", &ami_task).await.len(), 2, "the images' snapshots are not touched");
+
+    // Any task's (no `tasks`): still never an image's, and each task keeps its newest.
+    let all =
+        job(&unique("ret"), "e", "snapshot-retention", &json!({ "keep": 1 }), ResourceType::Volume, &root, REGION);
+    let summary = done(&run(&erased(SnapshotRetention), &all, &aws).await).to_owned();
+    assert!(summary.contains("1 snapshots deleted"), "{summary}");
+    layer.settle().await;
+    assert_eq!(snapshots(&ec2, "opsfleet:task", &other).await.len(), 1);
+    assert_eq!(snapshots(&ec2, "opsfleet:task", &ami_task).await.len(), 2);
+}
+
+#[tokio::test]
 async fn notify_publishes_a_summary_of_the_event_the_job_and_the_resource() {
-    let aws = accounts().await;
+    let (aws, _layer) = accounts().await;
     let backend = AwsBackend::from_env().await;
     let sns = aws.sns(ACCOUNT, REGION).await.expect("sns");
     let name = unique("page");
@@ -317,7 +668,7 @@ async fn notify_publishes_a_summary_of_the_event_the_job_and_the_resource() {
         "i-0123456789abcdef0",
         REGION,
     );
-    assert!(done(&erased(Notify).start(ctx(&j, &aws)).await).starts_with("published"));
+    assert!(done(&run(&erased(Notify), &j, &aws).await).starts_with("published"));
     let got = backend.sqs().receive_message().queue_url(&queue).wait_time_seconds(2).send().await.expect("receive");
     let body: Value = serde_json::from_str(got.messages()[0].body().expect("body")).expect("SNS envelope");
     assert_eq!(body["Subject"], "on i-0123456789abcdef0");
@@ -329,7 +680,7 @@ async fn notify_publishes_a_summary_of_the_event_the_job_and_the_resource() {
 
 #[tokio::test]
 async fn cross_region_copies_run_one_at_a_time_under_a_limit_of_one() {
-    let aws = accounts().await;
+    let (aws, layer) = accounts().await;
     let east = ec2(&aws, REGION).await;
     let fleet = support::Fleet::with(
         r#"
@@ -351,7 +702,7 @@ name = "copy"
 pattern = { source = ["x"] }
 targets = "event"
 action = "snapshot-copy"
-params = { destination_region = "eu-west-1" }
+params = { destination_region = "eu-west-1", check_after_secs = 1 }
 "#,
     )
     .await;
@@ -378,6 +729,7 @@ params = { destination_region = "eu-west-1" }
             REGION,
         );
         j.partition = opsfleet_protocol::job::partition_of(&j.resource.key(), 2);
+        layer.settle().await;
         fleet.send(&j, &j.id).await;
         jobs.push(j);
     }
@@ -395,6 +747,7 @@ params = { destination_region = "eu-west-1" }
     }
     assert_eq!(support::peak_overlap(&intervals), 1, "one copy at a time: {intervals:?}");
     let west = ec2(&aws, "eu-west-1").await;
+    layer.settle().await;
     for j in &jobs {
         assert_eq!(snapshots(&west, "opsfleet:job", &j.id).await.len(), 1);
     }

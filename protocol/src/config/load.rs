@@ -228,7 +228,10 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
             task_problem("delay_secs", format!("{} s is over the 12 hours a message can wait hidden", task.delay_secs));
         }
         if task.deadline_mins.get() > 7 * 24 * 60 {
-            task_problem("deadline_mins", format!("{} min is over the 7 days a job may stay pending", task.deadline_mins));
+            task_problem(
+                "deadline_mins",
+                format!("{} min is over the 7 days a job may stay pending", task.deadline_mins),
+            );
         }
         if let (Some(pattern), Some(pattern_json), Some(lock)) = (pattern, pattern_json, lock) {
             tasks.push(Task {

@@ -24,9 +24,13 @@
 //! account of a call is learned from the `AssumeRole` answers that pass through (the access
 //! key it handed out); other keys are the emulator's default account.
 //!
-//! `InvalidSnapshot.InUse` for a snapshot behind a registered image is the emulator's own.
+//! It also fills in what EC2 does and the emulator does not: snapshot tags in `CreateImage`'s
+//! tag specifications, `DeleteAssociatedSnapshots` on `DeregisterImage`, `CopyTagsFromSource`
+//! on `CreateSnapshots`. `InvalidSnapshot.InUse` for a snapshot behind a registered image is
+//! the emulator's own.
 
 mod buckets;
+mod fills;
 mod request;
 mod xml;
 
@@ -172,6 +176,14 @@ impl Ec2Realism {
         Ok(Ec2Realism { url: format!("http://{addr}"), shared, task })
     }
 
+    /// `base` with every service's endpoint at the layer (the environment's per-service
+    /// endpoints, which would otherwise win over the config's, are left out).
+    pub fn sdk_config(&self, base: &aws_types::SdkConfig) -> aws_types::SdkConfig {
+        let mut builder = base.to_builder();
+        builder.set_service_config(None::<NoServiceConfig>);
+        builder.endpoint_url(&self.url).build()
+    }
+
     /// Changes what the layer does from now on.
     pub fn set(&self, plan: Ec2Plan) {
         *lock(&self.shared.plan) = plan;
@@ -265,9 +277,21 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
     }
 
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut forward = Request::builder().method(parts.method.clone()).uri(format!("{}{path}", shared.upstream));
+    let direct = Direct { shared, headers: &parts.headers, url: format!("{}{path}", shared.upstream) };
+    let (changed, later) =
+        if request.service == "ec2" { fills::before(&request, &direct).await } else { (None, fills::After::default()) };
+    if let Some((code, message)) = &later.refused {
+        return Ok(ec2_error(StatusCode::BAD_REQUEST, code, message));
+    }
+    let body = match changed {
+        Some(params) => Bytes::from(form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish()),
+        None => body,
+    };
+    let mut forward = Request::builder().method(parts.method.clone()).uri(&direct.url);
     for (name, value) in &parts.headers {
-        forward = forward.header(name, value);
+        if name != hyper::header::CONTENT_LENGTH {
+            forward = forward.header(name, value);
+        }
     }
     let forward = forward.body(Full::new(body)).map_err(|_| Broken)?;
     let upstream = shared.client.request(forward).await.map_err(|_| Broken)?;
@@ -286,6 +310,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
         return Ok(Response::from_parts(head, Full::new(Bytes::from(text))));
     }
 
+    fills::after(later, &text, &direct).await;
     let now = Instant::now();
     if let Some((_, element)) = CREATES.iter().find(|(a, _)| *a == action) {
         let made = match action.as_str() {
@@ -328,11 +353,8 @@ fn before(
     count: &impl Fn(&'static str),
 ) -> Option<Response<Full<Bytes>>> {
     let action = request.action();
-    let account = lock(&shared.seen)
-        .accounts
-        .get(&request.access_key)
-        .cloned()
-        .unwrap_or_else(|| DEFAULT_ACCOUNT.to_owned());
+    let account =
+        lock(&shared.seen).accounts.get(&request.access_key).cloned().unwrap_or_else(|| DEFAULT_ACCOUNT.to_owned());
     if let Some(place) = plan.failing.iter().find(|p| p.account == account && p.region == request.region) {
         count("failing_place");
         let message = format!("{} in account {account} is refused in {}", action, request.region);
@@ -424,10 +446,10 @@ fn after_describe(
         if element == "snapshotId" {
             if young(&seen.created, own, plan.pending) {
                 count("pending");
-                return Some(item.replace("<status>completed</status>", "<status>pending</status>").replace(
-                    "<progress>100%</progress>",
-                    "<progress>42%</progress>",
-                ));
+                return Some(
+                    item.replace("<status>completed</status>", "<status>pending</status>")
+                        .replace("<progress>100%</progress>", "<progress>42%</progress>"),
+                );
             }
             let volume = xml::text(item, "volumeId").unwrap_or_default();
             if seen.created.contains_key(own) && plan.erroring_volumes.contains(volume) {
@@ -445,4 +467,40 @@ fn after_describe(
 
 fn id_param(action: &str) -> &'static str {
     DESCRIBES.iter().find(|(a, ..)| *a == action).map_or("", |d| d.3)
+}
+
+/// Calls to the emulator on behalf of the call being served, with its headers.
+struct Direct<'a> {
+    shared: &'a Shared,
+    headers: &'a hyper::HeaderMap,
+    url: String,
+}
+
+impl fills::Upstream for Direct<'_> {
+    async fn call(&self, params: &[(&str, &str)]) -> Option<String> {
+        let mut all: Vec<(&str, &str)> = params.to_vec();
+        all.push(("Version", "2016-11-15"));
+        let body = form_urlencoded::Serializer::new(String::new()).extend_pairs(&all).finish();
+        let mut request = Request::builder().method(hyper::Method::POST).uri(&self.url);
+        for (name, value) in self.headers {
+            if name != hyper::header::CONTENT_LENGTH {
+                request = request.header(name, value);
+            }
+        }
+        let request = request.body(Full::new(Bytes::from(body))).ok()?;
+        let answer = self.shared.client.request(request).await.ok()?;
+        let ok = answer.status().is_success();
+        let body = answer.into_body().collect().await.ok()?.to_bytes();
+        ok.then(|| String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+/// No per-service settings from the environment.
+#[derive(Debug)]
+struct NoServiceConfig;
+
+impl aws_types::service_config::LoadServiceConfig for NoServiceConfig {
+    fn load_config(&self, _key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        None
+    }
 }

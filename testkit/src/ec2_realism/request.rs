@@ -44,7 +44,9 @@ impl QueryRequest {
         let prefix = format!("{name}.");
         self.params
             .iter()
-            .filter(|(k, _)| *k == name || k.strip_prefix(&prefix).is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())))
+            .filter(|(k, _)| {
+                *k == name || k.strip_prefix(&prefix).is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+            })
             .map(|(_, v)| v.clone())
             .collect()
     }
@@ -68,7 +70,8 @@ mod tests {
     #[test]
     fn reads_the_scope_and_list_parameters() {
         let auth = "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20261204/eu-west-1/ec2/aws4_request, SignedHeaders=host";
-        let r = QueryRequest::parse(auth, b"Action=DescribeSnapshots&SnapshotId.1=snap-1&SnapshotId.2=snap-2&Owner.1=self");
+        let r =
+            QueryRequest::parse(auth, b"Action=DescribeSnapshots&SnapshotId.1=snap-1&SnapshotId.2=snap-2&Owner.1=self");
         assert_eq!((r.service.as_str(), r.region.as_str(), r.access_key.as_str()), ("ec2", "eu-west-1", "AKIDEXAMPLE"));
         assert_eq!(r.action(), "DescribeSnapshots");
         assert_eq!(r.list("SnapshotId"), vec!["snap-1", "snap-2"]);

@@ -2,9 +2,20 @@
 //! `available`, then older AMIs this task made of the instance are deregistered beyond
 //! `retain`, with their snapshots.
 //!
-//! Idempotent by job: before creating, it looks for an image tagged with the job's id.
+//! The image and its snapshots are tagged as they are made (`CreateImage` tag specifications):
+//! the role never needs to tag an existing snapshot.
+//!
+//! Idempotent by job: before creating, it looks for an image tagged with the job's id (again
+//! after EC2's consistency window on a later attempt). Its name renders from the job's event
+//! time, so a create that lost its reply meets `InvalidAMIName.Duplicate` on the next attempt
+//! and adopts the image when it carries the job's tag. Retention never deregisters an image
+//! that is public, shared with other accounts or protected from deregistration, and
+//! deregisters with `DeleteAssociatedSnapshots`, so no snapshot is left behind.
 
-use super::ec2::{failed, filter, made_tags, not_found, opted_out, spec, JOB_TAG, SOURCE_TAG, TASK_TAG};
+use super::ec2::{
+    create_failed, failed, filter, look_before_making, made_tags, not_found, not_visible, opted_out, sent_once, spec,
+    JOB_TAG, SOURCE_TAG, TASK_TAG,
+};
 use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{Image, ImageState, ResourceType as Ec2Type};
@@ -52,6 +63,9 @@ pub struct Imaging {
     /// The image.
     #[serde(default)]
     pub image: String,
+    /// When it was made, Unix ms (0 in states written before it was recorded).
+    #[serde(default)]
+    pub made_ms: u64,
 }
 
 /// The `ami-create` action.
@@ -76,8 +90,11 @@ async fn images(ec2: &Client, filters: &[(&str, &str)]) -> Result<Vec<Image>, St
     for (name, value) in filters {
         request = request.filters(filter(name, value));
     }
-    let out = request.send().await.map_err(|e| failed("DescribeImages", &e))?;
-    let mut images = out.images().to_vec();
+    let mut pages = request.into_paginator().send();
+    let mut images = Vec::new();
+    while let Some(page) = pages.next().await {
+        images.extend(page.map_err(|e| failed("DescribeImages", &e))?.images().iter().cloned());
+    }
     images.sort_by(|a, b| b.creation_date().cmp(&a.creation_date()));
     Ok(images)
 }
@@ -121,10 +138,10 @@ impl Action for AmiCreate {
         let mut out = vec![
             allow(&["ec2:DescribeInstances", "ec2:DescribeImages"], &["*"]),
             allow(&["ec2:CreateImage"], &[INSTANCES, IMAGES, SNAPSHOTS]),
-            allow_if(&["ec2:CreateTags"], &[IMAGES], on_create(&["CreateImage"])),
-            allow_if(&["ec2:CreateTags"], &[SNAPSHOTS], tagged_by_opsfleet()),
+            allow_if(&["ec2:CreateTags"], &[IMAGES, SNAPSHOTS], on_create(&["CreateImage"])),
         ];
         if p.retain.is_some() {
+            out.push(allow(&["ec2:DescribeImageAttribute"], &["*"]));
             out.push(allow_if(&["ec2:DeregisterImage"], &[IMAGES], made_by_opsfleet()));
             out.push(allow_if(&["ec2:DeleteSnapshot"], &[SNAPSHOTS], made_by_opsfleet()));
         }
@@ -151,29 +168,17 @@ impl Action for AmiCreate {
         if let Some(skip) = opted_out(id, instance.tags()) {
             return skip;
         }
-        let existing = match images(&ec2, &[(&format!("tag:{JOB_TAG}"), &ctx.job.id)]).await {
-            Ok(found) => found.first().and_then(|i| i.image_id()).map(str::to_owned),
-            Err(step) => return step,
+        let job_tag = format!("tag:{JOB_TAG}");
+        let look = || async {
+            let found = images(&ec2, &[(&job_tag, &ctx.job.id)]).await?;
+            Ok(found.first().and_then(|i| i.image_id()).map(str::to_owned))
         };
-        let image = match existing {
+        let image = match or_step!(look_before_making(&ctx, look).await) {
             Some(image) => image,
-            None => {
-                let tags = made_tags(&ctx, id, &[], &p.tags);
-                let created = ec2
-                    .create_image()
-                    .instance_id(id)
-                    .name(image_name(&ctx.render(&p.name)))
-                    .no_reboot(p.no_reboot)
-                    .tag_specifications(spec(Ec2Type::Image, &tags))
-                    .send()
-                    .await;
-                match created {
-                    Ok(out) => out.image_id().unwrap_or_default().to_owned(),
-                    Err(e) => return failed("CreateImage", &e),
-                }
-            }
+            None => or_step!(make(&ec2, &ctx, p).await),
         };
-        self.check(ctx, p, Imaging { image }).await.checked_after(Duration::from_secs(p.check_after_secs))
+        let state = Imaging { image, made_ms: ctx.now_ms };
+        self.check(ctx, p, state).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
     async fn check(&self, ctx: ActionContext<'_>, p: &AmiCreateParams, state: Imaging) -> Step {
@@ -181,68 +186,133 @@ impl Action for AmiCreate {
         let image = state.image.as_str();
         let described = match ec2.describe_images().image_ids(image).send().await {
             Ok(out) => out.images().first().cloned(),
+            // Right after its create, a describe by id may not know the image yet.
             Err(e) if not_found(&e) => None,
             Err(e) => return failed("DescribeImages", &e),
         };
         let found = described.as_ref().and_then(|i| i.state().cloned());
+        let pending = || Step::pending(Duration::from_secs(p.check_after_secs), &state);
         match found {
             Some(ImageState::Available) => {}
             Some(ImageState::Failed | ImageState::Error | ImageState::Invalid | ImageState::Deregistered) => {
                 return Step::Failed { retryable: false, error: format!("image {image} ended in state {:?}", found) }
             }
-            Some(_) => return Step::pending(Duration::from_secs(p.check_after_secs), &state),
-            None => return Step::Failed { retryable: true, error: format!("image {image} is not found (yet)") },
-        }
-        // The image's snapshots carry the job's tags too (tagged here rather than at creation,
-        // where not every EC2 endpoint takes snapshot tags), so retention may delete them.
-        let snapshots: Vec<String> = described
-            .iter()
-            .flat_map(|i| i.block_device_mappings())
-            .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
-            .map(str::to_owned)
-            .collect();
-        if !snapshots.is_empty() {
-            let tags = made_tags(&ctx, &ctx.job.resource.id, &[], &p.tags);
-            if let Err(e) = ec2.create_tags().set_resources(Some(snapshots)).set_tags(Some(tags)).send().await {
-                return failed("CreateTags", &e);
-            }
+            Some(_) => return pending(),
+            None => return not_visible("image", image, state.made_ms, &ctx, pending()),
         }
         let mut deregistered = 0;
+        let mut spared = Vec::new();
         if let Some(keep) = p.retain {
-            let made = match images(
-                &ec2,
-                &[(&format!("tag:{TASK_TAG}"), &ctx.job.task), (&format!("tag:{SOURCE_TAG}"), &ctx.job.resource.id)],
-            )
-            .await
-            {
-                Ok(made) => made,
-                Err(step) => return step,
-            };
+            let made = or_step!(
+                images(
+                    &ec2,
+                    &[
+                        (&format!("tag:{TASK_TAG}"), &ctx.job.task),
+                        (&format!("tag:{SOURCE_TAG}"), &ctx.job.resource.id)
+                    ],
+                )
+                .await
+            );
             // The image just made is one of those kept, whatever the clock says of the others.
             let older =
                 made.iter().filter(|i| i.state() == Some(&ImageState::Available) && i.image_id() != Some(image));
             for old in older.skip(keep.saturating_sub(1) as usize) {
                 let old_id = old.image_id().unwrap_or_default();
-                match ec2.deregister_image().image_id(old_id).send().await {
+                if let Some(why) = or_step!(in_use_elsewhere(&ec2, old).await) {
+                    spared.push(format!("{old_id} ({why})"));
+                    continue;
+                }
+                match ec2.deregister_image().image_id(old_id).delete_associated_snapshots(true).send().await {
                     Ok(_) => deregistered += 1,
                     Err(e) if not_found(&e) => {}
                     Err(e) => return failed("DeregisterImage", &e),
                 }
-                for snapshot in old.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()))
-                {
-                    match ec2.delete_snapshot().snapshot_id(snapshot).send().await {
-                        Ok(_) => {}
-                        Err(e) if not_found(&e) => {}
-                        Err(e) => return failed("DeleteSnapshot", &e),
-                    }
-                }
             }
         }
+        let spared = if spared.is_empty() {
+            String::new()
+        } else {
+            format!("; kept as in use elsewhere: {}", spared.join(", "))
+        };
         Step::Done {
             summary: match p.retain {
-                Some(keep) => format!("image {image} available; {deregistered} older deregistered, newest {keep} kept"),
+                Some(keep) => {
+                    format!("image {image} available; {deregistered} older deregistered, newest {keep} kept{spared}")
+                }
                 None => format!("image {image} available"),
             },
         }
+    }
+}
+
+/// Makes the image, tagging it and its snapshots as they are made. A name taken by an image
+/// carrying this job's tag (a create whose reply was lost) is that image.
+async fn make(ec2: &Client, ctx: &ActionContext<'_>, p: &AmiCreateParams) -> Result<String, Step> {
+    let id = &ctx.job.resource.id;
+    let name = image_name(&ctx.render(&p.name));
+    let tags = made_tags(ctx, id, &[], &p.tags);
+    let created = ec2
+        .create_image()
+        .instance_id(id)
+        .name(&name)
+        .no_reboot(p.no_reboot)
+        .tag_specifications(spec(Ec2Type::Image, &tags))
+        .tag_specifications(spec(Ec2Type::Snapshot, &tags))
+        .customize()
+        .config_override(sent_once())
+        .send()
+        .await;
+    match created {
+        Ok(out) => Ok(out.image_id().unwrap_or_default().to_owned()),
+        Err(e) if e.as_service_error().and_then(|s| s.meta().code()) == Some("InvalidAMIName.Duplicate") => {
+            let named = images(ec2, &[("name", &name)]).await?;
+            let mine = named
+                .iter()
+                .find(|i| i.tags().iter().any(|t| t.key() == Some(JOB_TAG) && t.value() == Some(ctx.job.id.as_str())));
+            match mine {
+                Some(image) => Ok(image.image_id().unwrap_or_default().to_owned()),
+                // The name is taken and no describe shows the image yet: this job's own, made
+                // moments ago, or another's; the next attempt finds out.
+                None if named.is_empty() => Err(Step::Failed {
+                    retryable: true,
+                    error: format!(
+                        "CreateImage: InvalidAMIName.Duplicate: an image named `{name}` exists that no \
+                                    describe shows yet"
+                    ),
+                }),
+                None => Err(Step::Failed {
+                    retryable: false,
+                    error: format!(
+                        "an image named `{name}` exists and was not made by this job; give `name` a \
+                                    placeholder that differs per job, such as {{datetime}}"
+                    ),
+                }),
+            }
+        }
+        Err(e) => Err(create_failed("CreateImage", &e)),
+    }
+}
+
+/// Why an image must not be deregistered though retention would: public, shared with other
+/// accounts, or protected from deregistration.
+async fn in_use_elsewhere(ec2: &Client, image: &Image) -> Result<Option<&'static str>, Step> {
+    if image.public() == Some(true) {
+        return Ok(Some("public"));
+    }
+    if image.deregistration_protection().is_some_and(|p| p.starts_with("enabled")) {
+        return Ok(Some("deregistration protection"));
+    }
+    let id = image.image_id().unwrap_or_default();
+    let attribute = ec2
+        .describe_image_attribute()
+        .image_id(id)
+        .attribute(aws_sdk_ec2::types::ImageAttributeName::LaunchPermission)
+        .send()
+        .await;
+    match attribute {
+        Ok(out) if !out.launch_permissions().is_empty() => Ok(Some("shared")),
+        Ok(_) => Ok(None),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(failed("DescribeImageAttribute", &e)),
     }
 }

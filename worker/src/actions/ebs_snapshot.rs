@@ -2,13 +2,23 @@
 //! when every snapshot is `completed`, then older snapshots this task made of each volume are
 //! deleted beyond `retain`.
 //!
-//! Idempotent by job: before creating, it looks for a snapshot of the volume tagged with the
-//! job's id, so a redelivered job makes no second snapshot.
+//! An instance's volumes are snapshotted together with `CreateSnapshots`: one crash-consistent
+//! set, each snapshot carrying its volume's tags.
+//!
+//! Idempotent by job: before creating, it looks for snapshots tagged with the job's id (again
+//! after EC2's consistency window on a later attempt), so a redelivered job or one whose
+//! create lost its reply makes no second set. A snapshot not found right after its create is
+//! waited for, not failed.
 
-use super::ec2::{failed, filter, made_tags, opted_out, spec, JOB_TAG, TASK_TAG};
+use super::ec2::{
+    create_failed, failed, filter, look_before_making, made_tags, not_visible, opted_out, sent_once, spec, JOB_TAG,
+    TASK_TAG,
+};
 use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
-use aws_sdk_ec2::types::{ResourceType as Ec2Type, Snapshot, SnapshotState, Tag};
+use aws_sdk_ec2::types::{
+    CopyTagsFromSource, InstanceSpecification, ResourceType as Ec2Type, Snapshot, SnapshotState, Tag,
+};
 use aws_sdk_ec2::Client;
 use opsfleet_protocol::ResourceType;
 use schemars::JsonSchema;
@@ -37,6 +47,9 @@ pub struct EbsSnapshotParams {
     /// Seconds until the first completion check.
     #[serde(default = "default_check_after_secs")]
     pub check_after_secs: u64,
+    /// Of an instance: leave its boot volume out.
+    #[serde(default)]
+    pub exclude_boot_volume: bool,
 }
 
 /// The snapshots a pending `ebs-snapshot` waits for.
@@ -45,6 +58,9 @@ pub struct Snapshots {
     /// One per volume.
     #[serde(default)]
     pub snapshots: Vec<Made>,
+    /// When they were made, Unix ms (0 in states written before it was recorded).
+    #[serde(default)]
+    pub made_ms: u64,
 }
 
 /// A snapshot made of a volume.
@@ -67,10 +83,15 @@ fn yes() -> bool {
 /// The `ebs-snapshot` action.
 pub struct EbsSnapshot;
 
-/// The volumes to snapshot with their tags: the job's volume, or an instance's volumes.
-async fn volumes(ec2: &Client, ctx: &ActionContext<'_>) -> Result<Vec<(String, Vec<Tag>)>, Step> {
+/// What to snapshot: a volume with its tags, or an instance with the volumes to leave out.
+enum Source {
+    Volume(String, Vec<Tag>),
+    Instance { id: String, opted_out: Vec<String> },
+}
+
+/// What the job snapshots; an opted-out or volume-less resource is skipped.
+async fn source(ec2: &Client, ctx: &ActionContext<'_>) -> Result<Source, Step> {
     let id = &ctx.job.resource.id;
-    let mut ids = Vec::new();
     if ctx.job.resource.kind == ResourceType::Instance {
         let out =
             ec2.describe_instances().instance_ids(id).send().await.map_err(|e| failed("DescribeInstances", &e))?;
@@ -83,65 +104,85 @@ async fn volumes(ec2: &Client, ctx: &ActionContext<'_>) -> Result<Vec<(String, V
         if let Some(skip) = opted_out(id, instance.tags()) {
             return Err(skip);
         }
-        ids.extend(
-            instance
-                .block_device_mappings()
-                .iter()
-                .filter_map(|m| m.ebs().and_then(|e| e.volume_id()))
-                .map(str::to_owned),
-        );
+        let ids: Vec<String> = instance
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| m.ebs().and_then(|e| e.volume_id()))
+            .map(str::to_owned)
+            .collect();
         if ids.is_empty() {
             return Err(Step::Skipped { reason: format!("instance {id} has no EBS volume") });
         }
-    } else {
-        ids.push(id.clone());
+        let out = ec2
+            .describe_volumes()
+            .set_volume_ids(Some(ids.clone()))
+            .send()
+            .await
+            .map_err(|e| failed("DescribeVolumes", &e))?;
+        let opted_out: Vec<String> = out
+            .volumes()
+            .iter()
+            .filter(|v| opted_out("", v.tags()).is_some())
+            .filter_map(|v| v.volume_id().map(str::to_owned))
+            .collect();
+        if opted_out.len() == ids.len() {
+            return Err(Step::Skipped { reason: format!("every volume of {id} is tagged opsfleet:skip = true") });
+        }
+        return Ok(Source::Instance { id: id.clone(), opted_out });
     }
-    let out = ec2
-        .describe_volumes()
-        .set_volume_ids(Some(ids.clone()))
-        .send()
-        .await
-        .map_err(|e| failed("DescribeVolumes", &e))?;
+    let out = ec2.describe_volumes().volume_ids(id).send().await.map_err(|e| failed("DescribeVolumes", &e))?;
+    let volume = out
+        .volumes()
+        .first()
+        .ok_or_else(|| Step::Failed { retryable: false, error: format!("volume {id} does not exist") })?;
+    if let Some(skip) = opted_out(id, volume.tags()) {
+        return Err(skip);
+    }
+    Ok(Source::Volume(id.clone(), volume.tags().to_vec()))
+}
+
+/// The snapshots this account owns matching the filters (every page), newest first.
+async fn snapshots(ec2: &Client, filters: &[(&str, &str)]) -> Result<Vec<Snapshot>, Step> {
+    let mut request = ec2.describe_snapshots().owner_ids("self");
+    for (name, value) in filters {
+        request = request.filters(filter(name, value));
+    }
+    let mut pages = request.into_paginator().send();
     let mut found = Vec::new();
-    for volume in out.volumes() {
-        let vid = volume.volume_id().unwrap_or_default().to_owned();
-        if opted_out(&vid, volume.tags()).is_none() {
-            found.push((vid, volume.tags().to_vec()));
-        }
+    while let Some(page) = pages.next().await {
+        found.extend(page.map_err(|e| failed("DescribeSnapshots", &e))?.snapshots().iter().cloned());
     }
-    if found.is_empty() {
-        if let Some(skip) = out.volumes().first().and_then(|v| opted_out(v.volume_id().unwrap_or_default(), v.tags())) {
-            return Err(skip);
-        }
-        return Err(Step::Failed { retryable: false, error: format!("volume {} does not exist", ids.join(", ")) });
-    }
+    found.sort_by(|a, b| b.start_time().map(|t| t.secs()).cmp(&a.start_time().map(|t| t.secs())));
     Ok(found)
 }
 
-/// The snapshots of a volume tagged with a key and value, newest first.
-async fn snapshots_of(ec2: &Client, volume: &str, key: &str, value: &str) -> Result<Vec<Snapshot>, Step> {
-    let out = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(filter("volume-id", volume))
-        .filters(filter(&format!("tag:{key}"), value))
-        .send()
-        .await
-        .map_err(|e| failed("DescribeSnapshots", &e))?;
-    let mut snapshots = out.snapshots().to_vec();
-    snapshots.sort_by(|a, b| b.start_time().map(|t| t.secs()).cmp(&a.start_time().map(|t| t.secs())));
-    Ok(snapshots)
+/// What this job made already, none in `error` (a failed snapshot is made again).
+async fn made_by_job(ec2: &Client, ctx: &ActionContext<'_>) -> Result<Option<Vec<Made>>, Step> {
+    let tag = format!("tag:{JOB_TAG}");
+    let made: Vec<Made> = snapshots(ec2, &[(&tag, &ctx.job.id)])
+        .await?
+        .iter()
+        .filter(|s| s.state() != Some(&SnapshotState::Error))
+        .map(|s| Made {
+            volume: s.volume_id().unwrap_or_default().to_owned(),
+            snapshot: s.snapshot_id().unwrap_or_default().to_owned(),
+        })
+        .collect();
+    Ok((!made.is_empty()).then_some(made))
 }
 
 /// Deletes the snapshots this task made of a volume beyond the newest `keep` (completed ones
-/// only, never `current`); returns how many went.
-pub(crate) async fn retain(ec2: &Client, volume: &str, task: &str, keep: u32, current: &str) -> Result<usize, Step> {
-    let made = snapshots_of(ec2, volume, TASK_TAG, task).await?;
-    let mut deleted = 0;
-    // The snapshot just made is one of those kept, whatever the clock says of the others.
-    let older =
+/// only, never `current`), and those of this task that ended in `error`; returns how many went.
+async fn retain(ec2: &Client, volume: &str, task: &str, keep: u32, current: &str) -> Result<usize, Step> {
+    let tag = format!("tag:{TASK_TAG}");
+    let made = snapshots(ec2, &[("volume-id", volume), (&tag, task)]).await?;
+    let completed =
         made.iter().filter(|s| s.state() == Some(&SnapshotState::Completed) && s.snapshot_id() != Some(current));
-    for snapshot in older.skip(keep.saturating_sub(1) as usize) {
+    // The snapshot just made is one of those kept, whatever the clock says of the others.
+    let beyond = completed.skip(keep.saturating_sub(1) as usize);
+    let failed_ones = made.iter().filter(|s| s.state() == Some(&SnapshotState::Error));
+    let mut deleted = 0;
+    for snapshot in beyond.chain(failed_ones) {
         let id = snapshot.snapshot_id().unwrap_or_default();
         match ec2.delete_snapshot().snapshot_id(id).send().await {
             Ok(_) => deleted += 1,
@@ -150,6 +191,62 @@ pub(crate) async fn retain(ec2: &Client, volume: &str, task: &str, keep: u32, cu
         }
     }
     Ok(deleted)
+}
+
+/// Makes the snapshots: one of a volume, or the set of an instance's volumes.
+async fn make(ec2: &Client, ctx: &ActionContext<'_>, p: &EbsSnapshotParams, source: Source) -> Result<Vec<Made>, Step> {
+    let description = ctx.render(&p.description);
+    match source {
+        Source::Volume(volume, tags) => {
+            let copied = if p.copy_tags { tags.as_slice() } else { &[] };
+            let tags = made_tags(ctx, &volume, copied, &p.tags);
+            let out = ec2
+                .create_snapshot()
+                .volume_id(&volume)
+                .description(&description)
+                .tag_specifications(spec(Ec2Type::Snapshot, &tags))
+                .customize()
+                .config_override(sent_once())
+                .send()
+                .await
+                .map_err(|e| create_failed("CreateSnapshot", &e))?;
+            Ok(vec![Made { volume, snapshot: out.snapshot_id().unwrap_or_default().to_owned() }])
+        }
+        Source::Instance { id, opted_out } => {
+            let instance = InstanceSpecification::builder()
+                .instance_id(&id)
+                .exclude_boot_volume(p.exclude_boot_volume)
+                .set_exclude_data_volume_ids((!opted_out.is_empty()).then_some(opted_out))
+                .build();
+            let tags = made_tags(ctx, &id, &[], &p.tags);
+            let mut request = ec2
+                .create_snapshots()
+                .instance_specification(instance)
+                .description(&description)
+                .tag_specifications(spec(Ec2Type::Snapshot, &tags));
+            if p.copy_tags {
+                request = request.copy_tags_from_source(CopyTagsFromSource::Volume);
+            }
+            let out = request
+                .customize()
+                .config_override(sent_once())
+                .send()
+                .await
+                .map_err(|e| create_failed("CreateSnapshots", &e))?;
+            let made: Vec<Made> = out
+                .snapshots()
+                .iter()
+                .map(|s| Made {
+                    volume: s.volume_id().unwrap_or_default().to_owned(),
+                    snapshot: s.snapshot_id().unwrap_or_default().to_owned(),
+                })
+                .collect();
+            if made.is_empty() {
+                return Err(Step::Skipped { reason: format!("instance {id} has no volume left to snapshot") });
+            }
+            Ok(made)
+        }
+    }
 }
 
 #[async_trait]
@@ -169,12 +266,16 @@ impl Action for EbsSnapshot {
             copy_tags: true,
             tags: BTreeMap::from([("Backup".into(), "{task}".into())]),
             check_after_secs: default_check_after_secs(),
+            exclude_boot_volume: false,
         }]
     }
 
     fn describe(&self, ctx: ActionContext<'_>, p: &EbsSnapshotParams) -> String {
         let what = match ctx.job.resource.kind {
-            ResourceType::Instance => format!("every volume of {}", ctx.job.resource.id),
+            ResourceType::Instance if p.exclude_boot_volume => {
+                format!("the data volumes of {} as one set", ctx.job.resource.id)
+            }
+            ResourceType::Instance => format!("every volume of {} as one set", ctx.job.resource.id),
             _ => ctx.job.resource.id.clone(),
         };
         match p.retain {
@@ -191,9 +292,9 @@ impl Action for EbsSnapshot {
         use super::iam::*;
         let mut out = vec![
             allow(&["ec2:DescribeInstances", "ec2:DescribeVolumes", "ec2:DescribeSnapshots"], &["*"]),
-            allow(&["ec2:CreateSnapshot"], &[VOLUMES]),
-            allow_if(&["ec2:CreateSnapshot"], &[SNAPSHOTS], tagged_by_opsfleet()),
-            allow_if(&["ec2:CreateTags"], &[SNAPSHOTS], on_create(&["CreateSnapshot"])),
+            allow(&["ec2:CreateSnapshot", "ec2:CreateSnapshots"], &[VOLUMES, INSTANCES]),
+            allow_if(&["ec2:CreateSnapshot", "ec2:CreateSnapshots"], &[SNAPSHOTS], tagged_by_opsfleet()),
+            allow_if(&["ec2:CreateTags"], &[SNAPSHOTS], on_create(&["CreateSnapshot", "CreateSnapshots"])),
         ];
         if p.retain.is_some() {
             out.push(allow_if(&["ec2:DeleteSnapshot"], &[SNAPSHOTS], made_by_opsfleet()));
@@ -209,42 +310,26 @@ impl Action for EbsSnapshot {
 
     async fn start(&self, ctx: ActionContext<'_>, p: &EbsSnapshotParams) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
-        let volumes = or_step!(volumes(&ec2, &ctx).await);
-        let description = ctx.render(&p.description);
-        let mut made = Vec::new();
-        for (volume, tags) in volumes {
-            let existing = or_step!(snapshots_of(&ec2, &volume, JOB_TAG, &ctx.job.id).await);
-            let snapshot = match existing.first().and_then(|s| s.snapshot_id()) {
-                Some(id) => id.to_owned(),
-                None => {
-                    let copied = if p.copy_tags { tags.as_slice() } else { &[] };
-                    let tags = made_tags(&ctx, &volume, copied, &p.tags);
-                    let created = ec2
-                        .create_snapshot()
-                        .volume_id(&volume)
-                        .description(&description)
-                        .tag_specifications(spec(Ec2Type::Snapshot, &tags))
-                        .send()
-                        .await;
-                    match created {
-                        Ok(out) => out.snapshot_id().unwrap_or_default().to_owned(),
-                        Err(e) => return failed("CreateSnapshot", &e),
-                    }
-                }
-            };
-            made.push(Made { volume, snapshot });
-        }
+        let source = or_step!(source(&ec2, &ctx).await);
+        let made = match or_step!(look_before_making(&ctx, || made_by_job(&ec2, &ctx)).await) {
+            Some(made) => made,
+            None => or_step!(make(&ec2, &ctx, p, source).await),
+        };
         // Snapshots of small volumes may be complete already: check at once.
-        self.check(ctx, p, Snapshots { snapshots: made }).await.checked_after(Duration::from_secs(p.check_after_secs))
+        let state = Snapshots { snapshots: made, made_ms: ctx.now_ms };
+        self.check(ctx, p, state).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
     async fn check(&self, ctx: ActionContext<'_>, p: &EbsSnapshotParams, state: Snapshots) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
-        let made: Vec<(String, String)> =
-            state.snapshots.iter().map(|m| (m.volume.clone(), m.snapshot.clone())).collect();
-        let ids: Vec<String> = made.iter().map(|(_, s)| s.clone()).collect();
+        let ids: Vec<String> = state.snapshots.iter().map(|m| m.snapshot.clone()).collect();
+        let pending = || Step::pending(Duration::from_secs(p.check_after_secs), &state);
         let out = match ec2.describe_snapshots().set_snapshot_ids(Some(ids.clone())).send().await {
             Ok(out) => out,
+            // Right after a create, a describe by id may not know the snapshot yet.
+            Err(e) if super::ec2::not_found(&e) => {
+                return not_visible("snapshot", &ids.join(", "), state.made_ms, &ctx, pending())
+            }
             Err(e) => return failed("DescribeSnapshots", &e),
         };
         let states: BTreeMap<String, Option<SnapshotState>> = out
@@ -256,22 +341,19 @@ impl Action for EbsSnapshot {
             match states.get(id) {
                 Some(Some(SnapshotState::Completed)) => {}
                 Some(Some(SnapshotState::Error)) => {
-                    return Step::Failed { retryable: false, error: format!("snapshot {id} ended in state error") }
+                    return Step::Failed { retryable: true, error: format!("snapshot {id} ended in state error") }
                 }
-                Some(_) => return Step::pending(Duration::from_secs(p.check_after_secs), &state),
-                None => return Step::Failed { retryable: true, error: format!("snapshot {id} is not found (yet)") },
+                Some(_) => return pending(),
+                None => return not_visible("snapshot", id, state.made_ms, &ctx, pending()),
             }
         }
         let mut deleted = 0;
         if let Some(keep) = p.retain {
-            for (volume, snapshot) in &made {
-                match retain(&ec2, volume, &ctx.job.task, keep, snapshot).await {
-                    Ok(n) => deleted += n,
-                    Err(step) => return step,
-                }
+            for m in &state.snapshots {
+                deleted += or_step!(retain(&ec2, &m.volume, &ctx.job.task, keep, &m.snapshot).await);
             }
         }
-        let list: Vec<String> = made.iter().map(|(v, s)| format!("{s} of {v}")).collect();
+        let list: Vec<String> = state.snapshots.iter().map(|m| format!("{} of {}", m.snapshot, m.volume)).collect();
         Step::Done {
             summary: match p.retain {
                 Some(keep) => format!("{} completed; {deleted} older deleted, newest {keep} kept", list.join(", ")),

@@ -40,12 +40,18 @@ pub fn made_tags(ctx: &ActionContext<'_>, source: &str, copied: &[Tag], extra: &
     for (k, v) in extra {
         tags.insert(k.clone(), ctx.render(v));
     }
-    tags.insert(TASK_TAG.into(), ctx.job.task.clone());
-    tags.insert(JOB_TAG.into(), ctx.job.id.clone());
-    tags.insert(SOURCE_TAG.into(), source.to_owned());
-    // EC2 takes at most 50 tags per resource.
-    tags.into_iter().take(50).map(|(k, v)| tag(&k, &v)).collect()
+    // EC2 takes at most 50 tags per resource: opsfleet's own always go on, the others fill
+    // what is left.
+    let mut out: Vec<Tag> = [(TASK_TAG, ctx.job.task.as_str()), (JOB_TAG, ctx.job.id.as_str()), (SOURCE_TAG, source)]
+        .iter()
+        .map(|(k, v)| tag(k, v))
+        .collect();
+    out.extend(tags.iter().take(MAX_TAGS - out.len()).map(|(k, v)| tag(k, v)));
+    out
 }
+
+/// The most tags an EC2 resource carries.
+pub const MAX_TAGS: usize = 50;
 
 /// A tag specification for what is made.
 pub fn spec(kind: Ec2Type, tags: &[Tag]) -> TagSpecification {
@@ -74,6 +80,9 @@ const RETRYABLE: &[&str] = &[
     "ResourceLimitExceeded",
     "SnapshotCreationPerVolumeRateExceeded",
     "ConcurrentSnapshotLimitExceeded",
+    // AWS's advice is to wait and try again (another zone or instance type may have it).
+    "InsufficientInstanceCapacity",
+    "InsufficientCapacity",
 ];
 
 /// A failed step from an SDK error: retryable for throttling, server errors, transport and
@@ -106,4 +115,91 @@ where
 
 fn one_line(text: &str) -> String {
     text.lines().next().unwrap_or_default().chars().take(300).collect()
+}
+
+/// How long EC2's reads may lag its writes: a resource made or tagged this recently may be
+/// missing from a describe. An in-doubt create looks again after this long before creating.
+pub const CONSISTENCY_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long after its create a resource that a describe by id does not find is taken to be
+/// not visible yet rather than gone.
+pub const NOT_FOUND_GRACE_MS: u64 = 5 * 60 * 1000;
+
+/// Whether something made at `made_ms` and not found at `now_ms` may still appear (unknown
+/// creation times, from states written before they were recorded, are given the benefit).
+pub fn may_still_appear(made_ms: u64, now_ms: u64) -> bool {
+    made_ms == 0 || now_ms.saturating_sub(made_ms) < NOT_FOUND_GRACE_MS
+}
+
+/// A pending step for what is not visible yet, or the failure of what is gone.
+pub fn not_visible(what: &str, id: &str, made_ms: u64, ctx: &ActionContext<'_>, pending: Step) -> Step {
+    if may_still_appear(made_ms, ctx.now_ms) {
+        pending
+    } else {
+        Step::Failed {
+            retryable: false,
+            error: format!(
+                "{what} {id} is not found {} s after it was made",
+                ctx.now_ms.saturating_sub(made_ms) / 1000
+            ),
+        }
+    }
+}
+
+/// Config for a create that has no idempotency token: the SDK does not send it again by
+/// itself (a retry after a lost reply would make a second one); the action looks first.
+pub fn sent_once() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Builder::default().retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled())
+}
+
+/// The failed step of a create sent once: retryable unless the service refused the request
+/// itself, with a note that the next attempt looks for what it may have made.
+pub fn create_failed<E, R>(what: &str, err: &SdkError<E, R>) -> Step
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match failed(what, err) {
+        Step::Failed { retryable: true, error } => Step::Failed {
+            retryable: true,
+            error: format!("{error} (in doubt: the next attempt looks before it makes)"),
+        },
+        Step::Failed { retryable: false, error } if in_doubt(err) => Step::Failed {
+            retryable: true,
+            error: format!("{error} (in doubt: the next attempt looks before it makes)"),
+        },
+        other => other,
+    }
+}
+
+/// Whether a create's error leaves it unknown whether it was made: no answer, or a server
+/// error.
+fn in_doubt<E, R>(err: &SdkError<E, R>) -> bool
+where
+    E: ProvideErrorMetadata,
+{
+    match err {
+        SdkError::ServiceError(service) => {
+            service.err().code().is_none_or(|c| c == "InternalError" || c == "InternalFailure" || c == "Unavailable")
+        }
+        _ => true,
+    }
+}
+
+/// Looks for what this job made. On a later attempt, when nothing is found, looks again after
+/// [`CONSISTENCY_WINDOW`]: an earlier attempt may have made it (a lost reply, a crash, a
+/// timeout) and a filtered describe may not show it yet.
+pub async fn look_before_making<T, F, Fut>(ctx: &ActionContext<'_>, look: F) -> Result<Option<T>, Step>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>, Step>>,
+{
+    if let Some(found) = look().await? {
+        return Ok(Some(found));
+    }
+    if ctx.attempt > 1 {
+        tokio::time::sleep(CONSISTENCY_WINDOW).await;
+        return look().await;
+    }
+    Ok(None)
 }

@@ -2,8 +2,14 @@
 //! start) it is done only once the instance really is `stopped` or `running`.
 //!
 //! Stop and start are idempotent by nature (stopping a stopped instance changes nothing). A
-//! reboot is not: before rebooting, the job tags the instance `opsfleet:rebooted-by = <job>`,
-//! and a job that finds its own tag there does not reboot again (at most once).
+//! reboot is not: once EC2 has accepted the reboot, the job tags the instance
+//! `opsfleet:rebooted-by = <job>`, and a job that finds its own tag there does not reboot
+//! again. A reboot that failed is tried again; only a worker that dies between the reboot and
+//! the tag reboots twice. EC2 shows nothing of a reboot but the accepted call: the instance is
+//! `running` before and after.
+//!
+//! A start that falls back to `stopped` (no capacity, a KMS key it may not use) fails
+//! retryably, and the next attempt starts it again; `InsufficientInstanceCapacity` is retried.
 
 use super::ec2::{failed, not_found, opted_out, tag};
 use super::{default_check_after_secs, Action, ActionContext, Step};
@@ -127,7 +133,17 @@ impl Action for InstancePower {
         let mut out = vec![allow(&["ec2:DescribeInstances"], &["*"])];
         match p.operation {
             Operation::Stop => out.push(allow_if(&["ec2:StopInstances"], &[INSTANCES], not_opted_out())),
-            Operation::Start => out.push(allow_if(&["ec2:StartInstances"], &[INSTANCES], not_opted_out())),
+            Operation::Start => {
+                out.push(allow_if(&["ec2:StartInstances"], &[INSTANCES], not_opted_out()));
+                // Volumes encrypted with a customer-managed key: EC2 takes a grant to attach them.
+                out.push(serde_json::json!({
+                    "Effect": "Allow",
+                    "Action": ["kms:CreateGrant"],
+                    "Resource": "arn:aws:kms:*:*:key/*",
+                    "Condition": { "Bool": { "kms:GrantIsForAWSResource": "true" },
+                                   "StringLike": { "kms:ViaService": "ec2.*.amazonaws.com" } },
+                }));
+            }
             Operation::Reboot => {
                 out.push(allow_if(&["ec2:RebootInstances"], &[INSTANCES], not_opted_out()));
                 out.push(allow_if(
@@ -159,7 +175,9 @@ impl Action for InstancePower {
         }
         match p.operation {
             Operation::Stop => {
-                if !matches!(state, InstanceStateName::Stopped | InstanceStateName::Stopping) {
+                // A forced stop also hurries an instance stuck in `stopping`.
+                let stopping_and_forced = state == InstanceStateName::Stopping && p.force;
+                if stopping_and_forced || !matches!(state, InstanceStateName::Stopped | InstanceStateName::Stopping) {
                     if let Err(e) = ec2.stop_instances().instance_ids(id).force(p.force).send().await {
                         return failed("StopInstances", &e);
                     }
@@ -183,11 +201,12 @@ impl Action for InstancePower {
                         error: format!("instance {id} is {}, not running", state.as_str()),
                     };
                 }
-                if let Err(e) = ec2.create_tags().resources(id).tags(tag(REBOOTED_BY, &ctx.job.id)).send().await {
-                    return failed("CreateTags", &e);
-                }
                 if let Err(e) = ec2.reboot_instances().instance_ids(id).send().await {
                     return failed("RebootInstances", &e);
+                }
+                if let Err(e) = ec2.create_tags().resources(id).tags(tag(REBOOTED_BY, &ctx.job.id)).send().await {
+                    // The reboot is done: record it in the step instead, and leave the tag.
+                    tracing::warn!(job_id = %ctx.job.id, instance = id, error = %e, "The reboot went through; tagging the instance with it failed.");
                 }
             }
         }
@@ -217,6 +236,13 @@ impl Action for InstancePower {
         }
         if under_way && !p.wait() {
             return Step::Done { summary: format!("{id} is {} (not waited for)", now.as_str()) };
+        }
+        if p.operation == Operation::Start && now == InstanceStateName::Stopped && ctx.check > 0 {
+            // Started, then back to stopped: EC2 found no capacity or could not use a key.
+            return Step::Failed {
+                retryable: true,
+                error: format!("instance {id} fell back to stopped after its start (capacity, or a KMS key)"),
+            };
         }
         pending
     }

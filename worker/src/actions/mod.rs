@@ -119,9 +119,13 @@ pub struct ActionContext<'a> {
 impl ActionContext<'_> {
     /// Renders a param's template for this job; an invalid template (caught by
     /// `opsfleet validate`) renders as its text.
+    ///
+    /// `{date}` and `{datetime}` are the job's event time (when it was received), not the
+    /// attempt's: every attempt of a job renders the same names.
     pub fn render(&self, text: &str) -> String {
+        let at = if self.job.received_ms > 0 { self.job.received_ms } else { self.now_ms };
         match Template::parse(text) {
-            Ok(template) => template.render(TemplateInput::of(self.job, self.now_ms)),
+            Ok(template) => template.render(TemplateInput::of(self.job, at)),
             Err(_) => text.to_owned(),
         }
     }

@@ -41,10 +41,10 @@ pub fn summary(ctx: &ActionContext<'_>) -> Value {
     })
 }
 
-/// A subject SNS takes: printable ASCII, at most 100 characters, not starting with a space.
+/// A subject SNS takes: printable ASCII, under 100 characters, not starting with a space.
 fn subject(text: &str) -> String {
     let cleaned: String =
-        text.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' }).take(100).collect();
+        text.chars().map(|c| if c.is_ascii() && !c.is_ascii_control() { c } else { '?' }).take(99).collect();
     let trimmed = cleaned.trim_start().to_owned();
     if trimmed.is_empty() {
         "opsfleet".into()
@@ -72,7 +72,17 @@ impl Action for Notify {
     }
 
     fn statements(&self, p: &NotifyParams) -> Vec<Value> {
-        vec![json!({ "Effect": "Allow", "Action": ["sns:Publish"], "Resource": p.topic_arn })]
+        let region = Arn::parse(&p.topic_arn).map(|a| a.region.to_owned()).unwrap_or_else(|| "*".into());
+        vec![
+            json!({ "Effect": "Allow", "Action": ["sns:Publish"], "Resource": p.topic_arn }),
+            // A topic encrypted with a customer-managed key: publishing uses the key through SNS.
+            json!({
+                "Effect": "Allow",
+                "Action": ["kms:GenerateDataKey", "kms:Decrypt"],
+                "Resource": "arn:aws:kms:*:*:key/*",
+                "Condition": { "StringEquals": { "kms:ViaService": format!("sns.{region}.amazonaws.com") } },
+            }),
+        ]
     }
 
     fn templates(&self, p: &NotifyParams) -> Vec<(String, String)> {
@@ -110,8 +120,22 @@ impl Action for Notify {
             Err(e) => {
                 use aws_sdk_sns::error::ProvideErrorMetadata;
                 let code = e.as_service_error().and_then(|s| s.code()).unwrap_or_default().to_owned();
-                let retryable =
-                    !matches!(code.as_str(), "NotFound" | "InvalidParameter" | "AuthorizationError" | "KMSDisabled");
+                // What the request or the topic's setup got wrong does not pass by trying again;
+                // a KMS key that is throttled or briefly unavailable does.
+                let permanent = matches!(
+                    code.as_str(),
+                    "NotFound"
+                        | "InvalidParameter"
+                        | "ParameterValueInvalid"
+                        | "AuthorizationError"
+                        | "KMSDisabled"
+                        | "KMSAccessDenied"
+                        | "KMSInvalidState"
+                        | "KMSNotFound"
+                        | "KMSOptInRequired"
+                        | "InvalidSecurity"
+                );
+                let retryable = !permanent;
                 let text = aws_sdk_sns::error::DisplayErrorContext(&e).to_string();
                 Step::Failed { retryable, error: format!("Publish: {}", text.lines().next().unwrap_or_default()) }
             }
@@ -120,5 +144,18 @@ impl Action for Notify {
 
     async fn check(&self, ctx: ActionContext<'_>, p: &NotifyParams, _state: ()) -> Step {
         self.start(ctx, p).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::subject;
+
+    #[test]
+    fn a_subject_is_under_100_printable_characters_and_never_empty() {
+        let long = subject(&"é".repeat(150));
+        assert_eq!((long.len(), long.starts_with('?')), (99, true));
+        assert_eq!(subject("   "), "opsfleet");
+        assert_eq!(subject(" on i-1\n"), "on i-1?");
     }
 }

@@ -3,9 +3,14 @@
 //! limit, pooled by destination region: AWS runs at most 20 copies at once into a region.
 //!
 //! Idempotent by job: before copying, it looks in the destination region for a snapshot tagged
-//! with the job's id.
+//! with the job's id (again after EC2's consistency window on a later attempt). A copy not
+//! found right after it was made is waited for, not failed. With `retain`, older copies this
+//! task made of the same volume in the destination are deleted beyond the newest N.
 
-use super::ec2::{failed, filter, made_tags, not_found, opted_out, spec, JOB_TAG};
+use super::ec2::{
+    create_failed, failed, filter, look_before_making, made_tags, not_found, not_visible, opted_out, sent_once, spec,
+    tag, JOB_TAG, TASK_TAG,
+};
 use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{ResourceType as Ec2Type, SnapshotState};
@@ -39,7 +44,14 @@ pub struct SnapshotCopyParams {
     /// Seconds until the first completion check.
     #[serde(default = "default_check_after_secs")]
     pub check_after_secs: u64,
+    /// Keep the newest N copies this task made of the source's volume in the destination;
+    /// delete older ones (none: keep all).
+    #[serde(default)]
+    pub retain: Option<u32>,
 }
+
+/// The volume the copied snapshot was taken of, on every copy: copies do not keep it.
+pub const VOLUME_TAG: &str = "opsfleet:volume";
 
 fn default_description() -> String {
     "opsfleet {task}: copy of {id} from {region}".into()
@@ -51,6 +63,12 @@ pub struct Copying {
     /// The copy; none while the source is not complete yet.
     #[serde(default)]
     pub copy: Option<String>,
+    /// When the copy was made, Unix ms (0 in states written before it was recorded).
+    #[serde(default)]
+    pub made_ms: u64,
+    /// The source's volume.
+    #[serde(default)]
+    pub volume: Option<String>,
 }
 
 /// The `snapshot-copy` action.
@@ -78,6 +96,7 @@ impl Action for SnapshotCopy {
             description: default_description(),
             tags: BTreeMap::new(),
             check_after_secs: default_check_after_secs(),
+            retain: Some(14),
         }]
     }
 
@@ -99,14 +118,14 @@ impl Action for SnapshotCopy {
             allow_if(&["ec2:CreateTags"], &[SNAPSHOTS], on_create(&["CopySnapshot"])),
         ];
         if p.delete_source {
-            // The source is the operator's own snapshot, not one opsfleet made.
-            out.push(allow(&["ec2:DeleteSnapshot"], &[SNAPSHOTS]));
+            // The source is a snapshot a task targets, not one opsfleet made: deleting it is
+            // what the operator asked for, on snapshots that did not opt out.
+            out.push(allow_if(&["ec2:DeleteSnapshot"], &[SNAPSHOTS], not_opted_out()));
         }
-        if let Some(key) = &p.kms_key_id {
-            out.push(serde_json::json!({ "Effect": "Allow", "Action": ["kms:CreateGrant", "kms:Decrypt",
-                "kms:DescribeKey", "kms:Encrypt", "kms:GenerateDataKeyWithoutPlaintext", "kms:ReEncryptFrom",
-                "kms:ReEncryptTo"], "Resource": key }));
+        if p.retain.is_some() {
+            out.push(allow_if(&["ec2:DeleteSnapshot"], &[SNAPSHOTS], made_by_opsfleet()));
         }
+        out.extend(kms_statements(p.kms_key_id.as_deref(), &p.destination_region));
         out
     }
 
@@ -120,6 +139,17 @@ impl Action for SnapshotCopy {
         if !looks_like_region(&p.destination_region) {
             return Err(format!("params: destination_region `{}` is not a region", p.destination_region));
         }
+        if let Some(key) = &p.kms_key_id {
+            if let Some(region) = key.strip_prefix("arn:aws:kms:").and_then(|rest| rest.split(':').next()) {
+                if region != p.destination_region {
+                    return Err(format!(
+                        "params: kms_key_id is in {region}, not in destination_region {} (a copy is encrypted \
+                         with a key of its own region)",
+                        p.destination_region
+                    ));
+                }
+            }
+        }
         super::check_after_in_range(p.check_after_secs)
     }
 
@@ -131,20 +161,23 @@ impl Action for SnapshotCopy {
                 (Ok(s), Ok(d)) => (s, d),
                 (Err(e), _) | (_, Err(e)) => return Step::Failed { retryable: true, error: e.to_string() },
             };
-        // A copy this job made already (the job came again after a crash): go on from it, even
-        // when the source is gone (deleted by that run).
-        let existing = match dest
-            .describe_snapshots()
-            .owner_ids("self")
-            .filters(filter(&format!("tag:{JOB_TAG}"), &ctx.job.id))
-            .send()
-            .await
-        {
-            Ok(out) => out.snapshots().first().and_then(|s| s.snapshot_id()).map(str::to_owned),
-            Err(e) => return failed("DescribeSnapshots", &e),
+        // A copy this job made already (the job came again after a crash, or the copy's reply
+        // was lost): go on from it, even when the source is gone (deleted by that run).
+        let look = || async {
+            let out = dest
+                .describe_snapshots()
+                .owner_ids("self")
+                .filters(filter(&format!("tag:{JOB_TAG}"), &ctx.job.id))
+                .send()
+                .await
+                .map_err(|e| failed("DescribeSnapshots", &e))?;
+            Ok(out.snapshots().first().map(|s| {
+                let volume = s.tags().iter().find(|t| t.key() == Some(VOLUME_TAG)).and_then(|t| t.value());
+                (s.snapshot_id().unwrap_or_default().to_owned(), volume.map(str::to_owned))
+            }))
         };
-        if let Some(copy) = existing {
-            let state = Copying { copy: Some(copy) };
+        if let Some((copy, volume)) = or_step!(look_before_making(&ctx, look).await) {
+            let state = Copying { copy: Some(copy), made_ms: ctx.now_ms, volume };
             return self.check(ctx, p, state).await.checked_after(Duration::from_secs(p.check_after_secs));
         }
         let original = match source.describe_snapshots().snapshot_ids(&r.id).send().await {
@@ -161,29 +194,35 @@ impl Action for SnapshotCopy {
         if let Some(skip) = opted_out(&r.id, original.tags()) {
             return skip;
         }
-        if original.state() != Some(&SnapshotState::Completed) {
-            // A snapshot copies once it is complete.
-            return Step::pending(Duration::from_secs(p.check_after_secs), &Copying { copy: None });
-        }
-        let copy = {
-            {
-                let tags = made_tags(&ctx, &r.id, original.tags(), &p.tags);
-                let mut request = dest
-                    .copy_snapshot()
-                    .source_region(&r.region)
-                    .source_snapshot_id(&r.id)
-                    .description(ctx.render(&p.description))
-                    .tag_specifications(spec(Ec2Type::Snapshot, &tags));
-                if let Some(key) = &p.kms_key_id {
-                    request = request.encrypted(true).kms_key_id(key);
-                }
-                match request.send().await {
-                    Ok(out) => out.snapshot_id().unwrap_or_default().to_owned(),
-                    Err(e) => return failed("CopySnapshot", &e),
-                }
+        match original.state() {
+            Some(SnapshotState::Completed) => {}
+            Some(SnapshotState::Error) => {
+                return Step::Failed { retryable: false, error: format!("source snapshot {} is in state error", r.id) }
             }
+            // A snapshot copies once it is complete.
+            _ => return Step::pending(Duration::from_secs(p.check_after_secs), &Copying::default()),
+        }
+        let volume = original.volume_id().filter(|v| *v != "vol-ffffffff").map(str::to_owned);
+        let mut tags = made_tags(&ctx, &r.id, original.tags(), &p.tags);
+        if let Some(volume) = &volume {
+            tags.retain(|t| t.key() != Some(VOLUME_TAG));
+            tags.truncate(super::ec2::MAX_TAGS - 1);
+            tags.push(tag(VOLUME_TAG, volume));
+        }
+        let mut request = dest
+            .copy_snapshot()
+            .source_region(&r.region)
+            .source_snapshot_id(&r.id)
+            .description(ctx.render(&p.description))
+            .tag_specifications(spec(Ec2Type::Snapshot, &tags));
+        if let Some(key) = &p.kms_key_id {
+            request = request.encrypted(true).kms_key_id(key);
+        }
+        let copy = match request.customize().config_override(sent_once()).send().await {
+            Ok(out) => out.snapshot_id().unwrap_or_default().to_owned(),
+            Err(e) => return create_failed("CopySnapshot", &e),
         };
-        let state = Copying { copy: Some(copy) };
+        let state = Copying { copy: Some(copy), made_ms: ctx.now_ms, volume };
         self.check(ctx, p, state).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
@@ -198,8 +237,11 @@ impl Action for SnapshotCopy {
             Ok(d) => d,
             Err(e) => return Step::Failed { retryable: true, error: e.to_string() },
         };
+        let pending = || Step::pending(Duration::from_secs(p.check_after_secs), &state);
         let found = match dest.describe_snapshots().snapshot_ids(copy).send().await {
             Ok(out) => out.snapshots().first().and_then(|s| s.state().cloned()),
+            // Right after the copy was made, a describe by id may not know it yet.
+            Err(e) if not_found(&e) => None,
             Err(e) => return failed("DescribeSnapshots", &e),
         };
         match found {
@@ -207,8 +249,8 @@ impl Action for SnapshotCopy {
             Some(SnapshotState::Error) => {
                 return Step::Failed { retryable: false, error: format!("copy {copy} ended in state error") }
             }
-            Some(_) => return Step::pending(Duration::from_secs(p.check_after_secs), &state),
-            None => return Step::Failed { retryable: true, error: format!("copy {copy} is not found (yet)") },
+            Some(_) => return pending(),
+            None => return not_visible("copy", copy, state.made_ms, &ctx, pending()),
         }
         if p.delete_source {
             let source = match aws.ec2(&r.account, &r.region).await {
@@ -221,13 +263,92 @@ impl Action for SnapshotCopy {
                 Err(e) => return failed("DeleteSnapshot", &e),
             }
         }
+        let mut expired = 0;
+        if let (Some(keep), Some(volume)) = (p.retain, &state.volume) {
+            expired = or_step!(retain_copies(&dest, &ctx.job.task, volume, keep, copy).await);
+        }
         Step::Done {
             summary: format!(
-                "{} copied to {copy} in {}{}",
+                "{} copied to {copy} in {}{}{}",
                 r.id,
                 p.destination_region,
-                if p.delete_source { "; source deleted" } else { "" }
+                if p.delete_source { "; source deleted" } else { "" },
+                p.retain
+                    .map(|keep| format!("; {expired} older copies deleted, newest {keep} kept"))
+                    .unwrap_or_default()
             ),
         }
     }
+}
+
+/// Deletes the completed copies this task made of a volume in the destination beyond the
+/// newest `keep` (never `current`); returns how many went.
+async fn retain_copies(
+    dest: &aws_sdk_ec2::Client,
+    task: &str,
+    volume: &str,
+    keep: u32,
+    current: &str,
+) -> Result<usize, Step> {
+    let mut pages = dest
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(filter(&format!("tag:{TASK_TAG}"), task))
+        .filters(filter(&format!("tag:{VOLUME_TAG}"), volume))
+        .into_paginator()
+        .send();
+    let mut copies = Vec::new();
+    while let Some(page) = pages.next().await {
+        copies.extend(page.map_err(|e| failed("DescribeSnapshots", &e))?.snapshots().iter().cloned());
+    }
+    copies.sort_by(|a, b| b.start_time().map(|t| t.secs()).cmp(&a.start_time().map(|t| t.secs())));
+    let older =
+        copies.iter().filter(|s| s.state() == Some(&SnapshotState::Completed) && s.snapshot_id() != Some(current));
+    let mut deleted = 0;
+    for old in older.skip(keep.saturating_sub(1) as usize) {
+        match dest.delete_snapshot().snapshot_id(old.snapshot_id().unwrap_or_default()).send().await {
+            Ok(_) => deleted += 1,
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(failed("DeleteSnapshot", &e)),
+        }
+    }
+    Ok(deleted)
+}
+
+/// What KMS needs for a copy: the destination key by ARN (an alias by its name through
+/// `kms:ResourceAliases`, a bare key id as an ARN in the destination), and a source encrypted
+/// with a customer-managed key decrypted through EC2 only.
+fn kms_statements(key: Option<&str>, destination: &str) -> Vec<Value> {
+    use serde_json::json;
+    let through_ec2 =
+        |region: &str| json!({ "StringLike": { "kms:ViaService": format!("ec2.{region}.amazonaws.com") } });
+    let mut out = vec![json!({
+        "Effect": "Allow",
+        "Action": ["kms:Decrypt", "kms:DescribeKey", "kms:CreateGrant", "kms:ReEncryptFrom"],
+        "Resource": "arn:aws:kms:*:*:key/*",
+        "Condition": through_ec2("*"),
+    })];
+    if let Some(key) = key {
+        let actions = [
+            "kms:CreateGrant",
+            "kms:Decrypt",
+            "kms:DescribeKey",
+            "kms:Encrypt",
+            "kms:GenerateDataKeyWithoutPlaintext",
+            "kms:ReEncryptFrom",
+            "kms:ReEncryptTo",
+        ];
+        let alias = key.strip_prefix("alias/").or_else(|| key.split(":alias/").nth(1));
+        out.push(match alias {
+            Some(alias) => json!({
+                "Effect": "Allow",
+                "Action": actions,
+                "Resource": format!("arn:aws:kms:{destination}:*:key/*"),
+                "Condition": { "ForAnyValue:StringEquals": { "kms:ResourceAliases": format!("alias/{alias}") } },
+            }),
+            None if key.starts_with("arn:") => json!({ "Effect": "Allow", "Action": actions, "Resource": key }),
+            None => json!({ "Effect": "Allow", "Action": actions, "Resource": format!("arn:aws:kms:{destination}:*:key/{key}") }),
+        });
+    }
+    out
 }

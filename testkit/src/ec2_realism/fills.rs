@@ -1,0 +1,144 @@
+//! What EC2 does that the emulator does not, filled in around its calls: snapshot tags in
+//! `CreateImage`'s tag specifications, `DeleteAssociatedSnapshots` on `DeregisterImage`, and
+//! `CopyTagsFromSource` on `CreateSnapshots`, and AMI names unique per account and region
+//! (`InvalidAMIName.Duplicate`).
+
+use super::request::QueryRequest;
+use super::xml;
+use std::collections::BTreeMap;
+
+/// Work to do once the emulator has answered a call.
+#[derive(Debug, Default)]
+pub struct After {
+    /// Tags to put on the snapshots of the image the call made.
+    pub image_snapshot_tags: Vec<(String, String)>,
+    /// Snapshots to delete once the image is deregistered.
+    pub delete_snapshots: Vec<String>,
+    /// Copy each new snapshot's volume tags onto it.
+    pub copy_volume_tags: bool,
+    /// The call is refused with this code and message instead.
+    pub refused: Option<(&'static str, String)>,
+}
+
+/// The request as the emulator can take it, and what is left to do after it.
+pub async fn before(request: &QueryRequest, call: &impl Upstream) -> (Option<BTreeMap<String, String>>, After) {
+    let mut after = After::default();
+    match request.action() {
+        "CreateImage" => {
+            let name = request.params.get("Name").cloned().unwrap_or_default();
+            let taken = call
+                .call(&[
+                    ("Action", "DescribeImages"),
+                    ("Owner.1", "self"),
+                    ("Filter.1.Name", "name"),
+                    ("Filter.1.Value.1", &name),
+                ])
+                .await
+                .is_some_and(|answer| !xml::items(&answer, "imagesSet").is_empty());
+            if taken {
+                after.refused =
+                    Some(("InvalidAMIName.Duplicate", format!("AMI name {name} is already in use by an AMI")));
+                return (None, after);
+            }
+            let mut params = request.params.clone();
+            let specs: Vec<String> = params
+                .iter()
+                .filter(|(k, v)| k.starts_with("TagSpecification.") && k.ends_with(".ResourceType") && *v == "snapshot")
+                .map(|(k, _)| k.trim_end_matches("ResourceType").to_owned())
+                .collect();
+            if specs.is_empty() {
+                return (None, after);
+            }
+            for prefix in &specs {
+                let keys: Vec<String> = params.keys().filter(|k| k.starts_with(prefix.as_str())).cloned().collect();
+                let mut tags: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+                for key in keys {
+                    let value = params.remove(&key).unwrap_or_default();
+                    let rest = &key[prefix.len()..];
+                    if let Some(tag) = rest.strip_prefix("Tag.") {
+                        let (n, field) = tag.split_once('.').unwrap_or((tag, ""));
+                        let entry = tags.entry(n.to_owned()).or_default();
+                        match field {
+                            "Key" => entry.0 = Some(value),
+                            "Value" => entry.1 = Some(value),
+                            _ => {}
+                        }
+                    }
+                }
+                after
+                    .image_snapshot_tags
+                    .extend(tags.into_values().filter_map(|(k, v)| Some((k?, v.unwrap_or_default()))));
+            }
+            (Some(params), after)
+        }
+        "DeregisterImage" if request.params.get("DeleteAssociatedSnapshots").is_some_and(|v| v == "true") => {
+            let image = request.params.get("ImageId").cloned().unwrap_or_default();
+            let answer = call.call(&[("Action", "DescribeImages"), ("ImageId.1", &image)]).await;
+            after.delete_snapshots = answer
+                .as_deref()
+                .map(|a| xml::texts(a, "snapshotId").into_iter().map(str::to_owned).collect())
+                .unwrap_or_default();
+            (None, after)
+        }
+        "CreateSnapshots" => {
+            after.copy_volume_tags = request.params.get("CopyTagsFromSource").is_some_and(|v| v == "volume");
+            (None, after)
+        }
+        _ => (None, after),
+    }
+}
+
+/// Does what is left once the emulator made what the call asked for (`answer`).
+pub async fn after(after: After, answer: &str, call: &impl Upstream) {
+    if !after.image_snapshot_tags.is_empty() {
+        if let Some(image) = xml::text(answer, "imageId") {
+            let described = call.call(&[("Action", "DescribeImages"), ("ImageId.1", image)]).await.unwrap_or_default();
+            let snapshots: Vec<String> = xml::texts(&described, "snapshotId").into_iter().map(str::to_owned).collect();
+            tag(call, &snapshots, &after.image_snapshot_tags).await;
+        }
+    }
+    for snapshot in &after.delete_snapshots {
+        call.call(&[("Action", "DeleteSnapshot"), ("SnapshotId", snapshot)]).await;
+    }
+    if after.copy_volume_tags {
+        for (from, to) in xml::items(answer, "snapshotSet") {
+            let item = &answer[from..to];
+            let (Some(snapshot), Some(volume)) = (xml::text(item, "snapshotId"), xml::text(item, "volumeId")) else {
+                continue;
+            };
+            let described =
+                call.call(&[("Action", "DescribeVolumes"), ("VolumeId.1", volume)]).await.unwrap_or_default();
+            let tags: Vec<(String, String)> = xml::items(&described, "tagSet")
+                .into_iter()
+                .filter_map(|(a, b)| {
+                    let t = &described[a..b];
+                    Some((xml::text(t, "key")?.to_owned(), xml::text(t, "value").unwrap_or_default().to_owned()))
+                })
+                .filter(|(k, _)| !k.starts_with("aws:"))
+                .collect();
+            tag(call, &[snapshot.to_owned()], &tags).await;
+        }
+    }
+}
+
+async fn tag(call: &impl Upstream, resources: &[String], tags: &[(String, String)]) {
+    if resources.is_empty() || tags.is_empty() {
+        return;
+    }
+    let mut params: Vec<(String, String)> = vec![("Action".into(), "CreateTags".into())];
+    for (i, r) in resources.iter().enumerate() {
+        params.push((format!("ResourceId.{}", i + 1), r.clone()));
+    }
+    for (i, (k, v)) in tags.iter().enumerate() {
+        params.push((format!("Tag.{}.Key", i + 1), k.clone()));
+        params.push((format!("Tag.{}.Value", i + 1), v.clone()));
+    }
+    let refs: Vec<(&str, &str)> = params.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    call.call(&refs).await;
+}
+
+/// Calls the emulator directly, signed as the call being served.
+pub trait Upstream {
+    /// Sends a query-protocol call; its answer when it succeeded.
+    fn call(&self, params: &[(&str, &str)]) -> impl std::future::Future<Output = Option<String>> + Send;
+}
