@@ -118,7 +118,7 @@ fn demo_runs_the_sample_events_on_the_embedded_backend() {
     assert!(text.contains("account 210987654321 is not in fleet.allowed_accounts"), "{text}");
     // Plan mode: each real action says what it would do.
     for would in [
-        "would snapshot every volume of i-0a1b2c3d4e5f60718 and keep the newest 7 this task made",
+        "would snapshot every volume of i-0a1b2c3d4e5f60718 as one set and keep the newest 7 this task made",
         "would copy snap-0b1c2d3e4f5a60718 from us-west-2 to eu-west-1",
         "would reboot i-0123456789abcdef0",
         "would image i-0a1b2c3d4e5f60006 as `nightly-i-0a1b2c3d4e5f60006-",

@@ -149,7 +149,10 @@ impl Action for InstancePower {
                 out.push(allow_if(
                     &["ec2:CreateTags"],
                     &[INSTANCES],
-                    serde_json::json!({ "ForAllValues:StringEquals": { "aws:TagKeys": [REBOOTED_BY] } }),
+                    serde_json::json!({
+                        "ForAllValues:StringEquals": { "aws:TagKeys": [REBOOTED_BY] },
+                        "StringNotEquals": { "aws:ResourceTag/opsfleet:skip": "true" },
+                    }),
                 ));
             }
         }

@@ -73,7 +73,12 @@ impl Action for Tag {
     fn statements(&self, p: &TagParams) -> Vec<Value> {
         use super::iam::*;
         let keys: Vec<&String> = p.add.keys().chain(&p.remove).collect();
-        let only_these = serde_json::json!({ "ForAllValues:StringEquals": { "aws:TagKeys": keys } });
+        // Only these keys (never opsfleet's own: validate refuses them), never on a resource
+        // that opted out.
+        let only_these = serde_json::json!({
+            "ForAllValues:StringEquals": { "aws:TagKeys": keys },
+            "StringNotEquals": { "aws:ResourceTag/opsfleet:skip": "true" },
+        });
         let mut actions = Vec::new();
         if !p.add.is_empty() {
             actions.push("ec2:CreateTags");

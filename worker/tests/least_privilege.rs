@@ -1,0 +1,286 @@
+//! Least privilege that holds: the statements every action generates, walked with a small IAM
+//! evaluator. Whatever sequence of allowed calls a holder of the role makes, it cannot delete,
+//! deregister, stop, start, reboot or re-tag a resource opsfleet did not make, unless a task
+//! asks for exactly that (instance-power, snapshot-copy's `delete_source`, the tag action's
+//! own keys), and never one that opted out (`opsfleet:skip = true`).
+//!
+//! The reasoning the walk checks: deletes and deregistrations are allowed only on resources
+//! carrying `opsfleet:job` (`aws:ResourceTag`); `opsfleet:job` gets onto a resource only in the
+//! call that creates it (`ec2:CreateAction`), never onto an existing one; and no allowed call
+//! removes or changes `opsfleet:skip`.
+
+use opsfleet_worker::actions::ActionRegistry;
+use serde_json::{json, Value};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Every action with params that use all it can do.
+fn param_sets() -> Vec<(&'static str, Value)> {
+    vec![
+        ("ebs-snapshot", json!({ "retain": 7 })),
+        ("ebs-snapshot", json!({})),
+        ("snapshot-copy", json!({ "destination_region": "eu-west-1", "retain": 3, "kms_key_id": "alias/backup" })),
+        ("snapshot-copy", json!({ "destination_region": "eu-west-1", "delete_source": true })),
+        ("ami-create", json!({ "retain": 3 })),
+        ("instance-power", json!({ "operation": "stop", "force": true })),
+        ("instance-power", json!({ "operation": "start" })),
+        ("instance-power", json!({ "operation": "reboot" })),
+        ("tag", json!({ "add": { "Owner": "ops" }, "remove": ["Old"] })),
+        ("snapshot-retention", json!({ "keep": 1, "max_age_days": 30 })),
+        ("notify", json!({ "topic_arn": "arn:aws:sns:us-east-1:111122223333:ops" })),
+    ]
+}
+
+fn statements(sets: &[(&str, Value)]) -> Vec<Value> {
+    let registry = ActionRegistry::builtin();
+    sets.iter()
+        .flat_map(|(name, params)| {
+            let action = registry.get(name).expect("a registered action");
+            action.iam_statements(params).expect("statements")
+        })
+        .collect()
+}
+
+/// One call, as IAM sees it.
+#[derive(Debug, Clone)]
+struct Call<'a> {
+    action: &'a str,
+    arn: String,
+    resource_tags: &'a BTreeMap<String, String>,
+    request_tags: BTreeMap<String, String>,
+    create_action: Option<&'a str>,
+}
+
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            text.starts_with(head) && (0..=text.len() - head.len()).any(|i| glob(tail, &text[head.len() + i..]))
+        }
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items.iter().filter_map(|i| i.as_str().map(str::to_owned)).collect(),
+        Value::String(s) => vec![s.clone()],
+        other => vec![other.to_string()],
+    }
+}
+
+/// The values of a condition key for a call (none when absent).
+fn values(call: &Call<'_>, key: &str) -> Vec<String> {
+    if let Some(tag) = key.strip_prefix("aws:ResourceTag/") {
+        return call.resource_tags.get(tag).cloned().into_iter().collect();
+    }
+    if let Some(tag) = key.strip_prefix("aws:RequestTag/") {
+        return call.request_tags.get(tag).cloned().into_iter().collect();
+    }
+    match key {
+        "ec2:CreateAction" => call.create_action.map(str::to_owned).into_iter().collect(),
+        "aws:TagKeys" => call.request_tags.keys().cloned().collect(),
+        k if k.starts_with("kms:") => Vec::new(),
+        k => panic!("the evaluator does not know condition key {k}"),
+    }
+}
+
+fn condition_holds(call: &Call<'_>, operator: &str, key: &str, wanted: &[String]) -> bool {
+    let have = values(call, key);
+    match operator {
+        "StringEquals" => have.iter().any(|h| wanted.contains(h)),
+        "StringLike" => have.iter().any(|h| wanted.iter().any(|w| glob(w, h))),
+        // True when the key is absent, as IAM has it.
+        "StringNotEquals" => have.iter().all(|h| !wanted.contains(h)),
+        "ForAllValues:StringEquals" => have.iter().all(|h| wanted.contains(h)),
+        "ForAnyValue:StringEquals" => have.iter().any(|h| wanted.contains(h)),
+        "Bool" => have.iter().any(|h| wanted.contains(h)),
+        other => panic!("the evaluator does not know condition operator {other}"),
+    }
+}
+
+fn allowed(policy: &[Value], call: &Call<'_>) -> bool {
+    policy.iter().any(|s| {
+        assert_eq!(s["Effect"], "Allow", "only Allow statements are generated: {s}");
+        strings(&s["Action"]).iter().any(|a| a == call.action)
+            && strings(&s["Resource"]).iter().any(|r| glob(r, &call.arn))
+            && s["Condition"].as_object().is_none_or(|conditions| {
+                conditions.iter().all(|(operator, keys)| {
+                    keys.as_object()
+                        .expect("condition keys")
+                        .iter()
+                        .all(|(key, wanted)| condition_holds(call, operator, key, &strings(wanted)))
+                })
+            })
+    })
+}
+
+const KINDS: &[(&str, &str)] = &[
+    ("snapshot", "arn:aws:ec2:us-east-1::snapshot/snap-0theirs"),
+    ("image", "arn:aws:ec2:us-east-1::image/ami-0theirs"),
+    ("instance", "arn:aws:ec2:us-east-1:111122223333:instance/i-0theirs"),
+    ("volume", "arn:aws:ec2:us-east-1:111122223333:volume/vol-0theirs"),
+];
+
+/// The tags anyone holding the role could give an existing resource, starting from `start`:
+/// every state reachable through allowed CreateTags and DeleteTags calls.
+fn reachable(policy: &[Value], arn: &str, start: BTreeMap<String, String>) -> Vec<BTreeMap<String, String>> {
+    let keys =
+        ["opsfleet:job", "opsfleet:task", "opsfleet:source", "opsfleet:skip", "opsfleet:rebooted-by", "Owner", "Old"];
+    let mut seen: BTreeSet<BTreeMap<String, String>> = BTreeSet::from([start.clone()]);
+    let mut todo = vec![start];
+    while let Some(tags) = todo.pop() {
+        for key in keys {
+            for value in ["x", "true", "false"] {
+                let request_tags = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+                let call = |action| Call {
+                    action,
+                    arn: arn.to_owned(),
+                    resource_tags: &tags,
+                    request_tags: request_tags.clone(),
+                    create_action: None,
+                };
+                let mut next = Vec::new();
+                if allowed(policy, &call("ec2:CreateTags")) {
+                    let mut t = tags.clone();
+                    t.insert(key.to_owned(), value.to_owned());
+                    next.push(t);
+                }
+                if tags.contains_key(key) && allowed(policy, &call("ec2:DeleteTags")) {
+                    let mut t = tags.clone();
+                    t.remove(key);
+                    next.push(t);
+                }
+                for t in next {
+                    if seen.insert(t.clone()) {
+                        todo.push(t);
+                    }
+                }
+            }
+        }
+    }
+    seen.into_iter().collect()
+}
+
+fn destructive_allowed(policy: &[Value], arn: &str, tags: &BTreeMap<String, String>) -> Vec<&'static str> {
+    let destructive = [
+        "ec2:DeleteSnapshot",
+        "ec2:DeregisterImage",
+        "ec2:StopInstances",
+        "ec2:StartInstances",
+        "ec2:RebootInstances",
+        "ec2:TerminateInstances",
+        "ec2:DeleteVolume",
+    ];
+    destructive
+        .into_iter()
+        .filter(|action| {
+            allowed(
+                policy,
+                &Call {
+                    action,
+                    arn: arn.to_owned(),
+                    resource_tags: tags,
+                    request_tags: BTreeMap::new(),
+                    create_action: None,
+                },
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn opsfleet_job_gets_onto_a_resource_only_in_the_call_that_creates_it() {
+    let policy = statements(&param_sets());
+    let none = BTreeMap::new();
+    for (kind, arn) in KINDS {
+        let tag = |create_action| Call {
+            action: "ec2:CreateTags",
+            arn: arn.to_string(),
+            resource_tags: &none,
+            request_tags: BTreeMap::from([("opsfleet:job".to_owned(), "x".to_owned())]),
+            create_action,
+        };
+        assert!(!allowed(&policy, &tag(None)), "an existing {kind} can be tagged opsfleet:job");
+        for (i, state) in reachable(&policy, arn, BTreeMap::new()).iter().enumerate() {
+            assert!(!state.contains_key("opsfleet:job"), "{kind}: state {i} reachable with opsfleet:job: {state:?}");
+        }
+    }
+    // What a snapshot create tags, it tags as it creates.
+    let made = Call {
+        action: "ec2:CreateTags",
+        arn: KINDS[0].1.to_owned(),
+        resource_tags: &none,
+        request_tags: BTreeMap::from([("opsfleet:job".to_owned(), "x".to_owned())]),
+        create_action: Some("CreateSnapshot"),
+    };
+    assert!(allowed(&policy, &made), "a snapshot is tagged as it is made");
+}
+
+#[test]
+fn no_sequence_of_allowed_calls_deletes_or_deregisters_what_opsfleet_did_not_make() {
+    // Every action that deletes or deregisters only what opsfleet made, with all the tagging
+    // the other actions may do.
+    let sets: Vec<(&str, Value)> = param_sets()
+        .into_iter()
+        .filter(|(name, params)| *name != "instance-power" && params.get("delete_source").is_none())
+        .collect();
+    let policy = statements(&sets);
+    for (kind, arn) in KINDS {
+        for start in [BTreeMap::new(), BTreeMap::from([("opsfleet:skip".to_owned(), "true".to_owned())])] {
+            for tags in reachable(&policy, arn, start) {
+                let found = destructive_allowed(&policy, arn, &tags);
+                assert!(found.is_empty(), "{kind} not made by opsfleet, tagged {tags:?}: {found:?} allowed");
+            }
+        }
+    }
+    // And what opsfleet made, its retention may delete.
+    let made = BTreeMap::from([("opsfleet:job".to_owned(), "j".to_owned())]);
+    assert_eq!(destructive_allowed(&policy, KINDS[0].1, &made), vec!["ec2:DeleteSnapshot"]);
+    assert_eq!(destructive_allowed(&policy, KINDS[1].1, &made), vec!["ec2:DeregisterImage"]);
+}
+
+#[test]
+fn what_a_task_targets_it_may_change_but_never_once_it_opted_out_and_the_opt_out_stays() {
+    let policy = statements(&param_sets());
+    let skip = BTreeMap::from([("opsfleet:skip".to_owned(), "true".to_owned())]);
+    for (kind, arn) in KINDS {
+        for tags in reachable(&policy, arn, skip.clone()) {
+            assert_eq!(tags.get("opsfleet:skip").map(String::as_str), Some("true"), "{kind}: the opt-out was removed");
+            let found = destructive_allowed(&policy, arn, &tags);
+            assert!(found.is_empty(), "{kind} opted out, tagged {tags:?}: {found:?} allowed");
+            let retag = Call {
+                action: "ec2:CreateTags",
+                arn: arn.to_string(),
+                resource_tags: &tags,
+                request_tags: BTreeMap::from([("Owner".to_owned(), "x".to_owned())]),
+                create_action: None,
+            };
+            assert!(!allowed(&policy, &retag), "{kind} opted out can be re-tagged");
+        }
+    }
+    // Not opted out: the targeted changes the tasks ask for, and nothing else.
+    let none = BTreeMap::new();
+    assert_eq!(
+        destructive_allowed(&policy, KINDS[2].1, &none),
+        vec!["ec2:StopInstances", "ec2:StartInstances", "ec2:RebootInstances"]
+    );
+    assert_eq!(destructive_allowed(&policy, KINDS[0].1, &none), vec!["ec2:DeleteSnapshot"], "delete_source");
+    assert!(destructive_allowed(&policy, KINDS[3].1, &none).is_empty(), "volumes are never deleted");
+}
+
+#[test]
+fn destructive_statements_appear_only_when_a_task_asks_for_them() {
+    for (name, params) in [
+        ("ebs-snapshot", json!({})),
+        ("ami-create", json!({})),
+        ("snapshot-copy", json!({ "destination_region": "eu-west-1" })),
+        ("instance-power", json!({ "operation": "start" })),
+    ] {
+        let policy = statements(&[(name, params)]);
+        let made = BTreeMap::from([("opsfleet:job".to_owned(), "j".to_owned())]);
+        for (kind, arn) in KINDS {
+            let found: Vec<_> =
+                destructive_allowed(&policy, arn, &made).into_iter().filter(|a| *a != "ec2:StartInstances").collect();
+            assert!(found.is_empty(), "{name} without retain or delete_source allows {found:?} on a {kind}");
+        }
+    }
+}
