@@ -137,7 +137,12 @@ pub fn policy(config: &Config, setup: bool) -> Value {
             "Sid": "MemberAccounts",
             "Effect": "Allow",
             "Action": "sts:AssumeRole",
-            "Resource": role.replace("{account}", "*"),
+            // The member role in the allowed accounts only, when the fleet names them.
+            "Resource": if config.fleet.allowed_accounts.is_empty() {
+                json!(role.replace("{account}", "*"))
+            } else {
+                json!(config.fleet.allowed_accounts.iter().map(|a| role.replace("{account}", a)).collect::<Vec<_>>())
+            },
         }));
     }
     json!({ "Version": "2012-10-17", "Statement": statements })
@@ -175,6 +180,18 @@ mod tests {
         assert_eq!(statements.len(), 5, "noop calls nothing and needs no statement: {statements:?}");
         assert!(statements.iter().all(|s| s["Action"] != json!([])), "IAM refuses empty statements");
         assert_eq!(statements[4]["Resource"], "arn:aws:iam::*:role/Member");
+        let allowed = Config::parse(
+            &text.replace("external_id = \"e\"\n", "external_id = \"e\"\nallowed_accounts = [\"111122223333\", \"444455556666\"]\n"),
+            Some(&ActionRegistry::builtin()),
+        )
+        .expect("config");
+        let statements = policy(&allowed, false)["Statement"].as_array().cloned().unwrap_or_default();
+        let member = statements.iter().find(|s| s["Sid"] == "MemberAccounts").expect("member statement");
+        assert_eq!(
+            member["Resource"],
+            json!(["arn:aws:iam::111122223333:role/Member", "arn:aws:iam::444455556666:role/Member"]),
+            "only the allowed accounts' member roles"
+        );
         let with_setup = policy(&config, true);
         assert!(with_setup["Statement"][0]["Action"].as_array().expect("actions").contains(&json!("sqs:CreateQueue")));
         let table = with_setup["Statement"][1]["Action"].as_array().expect("actions");
@@ -215,7 +232,7 @@ params = { topic_arn = "arn:aws:sns:us-east-1:123456789012:ops" }
             ),
             "{p}"
         );
-        assert!(p.contains(r#""ec2:CreateAction":["CreateSnapshot"]"#), "{p}");
+        assert!(p.contains(r#""ec2:CreateAction":["CreateSnapshot","CreateSnapshots"]"#), "{p}");
         assert!(
             p.contains(
                 r#""Action":["sns:Publish"],"Effect":"Allow","Resource":"arn:aws:sns:us-east-1:123456789012:ops""#

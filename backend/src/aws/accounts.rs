@@ -33,6 +33,7 @@ pub struct AwsAccounts {
     http: SharedHttpClient,
     member_role: Option<String>,
     external_id: Option<String>,
+    session: String,
     budget: Arc<Ec2Budget>,
     own: tokio::sync::OnceCell<String>,
     configs: tokio::sync::Mutex<HashMap<String, SdkConfig>>,
@@ -50,6 +51,7 @@ impl AwsAccounts {
             http,
             member_role: fleet.member_role.clone(),
             external_id: fleet.external_id.clone(),
+            session: session_name(&fleet.name, &host()),
             budget,
             own: tokio::sync::OnceCell::new(),
             configs: tokio::sync::Mutex::default(),
@@ -96,7 +98,7 @@ impl AwsAccounts {
             .as_ref()
             .ok_or_else(|| AccountError::NoRole { account: account.to_owned(), own: own.clone() })?
             .replace("{account}", account);
-        let mut provider = aws_config::sts::AssumeRoleProvider::builder(role).session_name("opsfleet");
+        let mut provider = aws_config::sts::AssumeRoleProvider::builder(role).session_name(&self.session);
         if let Some(external_id) = &self.external_id {
             provider = provider.external_id(external_id);
         }
@@ -138,5 +140,38 @@ impl AwsAccounts {
         let client = aws_sdk_sns::Client::from_conf(conf);
         self.sns.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
         Ok(client)
+    }
+}
+
+/// The STS session name the member roles are assumed with, so CloudTrail in a member account
+/// names the fleet and the machine: `opsfleet-<fleet>-<host>`, in the characters STS takes, at
+/// most 64 of them.
+pub fn session_name(fleet: &str, host: &str) -> String {
+    format!("opsfleet-{fleet}-{host}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "+=,.@-_".contains(c) { c } else { '-' })
+        .take(64)
+        .collect()
+}
+
+/// This machine's name (a container's id on ECS), or `unknown`.
+fn host() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::session_name;
+
+    #[test]
+    fn the_session_names_the_fleet_and_the_host_in_what_sts_takes() {
+        assert_eq!(session_name("ops", "ip-10-0-0-1.ec2.internal"), "opsfleet-ops-ip-10-0-0-1.ec2.internal");
+        assert_eq!(session_name("ops", "a b/c"), "opsfleet-ops-a-b-c");
+        assert_eq!(session_name("ops", &"x".repeat(100)).len(), 64);
     }
 }
