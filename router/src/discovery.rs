@@ -25,11 +25,37 @@ pub enum DiscoveryError {
     },
 }
 
+/// What a discovery found, place by place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Discovered {
+    /// The resources found in the places that answered.
+    pub resources: Vec<Resource>,
+    /// The places that did not answer, each with its one-line reason.
+    pub failed: Vec<PlaceFailed>,
+}
+
+/// An (account, region) a discovery could not search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlaceFailed {
+    /// The account.
+    pub account: String,
+    /// The region.
+    pub region: String,
+    /// Why, in one line.
+    pub error: String,
+}
+
 /// Runs discovery queries.
 #[async_trait]
 pub trait Discover: Send + Sync {
-    /// The resources a discovery finds.
+    /// The resources a discovery finds; an error when any place failed.
     async fn discover(&self, discovery: &Discovery) -> Result<Vec<Resource>, DiscoveryError>;
+
+    /// The resources a discovery finds in every (account, region) that answers, and the places
+    /// that did not: one failing region or account does not hold back the others.
+    async fn discover_places(&self, discovery: &Discovery) -> Result<Discovered, DiscoveryError> {
+        Ok(Discovered { resources: self.discover(discovery).await?, failed: Vec::new() })
+    }
 }
 
 /// A discoverer that has no way to find resources: every discovery is refused.

@@ -2,7 +2,7 @@
 //! `Describe*` paginators and server-side filters in every account and region a task names at
 //! once (member accounts through the fleet's role), within the fleet's describe budget.
 
-use crate::discovery::{Discover, DiscoveryError};
+use crate::discovery::{Discover, Discovered, DiscoveryError, PlaceFailed};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::Filter;
 use futures::future::join_all;
@@ -30,7 +30,11 @@ fn filters(discovery: &Discovery) -> Vec<Filter> {
         .iter()
         .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build())
         .collect();
-    if !discovery.query.state.is_empty() {
+    if discovery.query.state.is_empty() && discovery.query.kind == ResourceType::Instance {
+        // Terminated instances stay listed for an hour; a job on one could only fail.
+        let live = ["pending", "running", "stopping", "stopped"].map(str::to_owned).to_vec();
+        out.push(Filter::builder().name("instance-state-name").set_values(Some(live)).build());
+    } else if !discovery.query.state.is_empty() {
         let name = match discovery.query.kind {
             ResourceType::Instance => "instance-state-name",
             ResourceType::Volume => "status",
@@ -103,17 +107,38 @@ impl Ec2Discovery {
 #[async_trait]
 impl Discover for Ec2Discovery {
     async fn discover(&self, discovery: &Discovery) -> Result<Vec<Resource>, DiscoveryError> {
-        let searches = discovery
+        let found = self.discover_places(discovery).await?;
+        match found.failed.first() {
+            None => Ok(found.resources),
+            Some(place) => {
+                Err(DiscoveryError::Failed { task: discovery.task_name.clone(), message: place.error.clone() })
+            }
+        }
+    }
+
+    async fn discover_places(&self, discovery: &Discovery) -> Result<Discovered, DiscoveryError> {
+        let places: Vec<(&String, &String)> = discovery
             .accounts
             .iter()
             .flat_map(|account| discovery.regions.iter().map(move |region| (account, region)))
-            .map(|(account, region)| self.find(discovery, account, region));
-        let mut all = Vec::new();
-        for found in join_all(searches).await {
-            all.extend(found?);
+            .collect();
+        let searches = places.iter().map(|(account, region)| self.find(discovery, account, region));
+        let mut out = Discovered::default();
+        for ((account, region), found) in places.iter().zip(join_all(searches).await) {
+            match found {
+                Ok(resources) => out.resources.extend(resources),
+                Err(e) => out.failed.push(PlaceFailed {
+                    account: (*account).clone(),
+                    region: (*region).clone(),
+                    error: match e {
+                        DiscoveryError::Failed { message, .. } => message,
+                        other => other.to_string(),
+                    },
+                }),
+            }
         }
-        all.sort();
-        all.dedup();
-        Ok(all)
+        out.resources.sort();
+        out.resources.dedup();
+        Ok(out)
     }
 }

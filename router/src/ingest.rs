@@ -1,14 +1,16 @@
 //! The ingest loop: receive, route, acknowledge.
 
 use crate::batcher::Batcher;
-use crate::discovery::{Discover, DiscoveryError};
+use crate::discovery::{Discover, DiscoveryError, PlaceFailed};
+use crate::discovery_retry::{DiscoveryRetry, DISCOVERY_RETRIES};
 use crate::telemetry::{
-    EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted, PollFailed, TaskFoundNothing,
+    DiscoveryPlacesFailed, EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted,
+    PollFailed, TaskFoundNothing,
 };
 use futures::future::join_all;
 use opsfleet_protocol::event::{normalize, TargetError};
 use opsfleet_protocol::names;
-use opsfleet_protocol::ports::{send_all, Backend, Queue, QueueError, ReceivedMessage, SendError};
+use opsfleet_protocol::ports::{send_all, Backend, OutgoingMessage, Queue, QueueError, ReceivedMessage, SendError};
 use opsfleet_protocol::setup::EVENTS_MAX_RECEIVE;
 use opsfleet_protocol::{Clock, DeadLetter, Job, PlanError, Planner};
 use std::collections::{BTreeMap, HashSet};
@@ -80,6 +82,13 @@ struct Ready {
     event_id: String,
     jobs: Vec<Job>,
     failed_discovery: Option<String>,
+    /// Places of discoveries that failed, by task, to retry on their own.
+    failed_places: Vec<(String, Vec<PlaceFailed>)>,
+    /// The message is itself a retry of failed places.
+    retry: Option<DiscoveryRetry>,
+    /// The event's body, for the retries.
+    body: String,
+    received_ms: u64,
     started: Instant,
 }
 
@@ -249,25 +258,47 @@ impl Router {
     /// Normalizes, plans and discovers one message: its jobs, ready to send, or its outcome.
     async fn prepare(&self, message: &ReceivedMessage) -> Prepared {
         let started = Instant::now();
-        let event = match normalize(&message.body) {
+        // A retry of a discovery's failed places carries the event it came from.
+        let retry = match DiscoveryRetry::from_body(&message.body) {
+            None => None,
+            Some(Ok(retry)) => Some(retry),
+            Some(Err(e)) => return Prepared::Done(self.reject(message, "not_an_event", e).await),
+        };
+        let body = retry.as_ref().map_or_else(|| message.body.clone(), |r| r.event.to_string());
+        let event = match normalize(&body) {
             Ok(event) => event,
             Err(e) => return Prepared::Done(self.reject(message, "not_an_event", e.to_string()).await),
         };
-        EventReceived { event: &event }.emit();
-        let received_ms = if message.sent_ms > 0 { message.sent_ms } else { self.clock.now_ms() };
-        let plan = match self.planner.plan(&event, received_ms) {
+        if retry.is_none() {
+            EventReceived { event: &event }.emit();
+        }
+        let received_ms = match &retry {
+            Some(r) => r.received_ms,
+            None if message.sent_ms > 0 => message.sent_ms,
+            None => self.clock.now_ms(),
+        };
+        let mut plan = match self.planner.plan(&event, received_ms) {
             Ok(plan) => plan,
             Err(e) => return Prepared::Done(self.reject(message, plan_error_kind(&e), e.to_string()).await),
         };
+        if let Some(retry) = &retry {
+            retry.narrow(&mut plan);
+        }
         let mut jobs = plan.jobs;
         // A discovery that fails does not hold back the jobs of the other tasks: they go out,
         // and the event comes again for the failed discovery (its jobs' ids are the same, so
         // what went out already is deduplicated), until its last receive, when it goes to the
         // DLQ with the reason.
         let mut failed_discovery: Option<String> = None;
+        let mut failed_places = Vec::new();
         for discovery in &plan.discoveries {
-            let resources = match self.discover.discover(discovery).await {
-                Ok(resources) => resources,
+            let resources = match self.discover.discover_places(discovery).await {
+                Ok(found) => {
+                    if !found.failed.is_empty() {
+                        failed_places.push((discovery.task_name.clone(), found.failed));
+                    }
+                    found.resources
+                }
                 Err(e @ DiscoveryError::Unavailable { .. }) => {
                     return Prepared::Done(self.reject(message, "discovery", e.to_string()).await)
                 }
@@ -289,17 +320,27 @@ impl Router {
             return Prepared::Done(Outcome::Unmatched { event_id: event.id });
         }
         // A task that matched and found nothing to act on is reported, not silently done.
-        for task in &plan.matched {
-            if !jobs.iter().any(|j| &j.task == task) {
+        for task in plan.matched.iter().filter(|_| retry.is_none()) {
+            let failed = failed_places.iter().any(|(t, _)| t == task);
+            if !failed && !jobs.iter().any(|j| &j.task == task) {
                 TaskFoundNothing { event_id: &event.id, task }.emit();
             }
         }
-        Prepared::Ready(Ready { event_id: event.id, jobs, failed_discovery, started })
+        Prepared::Ready(Ready {
+            event_id: event.id,
+            jobs,
+            failed_discovery,
+            failed_places,
+            retry,
+            body,
+            received_ms,
+            started,
+        })
     }
 
     /// What became of a message whose jobs were sent (or not).
     async fn complete(&self, message: &ReceivedMessage, ready: Ready, sent: Result<(), SendError>) -> Outcome {
-        let Ready { event_id, jobs, failed_discovery, started } = ready;
+        let Ready { event_id, jobs, failed_discovery, failed_places, retry, body, received_ms, started } = ready;
         match sent {
             Ok(()) => {}
             Err(SendError::TooLarge(e)) => return self.reject(message, "job_too_large", e.to_string()).await,
@@ -311,6 +352,27 @@ impl Router {
                 return self.reject(message, "discovery", error).await;
             }
             return self.defer(message, error);
+        }
+        if !failed_places.is_empty() {
+            // The places that answered have their jobs out; the failed ones go round again on
+            // their own, or, past their retries, to the DLQ with each place's reason.
+            let attempt = retry.as_ref().map_or(1, |r| r.attempt + 1);
+            for (task, failed) in &failed_places {
+                DiscoveryPlacesFailed { event_id: &event_id, task, failed, attempt: attempt - 1 }.emit();
+            }
+            if let Some(retry) = retry.as_ref().filter(|r| r.attempt >= DISCOVERY_RETRIES) {
+                let failed: Vec<PlaceFailed> = failed_places.into_iter().flat_map(|(_, f)| f).collect();
+                return self.reject(message, "discovery", retry.reason(&failed)).await;
+            }
+            let event: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            let retries: Vec<OutgoingMessage> = failed_places
+                .iter()
+                .flat_map(|(task, failed)| DiscoveryRetry::of(task, failed, attempt, received_ms, &event))
+                .map(|r| OutgoingMessage { body: r.body(), delay: Some(r.delay()), ..Default::default() })
+                .collect();
+            if let Err(e) = send_all(self.events.as_ref(), retries).await {
+                return self.defer(message, format!("sending the retry of a discovery's failed places failed: {e}"));
+            }
         }
         let mut per_task: BTreeMap<(&str, &str), usize> = BTreeMap::new();
         for job in &jobs {

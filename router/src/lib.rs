@@ -10,12 +10,14 @@
 
 mod batcher;
 mod discovery;
+mod discovery_retry;
 mod ec2_discovery;
 mod ingest;
 mod inventory;
 mod telemetry;
 
-pub use discovery::{Discover, DiscoveryError, NoDiscovery};
+pub use discovery::{Discover, Discovered, DiscoveryError, NoDiscovery, PlaceFailed};
+pub use discovery_retry::{DiscoveryRetry, DISCOVERY_RETRIES};
 pub use ec2_discovery::Ec2Discovery;
 pub use ingest::{Outcome, Router, RouterError};
 pub use inventory::{InventoryItem, StaticInventory};

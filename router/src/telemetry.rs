@@ -115,3 +115,21 @@ impl PollFailed<'_> {
         counter!("opsfleet_router_poll_errors_total").increment(1);
     }
 }
+
+/// Some places of a task's discovery failed; they are retried on their own.
+pub(crate) struct DiscoveryPlacesFailed<'a> {
+    pub event_id: &'a str,
+    pub task: &'a str,
+    pub failed: &'a [crate::discovery::PlaceFailed],
+    pub attempt: u32,
+}
+
+impl DiscoveryPlacesFailed<'_> {
+    pub fn emit(self) {
+        for place in self.failed {
+            tracing::warn!(event_id = %self.event_id, task = %self.task, account = %place.account, region = %place.region, attempt = self.attempt, error = %place.error, "A discovery failed in one place; the others' jobs went out and this place is retried on its own.");
+            counter!("opsfleet_discovery_places_failed_total", "task" => self.task.to_owned(), "region" => place.region.clone())
+                .increment(1);
+        }
+    }
+}

@@ -1,5 +1,6 @@
-//! Discovery on EC2 against the emulator (moto): tagged volumes and instances in two accounts
-//! (the second through the member role and its external id) and two regions, at once.
+//! Discovery on EC2 against the emulator (moto) behind the EC2 realism layer: tagged volumes in
+//! two accounts (the second through the member role and its external id) and two regions, at
+//! once; and a region that refuses one account, which holds back none of the others.
 
 use aws_sdk_ec2::types::{ResourceType as Ec2Type, Tag, TagSpecification};
 use opsfleet_backend::aws::budget::Ec2Budget;
@@ -9,6 +10,7 @@ use opsfleet_protocol::config::DiscoveryQuery;
 use opsfleet_protocol::plan::Discovery;
 use opsfleet_protocol::{Config, Resource, ResourceType};
 use opsfleet_router::{Discover, Ec2Discovery};
+use opsfleet_testkit::{Ec2Plan, Ec2Realism, FailingPlace};
 use std::sync::Arc;
 
 const OWN: &str = "123456789012";
@@ -16,14 +18,18 @@ const MEMBER: &str = "222222222222";
 
 #[tokio::test]
 async fn discovery_finds_tagged_resources_in_two_accounts_and_two_regions() {
-    assert!(std::env::var_os("AWS_ENDPOINT_URL").is_some(), "run with tests/run.sh: it starts the emulator");
+    let emulator = std::env::var("AWS_ENDPOINT_URL").expect("run with tests/run.sh: it starts the emulator");
+    let layer = Ec2Realism::start(&emulator, Ec2Plan::aws()).await.expect("the EC2 realism layer");
     let config = Config::parse(
         "[fleet]\nname = \"d\"\nmember_role = \"arn:aws:iam::{account}:role/OpsFleetMember\"\nexternal_id = \"opsfleet-test\"\n",
         None,
     )
     .expect("config");
-    let accounts =
-        Arc::new(AwsAccounts::new(AwsBackend::sdk_config().await, &config.fleet, Ec2Budget::new(config.ec2_budget)));
+    let accounts = Arc::new(AwsAccounts::new(
+        layer.sdk_config(&AwsBackend::sdk_config().await),
+        &config.fleet,
+        Ec2Budget::new(config.ec2_budget),
+    ));
     let marker = format!(
         "{}-{}",
         std::process::id(),
@@ -57,6 +63,7 @@ async fn discovery_finds_tagged_resources_in_two_accounts_and_two_regions() {
             }
         }
     }
+    layer.settle().await;
     let discovery = Discovery {
         task: 0,
         task_name: "nightly".into(),
@@ -79,5 +86,23 @@ async fn discovery_finds_tagged_resources_in_two_accounts_and_two_regions() {
     // A state filter leaves out what is not in that state.
     let mut in_use = discovery.clone();
     in_use.query.state = vec!["in-use".into()];
-    assert!(Ec2Discovery::new(accounts).discover(&in_use).await.expect("discover").is_empty());
+    assert!(Ec2Discovery::new(accounts.clone()).discover(&in_use).await.expect("discover").is_empty());
+
+    // A region the member account has not opted in to: the other places' volumes are found,
+    // and that place is named with its reason.
+    layer.change(|p| {
+        p.failing.push(FailingPlace {
+            account: MEMBER.into(),
+            region: "us-west-2".into(),
+            code: "OptInRequired".into(),
+        })
+    });
+    let found = Ec2Discovery::new(accounts.clone()).discover_places(&discovery).await.expect("discover");
+    let others: Vec<Resource> =
+        expected.iter().filter(|r| !(r.account == MEMBER && r.region == "us-west-2")).cloned().collect();
+    assert_eq!(found.resources, others, "every other place's volumes");
+    assert_eq!(found.failed.len(), 1, "{:?}", found.failed);
+    assert_eq!((found.failed[0].account.as_str(), found.failed[0].region.as_str()), (MEMBER, "us-west-2"));
+    assert!(found.failed[0].error.contains("OptInRequired"), "{:?}", found.failed);
+    assert!(Ec2Discovery::new(accounts).discover(&discovery).await.is_err(), "the whole search fails as one");
 }

@@ -181,7 +181,10 @@ mod tests {
         assert!(statements.iter().all(|s| s["Action"] != json!([])), "IAM refuses empty statements");
         assert_eq!(statements[4]["Resource"], "arn:aws:iam::*:role/Member");
         let allowed = Config::parse(
-            &text.replace("external_id = \"e\"\n", "external_id = \"e\"\nallowed_accounts = [\"111122223333\", \"444455556666\"]\n"),
+            &text.replace(
+                "external_id = \"e\"\n",
+                "external_id = \"e\"\nallowed_accounts = [\"111122223333\", \"444455556666\"]\n",
+            ),
             Some(&ActionRegistry::builtin()),
         )
         .expect("config");
