@@ -95,7 +95,7 @@ struct Ready {
 /// What planning a message came to.
 enum Prepared {
     /// Its jobs are ready to send.
-    Ready(Ready),
+    Ready(Box<Ready>),
     /// Nothing to send: its outcome.
     Done(Outcome),
 }
@@ -250,7 +250,7 @@ impl Router {
             Prepared::Done(outcome) => outcome,
             Prepared::Ready(ready) => {
                 let sent = self.send(ready.jobs.iter()).await;
-                self.complete(message, ready, sent).await
+                self.complete(message, *ready, sent).await
             }
         }
     }
@@ -326,7 +326,7 @@ impl Router {
                 TaskFoundNothing { event_id: &event.id, task }.emit();
             }
         }
-        Prepared::Ready(Ready {
+        Prepared::Ready(Box::new(Ready {
             event_id: event.id,
             jobs,
             failed_discovery,
@@ -335,7 +335,7 @@ impl Router {
             body,
             received_ms,
             started,
-        })
+        }))
     }
 
     /// What became of a message whose jobs were sent (or not).
