@@ -1,7 +1,9 @@
 //! End to end with a real action: a real client (boto3) sends an "EC2 Instance State-change
 //! Notification" (stopped) to the events queue of a fleet made by `opsfleet setup`, and the
 //! router and worker processes leave exactly one snapshot of each of the instance's volumes,
-//! tagged as opsfleet tags what it makes, and a `SUCCEEDED` job in the ledger. All on moto.
+//! tagged as opsfleet tags what it makes, and a `SUCCEEDED` job in the ledger. All on moto,
+//! with EC2 behind the realism layer (eventual consistency, pending snapshots, throttling
+//! buckets, retryable errors) for the fleet's processes.
 
 mod support;
 
@@ -13,6 +15,7 @@ use opsfleet_protocol::ports::Backend;
 use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Config, Planner};
 use opsfleet_worker::ledger::{Ledger, Status};
+use opsfleet_testkit::{Ec2Plan, Ec2Realism};
 use opsfleet_worker::ActionRegistry;
 use std::time::{Duration, Instant};
 use support::{opsfleet, python_client, unique_fleet, write_config, ChildGuard};
@@ -41,7 +44,9 @@ async fn a_stopped_instance_leaves_one_tagged_snapshot_per_volume_and_a_succeede
         .expect("config");
 
     // An instance with a second volume.
-    let base = AwsBackend::sdk_config().await;
+    let emulator = std::env::var("AWS_ENDPOINT_URL").expect("run with tests/run.sh");
+    let layer = Ec2Realism::start(&emulator, Ec2Plan::aws()).await.expect("the EC2 realism layer");
+    let base = layer.sdk_config(&AwsBackend::sdk_config().await);
     let accounts = AwsAccounts::new(base, &config.fleet, Ec2Budget::new(config.ec2_budget));
     let ec2 = accounts.ec2("123456789012", "us-east-1").await.expect("ec2");
     let run = ec2.run_instances().image_id("ami-03cf127a").min_count(1).max_count(1).send().await.expect("instance");
@@ -50,18 +55,21 @@ async fn a_stopped_instance_leaves_one_tagged_snapshot_per_volume_and_a_succeede
     let data = data.volume_id().expect("id").to_owned();
     ec2.attach_volume().volume_id(&data).instance_id(&instance).device("/dev/sdf").send().await.expect("attach");
     ec2.stop_instances().instance_ids(&instance).send().await.expect("stop");
+    layer.settle().await;
 
     let log = |name: &str| {
         std::fs::File::create(support::root().join("target/e2e").join(format!("{fleet}-{name}.log"))).expect("log")
     };
     let _router = ChildGuard(
         opsfleet(&["router", "--config", path.to_str().unwrap_or_default()])
+            .env("AWS_ENDPOINT_URL", &layer.url)
             .stderr(log("router"))
             .spawn()
             .expect("router"),
     );
     let _worker = ChildGuard(
         opsfleet(&["worker", "--config", path.to_str().unwrap_or_default()])
+            .env("AWS_ENDPOINT_URL", &layer.url)
             .stderr(log("worker"))
             .spawn()
             .expect("worker"),
@@ -93,6 +101,12 @@ async fn a_stopped_instance_leaves_one_tagged_snapshot_per_volume_and_a_succeede
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     assert_eq!(record.status, Status::Succeeded, "{record:?}");
+    let seen = layer.counts();
+    assert!(
+        seen.get("not_found").copied().unwrap_or(0) > 0,
+        "the worker's first check met snapshots no describe knew yet, and waited: {seen:?}"
+    );
+    layer.settle().await;
     let made = ec2
         .describe_snapshots()
         .owner_ids("self")

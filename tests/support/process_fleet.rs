@@ -45,6 +45,8 @@ pub struct ProcessFleet {
     pub sqs: FaultProxy,
     /// The proxy in front of DynamoDB.
     pub dynamodb: FaultProxy,
+    /// EC2 (and STS, SNS) as AWS serves it, in front of moto.
+    pub ec2: opsfleet_testkit::Ec2Realism,
     /// Every process started.
     pub procs: Vec<Proc>,
     /// Processes killed on purpose.
@@ -98,7 +100,10 @@ impl ProcessFleet {
         let (sqs, dynamodb) = (FaultProxy::start(&sqs_url).await, FaultProxy::start(&dynamodb_url).await);
         sqs.set(FaultPlan::aws());
         dynamodb.set(FaultPlan::aws());
+        let moto = std::env::var("AWS_ENDPOINT_URL").expect("run with tests/run.sh: it starts the emulators");
+        let ec2 = opsfleet_testkit::Ec2Realism::start(&moto, opsfleet_testkit::Ec2Plan::aws()).await.expect("EC2 layer");
         ProcessFleet {
+            ec2,
             planner: Planner::new(config),
             sqs,
             dynamodb,
@@ -151,6 +156,7 @@ impl ProcessFleet {
         let mut cmd = opsfleet(&[command, "--config", path.to_str().unwrap_or_default()]);
         cmd.env("AWS_ENDPOINT_URL_SQS", &self.sqs.url)
             .env("AWS_ENDPOINT_URL_DYNAMODB", &self.dynamodb.url)
+            .env("AWS_ENDPOINT_URL", &self.ec2.url)
             .env("RUST_LOG", "warn,opsfleet_worker=info")
             .stderr(file);
         if let Some(offset) = clock_offset_ms {
