@@ -101,7 +101,8 @@ impl ProcessFleet {
         sqs.set(FaultPlan::aws());
         dynamodb.set(FaultPlan::aws());
         let moto = std::env::var("AWS_ENDPOINT_URL").expect("run with tests/run.sh: it starts the emulators");
-        let ec2 = opsfleet_testkit::Ec2Realism::start(&moto, opsfleet_testkit::Ec2Plan::aws()).await.expect("EC2 layer");
+        let ec2 =
+            opsfleet_testkit::Ec2Realism::start(&moto, opsfleet_testkit::Ec2Plan::aws()).await.expect("EC2 layer");
         ProcessFleet {
             ec2,
             planner: Planner::new(config),
