@@ -43,10 +43,15 @@ async fn join_fleet(prepared: &Prepared, role: &'static str, id: String) -> anyh
     let store = opened("table", &prepared.shutdown, || prepared.backend.store(&table)).await?;
     let budget = Arc::clone(prepared.accounts.budget());
     let live = opened("fleet", &prepared.shutdown, || presence::join(store.as_ref(), role, &id)).await?;
-    budget.set_fleet_size(live.processes());
+    budget.set_fleet(live.routers, live.workers);
+    if live.processes() > 1 {
+        // The others count this process within a few seconds; until then its buckets start
+        // empty, so that joining does not spend the fleet's burst twice.
+        budget.joined_running_fleet();
+    }
     tracing::info!(routers = live.routers, workers = live.workers, "Joined the fleet.");
     tokio::spawn(presence::run(store, role, id, prepared.shutdown.clone(), move |live| {
-        budget.set_fleet_size(live.processes());
+        budget.set_fleet(live.routers, live.workers);
     }));
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Which processes of a fleet are alive: each router and worker writes a heartbeat item
 //! (`fleet` / `<role>#<id>`, with a TTL) every [`BEAT`], and reads them all with one query every
-//! [`COUNT_EVERY`] to count the live ones of each role. The EC2 budget is split by the number of
-//! live processes: a process that joins is counted by the others within `COUNT_EVERY`, and it
-//! counts them before its first EC2 call ([`join`]).
+//! [`COUNT_EVERY`] to count the live ones of each role. The EC2 budget is split by the live
+//! processes (reads among all, writes among the workers): a process that joins is counted by
+//! the others within `COUNT_EVERY`, and it counts them before its first EC2 call ([`join`]).
 
 use opsfleet_protocol::ports::{Attrs, Cond, Item, Store, StoreError};
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
 
 /// How often a process says it is alive.
-pub const BEAT: Duration = Duration::from_secs(20);
+pub const BEAT: Duration = Duration::from_secs(10);
 
 /// How often a process counts the live ones.
 pub const COUNT_EVERY: Duration = Duration::from_secs(5);
@@ -19,8 +19,9 @@ pub const COUNT_EVERY: Duration = Duration::from_secs(5);
 /// processes started together see one another.
 pub const SETTLE: Duration = Duration::from_secs(1);
 
-/// A process whose last heartbeat is older than this is not counted.
-pub const STALE: Duration = Duration::from_secs(75);
+/// A process whose last heartbeat is older than this is not counted: a process that died
+/// without leaving keeps its share of the EC2 budget this long at most.
+pub const STALE: Duration = Duration::from_secs(35);
 
 use crate::table::{presence, PRESENCE_PK as PK};
 

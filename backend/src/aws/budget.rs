@@ -1,12 +1,14 @@
-//! The fleet-wide EC2 API budget: token buckets per (account, region, API class), shaped like
-//! EC2's own request-token buckets, shared so that N processes together stay within one.
+//! The fleet-wide EC2 API budget: token buckets per (account, region, API), as EC2 keeps them,
+//! each sized by its API's class, shared so that N processes together stay within one.
 //!
 //! Every EC2 request of the fleet goes through [`Budgeted`], an HTTP client in front of the
-//! SDK's, which reads the request's `Action` and waits for a token of its class before sending
-//! it, so SDK retries take tokens too. Each process takes `1/N` of every bucket (rate and
-//! burst), with N the live processes it is told of (counted from the presence items every
-//! router and worker writes): N processes together never send more than one bucket's worth,
-//! however the work is spread.
+//! SDK's, which reads the request's `Action` (and whether it filters or pages) and waits for a
+//! token of that API's bucket before sending it, so SDK retries take tokens too. Each process
+//! takes its share of every bucket (rate and burst): reads are split among every live router
+//! and worker, writes among the workers only (routers only read), as counted from the
+//! presence items they write. A process that joins a running fleet starts its buckets empty
+//! for [`JOIN_WINDOW`], until the others have counted it, so a fast scale-out does not spend
+//! the fleet's burst twice.
 
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpClient, SharedHttpConnector,
@@ -23,8 +25,10 @@ use tokio::time::Instant;
 /// EC2's API classes, each with a bucket of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ApiClass {
-    /// `Describe*` and other reads.
+    /// `Describe*` and other reads that filter or page.
     Describe,
+    /// Reads that neither filter nor page (by id, or everything): EC2's smaller bucket.
+    DescribeUnfiltered,
     /// Mutating calls without a bucket of their own.
     Mutating,
     /// `RunInstances`, `StartInstances`.
@@ -43,17 +47,38 @@ impl ApiClass {
         match action {
             "RunInstances" | "StartInstances" => ApiClass::RunStart,
             "CreateTags" | "DeleteTags" => ApiClass::Tags,
-            "CreateSnapshot" | "DeleteSnapshot" | "CopySnapshot" => ApiClass::Snapshots,
+            "CreateSnapshot" | "CreateSnapshots" | "DeleteSnapshot" | "CopySnapshot" => ApiClass::Snapshots,
             "CopyImage" => ApiClass::CopyImage,
             a if a.starts_with("Describe") || a.starts_with("Get") || a.starts_with("List") => ApiClass::Describe,
             _ => ApiClass::Mutating,
         }
     }
 
+    /// The class of a request from its form body: a read that neither filters nor pages is in
+    /// EC2's smaller bucket.
+    pub fn of_request(action: &str, body: &str) -> Self {
+        match ApiClass::of(action) {
+            ApiClass::Describe
+                if !body.split('&').any(|p| {
+                    p.starts_with("Filter.") || p.starts_with("MaxResults=") || p.starts_with("NextToken=")
+                }) =>
+            {
+                ApiClass::DescribeUnfiltered
+            }
+            class => class,
+        }
+    }
+
+    /// Whether the class is of reads (split among every process, routers too).
+    pub fn reads(self) -> bool {
+        matches!(self, ApiClass::Describe | ApiClass::DescribeUnfiltered)
+    }
+
     /// The class's name in config and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             ApiClass::Describe => "describe",
+            ApiClass::DescribeUnfiltered => "describe_unfiltered",
             ApiClass::Mutating => "mutating",
             ApiClass::RunStart => "run_start",
             ApiClass::Tags => "tags",
@@ -65,6 +90,7 @@ impl ApiClass {
     fn settings(self, budget: &Ec2BudgetSettings) -> BucketSettings {
         match self {
             ApiClass::Describe => budget.describe,
+            ApiClass::DescribeUnfiltered => budget.describe_unfiltered,
             ApiClass::Mutating => budget.mutating,
             ApiClass::RunStart => budget.run_start,
             ApiClass::Tags => budget.tags,
@@ -80,43 +106,73 @@ struct Bucket {
     at: Instant,
 }
 
+/// How long a process that joined a running fleet starts its buckets empty: until every other
+/// process has counted it (they count every 5 s).
+pub const JOIN_WINDOW: Duration = Duration::from_secs(6);
+
 /// The EC2 budget of this process: its share of the fleet's buckets.
 #[derive(Debug)]
 pub struct Ec2Budget {
     settings: Ec2BudgetSettings,
-    /// The live processes sharing the budget (at least 1).
-    fleet: AtomicU32,
-    buckets: Mutex<HashMap<(String, String, ApiClass), Bucket>>,
+    /// The live processes sharing the read buckets (at least 1).
+    readers: AtomicU32,
+    /// The live processes sharing the write buckets: the workers (at least 1).
+    writers: AtomicU32,
+    /// Until when new buckets start empty (a process that joined a running fleet).
+    empty_until: Mutex<Option<Instant>>,
+    buckets: Mutex<HashMap<(String, String, String), Bucket>>,
 }
 
 impl Ec2Budget {
     /// A budget with these buckets, shared with no one until told otherwise.
     pub fn new(settings: Ec2BudgetSettings) -> Arc<Self> {
-        Arc::new(Ec2Budget { settings, fleet: AtomicU32::new(1), buckets: Mutex::default() })
+        Arc::new(Ec2Budget {
+            settings,
+            readers: AtomicU32::new(1),
+            writers: AtomicU32::new(1),
+            empty_until: Mutex::new(None),
+            buckets: Mutex::default(),
+        })
     }
 
-    /// Sets how many processes share the budget.
+    /// Sets how many processes share the budget, all of them workers.
     pub fn set_fleet_size(&self, processes: u32) {
-        self.fleet.store(processes.max(1), Ordering::Relaxed);
+        self.set_fleet(0, processes);
+    }
+
+    /// Sets the live routers and workers: reads are split among all of them, writes among the
+    /// workers.
+    pub fn set_fleet(&self, routers: u32, workers: u32) {
+        self.readers.store((routers + workers).max(1), Ordering::Relaxed);
+        self.writers.store(workers.max(1), Ordering::Relaxed);
+    }
+
+    /// This process joined a fleet already running: its buckets start empty for
+    /// [`JOIN_WINDOW`], while the others do not count it yet.
+    pub fn joined_running_fleet(&self) {
+        *self.empty_until.lock().unwrap_or_else(PoisonError::into_inner) = Some(Instant::now() + JOIN_WINDOW);
     }
 
     /// This process's share of a class's bucket: (rate per second, burst).
     pub fn share(&self, class: ApiClass) -> (f64, f64) {
-        let n = f64::from(self.fleet.load(Ordering::Relaxed).max(1));
+        let sharing = if class.reads() { &self.readers } else { &self.writers };
+        let n = f64::from(sharing.load(Ordering::Relaxed).max(1));
         let s = class.settings(&self.settings);
         (f64::from(s.rate) / n, (f64::from(s.burst) / n).max(1.0))
     }
 
-    /// Waits until a request of `class` in `account`/`region` may be sent, and takes its token.
-    pub async fn take(&self, account: &str, region: &str, class: ApiClass) {
+    /// Waits until a request of API `action` (of `class`) in `account`/`region` may be sent,
+    /// and takes its token. Each API has a bucket of its own, as in EC2.
+    pub async fn take(&self, account: &str, region: &str, action: &str, class: ApiClass) {
         loop {
             let wait = {
                 let (rate, burst) = self.share(class);
-                let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
                 let now = Instant::now();
+                let joining = self.empty_until.lock().unwrap_or_else(PoisonError::into_inner).is_some_and(|t| now < t);
+                let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
                 let bucket = buckets
-                    .entry((account.to_owned(), region.to_owned(), class))
-                    .or_insert(Bucket { tokens: burst, at: now });
+                    .entry((account.to_owned(), region.to_owned(), action.to_owned()))
+                    .or_insert(Bucket { tokens: if joining { 0.0 } else { burst }, at: now });
                 bucket.tokens = (bucket.tokens + now.duration_since(bucket.at).as_secs_f64() * rate).min(burst);
                 bucket.at = now;
                 if bucket.tokens >= 1.0 {
@@ -168,21 +224,16 @@ struct BudgetedConnector {
 
 impl HttpConnector for BudgetedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let class = ApiClass::of(&action_of(&request));
+        let body = request.body().bytes().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
+        let action = body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default().to_owned();
+        let class = ApiClass::of_request(&action, &body);
         let (inner, budget) = (self.inner.clone(), Arc::clone(&self.budget));
         let (account, region) = (self.account.clone(), self.region.clone());
         HttpConnectorFuture::new(async move {
-            budget.take(&account, &region, class).await;
+            budget.take(&account, &region, &action, class).await;
             inner.call(request).await
         })
     }
-}
-
-/// The `Action` of an EC2 (query protocol) request, from its form body.
-fn action_of(request: &HttpRequest) -> String {
-    let body = request.body().bytes().unwrap_or_default();
-    let text = String::from_utf8_lossy(body);
-    text.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]
@@ -206,17 +257,52 @@ mod tests {
         // Tags: 100 burst, 10 per s, a fifth of each here.
         let started = Instant::now();
         for _ in 0..20 {
-            budget.take("a", "r", ApiClass::Tags).await;
+            budget.take("a", "r", "CreateTags", ApiClass::Tags).await;
         }
         assert_eq!(started.elapsed(), Duration::ZERO, "the burst is immediate");
         for _ in 0..10 {
-            budget.take("a", "r", ApiClass::Tags).await;
+            budget.take("a", "r", "CreateTags", ApiClass::Tags).await;
         }
         let took = started.elapsed().as_secs_f64();
         assert!((4.9..=5.1).contains(&took), "ten more at 2 per s took {took} s");
-        // Another region has a bucket of its own.
+        // Another region has a bucket of its own, and so has another API of the class.
         let other = Instant::now();
-        budget.take("a", "r2", ApiClass::Tags).await;
+        budget.take("a", "r2", "CreateTags", ApiClass::Tags).await;
+        budget.take("a", "r", "DeleteTags", ApiClass::Tags).await;
         assert_eq!(other.elapsed(), Duration::ZERO);
+    }
+
+    #[test]
+    fn reads_by_id_are_in_the_smaller_bucket_and_writes_are_shared_by_the_workers_only() {
+        assert_eq!(ApiClass::of_request("DescribeSnapshots", "Action=DescribeSnapshots&SnapshotId.1=s"), ApiClass::DescribeUnfiltered);
+        assert_eq!(
+            ApiClass::of_request("DescribeSnapshots", "Action=DescribeSnapshots&Filter.1.Name=tag%3Ax"),
+            ApiClass::Describe
+        );
+        assert_eq!(ApiClass::of_request("DescribeImages", "Action=DescribeImages&MaxResults=100"), ApiClass::Describe);
+        assert_eq!(ApiClass::of_request("CopySnapshot", "Action=CopySnapshot"), ApiClass::Snapshots);
+        let budget = Ec2Budget::new(Ec2BudgetSettings::default());
+        assert_eq!(budget.share(ApiClass::Snapshots), (5.0, 50.0), "CopySnapshot: EC2's 50 and 5 per s");
+        assert_eq!(budget.share(ApiClass::DescribeUnfiltered), (10.0, 50.0));
+        budget.set_fleet(2, 3);
+        assert_eq!(budget.share(ApiClass::Describe), (4.0, 20.0), "reads: a fifth each");
+        let (rate, burst) = budget.share(ApiClass::Mutating);
+        assert!((rate - 5.0 / 3.0).abs() < 1e-9 && (burst - 50.0 / 3.0).abs() < 1e-9, "writes: a third each");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_process_joining_a_running_fleet_starts_with_empty_buckets() {
+        let budget = Ec2Budget::new(Ec2BudgetSettings::default());
+        budget.set_fleet(0, 5);
+        budget.joined_running_fleet();
+        let started = Instant::now();
+        budget.take("a", "r", "StopInstances", ApiClass::Mutating).await;
+        // A fifth of 5 per s: one token a second, none to start with.
+        let took = started.elapsed().as_secs_f64();
+        assert!((0.9..=1.1).contains(&took), "the first call waited for its token: {took} s");
+        tokio::time::sleep(JOIN_WINDOW).await;
+        let later = Instant::now();
+        budget.take("a", "r", "RebootInstances", ApiClass::Mutating).await;
+        assert_eq!(later.elapsed(), Duration::ZERO, "a bucket made after the window starts full");
     }
 }

@@ -260,6 +260,7 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
         let budget = raw.ec2_budget;
         for (class, bucket) in [
             ("describe", budget.describe),
+            ("describe_unfiltered", budget.describe_unfiltered),
             ("mutating", budget.mutating),
             ("run_start", budget.run_start),
             ("tags", budget.tags),

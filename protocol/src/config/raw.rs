@@ -288,9 +288,12 @@ pub struct BucketSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ec2BudgetSettings {
-    /// `Describe*` and other reads (EC2: 100 burst, 20 per s).
+    /// `Describe*` and other reads that filter or page (EC2: 100 burst, 20 per s).
     #[serde(default = "describe_bucket")]
     pub describe: BucketSettings,
+    /// Reads that neither filter nor page: by id, or everything (EC2: 50 burst, 10 per s).
+    #[serde(default = "describe_unfiltered_bucket")]
+    pub describe_unfiltered: BucketSettings,
     /// Mutating calls without a bucket of their own (EC2: 50 burst, 5 per s).
     #[serde(default = "mutating_bucket")]
     pub mutating: BucketSettings,
@@ -300,7 +303,8 @@ pub struct Ec2BudgetSettings {
     /// `CreateTags`, `DeleteTags` (EC2: 100 burst, 10 per s).
     #[serde(default = "tags_bucket")]
     pub tags: BucketSettings,
-    /// `CreateSnapshot`, `DeleteSnapshot`, `CopySnapshot` (EC2: 100 burst, 5 per s).
+    /// `CreateSnapshot`, `CreateSnapshots`, `DeleteSnapshot`, `CopySnapshot` (EC2: 50 burst, 5
+    /// per s).
     #[serde(default = "snapshots_bucket")]
     pub snapshots: BucketSettings,
     /// `CopyImage` (EC2: 100 burst, 1 per s).
@@ -310,6 +314,10 @@ pub struct Ec2BudgetSettings {
 
 fn describe_bucket() -> BucketSettings {
     BucketSettings { rate: 20, burst: 100 }
+}
+
+fn describe_unfiltered_bucket() -> BucketSettings {
+    BucketSettings { rate: 10, burst: 50 }
 }
 
 fn mutating_bucket() -> BucketSettings {
@@ -325,7 +333,7 @@ fn tags_bucket() -> BucketSettings {
 }
 
 fn snapshots_bucket() -> BucketSettings {
-    BucketSettings { rate: 5, burst: 100 }
+    BucketSettings { rate: 5, burst: 50 }
 }
 
 fn copy_image_bucket() -> BucketSettings {
@@ -336,6 +344,7 @@ impl Default for Ec2BudgetSettings {
     fn default() -> Self {
         Ec2BudgetSettings {
             describe: describe_bucket(),
+            describe_unfiltered: describe_unfiltered_bucket(),
             mutating: mutating_bucket(),
             run_start: run_start_bucket(),
             tags: tags_bucket(),
