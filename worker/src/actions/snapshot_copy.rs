@@ -1,6 +1,7 @@
 //! `snapshot-copy`: a copy of a snapshot in another region; done when the copy is
 //! `completed` (then the source is deleted if asked). Takes a slot of the `snapshot-copy`
-//! limit, pooled by destination region: AWS runs at most 20 copies at once into a region.
+//! limit, pooled by account and destination region: AWS runs at most 20 copies at once into a
+//! region, per account.
 //!
 //! Idempotent by job: before copying, it looks in the destination region for a snapshot tagged
 //! with the job's id (again after EC2's consistency window on a later attempt). A copy not
@@ -85,7 +86,7 @@ impl Action for SnapshotCopy {
     }
 
     fn limit(&self) -> Option<LimitDefault> {
-        Some(LimitDefault { name: "snapshot-copy".into(), max: 5, pool: "{params.destination_region}".into() })
+        Some(LimitDefault { name: "snapshot-copy".into(), max: 5, pool: "{account}/{params.destination_region}".into() })
     }
 
     fn examples(&self) -> Vec<SnapshotCopyParams> {
