@@ -141,7 +141,10 @@ fn actions_lists_every_action_with_its_targets_limit_iam_and_params() {
     for param in ["sleep_ms", "fail_rate", "retain", "destination_region", "operation", "topic_arn", "max_age_days"] {
         assert!(text.contains(&format!("param {param}:")), "{param} missing in {text}");
     }
-    assert!(text.contains("limit:    snapshot-copy (default max 5, pool {account}/{params.destination_region})"), "{text}");
+    assert!(
+        text.contains("limit:    snapshot-copy (default max 5, pool {account}/{params.destination_region})"),
+        "{text}"
+    );
     assert!(text.contains("ec2:CreateSnapshot"), "{text}");
 }
 

@@ -541,6 +541,8 @@ async fn tag_sets_rendered_tags_removes_others_and_reads_them_back() {
     let params = json!({ "add": { "Owner": "{task}", "Seen": "{date}" }, "remove": ["Old"] });
     let mut j = job(&task, "e", "tag", &params, ResourceType::Volume, &vol, REGION);
     j.received_ms = 1_795_631_405_000;
+    let first = erased(Tag).start(ctx(&j, &aws)).await;
+    assert!(matches!(first, Step::Pending { .. }), "tags a read does not show yet are waited for: {first:?}");
     done(&run(&erased(Tag), &j, &aws).await);
     let out = ec2.describe_volumes().volume_ids(&vol).send().await.expect("describe");
     let t = tag_map(out.volumes()[0].tags());

@@ -274,7 +274,10 @@ mod tests {
 
     #[test]
     fn reads_by_id_are_in_the_smaller_bucket_and_writes_are_shared_by_the_workers_only() {
-        assert_eq!(ApiClass::of_request("DescribeSnapshots", "Action=DescribeSnapshots&SnapshotId.1=s"), ApiClass::DescribeUnfiltered);
+        assert_eq!(
+            ApiClass::of_request("DescribeSnapshots", "Action=DescribeSnapshots&SnapshotId.1=s"),
+            ApiClass::DescribeUnfiltered
+        );
         assert_eq!(
             ApiClass::of_request("DescribeSnapshots", "Action=DescribeSnapshots&Filter.1.Name=tag%3Ax"),
             ApiClass::Describe

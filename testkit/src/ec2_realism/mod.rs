@@ -236,6 +236,8 @@ const DESCRIBES: &[(&str, &str, &str, &str, &str)] = &[
     ("DescribeImages", "imagesSet", "imageId", "ImageId", "InvalidAMIID.NotFound"),
     ("DescribeVolumes", "volumeSet", "volumeId", "VolumeId", "InvalidVolume.NotFound"),
     ("DescribeInstances", "reservationSet", "instanceId", "InstanceId", "InvalidInstanceID.NotFound"),
+    // Tags are read by filter only: a resource whose tags changed lately shows none yet.
+    ("DescribeTags", "tagSet", "resourceId", "", ""),
 ];
 
 /// The creates the layer remembers, with the element naming what they made.

@@ -86,7 +86,11 @@ impl Action for SnapshotCopy {
     }
 
     fn limit(&self) -> Option<LimitDefault> {
-        Some(LimitDefault { name: "snapshot-copy".into(), max: 5, pool: "{account}/{params.destination_region}".into() })
+        Some(LimitDefault {
+            name: "snapshot-copy".into(),
+            max: 5,
+            pool: "{account}/{params.destination_region}".into(),
+        })
     }
 
     fn examples(&self) -> Vec<SnapshotCopyParams> {
