@@ -145,7 +145,7 @@ impl Action for Tag {
     async fn check(&self, ctx: ActionContext<'_>, p: &TagParams, _state: ()) -> Step {
         // Tags a read does not show yet are waited for; every tenth check sets them again (a
         // change made meanwhile by someone else).
-        if ctx.check % RESET_EVERY == 0 {
+        if ctx.check.checked_rem(RESET_EVERY) == Some(0) {
             return self.start(ctx, p).await;
         }
         let ec2 = or_step!(ctx.ec2().await);
