@@ -37,6 +37,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("opsfleet_events_unmatched_total", Kind::Counter, "Events no task matched."),
     ("opsfleet_events_deferred_total", Kind::Counter, "Events left for redelivery after a send or discovery failed."),
     ("opsfleet_tasks_found_nothing_total", Kind::Counter, "Tasks that matched an event and found no resource."),
+    (
+        "opsfleet_discovery_places_failed_total",
+        Kind::Counter,
+        "Places (account, region) a discovery could not search, by task and region; each is retried on its own.",
+    ),
     ("opsfleet_jobs_emitted_total", Kind::Counter, "Jobs the router sent, by task and action."),
     ("opsfleet_route_duration_seconds", Kind::Histogram, "Time to normalize, match, expand and send one event."),
     ("opsfleet_router_poll_errors_total", Kind::Counter, "Router queue or store calls that failed and were retried."),

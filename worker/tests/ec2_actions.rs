@@ -532,6 +532,27 @@ async fn a_start_that_falls_back_to_stopped_fails_retryably_and_no_capacity_is_r
 }
 
 #[tokio::test]
+async fn a_forced_stop_hurries_an_instance_stuck_in_stopping() {
+    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, ..Ec2Plan::aws() }).await;
+    let ec2 = ec2(&aws, REGION).await;
+    let id = instance(&ec2).await;
+    layer.settle().await;
+    layer.change(|p| {
+        p.stuck_stopping.insert(id.clone());
+    });
+    ec2.stop_instances().instance_ids(&id).send().await.expect("stop");
+    let task = unique("stuck");
+    let plain = json!({ "operation": "stop", "check_after_secs": 1 });
+    let j = job(&task, "e1", "instance-power", &plain, ResourceType::Instance, &id, REGION);
+    let first = erased(InstancePower).start(ctx(&j, &aws)).await;
+    assert!(matches!(first, Step::Pending { .. }), "a plain stop waits for `stopping` to end: {first:?}");
+    let forced = json!({ "operation": "stop", "force": true, "check_after_secs": 1 });
+    let j = job(&task, "e2", "instance-power", &forced, ResourceType::Instance, &id, REGION);
+    assert_eq!(done(&run(&erased(InstancePower), &j, &aws).await), format!("{id} is stopped"));
+    assert_eq!(layer.counts().get("forced_stop"), Some(&1), "{:?}", layer.counts());
+}
+
+#[tokio::test]
 async fn tag_sets_rendered_tags_removes_others_and_reads_them_back() {
     let (aws, layer) = accounts().await;
     let ec2 = ec2(&aws, REGION).await;

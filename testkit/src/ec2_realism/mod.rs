@@ -15,7 +15,8 @@
 //!   `ServiceUnavailable` without reaching the service; a share of creates is applied and then
 //!   answers `InternalError` (the caller cannot tell it was made); a share of starts answers
 //!   `InsufficientInstanceCapacity`; starts of [`Ec2Plan::no_start`] instances are accepted
-//!   and fall back to `stopped`.
+//!   and fall back to `stopped`; instances of [`Ec2Plan::stuck_stopping`] read `stopping`
+//!   after their stop until a forced stop.
 //! - **Failing places.** Every EC2 call in a [`FailingPlace`] answers its code, as a region
 //!   not opted in (`OptInRequired`) or an account whose role lacks a permission
 //!   (`UnauthorizedOperation`) does.
@@ -81,6 +82,8 @@ pub struct Ec2Plan {
     pub no_capacity: f64,
     /// Instances whose start is accepted and then falls back to `stopped`.
     pub no_start: BTreeSet<String>,
+    /// Instances whose stop hangs in `stopping` until a forced stop.
+    pub stuck_stopping: BTreeSet<String>,
     /// Volumes whose snapshots end in `error` once their pending time is over.
     pub erroring_volumes: BTreeSet<String>,
     /// Places that refuse every EC2 call.
@@ -382,6 +385,13 @@ fn before(
         let message = "We currently do not have sufficient capacity in the Availability Zone you requested.";
         return Some(ec2_error(StatusCode::INTERNAL_SERVER_ERROR, "InsufficientInstanceCapacity", message));
     }
+    if action == "StopInstances" && request.params.get("Force").is_some_and(|f| f == "true") {
+        let ids = request.list("InstanceId");
+        let mut live = lock(&shared.plan);
+        if ids.iter().any(|id| live.stuck_stopping.remove(id)) {
+            count("forced_stop");
+        }
+    }
     if action == "StartInstances" {
         let ids = request.list("InstanceId");
         if !ids.is_empty() && ids.iter().all(|id| plan.no_start.contains(id)) {
@@ -458,6 +468,16 @@ fn after_describe(
                 count("error");
                 return Some(item.replace("<status>completed</status>", "<status>error</status>"));
             }
+        }
+        if element == "instanceId"
+            && ids.iter().any(|id| plan.stuck_stopping.contains(*id))
+            && item.contains("<name>stopped</name>")
+        {
+            count("stuck_stopping");
+            return Some(
+                item.replace("<code>80</code>", "<code>64</code>")
+                    .replace("<name>stopped</name>", "<name>stopping</name>"),
+            );
         }
         if element == "imageId" && young(&seen.created, own, plan.pending) {
             count("pending");

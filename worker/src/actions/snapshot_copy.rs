@@ -357,3 +357,42 @@ fn kms_statements(key: Option<&str>, destination: &str) -> Vec<Value> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(key: Option<&str>) -> SnapshotCopyParams {
+        SnapshotCopyParams {
+            destination_region: "eu-west-1".into(),
+            kms_key_id: key.map(str::to_owned),
+            delete_source: false,
+            description: default_description(),
+            tags: BTreeMap::new(),
+            check_after_secs: 15,
+            retain: None,
+        }
+    }
+
+    #[test]
+    fn a_key_of_another_region_than_the_destination_is_refused() {
+        let elsewhere = params(Some("arn:aws:kms:us-east-1:111122223333:key/abc"));
+        let err = SnapshotCopy.validate(&elsewhere).expect_err("another region");
+        assert!(err.contains("us-east-1") && err.contains("eu-west-1"), "{err}");
+        assert!(SnapshotCopy.validate(&params(Some("arn:aws:kms:eu-west-1:111122223333:key/abc"))).is_ok());
+        assert!(SnapshotCopy.validate(&params(Some("alias/backup"))).is_ok());
+    }
+
+    #[test]
+    fn the_key_is_named_by_arn_an_alias_by_its_name_and_sources_are_read_through_ec2_only() {
+        let resource = |key: &str| kms_statements(Some(key), "eu-west-1")[1].clone();
+        let alias = resource("alias/backup");
+        assert_eq!(alias["Resource"], "arn:aws:kms:eu-west-1:*:key/*");
+        assert_eq!(alias["Condition"]["ForAnyValue:StringEquals"]["kms:ResourceAliases"], "alias/backup");
+        assert_eq!(resource("1234abcd")["Resource"], "arn:aws:kms:eu-west-1:*:key/1234abcd");
+        let arn = "arn:aws:kms:eu-west-1:111122223333:key/abc";
+        assert_eq!(resource(arn)["Resource"], arn);
+        let sources = &kms_statements(None, "eu-west-1")[0];
+        assert_eq!(sources["Condition"]["StringLike"]["kms:ViaService"], "ec2.*.amazonaws.com");
+    }
+}
