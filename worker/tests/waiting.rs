@@ -23,8 +23,13 @@ max = 1
     format!(
         "{limit}{}",
         tasks(&[
-            noop_task("hold-limit", "pending_checks = 12, check_after_ms = 600000").with(r#"limit = "one""#),
-            noop_task("hold-lock", "pending_checks = 12, check_after_ms = 600000").with(r#"lock = "shared""#),
+            // Two hours pending: past the default deadline of an hour.
+            noop_task("hold-limit", "pending_checks = 12, check_after_ms = 600000")
+                .with(r#"limit = "one""#)
+                .with("deadline_mins = 180"),
+            noop_task("hold-lock", "pending_checks = 12, check_after_ms = 600000")
+                .with(r#"lock = "shared""#)
+                .with("deadline_mins = 180"),
             noop_task("after-limit", "").with(r#"limit = "one""#),
             noop_task("after-lock", "").with(r#"lock = "shared""#),
         ])
