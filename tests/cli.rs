@@ -154,7 +154,9 @@ fn iam_policy_prints_a_policy_scoped_to_the_fleet() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let policy: Value = serde_json::from_slice(&out.stdout).expect("JSON policy");
     assert_eq!(policy["Version"], "2012-10-17");
-    assert_eq!(policy["Statement"][0]["Resource"], "arn:aws:sqs:*:*:opsfleet-demo-*");
+    assert!(policy["Statement"][0]["Resource"]
+        .as_array()
+        .is_some_and(|queues| queues.contains(&serde_json::json!("arn:aws:sqs:*:*:opsfleet-demo-events"))));
     assert_eq!(policy["Statement"][1]["Resource"][0], "arn:aws:dynamodb:*:*:table/opsfleet-demo");
     let text = policy.to_string();
     for action in ["ec2:CreateSnapshot", "ec2:CopySnapshot", "ec2:CreateImage", "ec2:RebootInstances", "sns:Publish"] {

@@ -198,6 +198,9 @@ fn the_templates_follow_the_config() {
     let tasks = of_type(&service, "AWS::ECS::TaskDefinition");
     let import = json!({ "Fn::ImportValue": core["Outputs"]["TaskRoleArn"]["Export"]["Name"] });
     assert!(tasks.iter().all(|(_, t)| t["Properties"]["TaskRoleArn"] == import), "{tasks:#?}");
+    // An update (a new image) leaves the autoscaled worker count alone: no DesiredCount.
+    assert!(service["Resources"]["WorkerService"]["Properties"].get("DesiredCount").is_none());
+    assert_eq!(service["Resources"]["RouterService"]["Properties"]["DesiredCount"], json!({ "Ref": "RouterCount" }));
     let worker = &service["Resources"]["WorkerTaskDefinition"]["Properties"]["ContainerDefinitions"][0];
     assert!(worker["StopTimeout"].as_u64().is_some_and(|t| t > 40 && t <= 120), "{worker}");
     let metrics = &service["Resources"]["WorkerScalingPolicy"]["Properties"]

@@ -19,6 +19,8 @@ const CONFIG: &str = r#"
 name = "t"
 partitions = 2
 allowed_accounts = ["123456789012", "210987654321"]
+member_role = "arn:aws:iam::{account}:role/OpsFleetMember"
+external_id = "opsfleet-test"
 
 [[tasks]]
 name = "nightly"

@@ -1,6 +1,7 @@
 //! `opsfleet actions` and `opsfleet iam-policy`: what the actions are, and what the fleet needs.
 
 use opsfleet_protocol::config::Targets;
+use opsfleet_protocol::setup::queue_specs;
 use opsfleet_protocol::{Config, ResourceType};
 use opsfleet_worker::ActionRegistry;
 use serde_json::{json, Value};
@@ -95,7 +96,7 @@ fn action_statements(config: &Config) -> Vec<Value> {
             add(json!({ "Effect": "Allow", "Action": [describe], "Resource": ["*"] }));
         }
     }
-    statements
+    merged(statements)
         .into_iter()
         .enumerate()
         .map(|(i, mut s)| {
@@ -103,6 +104,58 @@ fn action_statements(config: &Config) -> Vec<Value> {
             s
         })
         .collect()
+}
+
+/// Statements with the same effect, resources and condition as one, their actions together
+/// (sorted, each once): the policy stays small as tasks are added.
+fn merged(statements: Vec<Value>) -> Vec<Value> {
+    let as_list = |v: &Value| match v {
+        Value::Array(items) => items.clone(),
+        Value::Null => Vec::new(),
+        other => vec![other.clone()],
+    };
+    let mut out: Vec<Value> = Vec::new();
+    for statement in statements {
+        let key = |s: &Value| (s["Effect"].clone(), as_list(&s["Resource"]), s["Condition"].clone());
+        match out.iter_mut().find(|o| key(o) == key(&statement)) {
+            Some(same) => {
+                let mut actions: Vec<String> = as_list(&same["Action"])
+                    .into_iter()
+                    .chain(as_list(&statement["Action"]))
+                    .filter_map(|a| a.as_str().map(str::to_owned))
+                    .collect();
+                actions.sort();
+                actions.dedup();
+                same["Action"] = json!(actions);
+            }
+            None => out.push(statement),
+        }
+    }
+    out
+}
+
+/// IAM's limit on a managed policy's size, in characters without whitespace.
+pub const MAX_MANAGED_POLICY_CHARS: usize = 6_144;
+
+/// Refuses a config whose role policies IAM would refuse, naming the size.
+pub fn check_policy_sizes(config: &Config) -> anyhow::Result<()> {
+    for (what, policy) in
+        [("the fleet's role policy", policy(config, false)), ("the member role policy", member_policy(config))]
+    {
+        let size = policy_chars(&policy);
+        if size > MAX_MANAGED_POLICY_CHARS {
+            anyhow::bail!(
+                "{what} would be {size} characters, over IAM's {MAX_MANAGED_POLICY_CHARS} for a managed policy: \
+                 give tasks of one action the same params where they can share statements"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The size IAM counts of a policy: its JSON without whitespace.
+pub fn policy_chars(policy: &Value) -> usize {
+    policy.to_string().chars().filter(|c| !c.is_whitespace()).count()
 }
 
 /// The policy of the fleet's own role.
@@ -122,7 +175,12 @@ pub fn policy(config: &Config, setup: bool) -> Value {
         ]);
     }
     let mut statements = vec![
-        json!({ "Sid": "FleetQueues", "Effect": "Allow", "Action": sqs, "Resource": format!("arn:aws:sqs:*:*:{fleet}-*") }),
+        // Each of the fleet's own queues by name: a prefix would also match another fleet's
+        // (`ops-*` matches `ops-prod-events`).
+        json!({ "Sid": "FleetQueues", "Effect": "Allow", "Action": sqs, "Resource": queue_specs(config)
+            .iter()
+            .map(|q| format!("arn:aws:sqs:*:*:{}", q.name))
+            .collect::<Vec<_>>() }),
         json!({ "Sid": "FleetTable", "Effect": "Allow", "Action": dynamodb,
             "Resource": [format!("arn:aws:dynamodb:*:*:table/{fleet}"), format!("arn:aws:dynamodb:*:*:table/{fleet}/index/*")] }),
         json!({ "Sid": "FleetIdentity", "Effect": "Allow", "Action": ["sts:GetCallerIdentity"], "Resource": "*" }),
@@ -168,12 +226,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn statements_of_many_tasks_merge_and_stay_within_iams_size() {
+        let mut text = String::from("[fleet]\nname = \"ops\"\n");
+        for n in 0..25 {
+            text.push_str(&format!(
+                "\n[[tasks]]\nname = \"t{n}\"\nschedule = \"rate(1 day)\"\ntargets = {{ type = \"ec2:volume\", tags = {{ Team = \"t{n}\" }} }}\naction = \"ebs-snapshot\"\nparams = {{ retain = {n} }}\n"
+            ));
+        }
+        let config = Config::parse(&text, Some(&ActionRegistry::builtin())).expect("config");
+        let p = policy(&config, false);
+        let statements = p["Statement"].as_array().expect("statements");
+        let describes = statements
+            .iter()
+            .filter(|s| s["Action"].as_array().is_some_and(|a| a.contains(&json!("ec2:DescribeVolumes"))))
+            .count();
+        assert_eq!(describes, 1, "the describes of 25 tasks are one statement: {p}");
+        assert!(policy_chars(&p) < MAX_MANAGED_POLICY_CHARS, "{} characters", policy_chars(&p));
+    }
+
+    #[test]
     fn policy_names_the_fleets_own_queues_table_and_member_role() {
         let text = "[fleet]\nname = \"ops\"\nmember_role = \"arn:aws:iam::{account}:role/Member\"\nexternal_id = \"e\"\n\n[[tasks]]\nname = \"t\"\npattern = { source = [\"x\"] }\ntargets = \"event\"\naction = \"noop\"\n";
         let config = Config::parse(text, Some(&ActionRegistry::builtin())).expect("config");
         let p = policy(&config, false);
         let statements = p["Statement"].as_array().expect("statements");
-        assert_eq!(statements[0]["Resource"], "arn:aws:sqs:*:*:ops-*");
+        let queues = statements[0]["Resource"].as_array().expect("the queues");
+        assert!(queues.contains(&json!("arn:aws:sqs:*:*:ops-events")), "{queues:?}");
+        assert!(
+            queues.iter().all(|q| !q.as_str().unwrap_or_default().ends_with('*')),
+            "no prefix matches another fleet's queues"
+        );
         assert_eq!(statements[1]["Resource"][0], "arn:aws:dynamodb:*:*:table/ops");
         assert!(!statements[0]["Action"].as_array().expect("actions").contains(&json!("sqs:CreateQueue")));
         assert_eq!(statements[3]["Resource"], "arn:aws:ecs:*:*:task/ops/*");

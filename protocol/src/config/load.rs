@@ -116,6 +116,17 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
             );
         }
     }
+    if fleet.member_role.is_none() && fleet.allowed_accounts.len() > 1 {
+        problem(
+            None,
+            "fleet.allowed_accounts".into(),
+            format!(
+                "names {} accounts but fleet.member_role is not set: the fleet acts in accounts other than its own \
+                 only through a member role",
+                fleet.allowed_accounts.len()
+            ),
+        );
+    }
     for topic in &fleet.alarm_topics {
         if !is_topic_arn(topic) {
             problem(None, "fleet.alarm_topics".into(), format!("`{topic}` is not an SNS topic ARN"));
@@ -224,6 +235,18 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 Err(e) => task_problem(&format!("params.{param}"), e),
             }
         }
+        if let Targets::Discover(query) = &task.targets {
+            if fleet.member_role.is_none() && query.accounts.len() > 1 {
+                task_problem(
+                    "targets.accounts",
+                    format!(
+                        "{} accounts but fleet.member_role is not set: discovery reaches accounts other than the \
+                         fleet's own only through a member role",
+                        query.accounts.len()
+                    ),
+                );
+            }
+        }
         if task.delay_secs > 12 * 3600 {
             task_problem("delay_secs", format!("{} s is over the 12 hours a message can wait hidden", task.delay_secs));
         }
@@ -275,6 +298,17 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 });
             }
         }
+        if raw.worker.shutdown_grace_secs > MAX_SHUTDOWN_GRACE_SECS {
+            problems.push(Problem {
+                line: None,
+                path: "worker.shutdown_grace_secs".into(),
+                message: format!(
+                    "{} s is over {MAX_SHUTDOWN_GRACE_SECS}: a worker needs the grace and 10 s more to stop, and ECS \
+                     stops a task at most 120 s after SIGTERM",
+                    raw.worker.shutdown_grace_secs
+                ),
+            });
+        }
         if !problems.is_empty() {
             problems.sort_by_key(|p| p.line.unwrap_or(0));
             return Err(ConfigError { problems });
@@ -293,6 +327,10 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
         Err(ConfigError { problems })
     }
 }
+
+/// The longest shutdown grace: with the 10 s a worker needs beyond it, ECS's 120-second
+/// ceiling on how long it waits for a task to stop after SIGTERM.
+pub const MAX_SHUTDOWN_GRACE_SECS: u32 = 110;
 
 /// Whether a text is an SNS topic ARN (`arn:PARTITION:sns:REGION:ACCOUNT:NAME`).
 fn is_topic_arn(text: &str) -> bool {

@@ -46,8 +46,11 @@ pub fn service_template(config: &Config) -> Value {
     resources.insert("RouterTaskDefinition".into(), task_definition(config, "router", "256", "512", 30));
     resources
         .insert("WorkerTaskDefinition".into(), task_definition(config, "worker", "512", "1024", stop_timeout(config)));
-    resources.insert("RouterService".into(), service("router", "RouterTaskDefinition", reference("RouterCount")));
-    resources.insert("WorkerService".into(), service("worker", "WorkerTaskDefinition", reference("WorkerMinCount")));
+    resources.insert("RouterService".into(), service("router", "RouterTaskDefinition", Some(reference("RouterCount"))));
+    // No DesiredCount: CloudFormation would set it back on every update (a new image) and undo
+    // the autoscaler; the first deploy starts at ECS's default of one, and the scalable
+    // target's minimum raises it to WorkerMinCount.
+    resources.insert("WorkerService".into(), service("worker", "WorkerTaskDefinition", None));
     resources.insert(
         "WorkerScalableTarget".into(),
         json!({ "Type": "AWS::ApplicationAutoScaling::ScalableTarget", "Properties": {
@@ -122,14 +125,14 @@ fn task_definition(config: &Config, role: &str, cpu: &str, memory: &str, stop_ti
     }})
 }
 
-/// An ECS Fargate service: rolling deploys that start new tasks before stopping old ones.
-fn service(role: &str, task_definition: &str, count: Value) -> Value {
-    json!({ "Type": "AWS::ECS::Service", "Properties": {
+/// An ECS Fargate service: rolling deploys that start new tasks before stopping old ones. A
+/// service the autoscaler sizes has no `count`.
+fn service(role: &str, task_definition: &str, count: Option<Value>) -> Value {
+    let mut service = json!({ "Type": "AWS::ECS::Service", "Properties": {
         "ServiceName": role,
         "Cluster": reference("Cluster"),
         "LaunchType": "FARGATE",
         "TaskDefinition": reference(task_definition),
-        "DesiredCount": count,
         "DeploymentConfiguration": {
             "MinimumHealthyPercent": 100, "MaximumPercent": 200,
             "DeploymentCircuitBreaker": { "Enable": true, "Rollback": true },
@@ -137,7 +140,11 @@ fn service(role: &str, task_definition: &str, count: Value) -> Value {
         "NetworkConfiguration": { "AwsvpcConfiguration": {
             "Subnets": reference("Subnets"), "SecurityGroups": reference("SecurityGroups"), "AssignPublicIp": reference("AssignPublicIp"),
         }},
-    }})
+    }});
+    if let Some(count) = count {
+        service["Properties"]["DesiredCount"] = count;
+    }
+    service
 }
 
 /// Target tracking on backlog per worker: the partitions' visible job messages (SQS) divided

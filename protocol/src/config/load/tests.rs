@@ -309,3 +309,26 @@ deadline_mins = 240
     let err = Config::parse(&text.replace("240", "20000"), None).expect_err("over a week");
     assert_eq!(err.problems[0].path, "tasks[0] \"copy\".deadline_mins", "{err}");
 }
+
+#[test]
+fn a_shutdown_grace_ecs_cannot_wait_for_is_refused() {
+    let text = "[fleet]\nname = \"f\"\n\n[worker]\nshutdown_grace_secs = 200\n";
+    let err = Config::parse(text, None).expect_err("past ECS's stop timeout");
+    assert_eq!(err.problems[0].path, "worker.shutdown_grace_secs", "{err}");
+    assert!(err.problems[0].message.contains("120 s"), "{err}");
+    assert!(Config::parse(&text.replace("200", "110"), None).is_ok());
+}
+
+#[test]
+fn several_accounts_without_a_member_role_are_refused() {
+    let text = "[fleet]\nname = \"f\"\nallowed_accounts = [\"111122223333\", \"444455556666\"]\n";
+    let err = Config::parse(text, None).expect_err("no way into the second account");
+    assert_eq!(err.problems[0].path, "fleet.allowed_accounts", "{err}");
+    assert!(err.problems[0].message.contains("member_role"), "{err}");
+    let with_role = text.to_owned() + "member_role = \"arn:aws:iam::{account}:role/M\"\nexternal_id = \"e\"\n";
+    assert!(Config::parse(&with_role, None).is_ok());
+    let discovery = "[fleet]\nname = \"f\"\n\n[[tasks]]\nname = \"n\"\nschedule = \"rate(1 day)\"\n\
+        targets = { type = \"ec2:volume\", accounts = [\"111122223333\", \"444455556666\"] }\naction = \"noop\"\n";
+    let err = Config::parse(discovery, None).expect_err("discovery in two accounts");
+    assert!(err.problems[0].path.ends_with("targets.accounts"), "{err}");
+}
