@@ -85,7 +85,7 @@ async fn metrics_and_logs_of_a_running_router_and_worker() {
     assert!(events.send_batch(&bodies).await.expect("send").is_empty());
 
     // The exact lines the run implies.
-    let worker_line = r#"opsfleet_jobs_finished_total{action="noop",outcome="succeeded"} "#;
+    let worker_line = r#"opsfleet_jobs_finished_total{task="quick",action="noop",outcome="succeeded"} "#;
     wait_for("every job finished", Duration::from_secs(60), || {
         line_value(&http_get(&worker_addr, "/metrics"), worker_line) == Some(EVENTS as f64)
     });
@@ -98,11 +98,12 @@ async fn metrics_and_logs_of_a_running_router_and_worker() {
         (&router_text, format!("opsfleet_events_received_total{{source=\"aws.ec2\",detail_type=\"EC2 Instance State-change Notification\"}} {EVENTS}")),
         (&router_text, format!("opsfleet_jobs_emitted_total{{task=\"quick\",action=\"noop\"}} {EVENTS}")),
         (&router_text, format!("opsfleet_route_duration_seconds_count {EVENTS}")),
-        (&worker_text, format!("opsfleet_jobs_finished_total{{action=\"noop\",outcome=\"succeeded\"}} {EVENTS}")),
+        (&worker_text, format!("opsfleet_jobs_finished_total{{task=\"quick\",action=\"noop\",outcome=\"succeeded\"}} {EVENTS}")),
         (&worker_text, format!("opsfleet_lock_acquisitions_total{{result=\"acquired\"}} {EVENTS}")),
         (&worker_text, format!("opsfleet_job_duration_seconds_count{{action=\"noop\"}} {EVENTS}")),
-        (&worker_text, format!("opsfleet_event_to_start_seconds_count {EVENTS}")),
+        (&worker_text, format!("opsfleet_event_to_start_seconds_count{{task=\"quick\"}} {EVENTS}")),
         (&worker_text, "opsfleet_jobs_in_flight 0".to_owned()),
+        (&worker_text, format!("opsfleet_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))),
         (&worker_text, format!("opsfleet_queue_messages{{queue=\"{fleet}-jobs-0.fifo\",state=\"visible\"}} 0")),
         (&worker_text, "opsfleet_backlog_per_worker 0".to_owned()),
     ] {

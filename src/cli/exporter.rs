@@ -45,12 +45,12 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("opsfleet_jobs_emitted_total", Kind::Counter, "Jobs the router sent, by task and action."),
     ("opsfleet_route_duration_seconds", Kind::Histogram, "Time to normalize, match, expand and send one event."),
     ("opsfleet_router_poll_errors_total", Kind::Counter, "Router queue or store calls that failed and were retried."),
-    ("opsfleet_jobs_finished_total", Kind::Counter, "Jobs finished, by action and outcome."),
+    ("opsfleet_jobs_finished_total", Kind::Counter, "Jobs finished, by task, action and outcome."),
     ("opsfleet_job_duration_seconds", Kind::Histogram, "Time of one action step (start or check), by action."),
     (
         "opsfleet_event_to_start_seconds",
         Kind::Histogram,
-        "Time from the router receiving an event to the action starting.",
+        "Time from the router receiving an event to the action starting, by task.",
     ),
     ("opsfleet_lock_acquisitions_total", Kind::Counter, "Resource lock attempts, by result."),
     ("opsfleet_limit_waits_total", Kind::Counter, "Jobs that found a concurrency limit full, by limit."),
@@ -76,6 +76,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "AWS call attempts, retries included, by service, operation and outcome.",
     ),
     ("opsfleet_aws_request_duration_seconds", Kind::Histogram, "AWS call attempt time, by service and operation."),
+    ("opsfleet_build_info", Kind::Gauge, "1, labelled with the running build's version."),
 ];
 
 /// Registers every metric's help text with the installed recorder.

@@ -301,6 +301,13 @@ pub fn serve_metrics(address: Option<&str>) -> anyhow::Result<()> {
         .install()
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
     exporter::describe();
+    // Which build runs, set again well within the idle time after which a gauge is dropped.
+    tokio::spawn(async {
+        loop {
+            metrics::gauge!("opsfleet_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            tokio::time::sleep(exporter::GAUGE_IDLE / 3).await;
+        }
+    });
     tracing::info!(%addr, "Serving Prometheus metrics.");
     Ok(())
 }

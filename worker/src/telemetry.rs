@@ -9,6 +9,8 @@ use std::time::Duration;
 /// A job finished (for good, or for this attempt).
 pub(crate) struct JobFinished<'a> {
     pub job_id: &'a str,
+    /// The config's task (bounded by the config).
+    pub task: &'a str,
     pub action: &'a str,
     pub outcome: &'static str,
     pub took: Duration,
@@ -22,8 +24,9 @@ impl JobFinished<'_> {
         } else {
             tracing::info!(job_id = %self.job_id, action = self.action, outcome = self.outcome, took_ms = self.took.as_millis() as u64, "Job finished.");
         }
-        counter!("opsfleet_jobs_finished_total", "action" => self.action.to_owned(), "outcome" => self.outcome)
-            .increment(1);
+        let labels =
+            [("task", self.task.to_owned()), ("action", self.action.to_owned()), ("outcome", self.outcome.to_owned())];
+        counter!("opsfleet_jobs_finished_total", &labels).increment(1);
         histogram!("opsfleet_job_duration_seconds", "action" => self.action.to_owned()).record(self.took.as_secs_f64());
     }
 }
@@ -31,13 +34,16 @@ impl JobFinished<'_> {
 /// A job started its action, this long after its event was received.
 pub(crate) struct JobStarted<'a> {
     pub job_id: &'a str,
+    /// The config's task (bounded by the config).
+    pub task: &'a str,
     pub since_event: Duration,
 }
 
 impl JobStarted<'_> {
     pub fn emit(self) {
         tracing::debug!(job_id = %self.job_id, since_event_ms = self.since_event.as_millis() as u64, "Job started.");
-        histogram!("opsfleet_event_to_start_seconds").record(self.since_event.as_secs_f64());
+        histogram!("opsfleet_event_to_start_seconds", "task" => self.task.to_owned())
+            .record(self.since_event.as_secs_f64());
     }
 }
 

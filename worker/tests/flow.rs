@@ -188,10 +188,10 @@ fn metrics_count_finished_jobs_durations_in_flight_and_lock_results() {
     });
     let text = handle.render();
     for line in [
-        "opsfleet_jobs_finished_total{action=\"noop\",outcome=\"succeeded\"} 1",
+        "opsfleet_jobs_finished_total{task=\"quick\",action=\"noop\",outcome=\"succeeded\"} 1",
         "opsfleet_lock_acquisitions_total{result=\"acquired\"} 1",
         "opsfleet_job_duration_seconds_count{action=\"noop\"} 1",
-        "opsfleet_event_to_start_seconds_count 1",
+        "opsfleet_event_to_start_seconds_count{task=\"quick\"} 1",
         "opsfleet_jobs_in_flight 0",
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");

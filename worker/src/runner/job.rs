@@ -130,7 +130,7 @@ impl Worker {
         held.started_ms = self.clock.now_ms();
         held.acted = true;
         let since_event = Duration::from_millis(self.clock.now_ms().saturating_sub(job.received_ms));
-        JobStarted { job_id: &job.id, since_event }.emit();
+        JobStarted { job_id: &job.id, task: &s.task.name, since_event }.emit();
         let started = tokio::time::Instant::now();
         let ctx = self.context(job, held.attempt, 0);
         let step = if self.dry_run && s.action.mutates() {

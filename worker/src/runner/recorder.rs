@@ -117,7 +117,8 @@ impl Recorder {
         let mut held = held;
         if matches!(finished, Ok(true)) {
             held.recorded = true;
-            JobFinished { job_id: &s.job.id, action: s.action.name(), outcome, took, detail: text }.emit();
+            JobFinished { job_id: &s.job.id, task: &s.task.name, action: s.action.name(), outcome, took, detail: text }
+                .emit();
         }
         let released = held.release().await;
         Ok(released.then(if finished? { Disposition::Delete } else { Disposition::Retry(Duration::ZERO) }))
@@ -153,7 +154,15 @@ impl Recorder {
         };
         held.begun = true;
         if retryable && failures <= s.task.retries {
-            JobFinished { job_id: &s.job.id, action: s.action.name(), outcome: "retried", took, detail: &error }.emit();
+            JobFinished {
+                job_id: &s.job.id,
+                task: &s.task.name,
+                action: s.action.name(),
+                outcome: "retried",
+                took,
+                detail: &error,
+            }
+            .emit();
             if let Some(c) = checking {
                 // A failed check is checked again later, the job keeping its leases.
                 let after = failure_backoff(failures);
@@ -181,7 +190,15 @@ impl Recorder {
         if !finished? {
             return Ok(released.then(Disposition::Retry(Duration::ZERO)));
         }
-        JobFinished { job_id: &s.job.id, action: s.action.name(), outcome: "failed", took, detail: reason }.emit();
+        JobFinished {
+            job_id: &s.job.id,
+            task: &s.task.name,
+            action: s.action.name(),
+            outcome: "failed",
+            took,
+            detail: reason,
+        }
+        .emit();
         if let Some(max) = s.task.max_errors {
             // When this fails, the message is tried again: the job's record says FAILED without
             // its dead letter, and the next try checks the run again before dead-lettering it.
@@ -216,7 +233,15 @@ impl Recorder {
             return Ok(released.then(Disposition::Retry(jitter(Duration::from_secs(2)))));
         }
         let took = Duration::ZERO;
-        JobFinished { job_id: &s.job.id, action: s.action.name(), outcome: "cancelled", took, detail: &reason }.emit();
+        JobFinished {
+            job_id: &s.job.id,
+            task: &s.task.name,
+            action: s.action.name(),
+            outcome: "cancelled",
+            took,
+            detail: &reason,
+        }
+        .emit();
         Ok(self.dead_letters.job(s.job, &reason, fence, Status::Cancelled).await)
     }
 
