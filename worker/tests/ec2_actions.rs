@@ -117,6 +117,12 @@ async fn volume(ec2: &aws_sdk_ec2::Client, pairs: &[(&str, &str)]) -> String {
     request.send().await.expect("create volume").volume_id().expect("volume id").to_owned()
 }
 
+/// A snapshot of a volume, made by the test (not by opsfleet).
+async fn snapshot_of(ec2: &aws_sdk_ec2::Client, volume: &str) -> String {
+    let out = ec2.create_snapshot().volume_id(volume).send().await.expect("snapshot");
+    out.snapshot_id().expect("id").to_owned()
+}
+
 async fn instance(ec2: &aws_sdk_ec2::Client) -> String {
     let out =
         ec2.run_instances().image_id("ami-03cf127a").min_count(1).max_count(1).send().await.expect("run instance");
@@ -307,8 +313,7 @@ async fn snapshot_copy_copies_once_into_the_destination_and_deletes_the_source_w
     let east = ec2(&aws, REGION).await;
     let west = ec2(&aws, "us-west-2").await;
     let vol = volume(&east, &[]).await;
-    let source =
-        east.create_snapshot().volume_id(&vol).send().await.expect("snapshot").snapshot_id().expect("id").to_owned();
+    let source = snapshot_of(&east, &vol).await;
     layer.settle().await;
     let task = unique("copy");
     let params = json!({ "destination_region": "us-west-2", "delete_source": true, "tags": { "From": "{region}" } });
@@ -338,15 +343,7 @@ async fn snapshot_copy_keeps_the_newest_copies_of_a_volume_and_fails_on_a_source
     let task = unique("copies");
     let params = json!({ "destination_region": "us-west-2", "retain": 2, "check_after_secs": 1 });
     for n in 0..3 {
-        let source = east
-            .create_snapshot()
-            .volume_id(&vol)
-            .send()
-            .await
-            .expect("snapshot")
-            .snapshot_id()
-            .expect("id")
-            .to_owned();
+        let source = snapshot_of(&east, &vol).await;
         layer.settle().await;
         let j = job(&task, &format!("e{n}"), "snapshot-copy", &params, ResourceType::Snapshot, &source, REGION);
         done(&run(&erased(SnapshotCopy), &j, &aws).await);
@@ -359,8 +356,7 @@ async fn snapshot_copy_keeps_the_newest_copies_of_a_volume_and_fails_on_a_source
         p.erroring_volumes.insert(broken.clone());
     });
     layer.settle().await;
-    let source =
-        east.create_snapshot().volume_id(&broken).send().await.expect("snapshot").snapshot_id().expect("id").to_owned();
+    let source = snapshot_of(&east, &broken).await;
     tokio::time::sleep(layer.plan().pending + Duration::from_millis(200)).await;
     let j = job(&task, "bad", "snapshot-copy", &params, ResourceType::Snapshot, &source, REGION);
     match run(&erased(SnapshotCopy), &j, &aws).await {
@@ -578,8 +574,7 @@ async fn snapshot_retention_deletes_only_what_opsfleet_made_beyond_keep() {
     let (aws, layer) = accounts().await;
     let ec2 = ec2(&aws, REGION).await;
     let vol = volume(&ec2, &[]).await;
-    let theirs =
-        ec2.create_snapshot().volume_id(&vol).send().await.expect("snapshot").snapshot_id().expect("id").to_owned();
+    let theirs = snapshot_of(&ec2, &vol).await;
     layer.settle().await;
     let task = unique("made");
     for n in 0..4 {
@@ -732,15 +727,7 @@ params = { destination_region = "eu-west-1", check_after_secs = 1 }
     let mut jobs = Vec::new();
     for n in 0..3 {
         let vol = volume(&east, &[]).await;
-        let snap = east
-            .create_snapshot()
-            .volume_id(&vol)
-            .send()
-            .await
-            .expect("snapshot")
-            .snapshot_id()
-            .expect("id")
-            .to_owned();
+        let snap = snapshot_of(&east, &vol).await;
         let params = fleet.config.task("copy").expect("task").params.clone();
         let mut j = job(
             "copy",

@@ -117,8 +117,7 @@ impl Recorder {
         let mut held = held;
         if matches!(finished, Ok(true)) {
             held.recorded = true;
-            JobFinished { job_id: &s.job.id, task: &s.task.name, action: s.action.name(), outcome, took, detail: text }
-                .emit();
+            job_finished(s, outcome, took, text);
         }
         let released = held.release().await;
         Ok(released.then(if finished? { Disposition::Delete } else { Disposition::Retry(Duration::ZERO) }))
@@ -154,15 +153,7 @@ impl Recorder {
         };
         held.begun = true;
         if retryable && failures <= s.task.retries {
-            JobFinished {
-                job_id: &s.job.id,
-                task: &s.task.name,
-                action: s.action.name(),
-                outcome: "retried",
-                took,
-                detail: &error,
-            }
-            .emit();
+            job_finished(s, "retried", took, &error);
             if let Some(c) = checking {
                 // A failed check is checked again later, the job keeping its leases.
                 let after = failure_backoff(failures);
@@ -190,15 +181,7 @@ impl Recorder {
         if !finished? {
             return Ok(released.then(Disposition::Retry(Duration::ZERO)));
         }
-        JobFinished {
-            job_id: &s.job.id,
-            task: &s.task.name,
-            action: s.action.name(),
-            outcome: "failed",
-            took,
-            detail: reason,
-        }
-        .emit();
+        job_finished(s, "failed", took, reason);
         if let Some(max) = s.task.max_errors {
             // When this fails, the message is tried again: the job's record says FAILED without
             // its dead letter, and the next try checks the run again before dead-lettering it.
@@ -233,15 +216,7 @@ impl Recorder {
             return Ok(released.then(Disposition::Retry(jitter(Duration::from_secs(2)))));
         }
         let took = Duration::ZERO;
-        JobFinished {
-            job_id: &s.job.id,
-            task: &s.task.name,
-            action: s.action.name(),
-            outcome: "cancelled",
-            took,
-            detail: &reason,
-        }
-        .emit();
+        job_finished(s, "cancelled", took, &reason);
         Ok(self.dead_letters.job(s.job, &reason, fence, Status::Cancelled).await)
     }
 
@@ -263,4 +238,9 @@ impl Recorder {
             WorkerCallFailed { what: "attempt", error: &e.to_string() }.emit();
         }
     }
+}
+
+/// Logs and counts a job's end (or a retried attempt).
+fn job_finished(s: &Subject<'_>, outcome: &'static str, took: Duration, detail: &str) {
+    JobFinished { job_id: &s.job.id, task: &s.task.name, action: s.action.name(), outcome, took, detail }.emit();
 }
