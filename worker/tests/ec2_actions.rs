@@ -2,154 +2,22 @@
 //! EC2 realism layer (eventual consistency, pending snapshots and images, EC2's throttling
 //! buckets, retryable server errors): each action's effect, its idempotency (a job run twice
 //! makes nothing twice), its verification (no success before the effect is there), retention,
-//! and the opt-out tag. Each action runs as the worker runs it: start, checks while pending,
-//! and another attempt after a retryable failure.
+//! and the opt-out tag. Each action runs as the worker runs it (`support::ec2::run`). What the
+//! actions decide on a describe right after a create, a lost reply or a start without capacity
+//! is in `ec2_under_aws.rs`.
 
 mod support;
 
-use aws_sdk_ec2::types::{Filter, ResourceType as Ec2Type, Tag as Ec2Tag, TagSpecification};
-use opsfleet_backend::aws::budget::Ec2Budget;
-use opsfleet_backend::aws::AwsAccounts;
 use opsfleet_backend::AwsBackend;
-use opsfleet_protocol::job::JobOrigin;
-use opsfleet_protocol::{Config, Job, Resource, ResourceType};
-use opsfleet_testkit::{Ec2Plan, Ec2Realism};
+use opsfleet_protocol::ResourceType;
 use opsfleet_worker::actions::{
-    erased, AmiCreate, AnyAction, EbsSnapshot, InstancePower, Notify, SnapshotCopy, SnapshotRetention, Tag,
+    erased, AmiCreate, EbsSnapshot, InstancePower, Notify, SnapshotCopy, SnapshotRetention, Tag,
 };
-use opsfleet_worker::{ActionContext, Step};
+use opsfleet_worker::Step;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-
-const ACCOUNT: &str = "123456789012";
-const REGION: &str = "us-east-1";
-
-fn require_emulator() -> String {
-    std::env::var("AWS_ENDPOINT_URL").expect("the action tests need the emulator: run them with tests/run.sh")
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    format!("{prefix}-{}-{}", std::process::id(), nanos % 1_000_000_000)
-}
-
-/// Clients in the emulator's account through an EC2 realism layer with this plan.
-async fn accounts_with(plan: Ec2Plan) -> (Arc<AwsAccounts>, Ec2Realism) {
-    let layer = Ec2Realism::start(&require_emulator(), plan).await.expect("the EC2 realism layer");
-    let base = layer.sdk_config(&AwsBackend::sdk_config().await);
-    let config = Config::parse("[fleet]\nname = \"t\"\n", None).expect("config");
-    (Arc::new(AwsAccounts::new(base, &config.fleet, Ec2Budget::new(config.ec2_budget))), layer)
-}
-
-/// Clients through EC2 as it behaves on an ordinary day.
-async fn accounts() -> (Arc<AwsAccounts>, Ec2Realism) {
-    accounts_with(Ec2Plan::aws()).await
-}
-
-async fn ec2(aws: &AwsAccounts, region: &str) -> aws_sdk_ec2::Client {
-    aws.ec2(ACCOUNT, region).await.expect("ec2 client")
-}
-
-fn job(task: &str, event: &str, action: &str, params: &Value, kind: ResourceType, id: &str, region: &str) -> Job {
-    let origin = JobOrigin { event_id: event, event_time: None, received_ms: 0, task, action, params };
-    let resource = Resource { account: ACCOUNT.into(), region: region.into(), kind, id: id.into() };
-    Job::new(origin, resource, 4)
-}
-
-fn ctx<'a>(job: &'a Job, aws: &'a AwsAccounts) -> ActionContext<'a> {
-    at(job, aws, 1, 0)
-}
-
-fn at<'a>(job: &'a Job, aws: &'a AwsAccounts, attempt: u32, check: u32) -> ActionContext<'a> {
-    ActionContext { job, dry_run: false, attempt, check, aws: Some(aws), now_ms: now_ms() }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Runs a job as the worker does: its start, its checks while pending (quickly: the layer's
-/// windows are seconds), another attempt after a retryable failure (up to 6).
-async fn run(action: &Arc<dyn AnyAction>, job: &Job, aws: &AwsAccounts) -> Step {
-    run_from(action, job, aws, 1).await
-}
-
-async fn run_from(action: &Arc<dyn AnyAction>, job: &Job, aws: &AwsAccounts, first: u32) -> Step {
-    let mut attempt = first;
-    loop {
-        let mut step = action.start(at(job, aws, attempt, 0)).await;
-        let mut checks = 0;
-        while let Step::Pending { state, .. } = &step {
-            assert!(checks < 120, "still pending after {checks} checks: {state}");
-            tokio::time::sleep(Duration::from_millis(250)).await;
-            checks += 1;
-            step = action.check(at(job, aws, attempt, checks), state).await;
-        }
-        match step {
-            Step::Failed { retryable: true, .. } if attempt < first + 5 => {
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            other => return other,
-        }
-    }
-}
-
-fn tags(pairs: &[(&str, &str)]) -> Vec<Ec2Tag> {
-    pairs.iter().map(|(k, v)| Ec2Tag::builder().key(*k).value(*v).build()).collect()
-}
-
-fn spec(kind: Ec2Type, pairs: &[(&str, &str)]) -> TagSpecification {
-    TagSpecification::builder().resource_type(kind).set_tags(Some(tags(pairs))).build()
-}
-
-fn filter(name: &str, value: &str) -> Filter {
-    Filter::builder().name(name).values(value).build()
-}
-
-async fn volume(ec2: &aws_sdk_ec2::Client, pairs: &[(&str, &str)]) -> String {
-    let mut request = ec2.create_volume().availability_zone(format!("{REGION}a")).size(8);
-    if !pairs.is_empty() {
-        request = request.tag_specifications(spec(Ec2Type::Volume, pairs));
-    }
-    request.send().await.expect("create volume").volume_id().expect("volume id").to_owned()
-}
-
-/// A snapshot of a volume, made by the test (not by opsfleet).
-async fn snapshot_of(ec2: &aws_sdk_ec2::Client, volume: &str) -> String {
-    let out = ec2.create_snapshot().volume_id(volume).send().await.expect("snapshot");
-    out.snapshot_id().expect("id").to_owned()
-}
-
-async fn instance(ec2: &aws_sdk_ec2::Client) -> String {
-    let out =
-        ec2.run_instances().image_id("ami-03cf127a").min_count(1).max_count(1).send().await.expect("run instance");
-    out.instances()[0].instance_id().expect("instance id").to_owned()
-}
-
-async fn snapshots(ec2: &aws_sdk_ec2::Client, key: &str, value: &str) -> Vec<aws_sdk_ec2::types::Snapshot> {
-    let out = ec2
-        .describe_snapshots()
-        .owner_ids("self")
-        .filters(filter(&format!("tag:{key}"), value))
-        .send()
-        .await
-        .expect("describe snapshots");
-    out.snapshots().to_vec()
-}
-
-fn tag_map(tags: &[Ec2Tag]) -> BTreeMap<String, String> {
-    tags.iter().filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned()))).collect()
-}
-
-fn done(step: &Step) -> &str {
-    match step {
-        Step::Done { summary } => summary,
-        other => panic!("expected done, got {other:?}"),
-    }
-}
+use support::ec2::*;
 
 #[tokio::test]
 async fn ebs_snapshot_makes_one_tagged_snapshot_per_job_and_keeps_the_newest_n() {
@@ -221,90 +89,6 @@ async fn ebs_snapshot_of_an_instance_takes_its_volumes_as_one_set_and_an_opted_o
         other => panic!("an opted-out instance is skipped, not {other:?}"),
     }
     assert!(snapshots(&ec2, "opsfleet:job", &again.id).await.is_empty());
-}
-
-#[tokio::test]
-async fn a_snapshot_a_describe_does_not_know_yet_is_waited_for_not_failed() {
-    // Three seconds of eventual consistency: the check right after the create does not find
-    // the snapshot by its id.
-    let plan = Ec2Plan { consistency: Duration::from_secs(3), ..Ec2Plan::aws() };
-    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, ..plan }).await;
-    let ec2 = ec2(&aws, REGION).await;
-    let vol = volume(&ec2, &[]).await;
-    layer.settle().await;
-    let j =
-        job(&unique("lag"), "e", "ebs-snapshot", &json!({ "check_after_secs": 1 }), ResourceType::Volume, &vol, REGION);
-    let first = erased(EbsSnapshot).start(ctx(&j, &aws)).await;
-    assert!(matches!(first, Step::Pending { .. }), "not found yet is pending, not {first:?}");
-    assert!(layer.counts().get("not_found").copied().unwrap_or(0) > 0, "{:?}", layer.counts());
-    let Step::Pending { state, .. } = first else { unreachable!() };
-    let mut step = erased(EbsSnapshot).check(at(&j, &aws, 1, 1), &state).await;
-    for n in 2..40 {
-        let Step::Pending { state, .. } = &step else { break };
-        tokio::time::sleep(Duration::from_millis(250)).await;
-        step = erased(EbsSnapshot).check(at(&j, &aws, 1, n), state).await;
-    }
-    assert!(done(&step).contains("completed"));
-}
-
-#[tokio::test]
-async fn a_create_whose_reply_was_lost_is_found_again_not_made_twice() {
-    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, ..Ec2Plan::aws() }).await;
-    let ec2 = ec2(&aws, REGION).await;
-    let vol = volume(&ec2, &[]).await;
-    let id = instance(&ec2).await;
-    layer.settle().await;
-    let task = unique("doubt");
-    let snap = job(&task, "e", "ebs-snapshot", &json!({ "check_after_secs": 1 }), ResourceType::Volume, &vol, REGION);
-    let image = job(&task, "e", "ami-create", &json!({ "check_after_secs": 1 }), ResourceType::Instance, &id, REGION);
-    // Every create is made and its reply lost; then EC2 answers again.
-    layer.change(|p| p.lost_creates = 1.0);
-    for (action, j) in [(erased(EbsSnapshot), &snap), (erased(AmiCreate), &image)] {
-        match action.start(ctx(j, &aws)).await {
-            Step::Failed { retryable: true, error } => assert!(error.contains("in doubt"), "{error}"),
-            other => panic!("a create without an answer is in doubt, not {other:?}"),
-        }
-    }
-    assert_eq!(layer.counts().get("lost_create"), Some(&2), "one create each, not sent again by the SDK");
-    layer.change(|p| p.lost_creates = 0.0);
-    done(&run_from(&erased(EbsSnapshot), &snap, &aws, 2).await);
-    done(&run_from(&erased(AmiCreate), &image, &aws, 2).await);
-    layer.settle().await;
-    assert_eq!(snapshots(&ec2, "opsfleet:job", &snap.id).await.len(), 1, "the lost snapshot was found, not made again");
-    let images = ec2
-        .describe_images()
-        .owners("self")
-        .filters(filter("tag:opsfleet:job", &image.id))
-        .send()
-        .await
-        .expect("images");
-    assert_eq!(images.images().len(), 1, "the lost image was found, not made again");
-}
-
-#[tokio::test]
-async fn an_image_whose_create_lost_its_reply_is_known_by_its_name_though_no_describe_shows_it_yet() {
-    // Longer than the action's own wait before it looks again: only the name gives it away.
-    let plan = Ec2Plan { consistency: Duration::from_secs(12), server_errors: 0.0, ..Ec2Plan::aws() };
-    let (aws, layer) = accounts_with(plan).await;
-    let ec2 = ec2(&aws, REGION).await;
-    let id = instance(&ec2).await;
-    layer.settle().await;
-    let task = unique("named");
-    let params = json!({ "name": "{task}-{id}-{datetime}", "check_after_secs": 1 });
-    let mut j = job(&task, "e", "ami-create", &params, ResourceType::Instance, &id, REGION);
-    j.received_ms = now_ms() - 60_000;
-    layer.change(|p| p.lost_creates = 1.0);
-    assert!(matches!(erased(AmiCreate).start(ctx(&j, &aws)).await, Step::Failed { retryable: true, .. }));
-    layer.change(|p| p.lost_creates = 0.0);
-    match erased(AmiCreate).start(at(&j, &aws, 2, 0)).await {
-        Step::Failed { retryable: true, error } => assert!(error.contains("InvalidAMIName.Duplicate"), "{error}"),
-        other => panic!("the same name again meets its image, which no describe shows yet: {other:?}"),
-    }
-    layer.settle().await;
-    done(&run_from(&erased(AmiCreate), &j, &aws, 3).await);
-    let images =
-        ec2.describe_images().owners("self").filters(filter("tag:opsfleet:job", &j.id)).send().await.expect("images");
-    assert_eq!(images.images().len(), 1, "one image");
 }
 
 #[tokio::test]
@@ -466,86 +250,6 @@ async fn instance_power_reaches_the_state_asked_for_and_reboots_once_per_job() {
         Step::Failed { retryable: false, error } => assert!(error.contains("terminated"), "{error}"),
         other => panic!("starting a terminated instance must fail, not {other:?}"),
     }
-}
-
-#[tokio::test]
-async fn a_reboot_that_failed_is_tried_again_rather_than_reported_done() {
-    // Every mutating call fails for a moment: the reboot does not go through.
-    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, ..Ec2Plan::aws() }).await;
-    let ec2 = ec2(&aws, REGION).await;
-    let id = instance(&ec2).await;
-    layer.settle().await;
-    let j = job(
-        &unique("reboot"),
-        "e",
-        "instance-power",
-        &json!({ "operation": "reboot" }),
-        ResourceType::Instance,
-        &id,
-        REGION,
-    );
-    layer.change(|p| p.server_errors = 1.0);
-    let first = erased(InstancePower).start(ctx(&j, &aws)).await;
-    assert!(matches!(first, Step::Failed { retryable: true, .. }), "{first:?}");
-    layer.change(|p| p.server_errors = 0.0);
-    layer.settle().await;
-    let second = done(&erased(InstancePower).start(at(&j, &aws, 2, 0)).await).to_owned();
-    assert!(!second.contains("rebooted by this job before"), "the retry reboots: {second}");
-    layer.settle().await;
-    let out = ec2.describe_instances().instance_ids(&id).send().await.expect("describe");
-    let tags = tag_map(out.reservations()[0].instances()[0].tags());
-    assert_eq!(tags.get("opsfleet:rebooted-by"), Some(&j.id), "tagged once the reboot went through");
-}
-
-#[tokio::test]
-async fn a_start_that_falls_back_to_stopped_fails_retryably_and_no_capacity_is_retried() {
-    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, no_capacity: 0.0, ..Ec2Plan::aws() }).await;
-    let ec2 = ec2(&aws, REGION).await;
-    let id = instance(&ec2).await;
-    layer.settle().await;
-    ec2.stop_instances().instance_ids(&id).send().await.expect("stop");
-    let params = json!({ "operation": "start", "check_after_secs": 1 });
-    let j = job(&unique("start"), "e", "instance-power", &params, ResourceType::Instance, &id, REGION);
-    layer.change(|p| {
-        p.no_start.insert(id.clone());
-    });
-    let first = erased(InstancePower).start(ctx(&j, &aws)).await;
-    let Step::Pending { state, .. } = first else { panic!("a start under way is pending, not {first:?}") };
-    match erased(InstancePower).check(at(&j, &aws, 1, 1), &state).await {
-        Step::Failed { retryable: true, error } => assert!(error.contains("fell back to stopped"), "{error}"),
-        other => panic!("a start that fell back fails retryably, not {other:?}"),
-    }
-    layer.change(|p| {
-        p.no_start.clear();
-        p.no_capacity = 1.0;
-    });
-    match erased(InstancePower).start(at(&j, &aws, 2, 0)).await {
-        Step::Failed { retryable: true, error } => assert!(error.contains("InsufficientInstanceCapacity"), "{error}"),
-        other => panic!("no capacity is retried, not {other:?}"),
-    }
-    layer.change(|p| p.no_capacity = 0.0);
-    assert_eq!(done(&run_from(&erased(InstancePower), &j, &aws, 3).await), format!("{id} is running"));
-}
-
-#[tokio::test]
-async fn a_forced_stop_hurries_an_instance_stuck_in_stopping() {
-    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, ..Ec2Plan::aws() }).await;
-    let ec2 = ec2(&aws, REGION).await;
-    let id = instance(&ec2).await;
-    layer.settle().await;
-    layer.change(|p| {
-        p.stuck_stopping.insert(id.clone());
-    });
-    ec2.stop_instances().instance_ids(&id).send().await.expect("stop");
-    let task = unique("stuck");
-    let plain = json!({ "operation": "stop", "check_after_secs": 1 });
-    let j = job(&task, "e1", "instance-power", &plain, ResourceType::Instance, &id, REGION);
-    let first = erased(InstancePower).start(ctx(&j, &aws)).await;
-    assert!(matches!(first, Step::Pending { .. }), "a plain stop waits for `stopping` to end: {first:?}");
-    let forced = json!({ "operation": "stop", "force": true, "check_after_secs": 1 });
-    let j = job(&task, "e2", "instance-power", &forced, ResourceType::Instance, &id, REGION);
-    assert_eq!(done(&run(&erased(InstancePower), &j, &aws).await), format!("{id} is stopped"));
-    assert_eq!(layer.counts().get("forced_stop"), Some(&1), "{:?}", layer.counts());
 }
 
 #[tokio::test]

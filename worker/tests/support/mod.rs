@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod ec2;
 pub mod faulty;
 
 use opsfleet_backend::realism::{Realism, RealisticBackend};
