@@ -110,6 +110,38 @@ fn validate_reports_every_problem_with_its_line() {
 }
 
 #[test]
+fn validate_and_render_refuse_a_pattern_waiting_for_a_schedule_the_config_does_not_render() {
+    let dir = support::root().join("target").join("cli-tests");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let task = |name: &str, how: &str| {
+        format!("\n[[tasks]]\nname = \"{name}\"\n{how}\ntargets = {{ type = \"ec2:volume\", tags = {{ Backup = \"nightly\" }} }}\naction = \"ebs-snapshot\"\n")
+    };
+    let waiting = r#"pattern = { "detail-type" = ["Scheduled Event"], resources = [{ suffix = "rule/f.nightly" }] }"#;
+    let unscheduled = dir.join("unscheduled.toml");
+    std::fs::write(&unscheduled, format!("[fleet]\nname = \"f\"\n{}", task("backup", waiting))).expect("write");
+    let path = unscheduled.to_str().expect("path");
+    for args in [
+        vec!["validate", "--config", path],
+        vec!["infra", "render", "--config", path, "--out", "target/cli-tests/never"],
+    ] {
+        let out = opsfleet(&args).output().expect("opsfleet");
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("unscheduled.toml:line 4: tasks[0] \"backup\".pattern: waits for a `Scheduled Event` no schedule of this config sends (it renders: none)"),
+            "{args:?}: {err}"
+        );
+    }
+    // The schedule named `nightly`, shared with another task, is what the pattern waits for.
+    let scheduled = dir.join("scheduled.toml");
+    let shared = r#"schedule = { name = "nightly", expression = "cron(0 2 * * ? *)" }"#;
+    std::fs::write(&scheduled, format!("[fleet]\nname = \"f\"\n{}{}", task("backup", waiting), task("other", shared)))
+        .expect("write");
+    let out = opsfleet(&["validate", "--config", scheduled.to_str().expect("path")]).output().expect("validate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
 fn demo_runs_the_sample_events_on_the_embedded_backend() {
     let out = opsfleet(&["demo"]).output().expect("demo");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use support::{opsfleet_offline, root};
 use yaml_rust2::{Yaml, YamlLoader};
 
-/// A config with every input the templates read: shared and string patterns, a schedule,
+/// A config with every input the templates read: shared and string patterns, a UTC schedule, a
+/// shared schedule in a time zone,
 /// alarm topics, a member role with a path and an external id.
 const CONFIG: &str = r#"
 [fleet]
@@ -51,6 +52,19 @@ schedule = "cron(0 3 * * ? *)"
 targets = { type = "ec2:volume", tags = { Backup = "nightly" } }
 action = "snapshot-retention"
 params = { keep = 7 }
+
+[[tasks]]
+name = "nightly-image"
+schedule = { name = "nightly", expression = "cron(0 2 * * ? *)", timezone = "Europe/Paris" }
+targets = { type = "ec2:instance", tags = { Backup = "nightly" } }
+action = "ami-create"
+params = { name = "nightly-{id}-{date}" }
+
+[[tasks]]
+name = "nightly-copy"
+schedule = { name = "nightly", expression = "cron(0 2 * * ? *)", timezone = "Europe/Paris" }
+targets = { type = "ec2:volume", tags = { Backup = "nightly" } }
+action = "ebs-snapshot"
 "#;
 
 /// Renders a config into a fresh directory; returns the directory.
@@ -136,24 +150,63 @@ fn the_templates_follow_the_config() {
     assert_eq!(table["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"], true);
     assert_eq!(table["SSESpecification"]["SSEEnabled"], true);
 
-    // One rule per distinct pattern, exactly as the tasks have it, and one per schedule.
+    // One rule per distinct pattern, exactly as the tasks have it, and one per UTC schedule; a
+    // schedule in a time zone is a Scheduler schedule, one for the two tasks sharing it.
     let rules = of_type(&core, "AWS::Events::Rule");
-    assert_eq!(rules.len(), 3, "{rules:#?}");
+    let schedules = of_type(&core, "AWS::Scheduler::Schedule");
+    assert_eq!((rules.len(), schedules.len()), (3, 1), "{rules:#?} {schedules:#?}");
     for task in &config.tasks {
         let fed: Vec<_> = rules
             .iter()
+            .chain(&schedules)
             .filter(|(_, r)| r["Properties"]["Description"].as_str().is_some_and(|d| d.contains(&task.name)))
             .collect();
-        assert_eq!(fed.len(), 1, "{} is fed by one rule", task.name);
+        assert_eq!(fed.len(), 1, "{} is fed by one rule or schedule", task.name);
         let p = &fed[0].1["Properties"];
         match &task.schedule {
             Some(schedule) => {
-                assert_eq!(p["ScheduleExpression"], json!(schedule));
-                assert_eq!(p["Name"], names::rule(&fleet, &task.name));
+                assert_eq!(p["ScheduleExpression"], json!(schedule.expression));
+                assert_eq!(p["Name"], json!(schedule.name));
+                assert_eq!(p.get("ScheduleExpressionTimezone"), schedule.timezone.as_ref().map(|z| json!(z)).as_ref());
             }
             None => assert_eq!(p["EventPattern"], task.pattern_json, "{}", task.name),
         }
+        // Every delivery is retried, then dead-lettered to the events DLQ.
+        let target = if p["Targets"].is_array() { &p["Targets"][0] } else { &p["Target"] };
+        assert_eq!(
+            target["DeadLetterConfig"]["Arn"],
+            json!({ "Fn::GetAtt": ["EventsDlqQueue", "Arn"] }),
+            "{}",
+            task.name
+        );
+        assert!(target["RetryPolicy"]["MaximumRetryAttempts"].as_u64().is_some_and(|n| n > 0), "{}", task.name);
     }
+    let scheduled = &schedules[0].1["Properties"];
+    assert_eq!(scheduled["Name"], format!("{fleet}.nightly"));
+    assert!(
+        scheduled["Description"].as_str().is_some_and(|d| d.ends_with("nightly-image, nightly-copy")),
+        "{scheduled}"
+    );
+    // Scheduler sends what the tasks' pattern matches: its input, with the placeholders filled
+    // as Scheduler and CloudFormation fill them, is an event both tasks match.
+    let input = scheduled["Target"]["Input"]["Fn::Sub"].as_str().expect("input");
+    let filled = input
+        .replace("${AWS::AccountId}", "111122223333")
+        .replace("${AWS::Region}", "eu-west-1")
+        .replace("<aws.scheduler.execution-id>", "d0a8c1b2")
+        .replace("<aws.scheduler.scheduled-time>", "2026-03-29T00:00:00Z")
+        .replace(
+            "<aws.scheduler.schedule-arn>",
+            &format!("arn:aws:scheduler:eu-west-1:111122223333:schedule/default/{fleet}.nightly"),
+        );
+    let event: serde_json::Map<String, Value> = serde_json::from_str(&filled).expect("the input is JSON");
+    let matched: Vec<&str> =
+        config.tasks.iter().filter(|t| t.pattern.matches(&event)).map(|t| t.name.as_str()).collect();
+    assert_eq!(matched, ["nightly-image", "nightly-copy"]);
+    let role = &core["Resources"]["SchedulerRole"]["Properties"];
+    assert_eq!(scheduled["Target"]["RoleArn"], json!({ "Fn::GetAtt": ["SchedulerRole", "Arn"] }));
+    assert_eq!(role["AssumeRolePolicyDocument"]["Statement"][0]["Principal"]["Service"], "scheduler.amazonaws.com");
+    assert_eq!(role["Policies"][0]["PolicyDocument"]["Statement"][0]["Action"], "sqs:SendMessage");
     assert_eq!(
         rules
             .iter()
@@ -163,15 +216,29 @@ fn the_templates_follow_the_config() {
             .count(),
         1
     );
-    // The events queue admits only those rules and the alarm topics, which it is subscribed to.
+    // The events queue and its DLQ admit the fleet's rules by their names' prefix (its size does
+    // not grow with them) and the alarm topics, which it is subscribed to; only over TLS.
     let policy = &of_type(&core, "AWS::SQS::QueuePolicy")[0].1["Properties"]["PolicyDocument"]["Statement"];
-    let sources: Vec<&Value> =
-        policy.as_array().expect("statements").iter().map(|s| &s["Condition"]["ArnEquals"]["aws:SourceArn"]).collect();
-    assert_eq!(sources[0].as_array().map(Vec::len), Some(3));
-    assert_eq!(sources[1], &json!(config.fleet.alarm_topics));
+    let statements = policy.as_array().expect("statements");
+    assert_eq!(
+        statements[0]["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"],
+        format!("arn:${{AWS::Partition}}:events:${{AWS::Region}}:${{AWS::AccountId}}:rule/{fleet}.*")
+    );
+    assert_eq!(statements[1]["Condition"]["ArnEquals"]["aws:SourceArn"], json!(config.fleet.alarm_topics));
+    assert_eq!(
+        (&statements[2]["Effect"], &statements[2]["Condition"]["Bool"]["aws:SecureTransport"]),
+        (&json!("Deny"), &json!("false"))
+    );
+    for rule in &rules {
+        assert!(rule.1["Properties"]["Name"].as_str().is_some_and(|n| n.starts_with(&format!("{fleet}."))), "{rule:?}");
+    }
     let subscriptions = of_type(&core, "AWS::SNS::Subscription");
     assert_eq!(subscriptions.len(), 1);
     assert_eq!(subscriptions[0].1["Properties"]["TopicArn"], json!(config.fleet.alarm_topics[0]));
+    assert_eq!(
+        subscriptions[0].1["Properties"]["RedrivePolicy"]["deadLetterTargetArn"],
+        json!({ "Fn::GetAtt": ["EventsDlqQueue", "Arn"] })
+    );
 
     // What lives in the table rather than in a resource is written down beside them.
     let meta = &core["Metadata"]["opsfleet"];

@@ -35,10 +35,11 @@ pub fn table(fleet: &str) -> String {
     fleet.to_owned()
 }
 
-/// The EventBridge rule of a task (its pattern's, or its schedule's): `{fleet}-{task}`, cut
-/// to EventBridge's 64 characters with a digest of the whole name when longer.
+/// The EventBridge rule of a task (its pattern's, or its schedule's): `{fleet}.{task}`, cut
+/// to EventBridge's 64 characters with a digest of the whole name when longer. A fleet's name
+/// has no dot, so `{fleet}.` starts the rules of that fleet and of no other.
 pub fn rule(fleet: &str, task: &str) -> String {
-    let name = format!("{fleet}-{task}");
+    let name = format!("{fleet}.{task}");
     if name.len() <= 64 {
         return name;
     }

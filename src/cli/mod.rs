@@ -4,6 +4,7 @@
 mod audit;
 mod catalog;
 mod demo;
+mod deployable;
 mod dlq;
 pub mod exporter;
 mod health;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 /// Loads the config; prints a summary when it is valid, every problem when it is not.
 pub fn run(path: &Path) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
-    super::catalog::check_policy_sizes(&config)?;
+    super::deployable::check(&config, path)?;
     println!(
         "{}: valid: fleet {}, {} partitions, {} tasks, {} limits",
         path.display(),

@@ -1,6 +1,7 @@
 //! Loading: structure first, then every semantic problem with its place.
 
 use super::raw::{RawConfig, RawTask, Targets};
+use super::schedule::{check_shared, Schedule};
 use super::{Config, Limit, Task};
 use crate::pattern::Pattern;
 use crate::resource::{is_account_id, looks_like_region, ResourceType};
@@ -147,6 +148,7 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
 
     let mut tasks = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut task_schedules: Vec<(String, Schedule)> = Vec::new();
     for (index, spanned) in raw.tasks.iter().enumerate() {
         let line = line_of(text, spanned.span().start);
         let task = spanned.get_ref();
@@ -165,15 +167,21 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 serde_json::from_str(json).map_err(|e| task_problem("pattern", format!("not JSON: {e}"))).ok()
             }
             (Some(pattern), None) => Some(pattern.clone()),
-            (None, Some(schedule)) => {
-                let rule = crate::names::rule(&fleet.name, &task.name);
-                if let Err(e) = check_schedule(schedule) {
-                    task_problem("schedule", e);
-                }
+            (None, Some(raw)) => {
                 if task.targets == Targets::Event {
                     task_problem("targets", "a scheduled event names no resources: give a discovery table".into());
                 }
-                Some(crate::names::schedule_pattern(&rule))
+                match Schedule::from_raw(&fleet.name, &task.name, raw) {
+                    Ok(schedule) => {
+                        let pattern = schedule.pattern();
+                        task_schedules.push((task.name.clone(), schedule));
+                        Some(pattern)
+                    }
+                    Err(e) => {
+                        task_problem("schedule", e);
+                        None
+                    }
+                }
             }
             (Some(_), Some(_)) => {
                 task_problem("schedule", "a task has a pattern or a schedule, not both".into());
@@ -261,7 +269,7 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 name: task.name.clone(),
                 pattern,
                 pattern_json,
-                schedule: task.schedule.clone(),
+                schedule: task_schedules.iter().find(|(t, _)| *t == task.name).map(|(_, s)| s.clone()),
                 targets: task.targets.clone(),
                 action: task.action.clone(),
                 params: task.params.clone(),
@@ -278,6 +286,11 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 line,
             });
         }
+    }
+    for (task, message) in check_shared(&task_schedules) {
+        let index = raw.tasks.iter().position(|t| t.get_ref().name == task).unwrap_or_default();
+        let line = raw.tasks.get(index).map(|t| line_of(text, t.span().start));
+        problem(line, format!("tasks[{index}] \"{task}\".schedule"), message);
     }
     if problems.is_empty() {
         let budget = raw.ec2_budget;
@@ -341,35 +354,6 @@ fn is_topic_arn(text: &str) -> bool {
         && looks_like_region(parts[3])
         && is_account_id(parts[4])
         && !parts[5].is_empty()
-}
-
-/// Checks the shape of an EventBridge schedule expression: `rate(N unit)` or a `cron(...)`
-/// of six fields. EventBridge checks the fields' values when the rule is created.
-fn check_schedule(expression: &str) -> Result<(), String> {
-    let bad = |why: &str| Err(format!("`{expression}` is not a schedule expression: {why}"));
-    if let Some(rate) = expression.strip_prefix("rate(").and_then(|r| r.strip_suffix(')')) {
-        let mut parts = rate.split(' ');
-        let (Some(n), Some(unit), None) = (parts.next(), parts.next(), parts.next()) else {
-            return bad("a rate is `rate(N minutes|hours|days)`");
-        };
-        let Ok(n) = n.parse::<u32>() else { return bad("a rate's value is a whole number") };
-        let singular = ["minute", "hour", "day"].contains(&unit);
-        let plural = ["minutes", "hours", "days"].contains(&unit);
-        return match (n, singular, plural) {
-            (0, _, _) => bad("a rate is at least 1"),
-            (1, true, _) | (2.., _, true) => Ok(()),
-            (1, _, true) => bad("a rate of 1 takes a singular unit (`rate(1 day)`)"),
-            (_, true, _) => bad("a rate over 1 takes a plural unit (`rate(2 days)`)"),
-            _ => bad("a rate's unit is minutes, hours or days"),
-        };
-    }
-    if let Some(cron) = expression.strip_prefix("cron(").and_then(|c| c.strip_suffix(')')) {
-        return match cron.split(' ').filter(|f| !f.is_empty()).count() {
-            6 => Ok(()),
-            n => bad(&format!("a cron has six fields (minutes hours day-of-month month day-of-week year), not {n}")),
-        };
-    }
-    bad("it is `rate(...)` or `cron(...)`")
 }
 
 /// The limit a task's jobs use: the task's `limit` (which must be configured), else its

@@ -8,12 +8,14 @@
 pub mod fixture;
 mod load;
 mod raw;
+mod schedule;
 
 pub use load::{ActionCatalog, ActionInfo, ConfigError, LimitDefault, Problem};
 pub use raw::{
     BucketSettings, DiscoveryQuery, Ec2BudgetSettings, FleetSettings, LimitSettings, MetricsSettings, RouterSettings,
     Targets, WorkerSettings,
 };
+pub use schedule::{schedules, unscheduled_patterns, Schedule, SCHEDULE_GROUP};
 
 use crate::pattern::Pattern;
 use crate::template::Template;
@@ -60,9 +62,8 @@ pub struct Task {
     /// The pattern's JSON as EventBridge takes it: the task's own, exactly as written, or for
     /// a scheduled task the one that matches its schedule rule's events.
     pub pattern_json: Value,
-    /// The schedule expression (`rate(1 day)`, `cron(0 3 * * ? *)`) of a scheduled task, whose
-    /// rule is named [`crate::names::rule`].
-    pub schedule: Option<String>,
+    /// The schedule of a scheduled task: its expression, time zone and rendered name.
+    pub schedule: Option<Schedule>,
     /// What the task acts on.
     pub targets: Targets,
     /// The action's name.

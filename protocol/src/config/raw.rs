@@ -81,7 +81,7 @@ pub(super) struct RawTask {
     #[serde(default)]
     pub pattern: Option<Value>,
     #[serde(default)]
-    pub schedule: Option<String>,
+    pub schedule: Option<super::schedule::RawSchedule>,
     pub targets: Targets,
     pub action: String,
     #[serde(default = "empty_object")]

@@ -3,6 +3,7 @@
 use super::{get_att, logical_id, reference};
 use crate::cli::catalog;
 use opsfleet_backend::aws::TTL_ATTRIBUTE;
+use opsfleet_protocol::config::{Schedule, SCHEDULE_GROUP};
 use opsfleet_protocol::ports::{QueueSpec, INDEXES};
 use opsfleet_protocol::setup::queue_specs;
 use opsfleet_protocol::{names, Config};
@@ -14,42 +15,44 @@ pub const TASK_POLICY: &str = "TaskPolicy";
 /// The logical id of the events queue.
 const EVENTS_QUEUE: &str = "EventsQueue";
 
-/// One EventBridge rule: tasks with the same pattern share one, a scheduled task has its own.
+/// The logical id of the events DLQ.
+const EVENTS_DLQ: &str = "EventsDlqQueue";
+
+/// The logical id of the role EventBridge Scheduler sends scheduled events with.
+pub const SCHEDULER_ROLE: &str = "SchedulerRole";
+
+/// One EventBridge rule or Scheduler schedule: tasks with the same pattern share a rule, tasks
+/// with the same schedule share it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
-    /// The rule's name.
+    /// The rule's or schedule's name.
     pub name: String,
     /// The tasks it feeds.
     pub tasks: Vec<String>,
     /// The event pattern, exactly as the tasks have it (none for a schedule).
     pub pattern: Option<Value>,
-    /// The schedule expression of a scheduled task.
-    pub schedule: Option<String>,
+    /// The schedule of scheduled tasks.
+    pub schedule: Option<Schedule>,
 }
 
 /// The rules of a config: one per distinct pattern (named after its first task) and one per
-/// scheduled task.
+/// distinct schedule.
 pub fn rules(config: &Config) -> Vec<Rule> {
     let fleet = &config.fleet.name;
     let mut rules: Vec<Rule> = Vec::new();
     for task in &config.tasks {
-        let rule = names::rule(fleet, &task.name);
-        match &task.schedule {
-            Some(schedule) => rules.push(Rule {
-                name: rule,
+        let shared = match &task.schedule {
+            Some(schedule) => rules.iter_mut().find(|r| r.schedule.as_ref().is_some_and(|s| s.name == schedule.name)),
+            None => rules.iter_mut().find(|r| r.pattern.as_ref() == Some(&task.pattern_json)),
+        };
+        match shared {
+            Some(shared) => shared.tasks.push(task.name.clone()),
+            None => rules.push(Rule {
+                name: task.schedule.as_ref().map_or_else(|| names::rule(fleet, &task.name), |s| s.name.clone()),
                 tasks: vec![task.name.clone()],
-                pattern: None,
-                schedule: Some(schedule.clone()),
+                pattern: task.schedule.is_none().then(|| task.pattern_json.clone()),
+                schedule: task.schedule.clone(),
             }),
-            None => match rules.iter_mut().find(|r| r.pattern.as_ref() == Some(&task.pattern_json)) {
-                Some(shared) => shared.tasks.push(task.name.clone()),
-                None => rules.push(Rule {
-                    name: rule,
-                    tasks: vec![task.name.clone()],
-                    pattern: Some(task.pattern_json.clone()),
-                    schedule: None,
-                }),
-            },
         }
     }
     rules
@@ -70,23 +73,19 @@ pub fn core_template(config: &Config) -> Value {
     }
     resources.insert("Table".into(), table(config));
     let rules = rules(config);
-    let mut rule_arns = Vec::new();
     for rule in &rules {
-        let id = format!("{}Rule", logical_id(&rule.name));
-        rule_arns.push(get_att(&id, "Arn"));
-        let mut properties = json!({
-            "Name": rule.name,
-            "Description": format!("opsfleet {fleet}: {}", rule.tasks.join(", ")),
-            "State": "ENABLED",
-            "Targets": [{ "Arn": get_att(EVENTS_QUEUE, "Arn"), "Id": "opsfleet-events" }],
-        });
-        if let Some(pattern) = &rule.pattern {
-            properties["EventPattern"] = pattern.clone();
+        match rule.schedule.as_ref().filter(|s| s.timezone.is_some()) {
+            Some(schedule) => {
+                resources
+                    .insert(format!("{}Schedule", logical_id(&rule.name)), scheduler_schedule(fleet, rule, schedule));
+            }
+            None => {
+                resources.insert(format!("{}Rule", logical_id(&rule.name)), events_rule(fleet, rule));
+            }
         }
-        if let Some(schedule) = &rule.schedule {
-            properties["ScheduleExpression"] = json!(schedule);
-        }
-        resources.insert(id, json!({ "Type": "AWS::Events::Rule", "Properties": properties }));
+    }
+    if rules.iter().any(|r| r.schedule.as_ref().is_some_and(|s| s.timezone.is_some())) {
+        resources.insert(SCHEDULER_ROLE.into(), scheduler_role(fleet));
     }
     for (n, topic) in config.fleet.alarm_topics.iter().enumerate() {
         let region = topic.split(':').nth(3).unwrap_or_default();
@@ -94,10 +93,12 @@ pub fn core_template(config: &Config) -> Value {
             format!("AlarmTopic{n}Subscription"),
             json!({ "Type": "AWS::SNS::Subscription", "Properties": {
                 "TopicArn": topic, "Protocol": "sqs", "Endpoint": get_att(EVENTS_QUEUE, "Arn"), "Region": region,
+                // What SNS cannot deliver lands in the events DLQ rather than nowhere.
+                "RedrivePolicy": { "deadLetterTargetArn": get_att(EVENTS_DLQ, "Arn") },
             }}),
         );
     }
-    if let Some(policy) = events_queue_policy(config, rule_arns) {
+    if let Some(policy) = events_queue_policy(config) {
         resources.insert("EventsQueuePolicy".into(), policy);
     }
     resources.insert(
@@ -207,29 +208,121 @@ fn table(config: &Config) -> Value {
     }})
 }
 
-/// The events queue admits only the fleet's rules and its alarm topics (none: no policy, and
-/// only the account's principals with IAM permissions may send).
-fn events_queue_policy(config: &Config, rule_arns: Vec<Value>) -> Option<Value> {
-    let send = |service: &str, sources: Value| {
+/// The events queue and its DLQ admit the fleet's rules, by their name's prefix `{fleet}.`
+/// (which no other fleet's rule has, a fleet's name having no dot) so the policy's size does not
+/// grow with the rules, and its alarm topics; and refuse every request not over TLS.
+fn events_queue_policy(config: &Config) -> Option<Value> {
+    let queues = json!([get_att(EVENTS_QUEUE, "Arn"), get_att(EVENTS_DLQ, "Arn")]);
+    let send = |service: &str, condition: Value| {
         json!({
+            "Sid": format!("From{}", if service.starts_with("events") { "FleetRules" } else { "AlarmTopics" }),
             "Effect": "Allow",
             "Principal": { "Service": service },
             "Action": "sqs:SendMessage",
-            "Resource": get_att(EVENTS_QUEUE, "Arn"),
-            "Condition": { "ArnEquals": { "aws:SourceArn": sources } },
+            "Resource": queues,
+            "Condition": condition,
         })
     };
     let mut statements = Vec::new();
-    if !rule_arns.is_empty() {
-        statements.push(send("events.amazonaws.com", Value::Array(rule_arns)));
+    if !config.tasks.is_empty() {
+        let rules = json!({ "Fn::Sub": format!(
+            "arn:${{AWS::Partition}}:events:${{AWS::Region}}:${{AWS::AccountId}}:rule/{}", rule_prefix(&config.fleet.name)
+        )});
+        statements.push(send("events.amazonaws.com", json!({ "ArnLike": { "aws:SourceArn": rules } })));
     }
     if !config.fleet.alarm_topics.is_empty() {
-        statements.push(send("sns.amazonaws.com", json!(config.fleet.alarm_topics)));
+        statements
+            .push(send("sns.amazonaws.com", json!({ "ArnEquals": { "aws:SourceArn": config.fleet.alarm_topics } })));
     }
-    (!statements.is_empty()).then(|| {
-        json!({ "Type": "AWS::SQS::QueuePolicy", "Properties": {
-            "Queues": [reference(EVENTS_QUEUE)],
-            "PolicyDocument": { "Version": "2012-10-17", "Statement": statements },
-        }})
-    })
+    statements.push(json!({
+        "Sid": "TlsOnly",
+        "Effect": "Deny",
+        "Principal": "*",
+        "Action": "sqs:*",
+        "Resource": queues,
+        "Condition": { "Bool": { "aws:SecureTransport": "false" } },
+    }));
+    Some(json!({ "Type": "AWS::SQS::QueuePolicy", "Properties": {
+        "Queues": [reference(EVENTS_QUEUE), reference(EVENTS_DLQ)],
+        "PolicyDocument": { "Version": "2012-10-17", "Statement": statements },
+    }}))
+}
+
+/// The prefix of every rule and schedule name of a fleet, with a wildcard: `{fleet}.*`.
+pub fn rule_prefix(fleet: &str) -> String {
+    format!("{}*", names::rule(fleet, ""))
+}
+
+/// Where EventBridge and Scheduler retry a delivery, and put what they could not deliver: the
+/// events DLQ, where `opsfleet dlq` shows it with the rest.
+fn delivery_policy() -> (Value, Value) {
+    (
+        json!({ "MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86_400 }),
+        json!({ "Arn": get_att(EVENTS_DLQ, "Arn") }),
+    )
+}
+
+/// An EventBridge rule: the tasks' pattern, or a UTC schedule, sending to the events queue.
+fn events_rule(fleet: &str, rule: &Rule) -> Value {
+    let (retry, dead_letter) = delivery_policy();
+    let mut properties = json!({
+        "Name": rule.name,
+        "Description": format!("opsfleet {fleet}: {}", rule.tasks.join(", ")),
+        "State": "ENABLED",
+        "Targets": [{
+            "Arn": get_att(EVENTS_QUEUE, "Arn"), "Id": "opsfleet-events",
+            "RetryPolicy": retry, "DeadLetterConfig": dead_letter,
+        }],
+    });
+    if let Some(pattern) = &rule.pattern {
+        properties["EventPattern"] = pattern.clone();
+    }
+    if let Some(schedule) = &rule.schedule {
+        properties["ScheduleExpression"] = json!(schedule.expression);
+    }
+    json!({ "Type": "AWS::Events::Rule", "Properties": properties })
+}
+
+/// An EventBridge Scheduler schedule in a time zone, sending the events queue a
+/// `Scheduled Event` shaped as EventBridge's, with `source` `aws.scheduler` and the
+/// schedule's ARN as its resource.
+fn scheduler_schedule(fleet: &str, rule: &Rule, schedule: &Schedule) -> Value {
+    let (retry, dead_letter) = delivery_policy();
+    let input = concat!(
+        r#"{"version":"0","id":"<aws.scheduler.execution-id>","detail-type":"Scheduled Event","#,
+        r#""source":"aws.scheduler","account":"${AWS::AccountId}","time":"<aws.scheduler.scheduled-time>","#,
+        r#""region":"${AWS::Region}","resources":["<aws.scheduler.schedule-arn>"],"detail":{}}"#
+    );
+    json!({ "Type": "AWS::Scheduler::Schedule", "Properties": {
+        "Name": rule.name,
+        "GroupName": SCHEDULE_GROUP,
+        "Description": format!("opsfleet {fleet}: {}", rule.tasks.join(", ")),
+        "State": "ENABLED",
+        "ScheduleExpression": schedule.expression,
+        "ScheduleExpressionTimezone": schedule.timezone,
+        "FlexibleTimeWindow": { "Mode": "OFF" },
+        "Target": {
+            "Arn": get_att(EVENTS_QUEUE, "Arn"),
+            "RoleArn": get_att(SCHEDULER_ROLE, "Arn"),
+            "Input": { "Fn::Sub": input },
+            "RetryPolicy": { "MaximumRetryAttempts": retry["MaximumRetryAttempts"], "MaximumEventAgeInSeconds": retry["MaximumEventAgeInSeconds"] },
+            "DeadLetterConfig": dead_letter,
+        },
+    }})
+}
+
+/// The role Scheduler sends the fleet's scheduled events with: to the events queue and its DLQ
+/// only, and only for this account's schedules.
+fn scheduler_role(fleet: &str) -> Value {
+    json!({ "Type": "AWS::IAM::Role", "Properties": {
+        "Description": format!("opsfleet {fleet}: EventBridge Scheduler sends the fleet's scheduled events"),
+        "AssumeRolePolicyDocument": { "Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Principal": { "Service": "scheduler.amazonaws.com" }, "Action": "sts:AssumeRole",
+            "Condition": { "StringEquals": { "aws:SourceAccount": reference("AWS::AccountId") } },
+        }]},
+        "Policies": [{ "PolicyName": "send-events", "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+            "Effect": "Allow", "Action": "sqs:SendMessage",
+            "Resource": [get_att(EVENTS_QUEUE, "Arn"), get_att(EVENTS_DLQ, "Arn")],
+        }]}}],
+    }})
 }

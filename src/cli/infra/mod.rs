@@ -28,7 +28,7 @@ pub const METRICS_PORT: u16 = 9090;
 /// Writes the templates of the config at `config_path` into `out`, and lists them.
 pub fn render(config_path: &Path, out: &Path) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config_path)?;
-    super::catalog::check_policy_sizes(&config)?;
+    super::deployable::check(&config, config_path)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let templates = [
         ("opsfleet-core.yaml", core_template(&config)),

@@ -212,16 +212,18 @@ action = "noop"
 "#;
     let config = super::super::Config::parse(text, None).expect("valid");
     let task = &config.tasks[0];
-    assert_eq!(task.schedule.as_deref(), Some("cron(0 3 * * ? *)"));
+    let schedule = task.schedule.as_ref().expect("a schedule");
+    assert_eq!((schedule.name.as_str(), schedule.expression.as_str()), ("ops.nightly", "cron(0 3 * * ? *)"));
+    assert_eq!(schedule.timezone, None);
     assert_eq!(config.fleet.alarm_topics, ["arn:aws:sns:us-east-1:123456789012:ops-alarms"]);
     let event = |rule: &str| {
         serde_json::json!({ "source": "aws.events", "detail-type": "Scheduled Event",
             "resources": [format!("arn:aws:events:us-east-1:123456789012:rule/{rule}")] })
     };
     let doc = |v: serde_json::Value| v.as_object().cloned().unwrap_or_default();
-    assert!(task.pattern.matches(&doc(event("ops-nightly"))));
-    assert!(!task.pattern.matches(&doc(event("ops-weekly"))));
-    assert!(!task.pattern.matches(&doc(event("xops-nightly"))), "the rule's whole name must match");
+    assert!(task.pattern.matches(&doc(event("ops.nightly"))));
+    assert!(!task.pattern.matches(&doc(event("ops.weekly"))));
+    assert!(!task.pattern.matches(&doc(event("xops.nightly"))), "the rule's whole name must match");
 }
 
 #[test]
@@ -262,7 +264,11 @@ fn a_scheduled_task_needs_resources_to_find() {
 
 #[test]
 fn rule_names_fit_eventbridge() {
-    assert_eq!(crate::names::rule("ops", "nightly"), "ops-nightly");
+    assert_eq!(crate::names::rule("ops", "nightly"), "ops.nightly");
+    assert!(
+        !crate::names::rule("ops-prod", "x").starts_with(&crate::names::rule("ops", "")),
+        "fleets' rules do not share a prefix"
+    );
     let long = crate::names::rule("ops", &"x".repeat(80));
     assert_eq!(long.len(), 64);
     assert_ne!(long, crate::names::rule("ops", &"x".repeat(81)), "cut names stay distinct");
