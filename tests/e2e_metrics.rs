@@ -89,11 +89,18 @@ async fn metrics_and_logs_of_a_running_router_and_worker() {
     wait_for("every job finished", Duration::from_secs(60), || {
         line_value(&http_get(&worker_addr, "/metrics"), worker_line) == Some(EVENTS as f64)
     });
-    wait_for("the queues sampled", Duration::from_secs(40), || {
-        http_get(&worker_addr, "/metrics").contains("opsfleet_backlog_per_worker ")
+    // One process samples the queues, the router or the worker, whichever holds the lease,
+    // every 15 s: wait for a sample after the last job finished.
+    let sampled = |text: &str| text.contains("opsfleet_jobs_backlog ");
+    wait_for("the queues sampled empty", Duration::from_secs(40), || {
+        [&router_addr, &worker_addr]
+            .iter()
+            .any(|a| http_get(a, "/metrics").lines().any(|l| l == "opsfleet_jobs_backlog 0"))
     });
     let router_text = http_get(&router_addr, "/metrics");
     let worker_text = http_get(&worker_addr, "/metrics");
+    assert!(sampled(&router_text) != sampled(&worker_text), "exactly one process samples");
+    let sampler_text = if sampled(&router_text) { &router_text } else { &worker_text };
     for (text, line) in [
         (&router_text, format!("opsfleet_events_received_total{{source=\"aws.ec2\",detail_type=\"EC2 Instance State-change Notification\"}} {EVENTS}")),
         (&router_text, format!("opsfleet_jobs_emitted_total{{task=\"quick\",action=\"noop\"}} {EVENTS}")),
@@ -104,8 +111,9 @@ async fn metrics_and_logs_of_a_running_router_and_worker() {
         (&worker_text, format!("opsfleet_event_to_start_seconds_count{{task=\"quick\"}} {EVENTS}")),
         (&worker_text, "opsfleet_jobs_in_flight 0".to_owned()),
         (&worker_text, format!("opsfleet_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))),
-        (&worker_text, format!("opsfleet_queue_messages{{queue=\"{fleet}-jobs-0.fifo\",state=\"visible\"}} 0")),
-        (&worker_text, "opsfleet_backlog_per_worker 0".to_owned()),
+        (sampler_text, format!("opsfleet_queue_messages{{queue=\"{fleet}-jobs-0.fifo\",state=\"visible\"}} 0")),
+        (sampler_text, "opsfleet_backlog_per_worker 0".to_owned()),
+        (sampler_text, "opsfleet_jobs_backlog 0".to_owned()),
     ] {
         assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
     }
@@ -175,6 +183,7 @@ async fn metrics_and_logs_of_a_running_router_and_worker() {
     });
     assert_eq!(query("sum(opsfleet_jobs_emitted_total{job=\"opsfleet-router\"})"), Some(EVENTS as f64));
     assert_eq!(query("sum(opsfleet_backlog_per_worker)"), Some(0.0));
+    assert_eq!(query("max(opsfleet_jobs_backlog)"), Some(0.0));
     assert!(query("sum(opsfleet_aws_requests_total{service=~\"(?i)sqs\"})").is_some_and(|n| n > 0.0));
 
     // Logs: JSON, a job's every line names it; no secret anywhere.

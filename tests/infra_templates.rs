@@ -270,14 +270,29 @@ fn the_templates_follow_the_config() {
     assert_eq!(service["Resources"]["RouterService"]["Properties"]["DesiredCount"], json!({ "Ref": "RouterCount" }));
     let worker = &service["Resources"]["WorkerTaskDefinition"]["Properties"]["ContainerDefinitions"][0];
     assert!(worker["StopTimeout"].as_u64().is_some_and(|t| t > 40 && t <= 120), "{worker}");
-    let metrics = &service["Resources"]["WorkerScalingPolicy"]["Properties"]
-        ["TargetTrackingScalingPolicyConfiguration"]["CustomizedMetricSpecification"]["Metrics"];
-    let text = metrics.to_string();
-    assert!((0..3).all(|p| text.contains(&names::jobs_queue(&fleet, p))), "every partition counts: {text}");
-    assert!(metrics
-        .as_array()
-        .and_then(|m| m.last())
-        .is_some_and(|e| e["Expression"] == "(jobs0 + jobs1 + jobs2) / workers"));
+    // Scaling reads one backlog metric the sampler writes (routers too), whatever the
+    // partition count: within target tracking's ten metrics, and awake from zero.
+    let spec = &service["Resources"]["WorkerScalingPolicy"]["Properties"]["TargetTrackingScalingPolicyConfiguration"];
+    let metrics = spec["CustomizedMetricSpecification"]["Metrics"].as_array().expect("metrics");
+    assert_eq!(metrics.len(), 3, "{metrics:?}");
+    let backlog = &metrics[0]["MetricStat"]["Metric"];
+    assert_eq!((&backlog["Namespace"], &backlog["MetricName"]), (&json!("opsfleet"), &json!("JobsBacklog")));
+    assert_eq!(backlog["Dimensions"], json!([{ "Name": "Fleet", "Value": fleet }]));
+    for (_, definition) in &tasks {
+        let env = &definition["Properties"]["ContainerDefinitions"][0]["Environment"];
+        assert!(env
+            .as_array()
+            .is_some_and(|e| e.contains(&json!({ "Name": "OPSFLEET_EMF_NAMESPACE", "Value": "opsfleet" }))));
+    }
+    assert_eq!(service["Parameters"]["WorkerMinCount"]["MinValue"], 0);
+    let wake = &service["Resources"]["WorkerWakeAlarm"]["Properties"];
+    assert_eq!(wake["AlarmActions"], json!([{ "Ref": "WorkerWakePolicy" }]));
+    assert!(wake["Metrics"].to_string().contains("JobsBacklog"));
+    let step = &service["Resources"]["WorkerWakePolicy"]["Properties"]["StepScalingPolicyConfiguration"];
+    assert_eq!(
+        (&step["AdjustmentType"], &step["StepAdjustments"][0]["ScalingAdjustment"]),
+        (&json!("ExactCapacity"), &json!(1))
+    );
 
     // Secrets stay out of every file.
     for name in ["opsfleet-core.yaml", "opsfleet-service.yaml", "member-role.yaml"] {
@@ -316,7 +331,7 @@ fn every_rendered_template_passes_cfn_lint() {
 #[test]
 fn the_kubernetes_manifests_validate_and_scale_on_a_metric_the_fleet_exports() {
     let k8s = root().join("infra/k8s");
-    let plain = ["serviceaccount.yaml", "router-deployment.yaml", "worker-deployment.yaml"];
+    let plain = ["serviceaccount.yaml", "router-deployment.yaml", "worker-deployment.yaml", "poddisruptionbudget.yaml"];
     let out = std::process::Command::new(venv_bin().join("kubernetes-validate"))
         .arg("--strict")
         .args(plain.map(|f| k8s.join(f)))
@@ -333,17 +348,50 @@ fn the_kubernetes_manifests_validate_and_scale_on_a_metric_the_fleet_exports() {
     assert_eq!(scaled["spec"]["scaleTargetRef"]["kind"], worker["kind"]);
     let trigger = &scaled["spec"]["triggers"][0];
     assert_eq!(trigger["type"], "prometheus");
-    assert_eq!(trigger["metricType"], "Value", "backlog per worker is already per worker");
+    assert_eq!(
+        trigger["metricType"], "AverageValue",
+        "the backlog is divided by the pods the HPA wants, not reported per worker"
+    );
     let query = trigger["metadata"]["query"].as_str().expect("query");
     let exporter = std::fs::read_to_string(root().join("src/cli/exporter.rs")).expect("exporter");
-    assert!(
-        query.contains("opsfleet_backlog_per_worker") && exporter.contains("(\"opsfleet_backlog_per_worker\""),
-        "{query}"
-    );
+    assert!(query.contains("opsfleet_jobs_backlog") && exporter.contains("(\"opsfleet_jobs_backlog\""), "{query}");
     assert!(trigger["metadata"]["threshold"].as_str().and_then(|t| t.parse::<f64>().ok()).is_some_and(|t| t > 0.0));
     assert!(trigger["metadata"]["serverAddress"].as_str().is_some_and(|a| a.starts_with("http")));
     let (min, max) = (&scaled["spec"]["minReplicaCount"], &scaled["spec"]["maxReplicaCount"]);
-    assert!(min.as_u64().is_some_and(|m| m >= 1) && max.as_u64() > min.as_u64(), "{min} {max}");
+    assert!(min.as_u64() == Some(0) && max.as_u64() > min.as_u64(), "{min} {max}");
+    assert!(worker["spec"].get("replicas").is_none(), "the HPA owns the worker count");
+
+    // The restricted Pod Security Standard: non-root, no privilege escalation, every
+    // capability dropped, the runtime's seccomp profile; a pinned image.
+    for file in ["router-deployment.yaml", "worker-deployment.yaml"] {
+        let pod = &load(&k8s.join(file))["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{file}");
+        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault", "{file}");
+        for container in pod["containers"].as_array().expect("containers") {
+            let security = &container["securityContext"];
+            assert_eq!(security["allowPrivilegeEscalation"], false, "{file}");
+            assert_eq!(security["capabilities"]["drop"], json!(["ALL"]), "{file}");
+            let image = container["image"].as_str().unwrap_or_default();
+            assert_eq!(image.rsplit_once(':').map(|(_, tag)| tag), Some(env!("CARGO_PKG_VERSION")), "{file}: {image}");
+            assert!(
+                container["env"].to_string().find("AWS_REGION").is_none(),
+                "{file}: the region comes from the pod's identity"
+            );
+        }
+    }
+    // A disruption budget per component, and a PodMonitor naming the jobs the rules expect.
+    let budgets = std::fs::read_to_string(k8s.join("poddisruptionbudget.yaml")).expect("PDB");
+    let budgets: Vec<Value> = YamlLoader::load_from_str(&budgets).expect("YAML").iter().map(json_of).collect();
+    for component in ["router", "worker"] {
+        let budget = budgets.iter().find(|b| b["metadata"]["name"] == format!("opsfleet-{component}")).expect("a PDB");
+        assert_eq!(budget["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"], component);
+        assert_eq!(budget["spec"]["maxUnavailable"], 1);
+    }
+    let monitor = load(&k8s.join("podmonitor.yaml"));
+    assert_eq!(monitor["kind"], "PodMonitor");
+    let endpoint = &monitor["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], worker["spec"]["template"]["spec"]["containers"][0]["ports"][0]["name"]);
+    assert_eq!(endpoint["relabelings"][0]["replacement"], "opsfleet-$1");
 
     // The pods stop after the grace of the config they run, as the IRSA service account.
     let example = Config::parse(&std::fs::read_to_string(root().join("examples/fleet.toml")).expect("example"), None)

@@ -95,6 +95,48 @@ fn the_alert_rules_pass_promtool_and_their_unit_tests() {
 }
 
 #[test]
+fn every_alert_has_a_severity_a_summary_a_description_and_a_runbook_that_exists() {
+    let text = std::fs::read_to_string(root().join("infra/prometheus/opsfleet-rules.yml")).expect("rules");
+    let runbooks = std::fs::read_to_string(root().join("docs/runbooks.md")).expect("docs/runbooks.md");
+    let docs = yaml_rust2::YamlLoader::load_from_str(&text).expect("YAML");
+    let mut alerts = 0;
+    let mut records = BTreeSet::new();
+    for group in docs[0]["groups"].as_vec().expect("groups") {
+        for rule in group["rules"].as_vec().expect("rules") {
+            if let Some(record) = rule["record"].as_str() {
+                records.insert(record.to_owned());
+                continue;
+            }
+            let name = rule["alert"].as_str().expect("an alert or a record");
+            alerts += 1;
+            let severity = rule["labels"]["severity"].as_str().unwrap_or_default();
+            assert!(["page", "ticket"].contains(&severity), "{name}: severity `{severity}`");
+            let annotations = &rule["annotations"];
+            for key in ["summary", "description"] {
+                assert!(annotations[key].as_str().is_some_and(|v| v.len() > 10), "{name} has no {key}");
+            }
+            let url = annotations["runbook_url"].as_str().unwrap_or_default();
+            assert_eq!(url, format!("docs/runbooks.md#{}", name.to_lowercase()), "{name}");
+            assert!(runbooks.lines().any(|l| l == format!("## {name}")), "docs/runbooks.md has no section {name}");
+            let mentioned = if severity == "page" { "**Page.**" } else { "**Ticket.**" };
+            let section = &runbooks[runbooks.find(&format!("## {name}\n")).unwrap_or_default()..];
+            assert!(
+                section.lines().nth(2).is_some_and(|l| l.starts_with(mentioned)),
+                "{name}'s runbook says {mentioned}"
+            );
+        }
+    }
+    assert!(alerts >= 10, "{alerts} alerts");
+    // Every recorded series an alert reads is recorded.
+    let used: BTreeSet<String> = text
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| w.starts_with("opsfleet:"))
+        .map(str::to_owned)
+        .collect();
+    assert!(!used.is_empty() && used.is_subset(&records), "{used:?} vs {records:?}");
+}
+
+#[test]
 fn the_rules_and_the_dashboard_use_only_metrics_the_code_emits() {
     let emitted = emitted();
     assert!(

@@ -11,7 +11,7 @@ use opsfleet_protocol::{Config, Planner};
 use opsfleet_router::{Ec2Discovery, Router};
 use opsfleet_worker::presence;
 use opsfleet_worker::task_protection::TaskProtection;
-use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Worker};
+use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Sampler, Worker};
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -38,7 +38,11 @@ async fn prepare(path: &Path, metrics_addr: Option<&str>) -> anyhow::Result<Prep
 
 /// Says this process is alive in the fleet's table until shutdown, and splits the EC2 budget
 /// by the live processes it sees, from before its first EC2 call.
-async fn join_fleet(prepared: &Prepared, role: &'static str, id: String) -> anyhow::Result<()> {
+async fn join_fleet(
+    prepared: &Prepared,
+    role: &'static str,
+    id: String,
+) -> anyhow::Result<Arc<dyn opsfleet_protocol::ports::Store>> {
     let table = names::table(&prepared.config.fleet.name);
     let store = opened("table", &prepared.shutdown, || prepared.backend.store(&table)).await?;
     let budget = Arc::clone(prepared.accounts.budget());
@@ -50,10 +54,10 @@ async fn join_fleet(prepared: &Prepared, role: &'static str, id: String) -> anyh
         budget.joined_running_fleet();
     }
     tracing::info!(routers = live.routers, workers = live.workers, "Joined the fleet.");
-    tokio::spawn(presence::run(store, role, id, prepared.shutdown.clone(), move |live| {
+    tokio::spawn(presence::run(Arc::clone(&store), role, id, prepared.shutdown.clone(), move |live| {
         budget.set_fleet(live.routers, live.workers);
     }));
-    Ok(())
+    Ok(store)
 }
 
 /// How long start-up keeps trying when AWS answers with throttling, server errors or not at
@@ -116,10 +120,18 @@ impl Transient for opsfleet_protocol::ports::QueueError {
 /// Routes events until SIGTERM/SIGINT.
 pub async fn router(path: &Path, metrics_addr: Option<String>) -> anyhow::Result<ExitCode> {
     let prepared = prepare(path, metrics_addr.as_deref()).await?;
-    join_fleet(&prepared, "router", process_id()).await?;
+    let id = process_id();
+    let store = join_fleet(&prepared, "router", id.clone()).await?;
     let router = open_router(&prepared).await?;
+    // Routers sample the queues too: the autoscaling signal must not need the workers it scales.
+    let sampler = opened("sampler", &prepared.shutdown, || {
+        Sampler::open(&prepared.backend, Arc::clone(&store), &prepared.config, id.clone())
+    })
+    .await?;
+    let sampling = tokio::spawn(sampler.run(prepared.shutdown.clone(), || 0));
     tracing::info!("Router started.");
     router.run(prepared.shutdown.clone()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), sampling).await;
     tracing::info!("Router stopped.");
     Ok(ExitCode::SUCCESS)
 }

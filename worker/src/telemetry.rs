@@ -236,7 +236,12 @@ pub(crate) fn queue_messages(queue: &str, visible: u64, in_flight: u64, delayed:
     }
 }
 
-/// Visible job messages per live worker: the figure autoscaling targets.
+/// The job messages of every partition, visible or in flight: what autoscaling targets.
+pub(crate) fn jobs_backlog(n: u64) {
+    gauge!("opsfleet_jobs_backlog").set(n as f64);
+}
+
+/// Visible job messages per live worker (for dashboards; autoscaling reads the backlog).
 pub(crate) fn backlog_per_worker(value: f64) {
     gauge!("opsfleet_backlog_per_worker").set(value);
 }

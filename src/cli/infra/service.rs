@@ -1,9 +1,11 @@
 //! `opsfleet-service.yaml`: the router and the workers as ECS Fargate services, the workers
-//! scaled by target tracking on backlog per worker.
+//! scaled on the fleet's job backlog (target tracking per running worker, and a step policy
+//! that wakes the first worker from zero).
 
 use super::core::export;
 use super::{get_att, reference, METRICS_PORT};
-use opsfleet_protocol::{names, Config};
+use opsfleet_protocol::Config;
+use opsfleet_worker::sampler::{EMF_METRIC, EMF_NAMESPACE_ENV};
 use serde_json::{json, Map, Value};
 
 /// Where the image holds the fleet's config.
@@ -62,6 +64,8 @@ pub fn service_template(config: &Config) -> Value {
         }}),
     );
     resources.insert("WorkerScalingPolicy".into(), scaling_policy(config));
+    resources.insert("WorkerWakePolicy".into(), wake_policy(config));
+    resources.insert("WorkerWakeAlarm".into(), wake_alarm(config));
     json!({
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": format!(
@@ -74,12 +78,12 @@ pub fn service_template(config: &Config) -> Value {
             "SecurityGroups": { "Type": "List<AWS::EC2::SecurityGroup::Id>", "Description": "Security groups of the tasks (egress to the AWS APIs; ingress on the metrics port for Prometheus)" },
             "AssignPublicIp": { "Type": "String", "AllowedValues": ["ENABLED", "DISABLED"], "Default": "DISABLED" },
             "RouterCount": { "Type": "Number", "MinValue": 1, "Default": 1, "Description": "Routers (each polls the events queue; one handles thousands of events per second)" },
-            "WorkerMinCount": { "Type": "Number", "MinValue": 1, "Default": 1, "Description": "The fewest workers" },
+            "WorkerMinCount": { "Type": "Number", "MinValue": 0, "Default": 1, "Description": "The fewest workers (0: none while no job waits; the first job then waits a minute or two for one to start)" },
             "WorkerMaxCount": { "Type": "Number", "MinValue": 1, "Default": 20, "Description": "The most workers" },
             "BacklogPerWorkerTarget": {
                 "Type": "Number", "MinValue": 1, "Default": config.worker.max_in_flight.get(),
-                "Description": "Visible job messages per worker that target tracking holds: the jobs a worker may have queued \
-                                = the queue wait you accept (s) x the jobs per second one worker finishes. \
+                "Description": "Job messages (visible or in flight) per running worker that target tracking holds: \
+                                the jobs one worker handles at once, plus those you accept queued behind them. \
                                 The default is one worker's max_in_flight.",
             },
         },
@@ -109,7 +113,10 @@ fn task_definition(config: &Config, role: &str, cpu: &str, memory: &str, stop_ti
             "Image": reference("Image"),
             "Essential": true,
             "Command": [role, "--config", CONFIG_PATH, "--metrics-addr", format!("0.0.0.0:{METRICS_PORT}")],
-            "Environment": [{ "Name": "OPSFLEET_LOG_FORMAT", "Value": "json" }],
+            "Environment": [
+                { "Name": "OPSFLEET_LOG_FORMAT", "Value": "json" },
+                { "Name": EMF_NAMESPACE_ENV, "Value": EMF_NAMESPACE },
+            ],
             "PortMappings": [{ "ContainerPort": METRICS_PORT, "Protocol": "tcp" }],
             "StopTimeout": stop_timeout,
             "HealthCheck": {
@@ -147,39 +154,50 @@ fn service(role: &str, task_definition: &str, count: Option<Value>) -> Value {
     service
 }
 
-/// Target tracking on backlog per worker: the partitions' visible job messages (SQS) divided
-/// by the running workers (Container Insights), held at `BacklogPerWorkerTarget`.
+/// The CloudWatch namespace the fleet's sampler writes the backlog to (embedded metric format
+/// on stdout, extracted by CloudWatch Logs from the tasks' log stream).
+pub const EMF_NAMESPACE: &str = "opsfleet";
+
+/// The metric math both scaling policies read: the backlog the sampler (a router or a worker)
+/// writes, and the running workers (Container Insights; none reported reads as zero). Two
+/// metrics whatever the partition count, within target tracking's ten.
+fn backlog_and_workers(config: &Config, stat_period: Option<u32>) -> Vec<Value> {
+    let stat = |metric: Value, stat: &str| match stat_period {
+        Some(period) => json!({ "Stat": stat, "Metric": metric, "Period": period }),
+        None => json!({ "Stat": stat, "Metric": metric }),
+    };
+    vec![
+        json!({
+            "Id": "backlog",
+            "ReturnData": false,
+            "MetricStat": stat(json!({
+                "Namespace": EMF_NAMESPACE, "MetricName": EMF_METRIC,
+                "Dimensions": [{ "Name": "Fleet", "Value": config.fleet.name }],
+            }), "Maximum"),
+        }),
+        json!({
+            "Id": "workers",
+            "ReturnData": false,
+            "MetricStat": stat(json!({
+                "Namespace": "ECS/ContainerInsights", "MetricName": "RunningTaskCount",
+                "Dimensions": [
+                    { "Name": "ClusterName", "Value": reference("Cluster") },
+                    { "Name": "ServiceName", "Value": get_att("WorkerService", "Name") },
+                ],
+            }), "Average"),
+        }),
+    ]
+}
+
+/// Target tracking on backlog per running worker, held at `BacklogPerWorkerTarget`: the
+/// desired count follows the backlog (⌈backlog ÷ target⌉), not the workers' own reports.
 fn scaling_policy(config: &Config) -> Value {
     let fleet = &config.fleet.name;
-    let mut metrics = Vec::new();
-    let mut sum = Vec::new();
-    for p in 0..config.fleet.partitions.get() {
-        let id = format!("jobs{p}");
-        metrics.push(json!({
-            "Id": id,
-            "ReturnData": false,
-            "MetricStat": { "Stat": "Sum", "Metric": {
-                "Namespace": "AWS/SQS", "MetricName": "ApproximateNumberOfMessagesVisible",
-                "Dimensions": [{ "Name": "QueueName", "Value": names::jobs_queue(fleet, p) }],
-            }},
-        }));
-        sum.push(id);
-    }
-    metrics.push(json!({
-        "Id": "workers",
-        "ReturnData": false,
-        "MetricStat": { "Stat": "Average", "Metric": {
-            "Namespace": "ECS/ContainerInsights", "MetricName": "RunningTaskCount",
-            "Dimensions": [
-                { "Name": "ClusterName", "Value": reference("Cluster") },
-                { "Name": "ServiceName", "Value": get_att("WorkerService", "Name") },
-            ],
-        }},
-    }));
+    let mut metrics = backlog_and_workers(config, None);
     metrics.push(json!({
         "Id": "backlog_per_worker",
-        "Label": "Visible job messages per running worker",
-        "Expression": format!("({}) / workers", sum.join(" + ")),
+        "Label": "Job messages per running worker",
+        "Expression": "IF(FILL(workers, 0) > 0, backlog / FILL(workers, 0), backlog)",
         "ReturnData": true,
     }));
     json!({ "Type": "AWS::ApplicationAutoScaling::ScalingPolicy", "Properties": {
@@ -193,5 +211,40 @@ fn scaling_policy(config: &Config) -> Value {
             "ScaleInCooldown": 300,
             "CustomizedMetricSpecification": { "Metrics": metrics },
         },
+    }})
+}
+
+/// Target tracking multiplies the running count, so it cannot leave zero: this step policy
+/// starts one worker when jobs wait and none runs, and target tracking takes it from there.
+fn wake_policy(config: &Config) -> Value {
+    json!({ "Type": "AWS::ApplicationAutoScaling::ScalingPolicy", "Properties": {
+        "PolicyName": format!("{}-wake-from-zero", config.fleet.name),
+        "PolicyType": "StepScaling",
+        "ScalingTargetId": reference("WorkerScalableTarget"),
+        "StepScalingPolicyConfiguration": {
+            "AdjustmentType": "ExactCapacity",
+            "Cooldown": 60,
+            "StepAdjustments": [{ "MetricIntervalLowerBound": 0, "ScalingAdjustment": 1 }],
+        },
+    }})
+}
+
+/// The alarm that fires the wake policy: jobs waiting while no worker runs, over one minute.
+fn wake_alarm(config: &Config) -> Value {
+    let mut metrics = backlog_and_workers(config, Some(60));
+    metrics.push(json!({
+        "Id": "waiting_without_workers",
+        "Label": "Jobs waiting while no worker runs",
+        "Expression": "IF(FILL(workers, 0) < 1 AND backlog > 0, 1, 0)",
+        "ReturnData": true,
+    }));
+    json!({ "Type": "AWS::CloudWatch::Alarm", "Properties": {
+        "AlarmDescription": format!("opsfleet {}: jobs wait and no worker runs; starts one", config.fleet.name),
+        "Metrics": metrics,
+        "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+        "Threshold": 1,
+        "EvaluationPeriods": 1,
+        "TreatMissingData": "notBreaching",
+        "AlarmActions": [reference("WorkerWakePolicy")],
     }})
 }
