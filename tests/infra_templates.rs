@@ -21,6 +21,7 @@ name = "FLEET"
 partitions = 3
 member_role = "arn:aws:iam::{account}:role/ops/OpsFleetMember"
 external_id = "do-not-print-1234"
+allowed_accounts = ["111122223333", "444455556666"]
 alarm_topics = ["arn:aws:sns:us-east-1:123456789012:FLEET-alarms"]
 
 [worker]
@@ -260,6 +261,43 @@ fn the_templates_follow_the_config() {
         role["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"],
         json!({ "Ref": "ExternalId" })
     );
+
+    // Member accounts' events reach the fleet: the bus admits the allowed accounts, and the
+    // member stack forwards what each distinct task pattern matches (no schedule: those fire
+    // here) to the bus the core stack names, except in the fleet's own account.
+    let bus = &core["Resources"]["EventBusPolicy"]["Properties"];
+    assert_eq!(bus["Statement"]["Principal"], json!({ "AWS": ["111122223333", "444455556666"] }));
+    assert_eq!(bus["Statement"]["Action"], "events:PutEvents");
+    assert!(core["Outputs"]["EventBusArn"]["Value"]["Fn::Sub"]
+        .as_str()
+        .is_some_and(|a| a.ends_with(":event-bus/default")));
+    let forwards = of_type(&member, "AWS::Events::Rule");
+    let patterns: Vec<&Value> = rules.iter().filter_map(|(_, r)| r["Properties"].get("EventPattern")).collect();
+    assert_eq!(forwards.len(), patterns.len(), "one forwarding rule per distinct pattern");
+    for (_, forward) in &forwards {
+        let p = &forward["Properties"];
+        assert!(patterns.contains(&&p["EventPattern"]), "{p}");
+        assert_eq!(p["Targets"][0]["Arn"], json!({ "Ref": "FleetEventBusArn" }));
+        assert_eq!(p["Targets"][0]["RoleArn"], json!({ "Fn::GetAtt": ["ForwardRole", "Arn"] }));
+        assert_eq!(forward["Condition"], "Forward");
+    }
+    assert_eq!(member["Resources"]["MemberRole"]["Condition"], "CreateRole", "IAM holds the role once per account");
+    let forward_role =
+        &member["Resources"]["ForwardRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"][0];
+    assert_eq!(
+        (&forward_role["Action"], &forward_role["Resource"]),
+        (&json!("events:PutEvents"), &json!({ "Ref": "FleetEventBusArn" }))
+    );
+    // With an organization, the bus admits its accounts instead.
+    let organization = support::write_config(
+        &format!("{fleet}-org"),
+        &CONFIG
+            .replace("allowed_accounts = [\"111122223333\", \"444455556666\"]", "organization_id = \"o-a1b2c3d4e5\""),
+    );
+    let org_core = load(&render(&organization, &format!("{fleet}-org")).join("opsfleet-core.yaml"));
+    let statement = &org_core["Resources"]["EventBusPolicy"]["Properties"]["Statement"];
+    assert_eq!(statement["Principal"], "*");
+    assert_eq!(statement["Condition"]["StringEquals"]["aws:PrincipalOrgID"], "o-a1b2c3d4e5");
 
     // The services run on the core stack's role, stop after the grace, and scale on backlog.
     let tasks = of_type(&service, "AWS::ECS::TaskDefinition");

@@ -117,6 +117,23 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
             );
         }
     }
+    if let Some(organization) = &fleet.organization_id {
+        let body = organization.strip_prefix("o-").unwrap_or_default();
+        if !(10..=32).contains(&body.len()) || !body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+            problem(
+                None,
+                "fleet.organization_id".into(),
+                format!("`{organization}` is not an organization id (`o-` and 10 to 32 lowercase letters or digits)"),
+            );
+        }
+        if fleet.member_role.is_none() {
+            problem(
+                None,
+                "fleet.organization_id".into(),
+                "is set but fleet.member_role is not: the fleet reaches the organization's accounts through it".into(),
+            );
+        }
+    }
     if fleet.member_role.is_none() && fleet.allowed_accounts.len() > 1 {
         problem(
             None,

@@ -42,6 +42,10 @@ pub struct FleetSettings {
     /// External id passed when assuming `member_role`.
     #[serde(default)]
     pub external_id: Option<String>,
+    /// The AWS Organization (`o-…`) whose accounts may send events to the fleet's event bus;
+    /// without it, the bus admits `allowed_accounts`.
+    #[serde(default)]
+    pub organization_id: Option<String>,
     /// The most jobs one event may expand to; more rejects the event.
     #[serde(default = "default_max_jobs_per_event")]
     pub max_jobs_per_event: NonZeroU32,

@@ -98,6 +98,9 @@ pub fn core_template(config: &Config) -> Value {
             }}),
         );
     }
+    if let Some(policy) = event_bus_policy(config) {
+        resources.insert("EventBusPolicy".into(), policy);
+    }
     if let Some(policy) = events_queue_policy(config) {
         resources.insert("EventsQueuePolicy".into(), policy);
     }
@@ -141,6 +144,10 @@ pub fn core_template(config: &Config) -> Value {
             "TableName": { "Value": reference("Table") },
             "TaskRoleArn": { "Value": get_att("TaskRole", "Arn"), "Export": { "Name": export(fleet, "task-role-arn") } },
             "TaskPolicyArn": { "Value": reference(TASK_POLICY), "Export": { "Name": export(fleet, "task-policy-arn") } },
+            "EventBusArn": {
+                "Description": "The bus member accounts forward their events to (the member stack's FleetEventBusArn)",
+                "Value": { "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/default" },
+            },
         },
     })
 }
@@ -206,6 +213,34 @@ fn table(config: &Config) -> Value {
         "PointInTimeRecoverySpecification": { "PointInTimeRecoveryEnabled": true },
         "SSESpecification": { "SSEEnabled": true },
     }})
+}
+
+/// The default event bus admits the events member accounts forward: from every account of
+/// `organization_id`, else from each of `allowed_accounts` (none listed: only this account's
+/// own events, and no policy).
+fn event_bus_policy(config: &Config) -> Option<Value> {
+    let fleet = &config.fleet;
+    let (principal, condition) = match (&fleet.organization_id, fleet.allowed_accounts.as_slice()) {
+        (Some(organization), _) => {
+            (json!("*"), Some(json!({ "StringEquals": { "aws:PrincipalOrgID": organization } })))
+        }
+        (None, []) => return None,
+        (None, accounts) => (json!({ "AWS": accounts }), None),
+    };
+    let mut statement = json!({
+        "Effect": "Allow",
+        "Principal": principal,
+        "Action": "events:PutEvents",
+        "Resource": { "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/default" },
+    });
+    if let Some(condition) = condition {
+        statement["Condition"] = condition;
+    }
+    Some(json!({ "Type": "AWS::Events::EventBusPolicy", "Properties": {
+        "EventBusName": "default",
+        "StatementId": format!("opsfleet-{}-members", fleet.name),
+        "Statement": statement,
+    }}))
 }
 
 /// The events queue and its DLQ admit the fleet's rules, by their name's prefix `{fleet}.`

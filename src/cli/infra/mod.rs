@@ -6,7 +6,8 @@
 //!   and `opsfleet setup` name them;
 //! - `opsfleet-service.yaml`: ECS Fargate services for the router and the workers, the workers
 //!   scaled on backlog per worker;
-//! - `member-role.yaml`: the role in member accounts (one stack per account, or a StackSet).
+//! - `member-role.yaml`: the role in member accounts and the rules forwarding their events to
+//!   the fleet's bus (one stack per account, or a StackSet).
 
 mod core;
 mod member;

@@ -338,3 +338,17 @@ fn several_accounts_without_a_member_role_are_refused() {
     let err = Config::parse(discovery, None).expect_err("discovery in two accounts");
     assert!(err.problems[0].path.ends_with("targets.accounts"), "{err}");
 }
+
+#[test]
+fn an_organization_needs_a_well_formed_id_and_a_member_role() {
+    let with = |fleet: &str| {
+        let text = format!("[fleet]\nname = \"ops\"\n{fleet}\n");
+        super::super::Config::parse(&text, None).err().map(|e| e.to_string()).unwrap_or_default()
+    };
+    let member = "member_role = \"arn:aws:iam::{account}:role/M\"\nexternal_id = \"e\"";
+    assert_eq!(with(&format!("organization_id = \"o-a1b2c3d4e5\"\n{member}")), "");
+    let bad = with(&format!("organization_id = \"a1b2c3d4e5\"\n{member}"));
+    assert!(bad.contains("fleet.organization_id: `a1b2c3d4e5` is not an organization id"), "{bad}");
+    let alone = with("organization_id = \"o-a1b2c3d4e5\"");
+    assert!(alone.contains("fleet.organization_id: is set but fleet.member_role is not"), "{alone}");
+}
