@@ -332,6 +332,30 @@ fn the_templates_follow_the_config() {
         (&json!("ExactCapacity"), &json!(1))
     );
 
+    // CloudWatch alarms for a fleet without Prometheus, to the alarm topic when given: every
+    // DLQ, the events queue's age, each rule's failed deliveries, Scheduler's drops, and the
+    // scaling signal gone (missing data is the alarm).
+    let alarms = of_type(&service, "AWS::CloudWatch::Alarm");
+    let on = |metric: &str| alarms.iter().filter(|(_, a)| a["Properties"]["MetricName"] == metric).count();
+    assert_eq!(on("ApproximateNumberOfMessagesVisible"), 3 + 2, "one per DLQ");
+    assert_eq!(on("FailedInvocations"), rules.len(), "one per EventBridge rule");
+    assert_eq!((on("ApproximateAgeOfOldestMessage"), on("InvocationDroppedCount")), (1, 1));
+    let signal = alarms.iter().find(|(_, a)| a["Properties"]["MetricName"] == "JobsBacklog").expect("signal alarm");
+    assert_eq!(signal.1["Properties"]["TreatMissingData"], "breaching");
+    for (id, alarm) in alarms.iter().filter(|(id, _)| id.as_str() != "WorkerWakeAlarm") {
+        assert_eq!(
+            alarm["Properties"]["AlarmActions"],
+            json!({ "Fn::If": ["HasAlarmTopic", [{ "Ref": "AlarmTopicArn" }], { "Ref": "AWS::NoValue" }] }),
+            "{id}"
+        );
+    }
+    let logs = &service["Resources"]["LogGroup"];
+    assert_eq!(
+        (&logs["DeletionPolicy"], &logs["Properties"]["RetentionInDays"]),
+        (&json!("Retain"), &json!({ "Ref": "LogRetentionDays" }))
+    );
+    assert_eq!(table["DeletionProtectionEnabled"], true);
+
     // Secrets stay out of every file.
     for name in ["opsfleet-core.yaml", "opsfleet-service.yaml", "member-role.yaml"] {
         assert!(!std::fs::read_to_string(out.join(name)).unwrap_or_default().contains("do-not-print-1234"), "{name}");

@@ -165,6 +165,7 @@ fn queue(fleet: &str, spec: &QueueSpec) -> Value {
         "MessageRetentionPeriod": spec.retention.as_secs(),
         "ReceiveMessageWaitTimeSeconds": 20,
         "SqsManagedSseEnabled": true,
+        "Tags": [{ "Key": "opsfleet:fleet", "Value": fleet }],
     });
     if let Some((dlq, max_receive)) = &spec.dead_letter {
         properties["RedrivePolicy"] =
@@ -212,6 +213,8 @@ fn table(config: &Config) -> Value {
         "TimeToLiveSpecification": { "AttributeName": TTL_ATTRIBUTE, "Enabled": true },
         "PointInTimeRecoverySpecification": { "PointInTimeRecoveryEnabled": true },
         "SSESpecification": { "SSEEnabled": true },
+        "DeletionProtectionEnabled": true,
+        "Tags": [{ "Key": "opsfleet:fleet", "Value": config.fleet.name }],
     }})
 }
 

@@ -105,7 +105,7 @@ fn forwarding_rules(config: &Config) -> Vec<(String, Value)> {
     rules(config)
         .into_iter()
         .filter_map(|rule| {
-            let pattern = rule.pattern?;
+            let pattern = rule.pattern.clone()?;
             let properties = json!({
                 "Name": rule.name,
                 "Description": format!("opsfleet {}: forwards {}", config.fleet.name, rule.tasks.join(", ")),
@@ -118,8 +118,8 @@ fn forwarding_rules(config: &Config) -> Vec<(String, Value)> {
                     "RetryPolicy": { "MaximumRetryAttempts": 185, "MaximumEventAgeInSeconds": 86_400 },
                 }],
             });
-            let rule = json!({ "Type": "AWS::Events::Rule", "Condition": "Forward", "Properties": properties });
-            Some((format!("{}Forward", logical_id(&rule["Properties"]["Name"].as_str().unwrap_or_default())), rule))
+            let rule_id = format!("{}Forward", logical_id(&rule.name));
+            Some((rule_id, json!({ "Type": "AWS::Events::Rule", "Condition": "Forward", "Properties": properties })))
         })
         .collect()
 }

@@ -1,14 +1,15 @@
 //! `opsfleet infra render`: the CloudFormation templates of a config, so the infrastructure
 //! follows the config instead of drifting from it.
 //!
-//! - `opsfleet-core.yaml`: the queues, the table, the EventBridge rules, the alarm topics'
-//!   subscriptions, the events queue's policy and the fleet's role, named exactly as the fleet
-//!   and `opsfleet setup` name them;
+//! - `opsfleet-core.yaml`: the queues, the table, the EventBridge rules and schedules, the alarm
+//!   topics' subscriptions, the events queue's and the event bus's policies and the fleet's
+//!   role, named exactly as the fleet and `opsfleet setup` name them;
 //! - `opsfleet-service.yaml`: ECS Fargate services for the router and the workers, the workers
-//!   scaled on backlog per worker;
+//!   scaled on the job backlog, and the CloudWatch alarms;
 //! - `member-role.yaml`: the role in member accounts and the rules forwarding their events to
 //!   the fleet's bus (one stack per account, or a StackSet).
 
+mod alarms;
 mod core;
 mod member;
 mod service;

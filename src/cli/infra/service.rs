@@ -2,11 +2,15 @@
 //! scaled on the fleet's job backlog (target tracking per running worker, and a step policy
 //! that wakes the first worker from zero).
 
+use super::alarms::HAS_ALARM_TOPIC;
 use super::core::export;
 use super::{get_att, reference, METRICS_PORT};
 use opsfleet_protocol::Config;
 use opsfleet_worker::sampler::{EMF_METRIC, EMF_NAMESPACE_ENV};
 use serde_json::{json, Map, Value};
+
+/// The condition that `LogKmsKeyArn` is set.
+const HAS_LOG_KEY: &str = "HasLogKey";
 
 /// Where the image holds the fleet's config.
 pub const CONFIG_PATH: &str = "/etc/opsfleet/fleet.toml";
@@ -30,11 +34,16 @@ pub fn service_template(config: &Config) -> Value {
             "ClusterName": fleet,
             // Container Insights publishes RunningTaskCount, the divisor of backlog per worker.
             "ClusterSettings": [{ "Name": "containerInsights", "Value": "enabled" }],
+            "Tags": [{ "Key": "opsfleet:fleet", "Value": fleet }],
         }}),
     );
     resources.insert(
         "LogGroup".into(),
-        json!({ "Type": "AWS::Logs::LogGroup", "Properties": { "LogGroupName": format!("/opsfleet/{fleet}"), "RetentionInDays": 30 } }),
+        json!({ "Type": "AWS::Logs::LogGroup", "DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain", "Properties": {
+            "LogGroupName": format!("/opsfleet/{fleet}"),
+            "RetentionInDays": reference("LogRetentionDays"),
+            "KmsKeyId": { "Fn::If": [HAS_LOG_KEY, reference("LogKmsKeyArn"), reference("AWS::NoValue")] },
+        }}),
     );
     resources.insert(
         "ExecutionRole".into(),
@@ -66,6 +75,7 @@ pub fn service_template(config: &Config) -> Value {
     resources.insert("WorkerScalingPolicy".into(), scaling_policy(config));
     resources.insert("WorkerWakePolicy".into(), wake_policy(config));
     resources.insert("WorkerWakeAlarm".into(), wake_alarm(config));
+    resources.extend(super::alarms::alarms(config));
     json!({
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": format!(
@@ -80,12 +90,29 @@ pub fn service_template(config: &Config) -> Value {
             "RouterCount": { "Type": "Number", "MinValue": 1, "Default": 1, "Description": "Routers (each polls the events queue; one handles thousands of events per second)" },
             "WorkerMinCount": { "Type": "Number", "MinValue": 0, "Default": 1, "Description": "The fewest workers (0: none while no job waits; the first job then waits a minute or two for one to start)" },
             "WorkerMaxCount": { "Type": "Number", "MinValue": 1, "Default": 20, "Description": "The most workers" },
+            "LogRetentionDays": {
+                "Type": "Number", "Default": 30,
+                "AllowedValues": [1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653],
+                "Description": "How long the fleet's logs are kept (the log group itself is kept when the stack is deleted)",
+            },
+            "LogKmsKeyArn": {
+                "Type": "String", "Default": "",
+                "Description": "A KMS key to encrypt the logs with (its policy must let CloudWatch Logs use it; empty: CloudWatch's own encryption)",
+            },
+            "AlarmTopicArn": {
+                "Type": "String", "Default": "",
+                "Description": "The SNS topic the CloudWatch alarms notify (empty: the alarms only show in the console)",
+            },
             "BacklogPerWorkerTarget": {
                 "Type": "Number", "MinValue": 1, "Default": config.worker.max_in_flight.get(),
                 "Description": "Job messages (visible or in flight) per running worker that target tracking holds: \
                                 the jobs one worker handles at once, plus those you accept queued behind them. \
                                 The default is one worker's max_in_flight.",
             },
+        },
+        "Conditions": {
+            HAS_ALARM_TOPIC: { "Fn::Not": [{ "Fn::Equals": [reference("AlarmTopicArn"), ""] }] },
+            HAS_LOG_KEY: { "Fn::Not": [{ "Fn::Equals": [reference("LogKmsKeyArn"), ""] }] },
         },
         "Resources": resources,
         "Outputs": {
