@@ -255,7 +255,8 @@ fn the_templates_follow_the_config() {
     let fleet_role = "arn:aws:iam::111111111111:role/opsfleet-task";
     let printed = stdout_json(&["iam-policy", "--config", config_arg, "--member", "--fleet-role", fleet_role]);
     let role = &member["Resources"]["MemberRole"]["Properties"];
-    assert_eq!(role["Policies"][0]["PolicyDocument"], printed["Policy"]);
+    assert_eq!(role["ManagedPolicyArns"], json!([{ "Ref": "MemberPolicy" }]));
+    assert_eq!(member["Resources"]["MemberPolicy"]["Properties"]["PolicyDocument"], printed["Policy"]);
     assert_eq!((&role["RoleName"], &role["Path"]), (&json!("OpsFleetMember"), &json!("/ops/")));
     assert_eq!(
         role["AssumeRolePolicyDocument"]["Statement"][0]["Condition"]["StringEquals"]["sts:ExternalId"],
@@ -360,6 +361,31 @@ fn the_templates_follow_the_config() {
     for name in ["opsfleet-core.yaml", "opsfleet-service.yaml", "member-role.yaml"] {
         assert!(!std::fs::read_to_string(out.join(name)).unwrap_or_default().contains("do-not-print-1234"), "{name}");
     }
+}
+
+#[test]
+fn a_policy_past_iams_size_is_rendered_as_several_managed_policies_the_role_all_attaches() {
+    let fleet = support::unique_fleet("split");
+    let mut text = String::from("[fleet]\nname = \"FLEET\"\n");
+    for n in 0..150 {
+        text.push_str(&format!(
+            "\n[[tasks]]\nname = \"t{n}\"\npattern = {{ source = [\"x\"] }}\ntargets = \"event\"\naction = \"notify\"\nparams = {{ topic_arn = \"arn:aws:sns:us-east-1:123456789012:team-{n:03}-alarms\" }}\n"
+        ));
+    }
+    let path = support::write_config(&fleet, &text);
+    let core = load(&render(&path, &fleet).join("opsfleet-core.yaml"));
+    let policies = of_type(&core, "AWS::IAM::ManagedPolicy");
+    assert!(policies.len() >= 2, "{} policies", policies.len());
+    let attached = &core["Resources"]["TaskRole"]["Properties"]["ManagedPolicyArns"];
+    assert_eq!(attached.as_array().map(Vec::len), Some(policies.len()));
+    for (id, policy) in &policies {
+        assert!(attached.as_array().is_some_and(|a| a.contains(&json!({ "Ref": id }))), "{id} is attached");
+        let size = policy["Properties"]["PolicyDocument"].to_string().chars().filter(|c| !c.is_whitespace()).count();
+        assert!(size <= 6_144, "{id}: {size} characters");
+    }
+    // Every topic the tasks publish to is granted by one of them.
+    let all: String = policies.iter().map(|(_, p)| p["Properties"]["PolicyDocument"].to_string()).collect();
+    assert!((0..150).all(|n| all.contains(&format!(":team-{n:03}-alarms\""))));
 }
 
 /// The virtualenv's bin directory, where `tests/run.sh` installs cfn-lint and

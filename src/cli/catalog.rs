@@ -137,20 +137,80 @@ fn merged(statements: Vec<Value>) -> Vec<Value> {
 /// IAM's limit on a managed policy's size, in characters without whitespace.
 pub const MAX_MANAGED_POLICY_CHARS: usize = 6_144;
 
-/// Refuses a config whose role policies IAM would refuse, naming the size.
+/// IAM's default limit on the managed policies attached to one role.
+pub const MAX_MANAGED_POLICIES_PER_ROLE: usize = 10;
+
+/// Refuses a config whose role policies IAM would refuse even split over several managed
+/// policies, naming the sizes.
 pub fn check_policy_sizes(config: &Config) -> anyhow::Result<()> {
     for (what, policy) in
         [("the fleet's role policy", policy(config, false)), ("the member role policy", member_policy(config))]
     {
-        let size = policy_chars(&policy);
-        if size > MAX_MANAGED_POLICY_CHARS {
+        let parts = split_policy(&policy).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
+        if parts.len() > MAX_MANAGED_POLICIES_PER_ROLE {
             anyhow::bail!(
-                "{what} would be {size} characters, over IAM's {MAX_MANAGED_POLICY_CHARS} for a managed policy: \
-                 give tasks of one action the same params where they can share statements"
+                "{what} would be {} characters, {} managed policies of at most {MAX_MANAGED_POLICY_CHARS}: over the \
+                 {MAX_MANAGED_POLICIES_PER_ROLE} IAM attaches to a role; give tasks of one action the same params \
+                 where they can share statements",
+                policy_chars(&policy),
+                parts.len()
             );
         }
     }
     Ok(())
+}
+
+/// A policy as managed policies IAM accepts: its statements packed in order, each policy
+/// within [`MAX_MANAGED_POLICY_CHARS`]; a statement too large alone is cut along its
+/// resources. One policy when it fits.
+pub fn split_policy(policy: &Value) -> Result<Vec<Value>, String> {
+    let document = |statements: Vec<Value>| json!({ "Version": "2012-10-17", "Statement": statements });
+    let fits = |statements: &[Value]| policy_chars(&document(statements.to_vec())) <= MAX_MANAGED_POLICY_CHARS;
+    let mut pieces = Vec::new();
+    for statement in policy["Statement"].as_array().cloned().unwrap_or_default() {
+        if fits(std::slice::from_ref(&statement)) {
+            pieces.push(statement);
+            continue;
+        }
+        let resources = statement["Resource"].as_array().cloned().unwrap_or_default();
+        let mut chunk: Vec<Value> = Vec::new();
+        for resource in resources {
+            let mut with = statement.clone();
+            chunk.push(resource);
+            with["Resource"] = json!(chunk);
+            if !fits(std::slice::from_ref(&with)) {
+                let last = chunk.pop().unwrap_or_default();
+                if chunk.is_empty() {
+                    return Err(format!(
+                        "a statement with resource {last} is over {MAX_MANAGED_POLICY_CHARS} characters alone"
+                    ));
+                }
+                let mut part = statement.clone();
+                part["Resource"] = json!(std::mem::take(&mut chunk));
+                pieces.push(part);
+                chunk.push(last);
+            }
+        }
+        if chunk.is_empty() {
+            return Err(format!(
+                "a statement of {} characters cannot be cut along its resources",
+                policy_chars(&statement)
+            ));
+        }
+        let mut part = statement.clone();
+        part["Resource"] = json!(chunk);
+        pieces.push(part);
+    }
+    let mut policies: Vec<Vec<Value>> = vec![Vec::new()];
+    for piece in pieces {
+        let current = policies.last_mut().expect("one policy at least");
+        current.push(piece);
+        if !fits(current) {
+            let piece = current.pop().expect("just pushed");
+            policies.push(vec![piece]);
+        }
+    }
+    Ok(policies.into_iter().filter(|p| !p.is_empty()).map(document).collect())
 }
 
 /// The size IAM counts of a policy: its JSON without whitespace.
@@ -242,6 +302,55 @@ mod tests {
             .count();
         assert_eq!(describes, 1, "the describes of 25 tasks are one statement: {p}");
         assert!(policy_chars(&p) < MAX_MANAGED_POLICY_CHARS, "{} characters", policy_chars(&p));
+    }
+
+    #[test]
+    fn a_policy_over_iams_size_is_split_into_managed_policies_that_each_fit_and_together_grant_the_same() {
+        let mut text = String::from("[fleet]\nname = \"ops\"\n");
+        for n in 0..150 {
+            text.push_str(&format!(
+                "\n[[tasks]]\nname = \"t{n}\"\npattern = {{ source = [\"x\"] }}\ntargets = \"event\"\naction = \"notify\"\nparams = {{ topic_arn = \"arn:aws:sns:us-east-1:123456789012:team-{n:03}-alarms\" }}\n"
+            ));
+        }
+        let config = Config::parse(&text, Some(&ActionRegistry::builtin())).expect("config");
+        let whole = policy(&config, false);
+        assert!(policy_chars(&whole) > MAX_MANAGED_POLICY_CHARS, "{} characters", policy_chars(&whole));
+        let parts = split_policy(&whole).expect("split");
+        assert!(parts.len() >= 2, "{} parts", parts.len());
+        assert!(parts.iter().all(|p| policy_chars(p) <= MAX_MANAGED_POLICY_CHARS));
+        // Together they grant each (action, resource) the whole grants, and nothing else.
+        let grants = |policies: &[Value]| {
+            let mut all = std::collections::BTreeSet::new();
+            for statement in policies.iter().flat_map(|p| p["Statement"].as_array().cloned().unwrap_or_default()) {
+                let resources = match &statement["Resource"] {
+                    Value::Array(r) => r.clone(),
+                    one => vec![one.clone()],
+                };
+                for resource in resources {
+                    all.insert((
+                        statement["Action"].to_string(),
+                        statement["Condition"].to_string(),
+                        resource.to_string(),
+                    ));
+                }
+            }
+            all
+        };
+        assert_eq!(grants(&parts), grants(std::slice::from_ref(&whole)));
+        assert!(check_policy_sizes(&config).is_ok());
+        // So many that ten policies cannot hold them: refused with the figures.
+        let mut more = text.clone();
+        for n in 150..1000 {
+            more.push_str(&format!(
+                "\n[[tasks]]\nname = \"t{n}\"\npattern = {{ source = [\"x\"] }}\ntargets = \"event\"\naction = \"notify\"\nparams = {{ topic_arn = \"arn:aws:sns:us-east-1:123456789012:team-{n:03}-alarms\" }}\n"
+            ));
+        }
+        let config = Config::parse(&more, Some(&ActionRegistry::builtin())).expect("config");
+        let err = check_policy_sizes(&config).expect_err("too large").to_string();
+        assert!(
+            err.starts_with("the fleet's role policy would be ") && err.contains("over the 10 IAM attaches to a role"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -104,13 +104,19 @@ pub fn core_template(config: &Config) -> Value {
     if let Some(policy) = events_queue_policy(config) {
         resources.insert("EventsQueuePolicy".into(), policy);
     }
-    resources.insert(
-        TASK_POLICY.into(),
-        json!({ "Type": "AWS::IAM::ManagedPolicy", "Properties": {
-            "Description": format!("opsfleet {fleet}: what `opsfleet iam-policy` prints for this config"),
-            "PolicyDocument": catalog::policy(config, false),
-        }}),
-    );
+    // What `opsfleet iam-policy` prints, as one managed policy or, past IAM's size, several
+    // (`validate` refuses a config that would need more than a role takes).
+    let parts = catalog::split_policy(&catalog::policy(config, false)).unwrap_or_default();
+    let policy_ids: Vec<String> = (0..parts.len()).map(task_policy_id).collect();
+    for (n, document) in parts.into_iter().enumerate() {
+        resources.insert(
+            task_policy_id(n),
+            json!({ "Type": "AWS::IAM::ManagedPolicy", "Properties": {
+                "Description": format!("opsfleet {fleet}: what `opsfleet iam-policy` prints for this config ({} of {})", n + 1, policy_ids.len()),
+                "PolicyDocument": document,
+            }}),
+        );
+    }
     resources.insert(
         "TaskRole".into(),
         json!({ "Type": "AWS::IAM::Role", "Properties": {
@@ -118,7 +124,7 @@ pub fn core_template(config: &Config) -> Value {
             "AssumeRolePolicyDocument": { "Version": "2012-10-17", "Statement": [{
                 "Effect": "Allow", "Principal": { "Service": "ecs-tasks.amazonaws.com" }, "Action": "sts:AssumeRole",
             }]},
-            "ManagedPolicyArns": [reference(TASK_POLICY)],
+            "ManagedPolicyArns": policy_ids.iter().map(|id| reference(id)).collect::<Vec<_>>(),
         }}),
     );
     // What the config decides that lives in the table, not in a resource: the limits, and
@@ -144,12 +150,25 @@ pub fn core_template(config: &Config) -> Value {
             "TableName": { "Value": reference("Table") },
             "TaskRoleArn": { "Value": get_att("TaskRole", "Arn"), "Export": { "Name": export(fleet, "task-role-arn") } },
             "TaskPolicyArn": { "Value": reference(TASK_POLICY), "Export": { "Name": export(fleet, "task-policy-arn") } },
+            "TaskPolicyArns": {
+                "Description": "Every part of the fleet's policy (one unless it is past IAM's size), for a role of your own",
+                "Value": { "Fn::Join": [",", policy_ids.iter().map(|id| reference(id)).collect::<Vec<_>>()] },
+            },
             "EventBusArn": {
                 "Description": "The bus member accounts forward their events to (the member stack's FleetEventBusArn)",
                 "Value": { "Fn::Sub": "arn:${AWS::Partition}:events:${AWS::Region}:${AWS::AccountId}:event-bus/default" },
             },
         },
     })
+}
+
+/// The logical id of the `n`th part of the fleet's role policy: `TaskPolicy`, `TaskPolicy2`…
+pub fn task_policy_id(n: usize) -> String {
+    if n == 0 {
+        TASK_POLICY.to_owned()
+    } else {
+        format!("{TASK_POLICY}{}", n + 1)
+    }
 }
 
 /// The name of an output the core stack exports for the service stack.

@@ -54,14 +54,24 @@ pub fn member_template(config: &Config) -> Value {
         "Description": "Whether this stack creates the member role: true in one region of each account (IAM is global), \
                         false in the others, which only forward events",
     });
+    // What `opsfleet iam-policy --member` prints, as one managed policy or, past IAM's size,
+    // several.
+    let parts = catalog::split_policy(&catalog::member_policy(config)).unwrap_or_default();
+    let policy_id = |n: usize| if n == 0 { "MemberPolicy".to_owned() } else { format!("MemberPolicy{}", n + 1) };
     let mut resources = json!({
         "MemberRole": { "Type": "AWS::IAM::Role", "Condition": "CreateRole", "Properties": {
             "RoleName": name,
             "Path": path,
             "AssumeRolePolicyDocument": { "Version": "2012-10-17", "Statement": [trust] },
-            "Policies": [{ "PolicyName": "opsfleet-member", "PolicyDocument": catalog::member_policy(config) }],
+            "ManagedPolicyArns": (0..parts.len()).map(|n| json!({ "Ref": policy_id(n) })).collect::<Vec<_>>(),
         }},
     });
+    for (n, document) in parts.into_iter().enumerate() {
+        resources[policy_id(n)] = json!({ "Type": "AWS::IAM::ManagedPolicy", "Condition": "CreateRole", "Properties": {
+            "Description": format!("opsfleet {}: the member role's permissions", config.fleet.name),
+            "PolicyDocument": document,
+        }});
+    }
     let forwarded = forwarding_rules(config);
     if !forwarded.is_empty() {
         resources["ForwardRole"] = json!({ "Type": "AWS::IAM::Role", "Condition": "Forward", "Properties": {

@@ -20,7 +20,7 @@ use serde_json::Value;
 use std::path::Path;
 use std::process::ExitCode;
 
-pub use self::core::core_template;
+pub use self::core::{core_template, rules};
 pub use member::member_template;
 pub use service::service_template;
 
