@@ -28,6 +28,7 @@ pub fn check(config: &Config, path: &Path) -> anyhow::Result<()> {
     let mut problems: Vec<String> =
         unscheduled_patterns(config).iter().map(|p| format!("{}:{p}", path.display())).collect();
     problems.extend(limits(config).into_iter().map(|p| format!("{}: {p}", path.display())));
+    problems.extend(receives_short_of_retries(config).into_iter().map(|p| format!("{}:{p}", path.display())));
     if !problems.is_empty() {
         anyhow::bail!("invalid config:\n{}", problems.join("\n"));
     }
@@ -66,6 +67,30 @@ pub fn limits(config: &Config) -> Vec<String> {
         }
     }
     problems
+}
+
+/// Tasks whose retries SQS would cut short: a job is received once per attempt, and at
+/// `max_receive_count` receives SQS moves it to the DLQ itself, before the worker records its
+/// failure.
+pub fn receives_short_of_retries(config: &Config) -> Vec<String> {
+    let receives = config.worker.max_receive_count;
+    config
+        .tasks
+        .iter()
+        .enumerate()
+        .filter(|(_, task)| task.retries >= receives)
+        .map(|(index, task)| {
+            format!(
+                "line {}: tasks[{index}] \"{}\".retries: {} retries take {} receives, and worker.max_receive_count is {receives}: \
+                 SQS would dead-letter the job before its last attempt; raise max_receive_count above {}",
+                task.line,
+                task.name,
+                task.retries,
+                task.retries + 1,
+                task.retries
+            )
+        })
+        .collect()
 }
 
 /// The size SQS counts of the events queue's policy, its CloudFormation references counted at
@@ -107,6 +132,26 @@ mod tests {
                 .iter()
                 .any(|p| p.starts_with("opsfleet-core.yaml would hold ") && p.contains("over CloudFormation's 500")),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn retries_sqs_would_cut_short_are_refused_with_their_place() {
+        let task = |retries: u32| {
+            move |n: usize| {
+                format!("\n[[tasks]]\nname = \"t{n}\"\npattern = {{ source = [\"x\"] }}\ntargets = \"event\"\naction = \"noop\"\nretries = {retries}\n")
+            }
+        };
+        let fleet = "name = \"ops\"\n[worker]\nmax_receive_count = 4";
+        assert!(receives_short_of_retries(&config(fleet, 1, task(3))).is_empty());
+        let problems = receives_short_of_retries(&config(fleet, 1, task(4)));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].starts_with(
+                "line 6: tasks[0] \"t0\".retries: 4 retries take 5 receives, and worker.max_receive_count is 4"
+            ),
+            "{}",
+            problems[0]
         );
     }
 
