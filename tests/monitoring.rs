@@ -4,7 +4,7 @@
 
 mod support;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
@@ -198,13 +198,48 @@ fn the_dashboard_is_a_grafana_dashboard_model() {
         "Events in, by source",
         "Jobs out, by task",
         "Job outcomes",
-        "Job duration",
-        "Event → start latency",
+        "Job duration, by action",
+        "Event → start latency, by task",
+        "Job success ratio, by task (SLO: 99 %)",
+        "Scaling signal: job backlog",
         "Backlog per partition",
         "Dead-letter queues",
         "AWS errors and throttles, by operation",
         "Lock contention",
     ] {
         assert!(titles.contains(&wanted), "no `{wanted}` panel: {titles:?}");
+    }
+    // Variables narrow every panel to tasks, actions and processes; rates follow the scrape
+    // interval ($__rate_interval) instead of a fixed window.
+    for (name, label) in [("task", "task"), ("action", "action"), ("instance", "instance")] {
+        let variable = variables.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no ${name} variable"));
+        assert_eq!(variable["type"], "query");
+        assert!(variable["definition"]
+            .as_str()
+            .is_some_and(|q| q.starts_with("label_values(") && q.ends_with(&format!(", {label})"))));
+        assert_eq!((&variable["includeAll"], &variable["multi"]), (&json!(true), &json!(true)));
+    }
+    let exprs: Vec<String> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_owned))
+        .collect();
+    for expr in &exprs {
+        assert!(!expr.contains("[5m]") && !expr.contains("[1m]"), "a fixed window: {expr}");
+        if expr.contains("rate(") {
+            assert!(expr.contains("[$__rate_interval]"), "{expr}");
+        }
+        if expr.contains("opsfleet_job_duration_seconds_bucket") {
+            assert!(expr.contains("by (le, action)"), "job duration quantiles mix the actions: {expr}");
+        }
+    }
+    for (metric, variable) in [
+        ("opsfleet_jobs_finished_total", "task=~\"$task\""),
+        ("opsfleet_aws_requests_total", "instance=~\"$instance\""),
+    ] {
+        assert!(
+            exprs.iter().filter(|e| e.contains(metric)).all(|e| e.contains(variable)),
+            "{metric} panels ignore {variable}"
+        );
     }
 }
