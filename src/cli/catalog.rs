@@ -263,12 +263,28 @@ pub fn policy(config: &Config, setup: bool) -> Value {
             },
         }));
     }
-    json!({ "Version": "2012-10-17", "Statement": statements })
+    in_partition(json!({ "Version": "2012-10-17", "Statement": statements }), &config.fleet.partition)
 }
 
 /// The policy of the role in member accounts: what the actions and discoveries need there.
 pub fn member_policy(config: &Config) -> Value {
-    json!({ "Version": "2012-10-17", "Statement": action_statements(config) })
+    in_partition(json!({ "Version": "2012-10-17", "Statement": action_statements(config) }), &config.fleet.partition)
+}
+
+/// A policy with every ARN in `partition`: the catalog writes them in `aws`.
+fn in_partition(policy: Value, partition: &str) -> Value {
+    if partition == "aws" {
+        return policy;
+    }
+    match policy {
+        Value::String(s) => match s.strip_prefix("arn:aws:") {
+            Some(rest) => Value::String(format!("arn:{partition}:{rest}")),
+            None => Value::String(s),
+        },
+        Value::Array(items) => Value::Array(items.into_iter().map(|v| in_partition(v, partition)).collect()),
+        Value::Object(map) => Value::Object(map.into_iter().map(|(k, v)| (k, in_partition(v, partition))).collect()),
+        other => other,
+    }
 }
 
 /// The trust policy of the role in member accounts: the fleet's role may assume it, with the
@@ -351,6 +367,19 @@ mod tests {
             err.starts_with("the fleet's role policy would be ") && err.contains("over the 10 IAM attaches to a role"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_arn_of_the_policies_is_in_the_fleets_partition() {
+        let text = "[fleet]\nname = \"ops\"\npartition = \"aws-us-gov\"\nmember_role = \"arn:aws-us-gov:iam::{account}:role/M\"\nexternal_id = \"e\"\n\n[[tasks]]\nname = \"t\"\npattern = { source = [\"x\"] }\ntargets = { type = \"ec2:volume\", tags = { B = \"y\" } }\naction = \"ebs-snapshot\"\nparams = { retain = 2 }\n";
+        let config = Config::parse(text, Some(&ActionRegistry::builtin())).expect("config");
+        for p in [policy(&config, false), member_policy(&config)] {
+            let text = p.to_string();
+            assert!(!text.contains("\"arn:aws:"), "{text}");
+            assert!(text.contains("\"arn:aws-us-gov:ec2:"), "{text}");
+        }
+        let bad = Config::parse(&text.replace("aws-us-gov\"\nmember", "aws-moon\"\nmember"), None).expect_err("bad");
+        assert!(bad.to_string().contains("fleet.partition: `aws-moon` is not an AWS partition"), "{bad}");
     }
 
     #[test]

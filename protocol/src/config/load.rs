@@ -117,6 +117,13 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
             );
         }
     }
+    if !PARTITIONS.contains(&fleet.partition.as_str()) {
+        problem(
+            None,
+            "fleet.partition".into(),
+            format!("`{}` is not an AWS partition ({})", fleet.partition, PARTITIONS.join(", ")),
+        );
+    }
     if let Some(organization) = &fleet.organization_id {
         let body = organization.strip_prefix("o-").unwrap_or_default();
         if !(10..=32).contains(&body.len()) || !body.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
@@ -361,6 +368,9 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
 /// The longest shutdown grace: with the 10 s a worker needs beyond it, ECS's 120-second
 /// ceiling on how long it waits for a task to stop after SIGTERM.
 pub const MAX_SHUTDOWN_GRACE_SECS: u32 = 110;
+
+/// The AWS partitions a fleet may run in.
+pub const PARTITIONS: [&str; 5] = ["aws", "aws-cn", "aws-us-gov", "aws-iso", "aws-iso-b"];
 
 /// Whether a text is an SNS topic ARN (`arn:PARTITION:sns:REGION:ACCOUNT:NAME`).
 fn is_topic_arn(text: &str) -> bool {

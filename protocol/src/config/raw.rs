@@ -42,6 +42,10 @@ pub struct FleetSettings {
     /// External id passed when assuming `member_role`.
     #[serde(default)]
     pub external_id: Option<String>,
+    /// The AWS partition the fleet runs in (`aws`, `aws-cn`, `aws-us-gov`): the ARNs of its
+    /// IAM policies are written in it.
+    #[serde(default = "default_partition")]
+    pub partition: String,
     /// The AWS Organization (`o-…`) whose accounts may send events to the fleet's event bus;
     /// without it, the bus admits `allowed_accounts`.
     #[serde(default)]
@@ -53,6 +57,10 @@ pub struct FleetSettings {
     /// rendered stack subscribes the queue to them and its policy admits them.
     #[serde(default)]
     pub alarm_topics: Vec<String>,
+}
+
+fn default_partition() -> String {
+    "aws".to_owned()
 }
 
 fn default_partitions() -> NonZeroU32 {
