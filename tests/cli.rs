@@ -142,6 +142,32 @@ fn validate_and_render_refuse_a_pattern_waiting_for_a_schedule_the_config_does_n
 }
 
 #[test]
+fn every_whole_config_in_the_docs_validates_and_every_task_fragment_loads() {
+    let dir = support::root().join("target").join("cli-tests").join("docs");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let mut checked = 0;
+    for doc in ["README.md", "docs/configuration.md", "docs/actions.md"] {
+        let text = std::fs::read_to_string(support::root().join(doc)).expect(doc);
+        for (n, block) in text.split("```toml\n").skip(1).filter_map(|b| b.split("```").next()).enumerate() {
+            // A whole config as printed; a `[[tasks]]` fragment inside a minimal fleet.
+            let config = if block.contains("[fleet]") {
+                block.to_owned()
+            } else if block.trim_start().starts_with("[[tasks]]") {
+                format!("[fleet]\nname = \"docs\"\nmember_role = \"arn:aws:iam::{{account}}:role/M\"\nexternal_id = \"e\"\n\n{block}")
+            } else {
+                continue;
+            };
+            let path = dir.join(format!("{}-{n}.toml", doc.replace('/', "-")));
+            std::fs::write(&path, config).expect("write");
+            let out = opsfleet(&["validate", "--config", path.to_str().expect("path")]).output().expect("validate");
+            assert!(out.status.success(), "{doc}, toml block {n}: {}", String::from_utf8_lossy(&out.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "{checked} blocks");
+}
+
+#[test]
 fn demo_runs_the_sample_events_on_the_embedded_backend() {
     let out = opsfleet(&["demo"]).output().expect("demo");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
