@@ -251,7 +251,15 @@ fn the_templates_follow_the_config() {
     // The role's policy is exactly what `iam-policy` prints; the member role's too.
     let config_arg = path.to_str().unwrap_or_default();
     let printed = stdout_json(&["iam-policy", "--config", config_arg]);
-    assert_eq!(of_type(&core, "AWS::IAM::ManagedPolicy")[0].1["Properties"]["PolicyDocument"], printed);
+    assert_eq!(core["Resources"]["TaskPolicy"]["Properties"]["PolicyDocument"], printed);
+    // The routers' role: what `iam-policy --router` prints, and none of the actions' writes.
+    let printed = stdout_json(&["iam-policy", "--config", config_arg, "--router"]);
+    assert_eq!(core["Resources"]["RouterPolicy"]["Properties"]["PolicyDocument"], printed);
+    let router_actions = printed["Statement"].to_string();
+    for write in ["ec2:CreateSnapshot", "ec2:RebootInstances", "ec2:CreateImage", "sns:Publish", "ec2:DeleteSnapshot"] {
+        assert!(!router_actions.contains(write), "the routers' role holds {write}");
+    }
+    assert!(router_actions.contains("sqs:ReceiveMessage") && router_actions.contains("sts:AssumeRole"));
     let fleet_role = "arn:aws:iam::111111111111:role/opsfleet-task";
     let printed = stdout_json(&["iam-policy", "--config", config_arg, "--member", "--fleet-role", fleet_role]);
     let role = &member["Resources"]["MemberRole"]["Properties"];
@@ -302,8 +310,10 @@ fn the_templates_follow_the_config() {
 
     // The services run on the core stack's role, stop after the grace, and scale on backlog.
     let tasks = of_type(&service, "AWS::ECS::TaskDefinition");
-    let import = json!({ "Fn::ImportValue": core["Outputs"]["TaskRoleArn"]["Export"]["Name"] });
-    assert!(tasks.iter().all(|(_, t)| t["Properties"]["TaskRoleArn"] == import), "{tasks:#?}");
+    for (id, output) in [("WorkerTaskDefinition", "TaskRoleArn"), ("RouterTaskDefinition", "RouterRoleArn")] {
+        let import = json!({ "Fn::ImportValue": core["Outputs"][output]["Export"]["Name"] });
+        assert_eq!(service["Resources"][id]["Properties"]["TaskRoleArn"], import, "{id}");
+    }
     // An update (a new image) leaves the autoscaled worker count alone: no DesiredCount.
     assert!(service["Resources"]["WorkerService"]["Properties"].get("DesiredCount").is_none());
     assert_eq!(service["Resources"]["RouterService"]["Properties"]["DesiredCount"], json!({ "Ref": "RouterCount" }));
@@ -374,7 +384,8 @@ fn a_policy_past_iams_size_is_rendered_as_several_managed_policies_the_role_all_
     }
     let path = support::write_config(&fleet, &text);
     let core = load(&render(&path, &fleet).join("opsfleet-core.yaml"));
-    let policies = of_type(&core, "AWS::IAM::ManagedPolicy");
+    let policies: Vec<_> =
+        of_type(&core, "AWS::IAM::ManagedPolicy").into_iter().filter(|(id, _)| id.starts_with("TaskPolicy")).collect();
     assert!(policies.len() >= 2, "{} policies", policies.len());
     let attached = &core["Resources"]["TaskRole"]["Properties"]["ManagedPolicyArns"];
     assert_eq!(attached.as_array().map(Vec::len), Some(policies.len()));
@@ -419,7 +430,13 @@ fn every_rendered_template_passes_cfn_lint() {
 #[test]
 fn the_kubernetes_manifests_validate_and_scale_on_a_metric_the_fleet_exports() {
     let k8s = root().join("infra/k8s");
-    let plain = ["serviceaccount.yaml", "router-deployment.yaml", "worker-deployment.yaml", "poddisruptionbudget.yaml"];
+    let plain = [
+        "serviceaccount.yaml",
+        "router-serviceaccount.yaml",
+        "router-deployment.yaml",
+        "worker-deployment.yaml",
+        "poddisruptionbudget.yaml",
+    ];
     let out = std::process::Command::new(venv_bin().join("kubernetes-validate"))
         .arg("--strict")
         .args(plain.map(|f| k8s.join(f)))
@@ -493,6 +510,11 @@ fn the_kubernetes_manifests_validate_and_scale_on_a_metric_the_fleet_exports() {
         .as_str()
         .is_some_and(|a| a.starts_with("arn:aws:iam::")));
     assert_eq!(spec["containers"][0]["args"][0], "worker");
+    // The routers run as their own account, whose role holds none of the actions' writes.
+    let router = load(&k8s.join("router-deployment.yaml"));
+    let router_account = load(&k8s.join("router-serviceaccount.yaml"));
+    assert_eq!(router["spec"]["template"]["spec"]["serviceAccountName"], router_account["metadata"]["name"]);
+    assert_ne!(router_account["metadata"]["name"], account["metadata"]["name"]);
 }
 
 #[test]

@@ -54,7 +54,7 @@ const DYNAMODB_RUN: &[&str] = &[
 /// the describes its discoveries need, and the member role when one is set. `setup` adds what
 /// `opsfleet setup` needs. With `member_of` (the fleet role's ARN), prints instead the policy of
 /// the role in member accounts and its trust policy.
-pub fn iam_policy(path: &Path, setup: bool, member_of: Option<String>) -> anyhow::Result<ExitCode> {
+pub fn iam_policy(path: &Path, setup: bool, member_of: Option<String>, router: bool) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
     let out = match member_of {
         Some(fleet_role) => json!({
@@ -62,10 +62,34 @@ pub fn iam_policy(path: &Path, setup: bool, member_of: Option<String>) -> anyhow
             "Policy": member_policy(&config),
             "TrustPolicy": trust_policy(&config, &fleet_role),
         }),
+        None if router => router_policy(&config),
         None => policy(&config, setup),
     };
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The describe a task's discovery makes.
+fn discovery_statement(task: &opsfleet_protocol::config::Task) -> Option<Value> {
+    let Targets::Discover(query) = &task.targets else { return None };
+    let describe = match query.kind {
+        ResourceType::Instance => "ec2:DescribeInstances",
+        ResourceType::Volume => "ec2:DescribeVolumes",
+        ResourceType::Snapshot => "ec2:DescribeSnapshots",
+        ResourceType::Image => "ec2:DescribeImages",
+    };
+    Some(json!({ "Effect": "Allow", "Action": [describe], "Resource": ["*"] }))
+}
+
+/// What the tasks' discoveries need, merged.
+fn discovery_statements(config: &Config) -> Vec<Value> {
+    let mut statements: Vec<Value> = Vec::new();
+    for statement in config.tasks.iter().filter_map(discovery_statement) {
+        if !statements.contains(&statement) {
+            statements.push(statement);
+        }
+    }
+    merged(statements)
 }
 
 /// What the tasks' actions and discoveries need, each statement once.
@@ -86,14 +110,8 @@ fn action_statements(config: &Config) -> Vec<Value> {
                 }
             }
         }
-        if let Targets::Discover(query) = &task.targets {
-            let describe = match query.kind {
-                ResourceType::Instance => "ec2:DescribeInstances",
-                ResourceType::Volume => "ec2:DescribeVolumes",
-                ResourceType::Snapshot => "ec2:DescribeSnapshots",
-                ResourceType::Image => "ec2:DescribeImages",
-            };
-            add(json!({ "Effect": "Allow", "Action": [describe], "Resource": ["*"] }));
+        if let Some(statement) = discovery_statement(task) {
+            add(statement);
         }
     }
     merged(statements)
@@ -143,9 +161,11 @@ pub const MAX_MANAGED_POLICIES_PER_ROLE: usize = 10;
 /// Refuses a config whose role policies IAM would refuse even split over several managed
 /// policies, naming the sizes.
 pub fn check_policy_sizes(config: &Config) -> anyhow::Result<()> {
-    for (what, policy) in
-        [("the fleet's role policy", policy(config, false)), ("the member role policy", member_policy(config))]
-    {
+    for (what, policy) in [
+        ("the fleet's role policy", policy(config, false)),
+        ("the routers' role policy", router_policy(config)),
+        ("the member role policy", member_policy(config)),
+    ] {
         let parts = split_policy(&policy).map_err(|e| anyhow::anyhow!("{what}: {e}"))?;
         if parts.len() > MAX_MANAGED_POLICIES_PER_ROLE {
             anyhow::bail!(
@@ -221,6 +241,30 @@ pub fn policy_chars(policy: &Value) -> usize {
 /// The policy of the fleet's own role.
 pub fn policy(config: &Config, setup: bool) -> Value {
     let fleet = &config.fleet.name;
+    let mut statements = fleet_statements(config, setup);
+    // On ECS, a worker keeps its task out of scale-ins while it runs jobs (the rendered
+    // service stack names its cluster after the fleet).
+    statements.push(json!({ "Sid": "ScaleInProtection", "Effect": "Allow", "Action": ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"],
+        "Resource": format!("arn:aws:ecs:*:*:task/{fleet}/*") }));
+    statements.extend(action_statements(config));
+    statements.extend(member_accounts(config));
+    in_partition(json!({ "Version": "2012-10-17", "Statement": statements }), &config.fleet.partition)
+}
+
+/// The policy of the routers' own role when they run apart from the workers: the fleet's
+/// queues and table, the describes its discoveries make, and the member roles; none of the
+/// actions' writes.
+pub fn router_policy(config: &Config) -> Value {
+    let mut statements = fleet_statements(config, false);
+    statements.extend(discovery_statements(config));
+    statements.extend(member_accounts(config));
+    in_partition(json!({ "Version": "2012-10-17", "Statement": statements }), &config.fleet.partition)
+}
+
+/// The fleet's queues (each by name: a prefix would also match another fleet's, `ops-*`
+/// matching `ops-prod-events`), its table and its indexes, and its own identity.
+fn fleet_statements(config: &Config, setup: bool) -> Vec<Value> {
+    let fleet = &config.fleet.name;
     let mut sqs: Vec<&str> = SQS_RUN.to_vec();
     let mut dynamodb: Vec<&str> = DYNAMODB_RUN.to_vec();
     if setup {
@@ -234,9 +278,7 @@ pub fn policy(config: &Config, setup: bool) -> Value {
             "dynamodb:UpdateTimeToLive",
         ]);
     }
-    let mut statements = vec![
-        // Each of the fleet's own queues by name: a prefix would also match another fleet's
-        // (`ops-*` matches `ops-prod-events`).
+    vec![
         json!({ "Sid": "FleetQueues", "Effect": "Allow", "Action": sqs, "Resource": queue_specs(config)
             .iter()
             .map(|q| format!("arn:aws:sqs:*:*:{}", q.name))
@@ -244,26 +286,22 @@ pub fn policy(config: &Config, setup: bool) -> Value {
         json!({ "Sid": "FleetTable", "Effect": "Allow", "Action": dynamodb,
             "Resource": [format!("arn:aws:dynamodb:*:*:table/{fleet}"), format!("arn:aws:dynamodb:*:*:table/{fleet}/index/*")] }),
         json!({ "Sid": "FleetIdentity", "Effect": "Allow", "Action": ["sts:GetCallerIdentity"], "Resource": "*" }),
-        // On ECS, a worker keeps its task out of scale-ins while it runs jobs (the rendered
-        // service stack names its cluster after the fleet).
-        json!({ "Sid": "ScaleInProtection", "Effect": "Allow", "Action": ["ecs:GetTaskProtection", "ecs:UpdateTaskProtection"],
-            "Resource": format!("arn:aws:ecs:*:*:task/{fleet}/*") }),
-    ];
-    statements.extend(action_statements(config));
-    if let Some(role) = &config.fleet.member_role {
-        statements.push(json!({
-            "Sid": "MemberAccounts",
-            "Effect": "Allow",
-            "Action": "sts:AssumeRole",
-            // The member role in the allowed accounts only, when the fleet names them.
-            "Resource": if config.fleet.allowed_accounts.is_empty() {
-                json!(role.replace("{account}", "*"))
-            } else {
-                json!(config.fleet.allowed_accounts.iter().map(|a| role.replace("{account}", a)).collect::<Vec<_>>())
-            },
-        }));
-    }
-    in_partition(json!({ "Version": "2012-10-17", "Statement": statements }), &config.fleet.partition)
+    ]
+}
+
+/// The member role in the allowed accounts only, when the fleet names them.
+fn member_accounts(config: &Config) -> Option<Value> {
+    let role = config.fleet.member_role.as_ref()?;
+    Some(json!({
+        "Sid": "MemberAccounts",
+        "Effect": "Allow",
+        "Action": "sts:AssumeRole",
+        "Resource": if config.fleet.allowed_accounts.is_empty() {
+            json!(role.replace("{account}", "*"))
+        } else {
+            json!(config.fleet.allowed_accounts.iter().map(|a| role.replace("{account}", a)).collect::<Vec<_>>())
+        },
+    }))
 }
 
 /// The policy of the role in member accounts: what the actions and discoveries need there.

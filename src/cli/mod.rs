@@ -141,6 +141,9 @@ pub enum Command {
         /// The ARN of the fleet's own role, which member roles trust (with `--member`).
         #[arg(long)]
         fleet_role: Option<String>,
+        /// Print instead the policy of routers run apart from the workers: no action's writes.
+        #[arg(long, conflicts_with_all = ["member", "setup"])]
+        router: bool,
     },
     /// Render the CloudFormation templates of a config (core, service, member role).
     Infra {
@@ -258,8 +261,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             audit::run(&config, query).await
         }
         Command::Actions => catalog::actions(),
-        Command::IamPolicy { config, setup, member, fleet_role } => {
-            catalog::iam_policy(&config, setup, member.then_some(fleet_role).flatten())
+        Command::IamPolicy { config, setup, member, fleet_role, router } => {
+            catalog::iam_policy(&config, setup, member.then_some(fleet_role).flatten(), router)
         }
         Command::Demo { config, events } => demo::run(config, events).await,
         Command::Infra { action: InfraAction::Render { config, out } } => infra::render(&config, &out),

@@ -12,6 +12,9 @@ use serde_json::{json, Map, Value};
 /// The logical id of the fleet's role's managed policy.
 pub const TASK_POLICY: &str = "TaskPolicy";
 
+/// The logical id of the routers' role's managed policy.
+pub const ROUTER_POLICY: &str = "RouterPolicy";
+
 /// The logical id of the events queue.
 const EVENTS_QUEUE: &str = "EventsQueue";
 
@@ -106,21 +109,27 @@ pub fn core_template(config: &Config) -> Value {
     }
     // What `opsfleet iam-policy` prints, as one managed policy or, past IAM's size, several
     // (`validate` refuses a config that would need more than a role takes).
-    let parts = catalog::split_policy(&catalog::policy(config, false)).unwrap_or_default();
-    let policy_ids: Vec<String> = (0..parts.len()).map(task_policy_id).collect();
-    for (n, document) in parts.into_iter().enumerate() {
-        resources.insert(
-            task_policy_id(n),
-            json!({ "Type": "AWS::IAM::ManagedPolicy", "Properties": {
-                "Description": format!("opsfleet {fleet}: what `opsfleet iam-policy` prints for this config ({} of {})", n + 1, policy_ids.len()),
-                "PolicyDocument": document,
-            }}),
-        );
-    }
+    let policy_ids = managed_policies(&mut resources, TASK_POLICY, &catalog::policy(config, false), || {
+        format!("opsfleet {fleet}: what `opsfleet iam-policy` prints for this config")
+    });
+    let router_policy_ids = managed_policies(&mut resources, ROUTER_POLICY, &catalog::router_policy(config), || {
+        format!("opsfleet {fleet}: what `opsfleet iam-policy --router` prints for this config")
+    });
+    resources.insert(
+        "RouterRole".into(),
+        json!({ "Type": "AWS::IAM::Role", "Properties": {
+            "Description": format!("opsfleet {fleet}: the routers' role, without the actions' writes"),
+            "AssumeRolePolicyDocument": { "Version": "2012-10-17", "Statement": [{
+                "Effect": "Allow", "Principal": { "Service": "ecs-tasks.amazonaws.com" }, "Action": "sts:AssumeRole",
+            }]},
+            "ManagedPolicyArns": router_policy_ids.iter().map(|id| reference(id)).collect::<Vec<_>>(),
+            "Tags": [{ "Key": "opsfleet:fleet", "Value": fleet }],
+        }}),
+    );
     resources.insert(
         "TaskRole".into(),
         json!({ "Type": "AWS::IAM::Role", "Properties": {
-            "Description": format!("opsfleet {fleet}: the router's and workers' role"),
+            "Description": format!("opsfleet {fleet}: the workers' role (and a router run with them)"),
             "AssumeRolePolicyDocument": { "Version": "2012-10-17", "Statement": [{
                 "Effect": "Allow", "Principal": { "Service": "ecs-tasks.amazonaws.com" }, "Action": "sts:AssumeRole",
             }]},
@@ -149,6 +158,7 @@ pub fn core_template(config: &Config) -> Value {
             "EventsQueueUrl": { "Value": reference(EVENTS_QUEUE) },
             "TableName": { "Value": reference("Table") },
             "TaskRoleArn": { "Value": get_att("TaskRole", "Arn"), "Export": { "Name": export(fleet, "task-role-arn") } },
+            "RouterRoleArn": { "Value": get_att("RouterRole", "Arn"), "Export": { "Name": export(fleet, "router-role-arn") } },
             "TaskPolicyArn": { "Value": reference(TASK_POLICY), "Export": { "Name": export(fleet, "task-policy-arn") } },
             "TaskPolicyArns": {
                 "Description": "Every part of the fleet's policy (one unless it is past IAM's size), for a role of your own",
@@ -162,13 +172,27 @@ pub fn core_template(config: &Config) -> Value {
     })
 }
 
-/// The logical id of the `n`th part of the fleet's role policy: `TaskPolicy`, `TaskPolicy2`…
-pub fn task_policy_id(n: usize) -> String {
-    if n == 0 {
-        TASK_POLICY.to_owned()
-    } else {
-        format!("{TASK_POLICY}{}", n + 1)
+/// Adds a policy as managed policies `{base}`, `{base}2`…, one unless it is past IAM's size;
+/// returns their logical ids.
+fn managed_policies(
+    resources: &mut Map<String, Value>,
+    base: &str,
+    policy: &Value,
+    description: impl Fn() -> String,
+) -> Vec<String> {
+    let parts = catalog::split_policy(policy).unwrap_or_default();
+    let ids: Vec<String> =
+        (0..parts.len()).map(|n| if n == 0 { base.to_owned() } else { format!("{base}{}", n + 1) }).collect();
+    for (n, document) in parts.into_iter().enumerate() {
+        resources.insert(
+            ids[n].clone(),
+            json!({ "Type": "AWS::IAM::ManagedPolicy", "Properties": {
+                "Description": format!("{} ({} of {})", description(), n + 1, ids.len()),
+                "PolicyDocument": document,
+            }}),
+        );
     }
+    ids
 }
 
 /// The name of an output the core stack exports for the service stack.

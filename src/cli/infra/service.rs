@@ -133,7 +133,7 @@ fn task_definition(config: &Config, role: &str, cpu: &str, memory: &str, stop_ti
         "NetworkMode": "awsvpc",
         "RequiresCompatibilities": ["FARGATE"],
         "RuntimePlatform": { "CpuArchitecture": "X86_64", "OperatingSystemFamily": "LINUX" },
-        "TaskRoleArn": { "Fn::ImportValue": export(fleet, "task-role-arn") },
+        "TaskRoleArn": { "Fn::ImportValue": export(fleet, if role == "router" { "router-role-arn" } else { "task-role-arn" }) },
         "ExecutionRoleArn": get_att("ExecutionRole", "Arn"),
         "ContainerDefinitions": [{
             "Name": role,
