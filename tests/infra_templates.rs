@@ -230,6 +230,10 @@ fn the_templates_follow_the_config() {
         (&statements[2]["Effect"], &statements[2]["Condition"]["Bool"]["aws:SecureTransport"]),
         (&json!("Deny"), &json!("false"))
     );
+    // Every other queue refuses requests not over TLS.
+    let others = &core["Resources"]["FleetQueuesPolicy"]["Properties"];
+    assert_eq!(others["Queues"].as_array().map(Vec::len), Some(expected.len() - 2), "{others}");
+    assert_eq!(others["PolicyDocument"]["Statement"][0]["Condition"]["Bool"]["aws:SecureTransport"], "false");
     for rule in &rules {
         assert!(rule.1["Properties"]["Name"].as_str().is_some_and(|n| n.starts_with(&format!("{fleet}."))), "{rule:?}");
     }

@@ -101,6 +101,7 @@ pub fn core_template(config: &Config) -> Value {
             }}),
         );
     }
+    resources.insert("FleetQueuesPolicy".into(), tls_only_policy(config));
     if let Some(policy) = event_bus_policy(config) {
         resources.insert("EventBusPolicy".into(), policy);
     }
@@ -327,6 +328,29 @@ fn events_queue_policy(config: &Config) -> Option<Value> {
         "Queues": [reference(EVENTS_QUEUE), reference(EVENTS_DLQ)],
         "PolicyDocument": { "Version": "2012-10-17", "Statement": statements },
     }}))
+}
+
+/// Every queue but the events queue and its DLQ (whose own policy says as much) refuses
+/// requests not over TLS. The resource names the fleet's queues by prefix: the policy is
+/// attached to these queues only, so the prefix reaches no other fleet's.
+fn tls_only_policy(config: &Config) -> Value {
+    let fleet = &config.fleet.name;
+    let queues: Vec<Value> = queue_specs(config)
+        .iter()
+        .filter(|q| q.name != names::events_queue(fleet) && q.name != names::events_dlq(fleet))
+        .map(|q| reference(&queue_id(fleet, &q.name)))
+        .collect();
+    json!({ "Type": "AWS::SQS::QueuePolicy", "Properties": {
+        "Queues": queues,
+        "PolicyDocument": { "Version": "2012-10-17", "Statement": [{
+            "Sid": "TlsOnly",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "sqs:*",
+            "Resource": { "Fn::Sub": format!("arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{fleet}-*") },
+            "Condition": { "Bool": { "aws:SecureTransport": "false" } },
+        }]},
+    }})
 }
 
 /// The prefix of every rule and schedule name of a fleet, with a wildcard: `{fleet}.*`.
