@@ -83,7 +83,10 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
         }],
     })?;
     let mut problems = Vec::new();
-    let fleet = raw.fleet;
+    let mut fleet = raw.fleet;
+    // `{fleet}` in the member role names it per fleet, so two fleets' member stacks in one
+    // account do not fight over one role.
+    fleet.member_role = fleet.member_role.map(|role| role.replace("{fleet}", &fleet.name));
     let mut problem =
         |line: Option<usize>, path: String, message: String| problems.push(Problem { line, path, message });
 

@@ -36,7 +36,8 @@ pub struct FleetSettings {
     /// Accounts whose events are accepted; empty accepts every account.
     #[serde(default)]
     pub allowed_accounts: Vec<String>,
-    /// Role to assume in member accounts; `{account}` is replaced by the account id.
+    /// Role to assume in member accounts; `{account}` is replaced by the account id, `{fleet}`
+    /// by the fleet's name.
     #[serde(default)]
     pub member_role: Option<String>,
     /// External id passed when assuming `member_role`.

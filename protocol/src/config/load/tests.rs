@@ -352,3 +352,10 @@ fn an_organization_needs_a_well_formed_id_and_a_member_role() {
     let alone = with("organization_id = \"o-a1b2c3d4e5\"");
     assert!(alone.contains("fleet.organization_id: is set but fleet.member_role is not"), "{alone}");
 }
+
+#[test]
+fn a_member_role_may_name_its_fleet() {
+    let text = "[fleet]\nname = \"ops-prod\"\nmember_role = \"arn:aws:iam::{account}:role/opsfleet-{fleet}-member\"\nexternal_id = \"e\"\n";
+    let config = super::super::Config::parse(text, None).expect("valid");
+    assert_eq!(config.fleet.member_role.as_deref(), Some("arn:aws:iam::{account}:role/opsfleet-ops-prod-member"));
+}
