@@ -32,15 +32,9 @@ action = "noop"
 params = { sleep_ms = 10 }
 "#;
 
+/// The stopped event of the fleet's `n`th instance.
 fn stopped(fleet: &str, n: usize) -> String {
-    let instance = format!("i-{n:08x}");
-    serde_json::json!({
-        "version": "0", "id": format!("{fleet}-{n}"), "detail-type": "EC2 Instance State-change Notification",
-        "source": "aws.ec2", "account": "123456789012", "time": "2026-11-25T00:00:00Z", "region": "us-east-1",
-        "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance}")],
-        "detail": { "instance-id": instance, "state": "stopped" }
-    })
-    .to_string()
+    support::process_fleet::stopped(&format!("{fleet}-{n}"), "us-east-1", &format!("i-{n:08x}"))
 }
 
 fn wait_for(what: &str, within: Duration, mut check: impl FnMut() -> bool) {

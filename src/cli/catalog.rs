@@ -358,15 +358,20 @@ mod tests {
         assert!(policy_chars(&p) < MAX_MANAGED_POLICY_CHARS, "{} characters", policy_chars(&p));
     }
 
-    #[test]
-    fn a_policy_over_iams_size_is_split_into_managed_policies_that_each_fit_and_together_grant_the_same() {
+    /// A fleet of `tasks` notify tasks, each to its own topic: a policy that grows with them.
+    fn notifying(tasks: usize) -> Config {
         let mut text = String::from("[fleet]\nname = \"ops\"\n");
-        for n in 0..150 {
+        for n in 0..tasks {
             text.push_str(&format!(
                 "\n[[tasks]]\nname = \"t{n}\"\npattern = {{ source = [\"x\"] }}\ntargets = \"event\"\naction = \"notify\"\nparams = {{ topic_arn = \"arn:aws:sns:us-east-1:123456789012:team-{n:03}-alarms\" }}\n"
             ));
         }
-        let config = Config::parse(&text, Some(&ActionRegistry::builtin())).expect("config");
+        Config::parse(&text, Some(&ActionRegistry::builtin())).expect("config")
+    }
+
+    #[test]
+    fn a_policy_over_iams_size_is_split_into_managed_policies_that_each_fit_and_together_grant_the_same() {
+        let config = notifying(150);
         let whole = policy(&config, false);
         assert!(policy_chars(&whole) > MAX_MANAGED_POLICY_CHARS, "{} characters", policy_chars(&whole));
         let parts = split_policy(&whole).expect("split");
@@ -393,13 +398,7 @@ mod tests {
         assert_eq!(grants(&parts), grants(std::slice::from_ref(&whole)));
         assert!(check_policy_sizes(&config).is_ok());
         // So many that ten policies cannot hold them: refused with the figures.
-        let mut more = text.clone();
-        for n in 150..1000 {
-            more.push_str(&format!(
-                "\n[[tasks]]\nname = \"t{n}\"\npattern = {{ source = [\"x\"] }}\ntargets = \"event\"\naction = \"notify\"\nparams = {{ topic_arn = \"arn:aws:sns:us-east-1:123456789012:team-{n:03}-alarms\" }}\n"
-            ));
-        }
-        let config = Config::parse(&more, Some(&ActionRegistry::builtin())).expect("config");
+        let config = notifying(1000);
         let err = check_policy_sizes(&config).expect_err("too large").to_string();
         assert!(
             err.starts_with("the fleet's role policy would be ") && err.contains("over the 10 IAM attaches to a role"),

@@ -216,17 +216,21 @@ fn backlog_and_workers(config: &Config, stat_period: Option<u32>) -> Vec<Value> 
     ]
 }
 
+/// The metric-math expression a policy or an alarm reads, over [`backlog_and_workers`].
+fn expression(id: &str, label: &str, expression: &str) -> Value {
+    json!({ "Id": id, "Label": label, "Expression": expression, "ReturnData": true })
+}
+
 /// Target tracking on backlog per running worker, held at `BacklogPerWorkerTarget`: the
 /// desired count follows the backlog (⌈backlog ÷ target⌉), not the workers' own reports.
 fn scaling_policy(config: &Config) -> Value {
     let fleet = &config.fleet.name;
     let mut metrics = backlog_and_workers(config, None);
-    metrics.push(json!({
-        "Id": "backlog_per_worker",
-        "Label": "Job messages per running worker",
-        "Expression": "IF(FILL(workers, 0) > 0, backlog / FILL(workers, 0), backlog)",
-        "ReturnData": true,
-    }));
+    metrics.push(expression(
+        "backlog_per_worker",
+        "Job messages per running worker",
+        "IF(FILL(workers, 0) > 0, backlog / FILL(workers, 0), backlog)",
+    ));
     json!({ "Type": "AWS::ApplicationAutoScaling::ScalingPolicy", "Properties": {
         "PolicyName": format!("{fleet}-backlog-per-worker"),
         "PolicyType": "TargetTrackingScaling",
@@ -259,12 +263,11 @@ fn wake_policy(config: &Config) -> Value {
 /// The alarm that fires the wake policy: jobs waiting while no worker runs, over one minute.
 fn wake_alarm(config: &Config) -> Value {
     let mut metrics = backlog_and_workers(config, Some(60));
-    metrics.push(json!({
-        "Id": "waiting_without_workers",
-        "Label": "Jobs waiting while no worker runs",
-        "Expression": "IF(FILL(workers, 0) < 1 AND backlog > 0, 1, 0)",
-        "ReturnData": true,
-    }));
+    metrics.push(expression(
+        "waiting_without_workers",
+        "Jobs waiting while no worker runs",
+        "IF(FILL(workers, 0) < 1 AND backlog > 0, 1, 0)",
+    ));
     json!({ "Type": "AWS::CloudWatch::Alarm", "Properties": {
         "AlarmDescription": format!("opsfleet {}: jobs wait and no worker runs; starts one", config.fleet.name),
         "Metrics": metrics,
