@@ -168,6 +168,37 @@ fn every_whole_config_in_the_docs_validates_and_every_task_fragment_loads() {
 }
 
 #[test]
+fn healthcheck_fails_on_a_process_whose_poll_loops_stopped_turning() {
+    for (stalled, healthy) in [(0, true), (1, false)] {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let page = format!("opsfleet_build_info{{version=\"x\"}} 1\nopsfleet_poll_loops_stalled {stalled}\n");
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut conn, _) = listener.accept().expect("accept");
+            // Read the whole request before answering: closing on unread bytes resets the connection.
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") && conn.read(&mut byte).is_ok_and(|n| n == 1) {
+                request.push(byte[0]);
+            }
+            let _ =
+                write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}", page.len());
+            let _ = conn.shutdown(std::net::Shutdown::Write);
+        });
+        let out = opsfleet(&["healthcheck", "--address", &addr]).output().expect("healthcheck");
+        let _ = server.join();
+        assert_eq!(out.status.success(), healthy, "{}", String::from_utf8_lossy(&out.stderr));
+        if !healthy {
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr).trim(),
+                "unhealthy: 1 long-poll loops have not turned for 3 minutes"
+            );
+        }
+    }
+}
+
+#[test]
 fn demo_runs_the_sample_events_on_the_embedded_backend() {
     let out = opsfleet(&["demo"]).output().expect("demo");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -249,7 +280,7 @@ fn match_says_which_tasks_fire_and_why_the_others_do_not() {
     assert_eq!(stopped["field"], "detail.state");
     assert_eq!(stopped["why"], "\"running\" matches none of [\"stopped\"]");
     let tasks = running["unmatched"].as_array().map(Vec::len).unwrap_or_default();
-    assert_eq!(tasks, 8, "every task is accounted for");
+    assert_eq!(tasks, 9, "every task is accounted for");
     // The nightly schedule: two discovery tasks match and find their resources later.
     let nightly = &events[1];
     assert_eq!(nightly["matched"], serde_json::json!(["nightly-volume-backup", "nightly-image"]));

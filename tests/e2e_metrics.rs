@@ -144,6 +144,13 @@ async fn metrics_and_logs_of_a_running_router_and_worker() {
         );
     }
 
+    // The health check reads the same page: both answer and their loops turn.
+    for addr in [&router_addr, &worker_addr] {
+        let health = opsfleet_fast(&["healthcheck", "--address", addr]).output().expect("healthcheck");
+        assert!(health.status.success(), "{}", String::from_utf8_lossy(&health.stderr));
+    }
+    assert!(worker_text.lines().any(|l| l == "opsfleet_poll_loops_stalled 0"), "the watchdog reports: {worker_text}");
+
     // A real Prometheus scrapes both; its API answers with the same values.
     let prometheus_addr = free_loopback_addr();
     let dir = logs.join(format!("{fleet}-prometheus"));

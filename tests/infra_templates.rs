@@ -488,6 +488,11 @@ fn the_kubernetes_manifests_validate_and_scale_on_a_metric_the_fleet_exports() {
             );
         }
     }
+    // Liveness is the health check, which fails on a stalled long-poll loop as ECS's does.
+    for file in ["router-deployment.yaml", "worker-deployment.yaml"] {
+        let probe = &load(&k8s.join(file))["spec"]["template"]["spec"]["containers"][0]["livenessProbe"];
+        assert_eq!(probe["exec"]["command"][1], "healthcheck", "{file}");
+    }
     // A disruption budget per component, and a PodMonitor naming the jobs the rules expect.
     let budgets = std::fs::read_to_string(k8s.join("poddisruptionbudget.yaml")).expect("PDB");
     let budgets: Vec<Value> = YamlLoader::load_from_str(&budgets).expect("YAML").iter().map(json_of).collect();

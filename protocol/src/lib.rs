@@ -7,6 +7,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod event;
 pub mod job;
+pub mod liveness;
 pub mod names;
 pub mod pattern;
 pub mod plan;

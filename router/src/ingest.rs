@@ -9,6 +9,7 @@ use crate::telemetry::{
 };
 use futures::future::join_all;
 use opsfleet_protocol::event::{normalize, TargetError};
+use opsfleet_protocol::liveness;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{send_all, Backend, OutgoingMessage, Queue, QueueError, ReceivedMessage, SendError};
 use opsfleet_protocol::setup::EVENTS_MAX_RECEIVE;
@@ -143,17 +144,19 @@ impl Router {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         let pollers = self.planner.config().router.pollers.get();
         let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..pollers {
+        for poller in 0..pollers {
             let router = Arc::clone(&self);
             let shutdown = shutdown.clone();
             tasks.spawn(async move {
+                let alive = liveness::LoopBeat::new(format!("router poller {poller}"));
                 let mut failures = 0u32;
                 let mut routing = tokio::task::JoinSet::new();
                 let room = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
                 while !shutdown.is_cancelled() {
+                    alive.beat();
                     // Stop while waiting for room or messages, never in the middle of a batch.
                     let permit = tokio::select! {
-                        permit = Arc::clone(&room).acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+                        permit = alive.waiting(Arc::clone(&room).acquire_owned()) => match permit { Ok(p) => p, Err(_) => break },
                         () = shutdown.cancelled() => break,
                     };
                     while routing.try_join_next().is_some() {}
@@ -184,6 +187,7 @@ impl Router {
                         }
                     }
                 }
+                drop(alive);
                 while routing.join_next().await.is_some() {}
             });
         }

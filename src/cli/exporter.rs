@@ -69,6 +69,7 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
     ("opsfleet_worker_errors_total", Kind::Counter, "Worker queue or store calls that failed and were retried."),
     ("opsfleet_jobs_in_flight", Kind::Gauge, "Jobs running an action in this worker."),
     ("opsfleet_queue_messages", Kind::Gauge, "Messages in each fleet queue, by state (sampled by one worker)."),
+    ("opsfleet_poll_loops_stalled", Kind::Gauge, "Long-poll loops of this process that have not turned for 3 minutes (the health check fails on any)."),
     ("opsfleet_jobs_backlog", Kind::Gauge, "Job messages of every partition, visible or in flight: the autoscaling signal (sampled by one router or worker)."),
     ("opsfleet_backlog_per_worker", Kind::Gauge, "Visible job messages per live worker (for dashboards; autoscaling reads opsfleet_jobs_backlog)."),
     (

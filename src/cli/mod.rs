@@ -305,11 +305,17 @@ pub fn serve_metrics(address: Option<&str>) -> anyhow::Result<()> {
         .install()
         .with_context(|| format!("cannot serve metrics on {addr}"))?;
     exporter::describe();
-    // Which build runs, set again well within the idle time after which a gauge is dropped.
+    // Which build runs, and how many long-poll loops have stopped turning, set again well
+    // within the idle time after which a gauge is dropped.
     tokio::spawn(async {
         loop {
             metrics::gauge!("opsfleet_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-            tokio::time::sleep(exporter::GAUGE_IDLE / 3).await;
+            let stalled = opsfleet_protocol::liveness::stalled(opsfleet_protocol::liveness::STALL);
+            if !stalled.is_empty() {
+                tracing::error!(loops = ?stalled, "Long-poll loops have not turned for minutes; the health check fails.");
+            }
+            metrics::gauge!("opsfleet_poll_loops_stalled").set(stalled.len() as f64);
+            tokio::time::sleep(exporter::GAUGE_IDLE / 4).await;
         }
     });
     tracing::info!(%addr, "Serving Prometheus metrics.");

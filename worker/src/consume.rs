@@ -7,6 +7,7 @@ use crate::acker::Acker;
 use crate::runner::{Disposition, Worker};
 use crate::sampler::Sampler;
 use crate::telemetry::WorkerCallFailed;
+use opsfleet_protocol::liveness::LoopBeat;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, Queue, QueueError, ReceivedMessage, MAX_BATCH};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -334,19 +335,21 @@ struct Poller {
 async fn poll(poller: Poller) {
     let Poller { source, acker, room, capacity, long_poll, visibility, shutdown, spawn, returned } = poller;
     let queue = Arc::clone(acker.queue());
+    let alive = LoopBeat::new(format!("worker poller {source:?}"));
     let mut failures = 0u32;
     while !shutdown.is_cancelled() {
+        alive.beat();
         // Wait for room and for a job to be able to run now, but hold neither while
         // long-polling: a poller waiting on an empty queue must not keep them from the pollers
         // of busy ones. Messages are taken for jobs that can start, never hoarded while others'
         // workers idle; the room beyond `max_in_flight` fills only with jobs that wait for a
         // lock or a slot (they give their run permit back while they wait).
         let first = tokio::select! {
-            permit = Arc::clone(&room).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            permit = alive.waiting(Arc::clone(&room).acquire_owned()) => match permit { Ok(p) => p, Err(_) => return },
             () = shutdown.cancelled() => return,
         };
         let runnable = tokio::select! {
-            permit = Arc::clone(&capacity).acquire_owned() => match permit { Ok(p) => p, Err(_) => return },
+            permit = alive.waiting(Arc::clone(&capacity).acquire_owned()) => match permit { Ok(p) => p, Err(_) => return },
             () = shutdown.cancelled() => return,
         };
         let free = || (room.available_permits() + 1).min(capacity.available_permits() + 1).min(MAX_BATCH);

@@ -11,7 +11,7 @@ mod support;
 use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::ResourceType;
 use opsfleet_worker::actions::{
-    erased, AmiCreate, EbsSnapshot, InstancePower, Notify, SnapshotCopy, SnapshotRetention, Tag,
+    erased, AmiCreate, EbsSnapshot, ImageCopy, InstancePower, Notify, SnapshotCopy, SnapshotRetention, Tag,
 };
 use opsfleet_worker::Step;
 use serde_json::{json, Value};
@@ -214,6 +214,64 @@ async fn ami_create_retention_spares_an_image_shared_with_another_account() {
     let first = first.expect("image");
     let still = ec2.describe_images().image_ids(&first).send().await.expect("describe");
     assert_eq!(still.images().len(), 1, "a shared image is never deregistered by retention");
+}
+
+#[tokio::test]
+async fn image_copy_copies_once_even_when_its_reply_is_lost_tags_the_copy_and_keeps_the_newest_n() {
+    let (aws, layer) = accounts().await;
+    let east = ec2(&aws, REGION).await;
+    let west = ec2(&aws, "us-west-2").await;
+    let id = instance(&east).await;
+    layer.settle().await;
+    let task = unique("imgcopy");
+    let source = east
+        .create_image()
+        .instance_id(&id)
+        .name(format!("{task}-source"))
+        .tag_specifications(spec(aws_sdk_ec2::types::ResourceType::Image, &[("Team", "ops")]))
+        .send()
+        .await
+        .expect("image")
+        .image_id()
+        .expect("id")
+        .to_owned();
+    tokio::time::sleep(layer.plan().pending + Duration::from_millis(200)).await;
+    layer.settle().await;
+    // Every copy's reply is lost: the SDK sends it again with the same client token, and EC2
+    // answers with the copy it made.
+    layer.change(|p| p.lost_creates = 1.0);
+    let params = json!({ "destination_region": "us-west-2", "retain": 2, "name": "{task}-{event.n}",
+        "tags": { "From": "{region}" }, "check_after_secs": 1 });
+    let mut last = None;
+    for n in 0..3 {
+        let mut j = job(&task, &format!("e{n}"), "image-copy", &params, ResourceType::Image, &source, REGION);
+        j.event_fields.insert("n".into(), n.to_string());
+        let summary = done(&run(&erased(ImageCopy), &j, &aws).await).to_owned();
+        assert!(summary.contains("us-west-2"), "{summary}");
+        layer.settle().await;
+        // A redelivery makes nothing new either.
+        done(&run(&erased(ImageCopy), &j, &aws).await);
+        layer.settle().await;
+        let mine = west
+            .describe_images()
+            .owners("self")
+            .filters(filter("tag:opsfleet:job", &j.id))
+            .send()
+            .await
+            .expect("images");
+        assert_eq!(mine.images().len(), 1, "one copy per job");
+        let copy = mine.images()[0].clone();
+        let t = tag_map(copy.tags());
+        assert_eq!((t.get("From").map(String::as_str), t.get("Team").map(String::as_str)), (Some(REGION), Some("ops")));
+        assert_eq!(t.get("opsfleet:source"), Some(&source));
+        assert_eq!(copy.name(), Some(format!("{task}-{n}").as_str()));
+        last = copy.image_id().map(str::to_owned);
+    }
+    assert!(layer.counts().get("copy_token_repeated").is_some_and(|&n| n >= 3), "{:?}", layer.counts());
+    let kept =
+        west.describe_images().owners("self").filters(filter("tag:opsfleet:task", &task)).send().await.expect("images");
+    assert_eq!(kept.images().len(), 2, "retain = 2 copies of the image");
+    assert!(kept.images().iter().any(|i| i.image_id() == last.as_deref()), "the newest copy is kept");
 }
 
 #[tokio::test]

@@ -45,6 +45,7 @@ fn example_events() -> Vec<ExampleEvent> {
         // The copy it made, finished in the destination region: copied no further.
         example_event!("ebs-snapshot-copied-eu-west-1.json", Some(&[]), 0, 0),
         example_event!("ebs-volume-created.json", Some(&["tag-new-volume"]), 1, 0),
+        example_event!("ec2-ami-available.json", Some(&["copy-new-image"]), 1, 0),
         example_event!("ec2-instance-running.json", Some(&[]), 0, 0),
         example_event!("ec2-instance-stopped.json", Some(&["snapshot-stopped-instance"]), 1, 0),
         example_event!("other-account-instance-stopped.json", None, 0, 0),

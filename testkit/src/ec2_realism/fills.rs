@@ -1,5 +1,5 @@
 //! What EC2 does that the emulator does not, filled in around its calls: snapshot tags in
-//! `CreateImage`'s tag specifications, `DeleteAssociatedSnapshots` on `DeregisterImage`, and
+//! `CreateImage`'s tag specifications, `CopyImage`'s tag specifications (image and snapshots), `DeleteAssociatedSnapshots` on `DeregisterImage`, and
 //! `CopyTagsFromSource` on `CreateSnapshots`, and AMI names unique per account and region
 //! (`InvalidAMIName.Duplicate`).
 
@@ -12,6 +12,8 @@ use std::collections::BTreeMap;
 pub struct After {
     /// Tags to put on the snapshots of the image the call made.
     pub image_snapshot_tags: Vec<(String, String)>,
+    /// Tags to put on the image the call made.
+    pub image_tags: Vec<(String, String)>,
     /// Snapshots to delete once the image is deregistered.
     pub delete_snapshots: Vec<String>,
     /// Copy each new snapshot's volume tags onto it.
@@ -41,34 +43,16 @@ pub async fn before(request: &QueryRequest, call: &impl Upstream) -> (Option<BTr
                 return (None, after);
             }
             let mut params = request.params.clone();
-            let specs: Vec<String> = params
-                .iter()
-                .filter(|(k, v)| k.starts_with("TagSpecification.") && k.ends_with(".ResourceType") && *v == "snapshot")
-                .map(|(k, _)| k.trim_end_matches("ResourceType").to_owned())
-                .collect();
-            if specs.is_empty() {
+            after.image_snapshot_tags = take_specs(&mut params, "snapshot");
+            if after.image_snapshot_tags.is_empty() {
                 return (None, after);
             }
-            for prefix in &specs {
-                let keys: Vec<String> = params.keys().filter(|k| k.starts_with(prefix.as_str())).cloned().collect();
-                let mut tags: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
-                for key in keys {
-                    let value = params.remove(&key).unwrap_or_default();
-                    let rest = &key[prefix.len()..];
-                    if let Some(tag) = rest.strip_prefix("Tag.") {
-                        let (n, field) = tag.split_once('.').unwrap_or((tag, ""));
-                        let entry = tags.entry(n.to_owned()).or_default();
-                        match field {
-                            "Key" => entry.0 = Some(value),
-                            "Value" => entry.1 = Some(value),
-                            _ => {}
-                        }
-                    }
-                }
-                after
-                    .image_snapshot_tags
-                    .extend(tags.into_values().filter_map(|(k, v)| Some((k?, v.unwrap_or_default()))));
-            }
+            (Some(params), after)
+        }
+        "CopyImage" => {
+            let mut params = request.params.clone();
+            after.image_snapshot_tags = take_specs(&mut params, "snapshot");
+            after.image_tags = take_specs(&mut params, "image");
             (Some(params), after)
         }
         "DeregisterImage" if request.params.get("DeleteAssociatedSnapshots").is_some_and(|v| v == "true") => {
@@ -88,8 +72,42 @@ pub async fn before(request: &QueryRequest, call: &impl Upstream) -> (Option<BTr
     }
 }
 
+/// Takes the tag specifications of one resource type out of a request: their tags.
+fn take_specs(params: &mut BTreeMap<String, String>, kind: &str) -> Vec<(String, String)> {
+    let specs: Vec<String> = params
+        .iter()
+        .filter(|(k, v)| k.starts_with("TagSpecification.") && k.ends_with(".ResourceType") && *v == kind)
+        .map(|(k, _)| k.trim_end_matches("ResourceType").to_owned())
+        .collect();
+    let mut out = Vec::new();
+    for prefix in &specs {
+        let keys: Vec<String> = params.keys().filter(|k| k.starts_with(prefix.as_str())).cloned().collect();
+        let mut tags: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+        for key in keys {
+            let value = params.remove(&key).unwrap_or_default();
+            let rest = &key[prefix.len()..];
+            if let Some(tag) = rest.strip_prefix("Tag.") {
+                let (n, field) = tag.split_once('.').unwrap_or((tag, ""));
+                let entry = tags.entry(n.to_owned()).or_default();
+                match field {
+                    "Key" => entry.0 = Some(value),
+                    "Value" => entry.1 = Some(value),
+                    _ => {}
+                }
+            }
+        }
+        out.extend(tags.into_values().filter_map(|(k, v)| Some((k?, v.unwrap_or_default()))));
+    }
+    out
+}
+
 /// Does what is left once the emulator made what the call asked for (`answer`).
 pub async fn after(after: After, answer: &str, call: &impl Upstream) {
+    if !after.image_tags.is_empty() {
+        if let Some(image) = xml::text(answer, "imageId") {
+            tag(call, &[image.to_owned()], &after.image_tags).await;
+        }
+    }
     if !after.image_snapshot_tags.is_empty() {
         if let Some(image) = xml::text(answer, "imageId") {
             let described = call.call(&[("Action", "DescribeImages"), ("ImageId.1", image)]).await.unwrap_or_default();

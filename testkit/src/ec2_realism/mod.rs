@@ -133,6 +133,8 @@ struct Seen {
     tagged: HashMap<String, Instant>,
     /// The account of each access key handed out by `AssumeRole`.
     accounts: HashMap<String, String>,
+    /// The image each `CopyImage` client token made: EC2 answers a repeat with it.
+    copy_tokens: HashMap<String, String>,
     buckets: Buckets,
 }
 
@@ -281,6 +283,13 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
         }
     }
 
+    // A repeated `CopyImage` client token makes nothing new: EC2 answers with the first copy.
+    let token = (action == "CopyImage").then(|| request.params.get("ClientToken").cloned()).flatten();
+    if let Some(image) = token.as_ref().and_then(|t| lock(&shared.seen).copy_tokens.get(t).cloned()) {
+        count("copy_token_repeated");
+        return Ok(answer(StatusCode::OK, xml::copy_image_answer(&image)));
+    }
+
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let direct = Direct { shared, headers: &parts.headers, url: format!("{}{path}", shared.upstream) };
     let (changed, later) =
@@ -316,6 +325,9 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
     }
 
     fills::after(later, &text, &direct).await;
+    if let (Some(token), Some(image)) = (token, xml::text(&text, "imageId")) {
+        lock(&shared.seen).copy_tokens.insert(token, image.to_owned());
+    }
     let now = Instant::now();
     if let Some((_, element)) = CREATES.iter().find(|(a, _)| *a == action) {
         let made = match action.as_str() {

@@ -72,7 +72,7 @@ pub struct Imaging {
 pub struct AmiCreate;
 
 /// An AMI name from a rendered template: the characters EC2 takes, 3 to 128 of them.
-fn image_name(rendered: &str) -> String {
+pub(super) fn image_name(rendered: &str) -> String {
     let mut name: String = rendered
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || "()[] ./-'@_".contains(c) { c } else { '-' })
@@ -85,7 +85,7 @@ fn image_name(rendered: &str) -> String {
 }
 
 /// The images this account owns tagged with a key and value, newest first.
-async fn images(ec2: &Client, filters: &[(&str, &str)]) -> Result<Vec<Image>, Step> {
+pub(super) async fn images(ec2: &Client, filters: &[(&str, &str)]) -> Result<Vec<Image>, Step> {
     let mut request = ec2.describe_images().owners("self");
     for (name, value) in filters {
         request = request.filters(filter(name, value));
@@ -295,7 +295,7 @@ async fn make(ec2: &Client, ctx: &ActionContext<'_>, p: &AmiCreateParams) -> Res
 
 /// Why an image must not be deregistered though retention would: public, shared with other
 /// accounts, or protected from deregistration.
-async fn in_use_elsewhere(ec2: &Client, image: &Image) -> Result<Option<&'static str>, Step> {
+pub(super) async fn in_use_elsewhere(ec2: &Client, image: &Image) -> Result<Option<&'static str>, Step> {
     if image.public() == Some(true) {
         return Ok(Some("public"));
     }

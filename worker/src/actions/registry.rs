@@ -2,7 +2,8 @@
 
 use super::any::Typed;
 use super::{
-    Action, AmiCreate, AnyAction, EbsSnapshot, InstancePower, Noop, Notify, SnapshotCopy, SnapshotRetention, Tag,
+    Action, AmiCreate, AnyAction, EbsSnapshot, ImageCopy, InstancePower, Noop, Notify, SnapshotCopy, SnapshotRetention,
+    Tag,
 };
 use opsfleet_protocol::config::{ActionCatalog, ActionInfo};
 use serde_json::Value;
@@ -25,6 +26,7 @@ impl ActionRegistry {
             .with(EbsSnapshot)
             .with(SnapshotCopy)
             .with(AmiCreate)
+            .with(ImageCopy)
             .with(InstancePower)
             .with(Tag)
             .with(SnapshotRetention)

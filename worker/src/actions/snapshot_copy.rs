@@ -323,7 +323,7 @@ async fn retain_copies(
 /// What KMS needs for a copy: the destination key by ARN (an alias by its name through
 /// `kms:ResourceAliases`, a bare key id as an ARN in the destination), and a source encrypted
 /// with a customer-managed key decrypted through EC2 only.
-fn kms_statements(key: Option<&str>, destination: &str) -> Vec<Value> {
+pub(super) fn kms_statements(key: Option<&str>, destination: &str) -> Vec<Value> {
     use serde_json::json;
     let through_ec2 =
         |region: &str| json!({ "StringLike": { "kms:ViaService": format!("ec2.{region}.amazonaws.com") } });
