@@ -200,49 +200,42 @@ impl Action for AmiCreate {
             Some(_) => return pending(),
             None => return not_visible("image", image, state.made_ms, &ctx, pending()),
         }
-        let mut deregistered = 0;
-        let mut spared = Vec::new();
-        if let Some(keep) = p.retain {
-            let made = or_step!(
-                images(
-                    &ec2,
-                    &[
-                        (&format!("tag:{TASK_TAG}"), &ctx.job.task),
-                        (&format!("tag:{SOURCE_TAG}"), &ctx.job.resource.id)
-                    ],
-                )
-                .await
-            );
-            // The image just made is one of those kept, whatever the clock says of the others.
-            let older =
-                made.iter().filter(|i| i.state() == Some(&ImageState::Available) && i.image_id() != Some(image));
-            for old in older.skip(keep.saturating_sub(1) as usize) {
-                let old_id = old.image_id().unwrap_or_default();
-                if let Some(why) = or_step!(in_use_elsewhere(&ec2, old).await) {
-                    spared.push(format!("{old_id} ({why})"));
-                    continue;
-                }
-                match ec2.deregister_image().image_id(old_id).delete_associated_snapshots(true).send().await {
-                    Ok(_) => deregistered += 1,
-                    Err(e) if not_found(&e) => {}
-                    Err(e) => return failed("DeregisterImage", &e),
-                }
-            }
-        }
-        let spared = if spared.is_empty() {
-            String::new()
-        } else {
-            format!("; kept as in use elsewhere: {}", spared.join(", "))
+        let retired = match p.retain {
+            Some(keep) => or_step!(retire_images(&ec2, &ctx.job.task, &ctx.job.resource.id, keep, image).await),
+            None => String::new(),
         };
-        Step::Done {
-            summary: match p.retain {
-                Some(keep) => {
-                    format!("image {image} available; {deregistered} older deregistered, newest {keep} kept{spared}")
-                }
-                None => format!("image {image} available"),
-            },
+        Step::Done { summary: format!("image {image} available{retired}") }
+    }
+}
+
+/// Deregisters, with their snapshots, the available images this task made of `source` beyond
+/// the newest `keep` (never `current`, nor one in use elsewhere); says what it did.
+pub(super) async fn retire_images(
+    ec2: &Client,
+    task: &str,
+    source: &str,
+    keep: u32,
+    current: &str,
+) -> Result<String, Step> {
+    let made = images(ec2, &[(&format!("tag:{TASK_TAG}"), task), (&format!("tag:{SOURCE_TAG}"), source)]).await?;
+    // The image just made is one of those kept, whatever the clock says of the others.
+    let older = made.iter().filter(|i| i.state() == Some(&ImageState::Available) && i.image_id() != Some(current));
+    let (mut deregistered, mut spared) = (0, Vec::new());
+    for old in older.skip(keep.saturating_sub(1) as usize) {
+        let old_id = old.image_id().unwrap_or_default();
+        if let Some(why) = in_use_elsewhere(ec2, old).await? {
+            spared.push(format!("{old_id} ({why})"));
+            continue;
+        }
+        match ec2.deregister_image().image_id(old_id).delete_associated_snapshots(true).send().await {
+            Ok(_) => deregistered += 1,
+            Err(e) if not_found(&e) => {}
+            Err(e) => return Err(failed("DeregisterImage", &e)),
         }
     }
+    let spared =
+        if spared.is_empty() { String::new() } else { format!("; kept as in use elsewhere: {}", spared.join(", ")) };
+    Ok(format!("; {deregistered} older deregistered, newest {keep} kept{spared}"))
 }
 
 /// Makes the image, tagging it and its snapshots as they are made. A name taken by an image
@@ -295,7 +288,7 @@ async fn make(ec2: &Client, ctx: &ActionContext<'_>, p: &AmiCreateParams) -> Res
 
 /// Why an image must not be deregistered though retention would: public, shared with other
 /// accounts, or protected from deregistration.
-pub(super) async fn in_use_elsewhere(ec2: &Client, image: &Image) -> Result<Option<&'static str>, Step> {
+async fn in_use_elsewhere(ec2: &Client, image: &Image) -> Result<Option<&'static str>, Step> {
     if image.public() == Some(true) {
         return Ok(Some("public"));
     }

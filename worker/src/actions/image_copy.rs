@@ -9,10 +9,8 @@
 //! EC2's consistency window on a later attempt). The copy and its snapshots are tagged as they
 //! are made. A copy not found right after it was made is waited for, not failed.
 
-use super::ami_create::{images, in_use_elsewhere};
-use super::ec2::{
-    create_failed, failed, look_before_making, made_tags, not_found, not_visible, opted_out, spec, SOURCE_TAG, TASK_TAG,
-};
+use super::ami_create::{images, retire_images};
+use super::ec2::{create_failed, failed, look_before_making, made_tags, not_found, not_visible, opted_out, spec};
 use super::snapshot_copy::kms_statements;
 use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
@@ -160,12 +158,7 @@ impl Action for ImageCopy {
 
     async fn start(&self, ctx: ActionContext<'_>, p: &ImageCopyParams) -> Step {
         let r = &ctx.job.resource;
-        let aws = or_step!(ctx.aws());
-        let (source, dest) =
-            match (aws.ec2(&r.account, &r.region).await, aws.ec2(&r.account, &p.destination_region).await) {
-                (Ok(s), Ok(d)) => (s, d),
-                (Err(e), _) | (_, Err(e)) => return Step::Failed { retryable: true, error: e.to_string() },
-            };
+        let (source, dest) = (or_step!(ctx.ec2().await), or_step!(ctx.ec2_in(&p.destination_region).await));
         let job_tag = format!("tag:{}", super::ec2::JOB_TAG);
         let look = || async {
             let found = images(&dest, &[(&job_tag, &ctx.job.id)]).await?;
@@ -224,11 +217,7 @@ impl Action for ImageCopy {
             return self.start(ctx, p).await;
         };
         let r = &ctx.job.resource;
-        let aws = or_step!(ctx.aws());
-        let dest = match aws.ec2(&r.account, &p.destination_region).await {
-            Ok(d) => d,
-            Err(e) => return Step::Failed { retryable: true, error: e.to_string() },
-        };
+        let dest = or_step!(ctx.ec2_in(&p.destination_region).await);
         let pending = || Step::pending(Duration::from_secs(p.check_after_secs), &state);
         let found = match dest.describe_images().image_ids(&copy).send().await {
             Ok(out) => out.images().first().and_then(|i| i.state().cloned()),
@@ -247,42 +236,10 @@ impl Action for ImageCopy {
             }
             None => return not_visible("copy", &copy, state.made_ms, &ctx, pending()),
         }
-        let (mut deregistered, mut spared) = (0, Vec::new());
-        if let Some(keep) = p.retain {
-            let made = or_step!(
-                images(&dest, &[(&format!("tag:{TASK_TAG}"), &ctx.job.task), (&format!("tag:{SOURCE_TAG}"), &r.id)])
-                    .await
-            );
-            // The copy just made is one of those kept, whatever the clock says of the others.
-            let older = made
-                .iter()
-                .filter(|i| i.state() == Some(&ImageState::Available) && i.image_id() != Some(copy.as_str()));
-            for old in older.skip(keep.saturating_sub(1) as usize) {
-                let old_id = old.image_id().unwrap_or_default();
-                if let Some(why) = or_step!(in_use_elsewhere(&dest, old).await) {
-                    spared.push(format!("{old_id} ({why})"));
-                    continue;
-                }
-                match dest.deregister_image().image_id(old_id).delete_associated_snapshots(true).send().await {
-                    Ok(_) => deregistered += 1,
-                    Err(e) if not_found(&e) => {}
-                    Err(e) => return failed("DeregisterImage", &e),
-                }
-            }
-        }
-        let spared = if spared.is_empty() {
-            String::new()
-        } else {
-            format!("; kept as in use elsewhere: {}", spared.join(", "))
+        let retired = match p.retain {
+            Some(keep) => or_step!(retire_images(&dest, &ctx.job.task, &r.id, keep, &copy).await),
+            None => String::new(),
         };
-        Step::Done {
-            summary: match p.retain {
-                Some(keep) => format!(
-                    "{} copied to {copy} in {}; {deregistered} older copies deregistered, newest {keep} kept{spared}",
-                    r.id, p.destination_region
-                ),
-                None => format!("{} copied to {copy} in {}", r.id, p.destination_region),
-            },
-        }
+        Step::Done { summary: format!("{} copied to {copy} in {}{retired}", r.id, p.destination_region) }
     }
 }

@@ -142,8 +142,13 @@ impl ActionContext<'_> {
 
     /// An EC2 client in the job's account and region.
     pub async fn ec2(&self) -> Result<aws_sdk_ec2::Client, Step> {
-        let r = &self.job.resource;
-        self.aws()?.ec2(&r.account, &r.region).await.map_err(|e| Step::Failed { retryable: true, error: e.to_string() })
+        self.ec2_in(&self.job.resource.region).await
+    }
+
+    /// An EC2 client in the job's account and another region (a copy's destination).
+    pub async fn ec2_in(&self, region: &str) -> Result<aws_sdk_ec2::Client, Step> {
+        let account = &self.job.resource.account;
+        self.aws()?.ec2(account, region).await.map_err(|e| Step::Failed { retryable: true, error: e.to_string() })
     }
 }
 

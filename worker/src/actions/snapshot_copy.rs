@@ -160,12 +160,7 @@ impl Action for SnapshotCopy {
 
     async fn start(&self, ctx: ActionContext<'_>, p: &SnapshotCopyParams) -> Step {
         let r = &ctx.job.resource;
-        let aws = or_step!(ctx.aws());
-        let (source, dest) =
-            match (aws.ec2(&r.account, &r.region).await, aws.ec2(&r.account, &p.destination_region).await) {
-                (Ok(s), Ok(d)) => (s, d),
-                (Err(e), _) | (_, Err(e)) => return Step::Failed { retryable: true, error: e.to_string() },
-            };
+        let (source, dest) = (or_step!(ctx.ec2().await), or_step!(ctx.ec2_in(&p.destination_region).await));
         // A copy this job made already (the job came again after a crash, or the copy's reply
         // was lost): go on from it, even when the source is gone (deleted by that run).
         let look = || async {
@@ -237,11 +232,7 @@ impl Action for SnapshotCopy {
             return self.start(ctx, p).await;
         };
         let r = &ctx.job.resource;
-        let aws = or_step!(ctx.aws());
-        let dest = match aws.ec2(&r.account, &p.destination_region).await {
-            Ok(d) => d,
-            Err(e) => return Step::Failed { retryable: true, error: e.to_string() },
-        };
+        let dest = or_step!(ctx.ec2_in(&p.destination_region).await);
         let pending = || Step::pending(Duration::from_secs(p.check_after_secs), &state);
         let found = match dest.describe_snapshots().snapshot_ids(copy).send().await {
             Ok(out) => out.snapshots().first().and_then(|s| s.state().cloned()),
@@ -258,10 +249,7 @@ impl Action for SnapshotCopy {
             None => return not_visible("copy", copy, state.made_ms, &ctx, pending()),
         }
         if p.delete_source {
-            let source = match aws.ec2(&r.account, &r.region).await {
-                Ok(s) => s,
-                Err(e) => return Step::Failed { retryable: true, error: e.to_string() },
-            };
+            let source = or_step!(ctx.ec2().await);
             match source.delete_snapshot().snapshot_id(&r.id).send().await {
                 Ok(_) => {}
                 Err(e) if not_found(&e) => {}
