@@ -80,8 +80,10 @@ async fn metrics_and_logs_of_a_running_router_and_worker() {
 
     // The exact lines the run implies.
     let worker_line = r#"opsfleet_jobs_finished_total{task="quick",action="noop",outcome="succeeded"} "#;
+    // A job counts as finished a moment before it leaves the in-flight gauge.
     wait_for("every job finished", Duration::from_secs(60), || {
-        line_value(&http_get(&worker_addr, "/metrics"), worker_line) == Some(EVENTS as f64)
+        let text = http_get(&worker_addr, "/metrics");
+        line_value(&text, worker_line) == Some(EVENTS as f64) && text.lines().any(|l| l == "opsfleet_jobs_in_flight 0")
     });
     // One process samples the queues, the router or the worker, whichever holds the lease,
     // every 15 s: wait for a sample after the last job finished.

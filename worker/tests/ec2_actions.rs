@@ -157,7 +157,7 @@ async fn ami_create_images_once_tags_its_snapshots_as_it_makes_them_and_deregist
     layer.settle().await;
     let task = unique("ami");
     let params = json!({ "retain": 1, "name": "{task}-{id}-{event.n}", "check_after_secs": 1 });
-    let mut images = Vec::new();
+    let mut made = Vec::new();
     for n in 0..3 {
         let mut j = job(&task, &format!("e{n}"), "ami-create", &params, ResourceType::Instance, &id, REGION);
         j.event_fields.insert("n".into(), n.to_string());
@@ -165,25 +165,18 @@ async fn ami_create_images_once_tags_its_snapshots_as_it_makes_them_and_deregist
         layer.settle().await;
         done(&run(&erased(AmiCreate), &j, &aws).await);
         layer.settle().await;
-        let mine = ec2
-            .describe_images()
-            .owners("self")
-            .filters(filter("tag:opsfleet:job", &j.id))
-            .send()
-            .await
-            .expect("images");
-        assert_eq!(mine.images().len(), 1, "one image per job");
-        let image = mine.images()[0].clone();
+        let mine = images(&ec2, "opsfleet:job", &j.id).await;
+        assert_eq!(mine.len(), 1, "one image per job");
+        let image = mine[0].clone();
         assert_eq!(image.name(), Some(format!("{task}-{id}-{n}").as_str()));
         let snapshot =
             image.block_device_mappings()[0].ebs().and_then(|e| e.snapshot_id()).expect("snapshot").to_owned();
         assert_eq!(snapshots(&ec2, "opsfleet:job", &j.id).await.len(), 1, "its snapshot is tagged");
-        images.push((image.image_id().expect("id").to_owned(), snapshot));
+        made.push((image.image_id().expect("id").to_owned(), snapshot));
     }
-    let left =
-        ec2.describe_images().owners("self").filters(filter("tag:opsfleet:task", &task)).send().await.expect("images");
-    assert_eq!(left.images().len(), 1, "retain = 1");
-    let deleted = ec2.describe_snapshots().snapshot_ids(&images[0].1).send().await;
+    let left = images(&ec2, "opsfleet:task", &task).await;
+    assert_eq!(left.len(), 1, "retain = 1");
+    let deleted = ec2.describe_snapshots().snapshot_ids(&made[0].1).send().await;
     assert!(deleted.map(|o| o.snapshots().is_empty()).unwrap_or(true), "a deregistered image's snapshots go too");
 }
 
@@ -252,15 +245,9 @@ async fn image_copy_copies_once_even_when_its_reply_is_lost_tags_the_copy_and_ke
         // A redelivery makes nothing new either.
         done(&run(&erased(ImageCopy), &j, &aws).await);
         layer.settle().await;
-        let mine = west
-            .describe_images()
-            .owners("self")
-            .filters(filter("tag:opsfleet:job", &j.id))
-            .send()
-            .await
-            .expect("images");
-        assert_eq!(mine.images().len(), 1, "one copy per job");
-        let copy = mine.images()[0].clone();
+        let mine = images(&west, "opsfleet:job", &j.id).await;
+        assert_eq!(mine.len(), 1, "one copy per job");
+        let copy = mine[0].clone();
         let t = tag_map(copy.tags());
         assert_eq!((t.get("From").map(String::as_str), t.get("Team").map(String::as_str)), (Some(REGION), Some("ops")));
         assert_eq!(t.get("opsfleet:source"), Some(&source));
@@ -268,10 +255,9 @@ async fn image_copy_copies_once_even_when_its_reply_is_lost_tags_the_copy_and_ke
         last = copy.image_id().map(str::to_owned);
     }
     assert!(layer.counts().get("copy_token_repeated").is_some_and(|&n| n >= 3), "{:?}", layer.counts());
-    let kept =
-        west.describe_images().owners("self").filters(filter("tag:opsfleet:task", &task)).send().await.expect("images");
-    assert_eq!(kept.images().len(), 2, "retain = 2 copies of the image");
-    assert!(kept.images().iter().any(|i| i.image_id() == last.as_deref()), "the newest copy is kept");
+    let kept = images(&west, "opsfleet:task", &task).await;
+    assert_eq!(kept.len(), 2, "retain = 2 copies of the image");
+    assert!(kept.iter().any(|i| i.image_id() == last.as_deref()), "the newest copy is kept");
 }
 
 #[tokio::test]

@@ -132,6 +132,18 @@ pub async fn snapshots(ec2: &aws_sdk_ec2::Client, key: &str, value: &str) -> Vec
     out.snapshots().to_vec()
 }
 
+/// The images this account owns tagged `key = value`.
+pub async fn images(ec2: &aws_sdk_ec2::Client, key: &str, value: &str) -> Vec<aws_sdk_ec2::types::Image> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(filter(&format!("tag:{key}"), value))
+        .send()
+        .await
+        .expect("describe images");
+    out.images().to_vec()
+}
+
 pub fn tag_map(tags: &[Ec2Tag]) -> BTreeMap<String, String> {
     tags.iter().filter_map(|t| Some((t.key()?.to_owned(), t.value()?.to_owned()))).collect()
 }
