@@ -77,7 +77,7 @@ mod tests {
         assert!(registry.check("noop", &json!({"sleep_ms": 5})).is_ok());
         let err = registry.check("nop", &json!({})).unwrap_err();
         assert!(
-            err.contains("unknown action `nop`; known: ami-create, ebs-snapshot, instance-power, noop, notify"),
+            err.contains("unknown action `nop`; known: ami-create, ebs-snapshot, image-copy, instance-power, noop, notify"),
             "{err}"
         );
         let err = registry.check("noop", &json!({"sleep": 5})).unwrap_err();
