@@ -210,6 +210,7 @@ fn demo_runs_the_sample_events_on_the_embedded_backend() {
         "would snapshot every volume of i-0a1b2c3d4e5f60718 as one set and keep the newest 7 this task made",
         "would copy snap-0b1c2d3e4f5a60718 from us-west-2 to eu-west-1",
         "would reboot i-0123456789abcdef0",
+        "would resize i-0a1b2c3d4e5f60719 one rung up the ladder t3.small → t3.medium → t3.large (else m5.large)",
         "would image i-0a1b2c3d4e5f60006 as `nightly-i-0a1b2c3d4e5f60006-",
         "would set FirstSeen=",
         "would publish `ALARM on i-0123456789abcdef0 (us-east-1)`",
@@ -280,7 +281,7 @@ fn match_says_which_tasks_fire_and_why_the_others_do_not() {
     assert_eq!(stopped["field"], "detail.state");
     assert_eq!(stopped["why"], "\"running\" matches none of [\"stopped\"]");
     let tasks = running["unmatched"].as_array().map(Vec::len).unwrap_or_default();
-    assert_eq!(tasks, 9, "every task is accounted for");
+    assert_eq!(tasks, 10, "every task is accounted for");
     // The nightly schedule: two discovery tasks match and find their resources later.
     let nightly = &events[1];
     assert_eq!(nightly["matched"], serde_json::json!(["nightly-volume-backup", "nightly-image"]));

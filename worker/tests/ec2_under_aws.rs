@@ -1,13 +1,13 @@
 //! The EC2 actions' decisions under EC2 as AWS really behaves, through the realism layer in
 //! front of the emulator: a describe right after a create that does not know the resource yet,
 //! a create whose reply was lost, a reboot that failed, a start that falls back to `stopped` or
-//! finds no capacity, a stop that hangs in `stopping`. Each test fails without its fix.
+//! finds no capacity, a stop that hangs in `stopping`, a resize cut off half-way. Each test fails without its fix.
 
 mod support;
 
 use opsfleet_protocol::ResourceType;
 use opsfleet_testkit::Ec2Plan;
-use opsfleet_worker::actions::{erased, AmiCreate, EbsSnapshot, InstancePower};
+use opsfleet_worker::actions::{erased, AmiCreate, EbsSnapshot, InstancePower, InstanceResize};
 use opsfleet_worker::Step;
 use serde_json::json;
 use std::time::Duration;
@@ -175,4 +175,49 @@ async fn a_forced_stop_hurries_an_instance_stuck_in_stopping() {
     let j = job(&task, "e2", "instance-power", &forced, ResourceType::Instance, &id, REGION);
     assert_eq!(done(&run(&erased(InstancePower), &j, &aws).await), format!("{id} is stopped"));
     assert_eq!(layer.counts().get("forced_stop"), Some(&1), "{:?}", layer.counts());
+}
+
+#[tokio::test]
+async fn a_resize_cut_off_at_any_point_climbs_one_rung_only_and_ec2_changes_no_running_instance() {
+    let (aws, layer) = accounts_with(Ec2Plan { server_errors: 0.0, no_capacity: 0.0, ..Ec2Plan::aws() }).await;
+    let ec2 = ec2(&aws, REGION).await;
+    let id = instance_of(&ec2, "t3.small").await;
+    layer.settle().await;
+
+    // EC2 changes the type of a stopped instance only.
+    let value = aws_sdk_ec2::types::AttributeValue::builder().value("t3.large").build();
+    let refused = ec2.modify_instance_attribute().instance_id(&id).instance_type(value).send().await;
+    let code = refused.as_ref().err().and_then(|e| e.as_service_error()).and_then(|e| e.meta().code());
+    assert_eq!(code, Some("IncorrectInstanceState"), "{refused:?}");
+
+    let up = json!({ "step": "up", "ladder": ["t3.small", "t3.medium", "t3.large"], "check_after_secs": 1 });
+    let resize = erased(InstanceResize);
+    // Cut off once the instance is stopping (the record is on it), then once its type changed
+    // and it is starting: each later attempt steps from the recorded type.
+    for (event, cut_when_starting) in [("e1", false), ("e2", true)] {
+        let from = type_and_state(&ec2, &id).await.0;
+        let j = job(&unique("resize"), event, "instance-resize", &up, ResourceType::Instance, &id, REGION);
+        let mut step = resize.start(ctx(&j, &aws)).await;
+        let mut checks = 0;
+        while cut_when_starting && !starting(&step) {
+            let Step::Pending { state, .. } = &step else { panic!("the resize is under way, not {step:?}") };
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            checks += 1;
+            assert!(checks < 120, "the instance never got to starting");
+            step = resize.check(at(&j, &aws, 1, checks), state).await;
+        }
+        assert!(matches!(step, Step::Pending { .. }), "cut off while pending, not {step:?}");
+        let summary = done(&run_from(&resize, &j, &aws, 2).await).to_owned();
+        let next = if from == "t3.small" { "t3.medium" } else { "t3.large" };
+        assert!(
+            summary.contains(&format!("from {from} to {next}")) || summary.contains(&format!("{next} (was {from})")),
+            "{summary}"
+        );
+        assert_eq!(type_and_state(&ec2, &id).await, (next.to_owned(), "running".to_owned()));
+    }
+}
+
+/// Whether a pending resize has changed the type and is starting the instance.
+fn starting(step: &Step) -> bool {
+    matches!(step, Step::Pending { state, .. } if state["phase"].get("starting").is_some())
 }

@@ -39,6 +39,13 @@ fn example_events() -> Vec<ExampleEvent> {
         example_event!("alarm-composite.json", ALARMED, 0, 0),
         // One instance: a reboot and a page.
         example_event!("alarm-cpu-high.json", ALARMED, 2, 0),
+        // A `scale-up-` alarm: the instance is resized as well as rebooted and paged on.
+        example_event!(
+            "alarm-cpu-sustained-scale-up.json",
+            Some(&["reboot-alarmed-instance", "page-on-alarm", "scale-up-busy-instance"]),
+            3,
+            0
+        ),
         // An instance and a volume: the reboot acts on the instance only, the page on both.
         example_event!("alarm-io-pressure-metric-math.json", ALARMED, 3, 0),
         example_event!("ebs-snapshot-completed.json", Some(&["copy-completed-snapshot"]), 1, 0),

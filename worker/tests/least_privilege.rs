@@ -21,9 +21,11 @@ fn param_sets() -> Vec<(&'static str, Value)> {
         ("snapshot-copy", json!({ "destination_region": "eu-west-1", "retain": 3, "kms_key_id": "alias/backup" })),
         ("snapshot-copy", json!({ "destination_region": "eu-west-1", "delete_source": true })),
         ("ami-create", json!({ "retain": 3 })),
+        ("image-copy", json!({ "destination_region": "eu-west-1", "retain": 3, "kms_key_id": "alias/backup" })),
         ("instance-power", json!({ "operation": "stop", "force": true })),
         ("instance-power", json!({ "operation": "start" })),
         ("instance-power", json!({ "operation": "reboot" })),
+        ("instance-resize", json!({ "step": "up", "ladder": ["t3.small", "t3.medium"], "fallback": ["m5.large"] })),
         ("tag", json!({ "add": { "Owner": "ops" }, "remove": ["Old"] })),
         ("snapshot-retention", json!({ "keep": 1, "max_age_days": 30 })),
         ("notify", json!({ "topic_arn": "arn:aws:sns:us-east-1:111122223333:ops" })),
@@ -123,8 +125,16 @@ const KINDS: &[(&str, &str)] = &[
 /// The tags anyone holding the role could give an existing resource, starting from `start`:
 /// every state reachable through allowed CreateTags and DeleteTags calls.
 fn reachable(policy: &[Value], arn: &str, start: BTreeMap<String, String>) -> Vec<BTreeMap<String, String>> {
-    let keys =
-        ["opsfleet:job", "opsfleet:task", "opsfleet:source", "opsfleet:skip", "opsfleet:rebooted-by", "Owner", "Old"];
+    let keys = [
+        "opsfleet:job",
+        "opsfleet:task",
+        "opsfleet:source",
+        "opsfleet:skip",
+        "opsfleet:rebooted-by",
+        "opsfleet:resize",
+        "Owner",
+        "Old",
+    ];
     let mut seen: BTreeSet<BTreeMap<String, String>> = BTreeSet::from([start.clone()]);
     let mut todo = vec![start];
     while let Some(tags) = todo.pop() {
@@ -167,6 +177,7 @@ fn destructive_allowed(policy: &[Value], arn: &str, tags: &BTreeMap<String, Stri
         "ec2:StopInstances",
         "ec2:StartInstances",
         "ec2:RebootInstances",
+        "ec2:ModifyInstanceAttribute",
         "ec2:TerminateInstances",
         "ec2:DeleteVolume",
     ];
@@ -218,10 +229,10 @@ fn opsfleet_job_gets_onto_a_resource_only_in_the_call_that_creates_it() {
 #[test]
 fn no_sequence_of_allowed_calls_deletes_or_deregisters_what_opsfleet_did_not_make() {
     // Every action that deletes or deregisters only what opsfleet made, with all the tagging
-    // the other actions may do.
+    // the other actions may do (not those that act on any instance that has not opted out).
     let sets: Vec<(&str, Value)> = param_sets()
         .into_iter()
-        .filter(|(name, params)| *name != "instance-power" && params.get("delete_source").is_none())
+        .filter(|(name, params)| !name.starts_with("instance-") && params.get("delete_source").is_none())
         .collect();
     let policy = statements(&sets);
     for (kind, arn) in KINDS {
@@ -261,7 +272,7 @@ fn what_a_task_targets_it_may_change_but_never_once_it_opted_out_and_the_opt_out
     let none = BTreeMap::new();
     assert_eq!(
         destructive_allowed(&policy, KINDS[2].1, &none),
-        vec!["ec2:StopInstances", "ec2:StartInstances", "ec2:RebootInstances"]
+        vec!["ec2:StopInstances", "ec2:StartInstances", "ec2:RebootInstances", "ec2:ModifyInstanceAttribute"]
     );
     assert_eq!(destructive_allowed(&policy, KINDS[0].1, &none), vec!["ec2:DeleteSnapshot"], "delete_source");
     assert!(destructive_allowed(&policy, KINDS[3].1, &none).is_empty(), "volumes are never deleted");
@@ -274,6 +285,7 @@ fn destructive_statements_appear_only_when_a_task_asks_for_them() {
         ("ami-create", json!({})),
         ("snapshot-copy", json!({ "destination_region": "eu-west-1" })),
         ("instance-power", json!({ "operation": "start" })),
+        ("image-copy", json!({ "destination_region": "eu-west-1" })),
     ] {
         let policy = statements(&[(name, params)]);
         let made = BTreeMap::from([("opsfleet:job".to_owned(), "j".to_owned())]);

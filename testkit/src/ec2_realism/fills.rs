@@ -1,7 +1,9 @@
 //! What EC2 does that the emulator does not, filled in around its calls: snapshot tags in
-//! `CreateImage`'s tag specifications, `CopyImage`'s tag specifications (image and snapshots), `DeleteAssociatedSnapshots` on `DeregisterImage`, and
-//! `CopyTagsFromSource` on `CreateSnapshots`, and AMI names unique per account and region
-//! (`InvalidAMIName.Duplicate`).
+//! `CreateImage`'s tag specifications, `CopyImage`'s tag specifications (image and
+//! snapshots), `DeleteAssociatedSnapshots` on `DeregisterImage`, `CopyTagsFromSource` on
+//! `CreateSnapshots`, AMI names unique per account and region (`InvalidAMIName.Duplicate`),
+//! an instance's type changed only while it is stopped (`IncorrectInstanceState`), and starts
+//! of instances of types the plan has no capacity for (`InsufficientInstanceCapacity`).
 
 use super::request::QueryRequest;
 use super::xml;
@@ -22,10 +24,37 @@ pub struct After {
     pub refused: Option<(&'static str, String)>,
 }
 
+/// What the plan says about capacity: instance types EC2 has none of.
+pub type NoCapacityTypes = std::collections::BTreeSet<String>;
+
 /// The request as the emulator can take it, and what is left to do after it.
-pub async fn before(request: &QueryRequest, call: &impl Upstream) -> (Option<BTreeMap<String, String>>, After) {
+pub async fn before(
+    request: &QueryRequest,
+    call: &impl Upstream,
+    no_capacity: &NoCapacityTypes,
+) -> (Option<BTreeMap<String, String>>, After) {
     let mut after = After::default();
     match request.action() {
+        "ModifyInstanceAttribute" if new_type(request).is_some() => {
+            let id = request.params.get("InstanceId").cloned().unwrap_or_default();
+            let state = instance(call, &id).await.map(|(state, _)| state);
+            if let Some(state) = state.filter(|s| s != "stopped") {
+                let message = format!("The instance '{id}' is not in the 'stopped' state (it is '{state}').");
+                after.refused = Some(("IncorrectInstanceState", message));
+            }
+            (None, after)
+        }
+        "StartInstances" if !no_capacity.is_empty() => {
+            for id in request.list("InstanceId") {
+                if let Some((_, kind)) = instance(call, &id).await.filter(|(_, kind)| no_capacity.contains(kind)) {
+                    let message = format!(
+                        "We currently do not have sufficient {kind} capacity in the Availability Zone you requested."
+                    );
+                    after.refused = Some(("InsufficientInstanceCapacity", message));
+                }
+            }
+            (None, after)
+        }
         "CreateImage" => {
             let name = request.params.get("Name").cloned().unwrap_or_default();
             let taken = call
@@ -70,6 +99,23 @@ pub async fn before(request: &QueryRequest, call: &impl Upstream) -> (Option<BTr
         }
         _ => (None, after),
     }
+}
+
+/// The instance type a `ModifyInstanceAttribute` sets, in either of its spellings.
+fn new_type(request: &QueryRequest) -> Option<&String> {
+    request
+        .params
+        .get("InstanceType.Value")
+        .or_else(|| request.params.get("Attribute").filter(|a| *a == "instanceType").and(request.params.get("Value")))
+}
+
+/// An instance's state and type, read from the emulator.
+async fn instance(call: &impl Upstream, id: &str) -> Option<(String, String)> {
+    let answer = call.call(&[("Action", "DescribeInstances"), ("InstanceId.1", id)]).await?;
+    let (from, to) = *xml::items(&answer, "instancesSet").first()?;
+    let item = &answer[from..to];
+    let state = xml::text(&item[item.find("<instanceState>")?..], "name")?.to_owned();
+    Some((state, xml::text(item, "instanceType")?.to_owned()))
 }
 
 /// Takes the tag specifications of one resource type out of a request: their tags.

@@ -15,8 +15,9 @@
 //!   `ServiceUnavailable` without reaching the service; a share of creates is applied and then
 //!   answers `InternalError` (the caller cannot tell it was made); a share of starts answers
 //!   `InsufficientInstanceCapacity`; starts of [`Ec2Plan::no_start`] instances are accepted
-//!   and fall back to `stopped`; instances of [`Ec2Plan::stuck_stopping`] read `stopping`
-//!   after their stop until a forced stop.
+//!   and fall back to `stopped`; starts of instances of [`Ec2Plan::no_capacity_types`]
+//!   answer `InsufficientInstanceCapacity`; instances of [`Ec2Plan::stuck_stopping`] read
+//!   `stopping` after their stop until a forced stop.
 //! - **Failing places.** Every EC2 call in a [`FailingPlace`] answers its code, as a region
 //!   not opted in (`OptInRequired`) or an account whose role lacks a permission
 //!   (`UnauthorizedOperation`) does.
@@ -27,7 +28,8 @@
 //!
 //! It also fills in what EC2 does and the emulator does not: snapshot tags in `CreateImage`'s
 //! tag specifications, `DeleteAssociatedSnapshots` on `DeregisterImage`, `CopyTagsFromSource`
-//! on `CreateSnapshots`. `InvalidSnapshot.InUse` for a snapshot behind a registered image is
+//! on `CreateSnapshots`, `IncorrectInstanceState` for a type change of an instance that is not
+//! stopped. `InvalidSnapshot.InUse` for a snapshot behind a registered image is
 //! the emulator's own.
 
 mod buckets;
@@ -80,6 +82,9 @@ pub struct Ec2Plan {
     pub lost_creates: f64,
     /// The share of `StartInstances` and `RunInstances` answered `InsufficientInstanceCapacity`.
     pub no_capacity: f64,
+    /// Instance types EC2 has no capacity for: a start of an instance of one answers
+    /// `InsufficientInstanceCapacity`.
+    pub no_capacity_types: BTreeSet<String>,
     /// Instances whose start is accepted and then falls back to `stopped`.
     pub no_start: BTreeSet<String>,
     /// Instances whose stop hangs in `stopping` until a forced stop.
@@ -205,7 +210,8 @@ impl Ec2Realism {
     }
 
     /// What the layer did so far, by kind (`not_found`, `hidden`, `pending`, `throttled`,
-    /// `server_error`, `lost_create`, `no_capacity`, `no_start`, `failing_place`, `error`).
+    /// `server_error`, `lost_create`, `no_capacity`, `no_capacity_type`, `no_start`,
+    /// `incorrect_state`, `failing_place`, `error`).
     pub fn counts(&self) -> BTreeMap<&'static str, u64> {
         lock(&self.shared.counts).clone()
     }
@@ -292,10 +298,23 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
 
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let direct = Direct { shared, headers: &parts.headers, url: format!("{}{path}", shared.upstream) };
-    let (changed, later) =
-        if request.service == "ec2" { fills::before(&request, &direct).await } else { (None, fills::After::default()) };
+    let (changed, later) = if request.service == "ec2" {
+        fills::before(&request, &direct, &plan.no_capacity_types).await
+    } else {
+        (None, fills::After::default())
+    };
     if let Some((code, message)) = &later.refused {
-        return Ok(ec2_error(StatusCode::BAD_REQUEST, code, message));
+        return Ok(match *code {
+            "InsufficientInstanceCapacity" => {
+                count("no_capacity_type");
+                ec2_error(StatusCode::INTERNAL_SERVER_ERROR, code, message)
+            }
+            "IncorrectInstanceState" => {
+                count("incorrect_state");
+                ec2_error(StatusCode::BAD_REQUEST, code, message)
+            }
+            _ => ec2_error(StatusCode::BAD_REQUEST, code, message),
+        });
     }
     let body = match changed {
         Some(params) => Bytes::from(form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish()),

@@ -80,6 +80,14 @@ pub fn error(code: &str, message: &str) -> String {
     )
 }
 
+/// EC2's answer to a `CopyImage` that made `image`.
+pub fn copy_image_answer(image: &str) -> String {
+    format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CopyImageResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
+         <requestId>opsfleet-realism</requestId><imageId>{image}</imageId></CopyImageResponse>"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,12 +110,4 @@ mod tests {
         assert!(out.contains("<status>pending</status>") && !out.contains("snap-2"), "{out}");
         assert_eq!(texts(SNAPSHOTS, "snapshotId"), vec!["snap-1", "snap-2"]);
     }
-}
-
-/// EC2's answer to a `CopyImage` that made `image`.
-pub fn copy_image_answer(image: &str) -> String {
-    format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<CopyImageResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
-         <requestId>opsfleet-realism</requestId><imageId>{image}</imageId></CopyImageResponse>"
-    )
 }

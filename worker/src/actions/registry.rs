@@ -2,8 +2,8 @@
 
 use super::any::Typed;
 use super::{
-    Action, AmiCreate, AnyAction, EbsSnapshot, ImageCopy, InstancePower, Noop, Notify, SnapshotCopy, SnapshotRetention,
-    Tag,
+    Action, AmiCreate, AnyAction, EbsSnapshot, ImageCopy, InstancePower, InstanceResize, Noop, Notify, SnapshotCopy,
+    SnapshotRetention, Tag,
 };
 use opsfleet_protocol::config::{ActionCatalog, ActionInfo};
 use serde_json::Value;
@@ -28,6 +28,7 @@ impl ActionRegistry {
             .with(AmiCreate)
             .with(ImageCopy)
             .with(InstancePower)
+            .with(InstanceResize)
             .with(Tag)
             .with(SnapshotRetention)
             .with(Notify)
@@ -77,7 +78,7 @@ mod tests {
         assert!(registry.check("noop", &json!({"sleep_ms": 5})).is_ok());
         let err = registry.check("nop", &json!({})).unwrap_err();
         assert!(
-            err.contains("unknown action `nop`; known: ami-create, ebs-snapshot, image-copy, instance-power, noop, notify"),
+            err.contains("unknown action `nop`; known: ami-create, ebs-snapshot, image-copy, instance-power, instance-resize, noop, notify"),
             "{err}"
         );
         let err = registry.check("noop", &json!({"sleep": 5})).unwrap_err();

@@ -121,6 +121,28 @@ pub async fn instance(ec2: &aws_sdk_ec2::Client) -> String {
     out.instances()[0].instance_id().expect("instance id").to_owned()
 }
 
+/// An instance of a type, made by the test.
+pub async fn instance_of(ec2: &aws_sdk_ec2::Client, kind: &str) -> String {
+    let out = ec2
+        .run_instances()
+        .image_id("ami-03cf127a")
+        .instance_type(kind.into())
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .expect("run instance");
+    out.instances()[0].instance_id().expect("instance id").to_owned()
+}
+
+/// An instance's type and state.
+pub async fn type_and_state(ec2: &aws_sdk_ec2::Client, id: &str) -> (String, String) {
+    let out = ec2.describe_instances().instance_ids(id).send().await.expect("describe");
+    let i = &out.reservations()[0].instances()[0];
+    let kind = i.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default();
+    (kind, i.state().and_then(|s| s.name()).map(|n| n.as_str().to_owned()).unwrap_or_default())
+}
+
 pub async fn snapshots(ec2: &aws_sdk_ec2::Client, key: &str, value: &str) -> Vec<aws_sdk_ec2::types::Snapshot> {
     let out = ec2
         .describe_snapshots()
