@@ -212,6 +212,7 @@ fn demo_runs_the_sample_events_on_the_embedded_backend() {
         "would reboot i-0123456789abcdef0",
         "would resize i-0a1b2c3d4e5f60719 one rung up the ladder t3.small → t3.medium → t3.large (else m5.large)",
         "would image i-0a1b2c3d4e5f60006 as `nightly-i-0a1b2c3d4e5f60006-",
+        "would deprecate it 7 days after it was made and deregister it with its snapshots 30 days after it was made, if opsfleet made it (ami-0a1b2c3d4e5f60007)",
         "would set FirstSeen=",
         "would publish `ALARM on i-0123456789abcdef0 (us-east-1)`",
     ] {
@@ -281,13 +282,23 @@ fn match_says_which_tasks_fire_and_why_the_others_do_not() {
     assert_eq!(stopped["field"], "detail.state");
     assert_eq!(stopped["why"], "\"running\" matches none of [\"stopped\"]");
     let tasks = running["unmatched"].as_array().map(Vec::len).unwrap_or_default();
-    assert_eq!(tasks, 10, "every task is accounted for");
-    // The nightly schedule: two discovery tasks match and find their resources later.
+    assert_eq!(tasks, 11, "every task is accounted for");
+    // The nightly schedule: three discovery tasks match and find their resources later.
     let nightly = &events[1];
-    assert_eq!(nightly["matched"], serde_json::json!(["nightly-volume-backup", "nightly-image"]));
+    assert_eq!(
+        nightly["matched"],
+        serde_json::json!(["nightly-volume-backup", "nightly-image", "retire-nightly-images"])
+    );
     let later: Vec<&str> =
         nightly["no_jobs_from_the_event"].as_array().expect("list").iter().filter_map(|n| n["why"].as_str()).collect();
-    assert_eq!(later, ["finds ec2:volume by discovery when it runs", "finds ec2:instance by discovery when it runs"]);
+    assert_eq!(
+        later,
+        [
+            "finds ec2:volume by discovery when it runs",
+            "finds ec2:instance by discovery when it runs",
+            "finds ec2:image by discovery when it runs"
+        ]
+    );
     // Not an event: one line naming the input, non-zero exit.
     let mut child = opsfleet(&["match", "--config", FLEET])
         .stdin(Stdio::piped())

@@ -11,8 +11,8 @@ mod support;
 use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::ResourceType;
 use opsfleet_worker::actions::{
-    erased, AmiCreate, EbsSnapshot, ImageCopy, InstancePower, InstanceResize, Notify, SnapshotCopy, SnapshotRetention,
-    Tag,
+    erased, AmiCreate, EbsSnapshot, ImageCopy, ImageLifecycle, InstancePower, InstanceResize, Notify, SnapshotCopy,
+    SnapshotRetention, Tag,
 };
 use opsfleet_worker::Step;
 use serde_json::{json, Value};
@@ -581,4 +581,102 @@ async fn instance_resize_climbs_one_rung_falls_back_without_capacity_and_restore
     let fifth = job(&task, "e5", "instance-resize", &up, ResourceType::Instance, &id, REGION);
     assert!(matches!(run(&resize, &fifth, &aws).await, Step::Skipped { .. }));
     assert_eq!(type_and_state(&ec2, &id).await.0, "t3.small");
+}
+
+#[tokio::test]
+async fn image_lifecycle_deprecates_by_age_and_deregisters_only_what_opsfleet_made_and_no_template_launches() {
+    let (aws, layer) = accounts().await;
+    let ec2 = ec2(&aws, REGION).await;
+    let instance = instance(&ec2).await;
+    layer.settle().await;
+    let image = |name: String, pairs: &'static [(&'static str, &'static str)]| {
+        let ec2 = ec2.clone();
+        let instance = instance.clone();
+        async move {
+            let mut request = ec2.create_image().instance_id(instance).name(name);
+            if !pairs.is_empty() {
+                request = request.tag_specifications(spec(aws_sdk_ec2::types::ResourceType::Image, pairs));
+            }
+            request.send().await.expect("create image").image_id().expect("id").to_owned()
+        }
+    };
+    let theirs = image(unique("theirs"), &[]).await;
+    let ours = image(unique("ours"), &[("opsfleet:job", "j-old")]).await;
+    let launched = image(unique("launched"), &[("opsfleet:job", "j-old")]).await;
+    let template = unique("web");
+    let data = aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(&launched).build();
+    ec2.create_launch_template()
+        .launch_template_name(&template)
+        .launch_template_data(data)
+        .send()
+        .await
+        .expect("template");
+    layer.settle().await;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // past the layer's pending window
+    let described = |id: String| {
+        let ec2 = ec2.clone();
+        async move {
+            let out = ec2.describe_images().image_ids(id).send().await;
+            out.ok().and_then(|o| o.images().first().cloned())
+        }
+    };
+    let task = unique("lifecycle");
+    let lifecycle = erased(ImageLifecycle);
+    let params = json!({ "deprecate_after_days": 30, "deregister_after_days": 0, "check_after_secs": 1 });
+
+    // Not made by opsfleet: deprecated 30 days after it was made, not deregistered.
+    let j = job(&task, "e1", "image-lifecycle", &params, ResourceType::Image, &theirs, REGION);
+    let summary = done(&run(&lifecycle, &j, &aws).await).to_owned();
+    let made = described(theirs.clone()).await.expect("still there").creation_date().expect("date").to_owned();
+    let made = aws_sdk_ec2::primitives::DateTime::from_str(&made, aws_sdk_ec2::primitives::DateTimeFormat::DateTime)
+        .expect("a date");
+    let due = aws_sdk_ec2::primitives::DateTime::from_millis(
+        made.to_millis().expect("ms") / 60_000 * 60_000 + 30 * 86_400_000,
+    )
+    .fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime)
+    .expect("format");
+    assert_eq!(
+        summary,
+        format!("{theirs} deprecates at {due}; 0 days old, past 0, but kept: opsfleet did not make it")
+    );
+    assert_eq!(
+        described(theirs.clone()).await.and_then(|i| i.deprecation_time().map(str::to_owned)),
+        Some(due.clone())
+    );
+    layer.settle().await;
+    let again = done(&run(&lifecycle, &j, &aws).await).to_owned();
+    assert!(again.contains("opsfleet did not make it") && again.contains("already"), "{again}");
+
+    // Made by opsfleet and launched by no template: deregistered with its snapshots.
+    let snapshots: Vec<String> = described(ours.clone())
+        .await
+        .expect("ours")
+        .block_device_mappings()
+        .iter()
+        .filter_map(|m| m.ebs().and_then(|e| e.snapshot_id()).map(str::to_owned))
+        .collect();
+    assert!(!snapshots.is_empty());
+    let j = job(&task, "e2", "image-lifecycle", &params, ResourceType::Image, &ours, REGION);
+    assert_eq!(done(&run(&lifecycle, &j, &aws).await), format!("{ours} deregistered with its snapshots"));
+    assert!(described(ours.clone()).await.is_none_or(|i| i.state().map(|s| s.as_str()) == Some("deregistered")));
+    let left = ec2.describe_snapshots().snapshot_ids(&snapshots[0]).send().await;
+    assert!(left.is_err() || left.is_ok_and(|o| o.snapshots().is_empty()), "its snapshots go with it");
+    assert_eq!(done(&run(&lifecycle, &j, &aws).await), format!("{ours} is deregistered"), "again: nothing to do");
+
+    // Made by opsfleet but a launch template's image: kept.
+    let j = job(&task, "e3", "image-lifecycle", &params, ResourceType::Image, &launched, REGION);
+    let summary = done(&run(&lifecycle, &j, &aws).await).to_owned();
+    assert!(summary.contains(&format!("launch template {template} version 1 launches it")), "{summary}");
+    assert!(described(launched.clone()).await.is_some_and(|i| i.state().map(|s| s.as_str()) == Some("available")));
+
+    // Opted out: nothing.
+    ec2.create_tags()
+        .resources(&launched)
+        .tags(tags(&[("opsfleet:skip", "true")])[0].clone())
+        .send()
+        .await
+        .expect("tag");
+    layer.settle().await;
+    let j = job(&task, "e4", "image-lifecycle", &params, ResourceType::Image, &launched, REGION);
+    assert!(matches!(run(&lifecycle, &j, &aws).await, Step::Skipped { .. }));
 }

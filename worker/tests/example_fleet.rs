@@ -56,7 +56,12 @@ fn example_events() -> Vec<ExampleEvent> {
         example_event!("ec2-instance-running.json", Some(&[]), 0, 0),
         example_event!("ec2-instance-stopped.json", Some(&["snapshot-stopped-instance"]), 1, 0),
         example_event!("other-account-instance-stopped.json", None, 0, 0),
-        example_event!("scheduled-nightly.json", Some(&["nightly-volume-backup", "nightly-image"]), 0, 2),
+        example_event!(
+            "scheduled-nightly.json",
+            Some(&["nightly-volume-backup", "nightly-image", "retire-nightly-images"]),
+            0,
+            3
+        ),
         example_event!("sns-classic-alarm-cpu-high.json", ALARMED, 2, 0),
         example_event!("sns-classic-alarm-network-eu-west-1.json", ALARMED, 2, 0),
         example_event!("sns-ec2-instance-stopped-us-west-2.json", Some(&["snapshot-stopped-instance"]), 1, 0),
@@ -78,14 +83,16 @@ fn the_example_fleet_loads_with_the_builtin_actions() {
     assert_eq!(copy.limit.as_deref(), Some("snapshot-copy"), "the copy takes a slot of its limit");
     let discovery: Vec<&Targets> = config.tasks.iter().map(|t| &t.targets).filter(|t| **t != Targets::Event).collect();
     match discovery[..] {
-        [Targets::Discover(volumes), Targets::Discover(instances)] => {
+        [Targets::Discover(volumes), Targets::Discover(instances), Targets::Discover(images)] => {
+            assert_eq!(images.kind, ResourceType::Image);
+            assert_eq!(images.tags.get("opsfleet:task").map(String::as_str), Some("nightly-image"));
             assert_eq!(volumes.kind, ResourceType::Volume);
             assert_eq!(volumes.tags.get("Backup").map(String::as_str), Some("nightly"));
             assert_eq!(volumes.regions, ["us-east-1", "us-west-2"]);
             assert_eq!(instances.kind, ResourceType::Instance);
             assert_eq!(instances.state, ["running"]);
         }
-        _ => panic!("expected two discovery tasks, got {discovery:?}"),
+        _ => panic!("expected three discovery tasks, got {discovery:?}"),
     }
 }
 

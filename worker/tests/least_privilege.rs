@@ -22,6 +22,7 @@ fn param_sets() -> Vec<(&'static str, Value)> {
         ("snapshot-copy", json!({ "destination_region": "eu-west-1", "delete_source": true })),
         ("ami-create", json!({ "retain": 3 })),
         ("image-copy", json!({ "destination_region": "eu-west-1", "retain": 3, "kms_key_id": "alias/backup" })),
+        ("image-lifecycle", json!({ "deprecate_after_days": 7, "deregister_after_days": 30 })),
         ("instance-power", json!({ "operation": "stop", "force": true })),
         ("instance-power", json!({ "operation": "start" })),
         ("instance-power", json!({ "operation": "reboot" })),
@@ -286,6 +287,7 @@ fn destructive_statements_appear_only_when_a_task_asks_for_them() {
         ("snapshot-copy", json!({ "destination_region": "eu-west-1" })),
         ("instance-power", json!({ "operation": "start" })),
         ("image-copy", json!({ "destination_region": "eu-west-1" })),
+        ("image-lifecycle", json!({ "deprecate_after_days": 7 })),
     ] {
         let policy = statements(&[(name, params)]);
         let made = BTreeMap::from([("opsfleet:job".to_owned(), "j".to_owned())]);

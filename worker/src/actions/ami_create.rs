@@ -288,7 +288,7 @@ async fn make(ec2: &Client, ctx: &ActionContext<'_>, p: &AmiCreateParams) -> Res
 
 /// Why an image must not be deregistered though retention would: public, shared with other
 /// accounts, or protected from deregistration.
-async fn in_use_elsewhere(ec2: &Client, image: &Image) -> Result<Option<&'static str>, Step> {
+pub(super) async fn in_use_elsewhere(ec2: &Client, image: &Image) -> Result<Option<&'static str>, Step> {
     if image.public() == Some(true) {
         return Ok(Some("public"));
     }

@@ -2,8 +2,8 @@
 
 use super::any::Typed;
 use super::{
-    Action, AmiCreate, AnyAction, EbsSnapshot, ImageCopy, InstancePower, InstanceResize, Noop, Notify, SnapshotCopy,
-    SnapshotRetention, Tag,
+    Action, AmiCreate, AnyAction, EbsSnapshot, ImageCopy, ImageLifecycle, InstancePower, InstanceResize, Noop, Notify,
+    SnapshotCopy, SnapshotRetention, Tag,
 };
 use opsfleet_protocol::config::{ActionCatalog, ActionInfo};
 use serde_json::Value;
@@ -27,6 +27,7 @@ impl ActionRegistry {
             .with(SnapshotCopy)
             .with(AmiCreate)
             .with(ImageCopy)
+            .with(ImageLifecycle)
             .with(InstancePower)
             .with(InstanceResize)
             .with(Tag)
@@ -78,7 +79,7 @@ mod tests {
         assert!(registry.check("noop", &json!({"sleep_ms": 5})).is_ok());
         let err = registry.check("nop", &json!({})).unwrap_err();
         assert!(
-            err.contains("unknown action `nop`; known: ami-create, ebs-snapshot, image-copy, instance-power, instance-resize, noop, notify"),
+            err.contains("unknown action `nop`; known: ami-create, ebs-snapshot, image-copy, image-lifecycle, instance-power, instance-resize, noop, notify"),
             "{err}"
         );
         let err = registry.check("noop", &json!({"sleep": 5})).unwrap_err();
