@@ -1,7 +1,9 @@
-//! End to end with a real action: a real client (boto3) sends an "EC2 Instance State-change
+//! End to end with real actions: a real client (boto3) sends an "EC2 Instance State-change
 //! Notification" (stopped) to the events queue of a fleet made by `opsfleet setup`, and the
 //! router and worker processes leave exactly one snapshot of each of the instance's volumes,
-//! tagged as opsfleet tags what it makes, and a `SUCCEEDED` job in the ledger. All on moto,
+//! tagged as opsfleet tags what it makes, and a `SUCCEEDED` job in the ledger; a CPU alarm
+//! naming an instance leaves it one size larger (a fallback type, with no capacity for the
+//! next rung) and running. All on moto,
 //! with EC2 behind the realism layer (eventual consistency, pending snapshots, throttling
 //! buckets, retryable errors) for the fleet's processes.
 
@@ -57,49 +59,13 @@ async fn a_stopped_instance_leaves_one_tagged_snapshot_per_volume_and_a_succeede
     ec2.stop_instances().instance_ids(&instance).send().await.expect("stop");
     layer.settle().await;
 
-    let log = |name: &str| {
-        std::fs::File::create(support::root().join("target/e2e").join(format!("{fleet}-{name}.log"))).expect("log")
-    };
-    let _router = ChildGuard(
-        opsfleet(&["router", "--config", path.to_str().unwrap_or_default()])
-            .env("AWS_ENDPOINT_URL", &layer.url)
-            .stderr(log("router"))
-            .spawn()
-            .expect("router"),
-    );
-    let _worker = ChildGuard(
-        opsfleet(&["worker", "--config", path.to_str().unwrap_or_default()])
-            .env("AWS_ENDPOINT_URL", &layer.url)
-            .stderr(log("worker"))
-            .spawn()
-            .expect("worker"),
-    );
     let event = serde_json::json!({
         "version": "0", "id": format!("{fleet}-stopped"), "detail-type": "EC2 Instance State-change Notification",
         "source": "aws.ec2", "account": "123456789012", "time": "2026-11-25T10:00:00Z", "region": "us-east-1",
         "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance}")],
         "detail": { "instance-id": instance, "state": "stopped" }
-    })
-    .to_string();
-    let file = support::root().join("target/e2e").join(format!("{fleet}-event.json"));
-    std::fs::write(&file, &event).expect("event file");
-    let sent = python_client(&["send-files", &format!("{fleet}-events"), file.to_str().unwrap_or_default()]).status();
-    assert!(sent.expect("send").success());
-
-    let plan = Planner::new(config).plan(&normalize(&event).expect("event"), 0).expect("plan");
-    assert_eq!(plan.jobs.len(), 1);
-    let job = &plan.jobs[0];
-    let backend = AwsBackend::from_env().await;
-    let ledger = Ledger::new(backend.store(&fleet).await.expect("table"), Clock::new(), Duration::from_secs(3600));
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let record = loop {
-        let record = ledger.job(&job.id).await.expect("ledger");
-        if record.as_ref().is_some_and(|r| r.status.is_final()) {
-            break record.expect("record");
-        }
-        assert!(Instant::now() < deadline, "the job did not finish: {record:?}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+    });
+    let (job, record) = run_fleet(&fleet, &path, config, &layer, &event).await;
     assert_eq!(record.status, Status::Succeeded, "{record:?}");
     let seen = layer.counts();
     assert!(
@@ -110,7 +76,7 @@ async fn a_stopped_instance_leaves_one_tagged_snapshot_per_volume_and_a_succeede
     let made = ec2
         .describe_snapshots()
         .owner_ids("self")
-        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:opsfleet:job").values(&job.id).build())
+        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:opsfleet:job").values(&job).build())
         .send()
         .await
         .expect("snapshots");
@@ -197,4 +163,119 @@ action = "ebs-snapshot"
     found.sort();
     wanted.sort();
     assert_eq!(found, wanted, "one job per tagged volume in each region");
+}
+
+const RESIZE: &str = r#"
+[fleet]
+name = "FLEET"
+partitions = 2
+allowed_accounts = ["123456789012"]
+
+[[tasks]]
+name = "scale-up-busy-instance"
+pattern = { source = ["aws.cloudwatch"], "detail-type" = ["CloudWatch Alarm State Change"], detail = { alarmName = [{ prefix = "scale-up-" }], state = { value = ["ALARM"] } } }
+targets = "event"
+action = "instance-resize"
+params = { step = "up", ladder = ["t3.small", "t3.medium", "t3.large"], fallback = ["m5.large"], check_after_secs = 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cpu_alarm_resizes_its_instance_one_rung_to_a_fallback_type_and_leaves_it_running() {
+    let fleet = unique_fleet("e2e-resize");
+    let path = write_config(&fleet, RESIZE);
+    let setup = opsfleet(&["setup", "--config", path.to_str().unwrap_or_default()]).output().expect("setup");
+    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    let config = Config::parse(&std::fs::read_to_string(&path).expect("config"), Some(&ActionRegistry::builtin()))
+        .expect("config");
+    let emulator = std::env::var("AWS_ENDPOINT_URL").expect("run with tests/run.sh");
+    // EC2 on an ordinary day, and no t3.medium to be had.
+    let mut plan = Ec2Plan::aws();
+    plan.no_capacity_types.insert("t3.medium".into());
+    let layer = Ec2Realism::start(&emulator, plan).await.expect("the EC2 realism layer");
+    let base = layer.sdk_config(&AwsBackend::sdk_config().await);
+    let accounts = AwsAccounts::new(base, &config.fleet, Ec2Budget::new(config.ec2_budget));
+    let ec2 = accounts.ec2("123456789012", "us-east-1").await.expect("ec2");
+    let run = ec2
+        .run_instances()
+        .image_id("ami-03cf127a")
+        .instance_type("t3.small".into())
+        .min_count(1)
+        .max_count(1)
+        .send()
+        .await
+        .expect("instance");
+    let instance = run.instances()[0].instance_id().expect("id").to_owned();
+    layer.settle().await;
+
+    // The alarm as EventBridge delivers it: the instance is its metric's dimension.
+    let event = serde_json::json!({
+        "version": "0", "id": format!("{fleet}-alarm"), "detail-type": "CloudWatch Alarm State Change",
+        "source": "aws.cloudwatch", "account": "123456789012", "time": "2026-11-25T10:00:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:cloudwatch:us-east-1:123456789012:alarm:scale-up-web"],
+        "detail": {
+            "alarmName": "scale-up-web",
+            "state": { "value": "ALARM" }, "previousState": { "value": "OK" },
+            "configuration": { "metrics": [{ "id": "m1", "metricStat": { "metric": {
+                "namespace": "AWS/EC2", "name": "CPUUtilization", "dimensions": { "InstanceId": instance }
+            }, "period": 300, "stat": "Average" }, "returnData": true }] }
+        }
+    });
+    let (_, record) = run_fleet(&fleet, &path, config, &layer, &event).await;
+    assert_eq!(record.status, Status::Succeeded, "{record:?}");
+    let out = ec2.describe_instances().instance_ids(&instance).send().await.expect("describe");
+    let now = &out.reservations()[0].instances()[0];
+    assert_eq!(now.instance_type().map(|t| t.as_str()), Some("m5.large"), "t3.medium had no capacity");
+    assert_eq!(now.state().and_then(|s| s.name()).map(|n| n.as_str()), Some("running"));
+    let resized = now.tags().iter().find(|t| t.key() == Some("opsfleet:resize")).and_then(|t| t.value());
+    assert!(resized.is_some_and(|r| r.ends_with(" t3.small running")), "the record of the resize: {resized:?}");
+    assert!(layer.counts().get("no_capacity_type").copied().unwrap_or(0) > 0, "{:?}", layer.counts());
+}
+
+/// Runs a router and a worker of the fleet set up at `path` with EC2 behind `layer`, sends
+/// `event` to the events queue with a real client (boto3), and waits for the one job it plans
+/// to end: its id and ledger record.
+async fn run_fleet(
+    fleet: &str,
+    path: &std::path::Path,
+    config: Config,
+    layer: &Ec2Realism,
+    event: &serde_json::Value,
+) -> (String, opsfleet_worker::ledger::JobRecord) {
+    let log = |name: &str| {
+        std::fs::File::create(support::root().join("target/e2e").join(format!("{fleet}-{name}.log"))).expect("log")
+    };
+    let _router = ChildGuard(
+        opsfleet(&["router", "--config", path.to_str().unwrap_or_default()])
+            .env("AWS_ENDPOINT_URL", &layer.url)
+            .stderr(log("router"))
+            .spawn()
+            .expect("router"),
+    );
+    let _worker = ChildGuard(
+        opsfleet(&["worker", "--config", path.to_str().unwrap_or_default()])
+            .env("AWS_ENDPOINT_URL", &layer.url)
+            .stderr(log("worker"))
+            .spawn()
+            .expect("worker"),
+    );
+    let event = event.to_string();
+    let file = support::root().join("target/e2e").join(format!("{fleet}-event.json"));
+    std::fs::write(&file, &event).expect("event file");
+    let sent = python_client(&["send-files", &format!("{fleet}-events"), file.to_str().unwrap_or_default()]).status();
+    assert!(sent.expect("send").success());
+
+    let plan = Planner::new(config).plan(&normalize(&event).expect("event"), 0).expect("plan");
+    assert_eq!(plan.jobs.len(), 1);
+    let job = &plan.jobs[0];
+    let backend = AwsBackend::from_env().await;
+    let ledger = Ledger::new(backend.store(fleet).await.expect("table"), Clock::new(), Duration::from_secs(3600));
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let record = ledger.job(&job.id).await.expect("ledger");
+        if record.as_ref().is_some_and(|r| r.status.is_final()) {
+            return (job.id.clone(), record.expect("record"));
+        }
+        assert!(Instant::now() < deadline, "the job did not finish: {record:?}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
