@@ -38,19 +38,8 @@ params = { retain = 7, description = "{task}: {id} stopped", tags = { StoppedAt 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_instance_leaves_one_tagged_snapshot_per_volume_and_a_succeeded_job() {
-    let fleet = unique_fleet("e2e-actions");
-    let path = write_config(&fleet, CONFIG);
-    let setup = opsfleet(&["setup", "--config", path.to_str().unwrap_or_default()]).output().expect("setup");
-    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
-    let config = Config::parse(&std::fs::read_to_string(&path).expect("config"), Some(&ActionRegistry::builtin()))
-        .expect("config");
-
+    let SetUp { fleet, path, config, layer, ec2 } = set_up("e2e-actions", CONFIG, Ec2Plan::aws()).await;
     // An instance with a second volume.
-    let emulator = std::env::var("AWS_ENDPOINT_URL").expect("run with tests/run.sh");
-    let layer = Ec2Realism::start(&emulator, Ec2Plan::aws()).await.expect("the EC2 realism layer");
-    let base = layer.sdk_config(&AwsBackend::sdk_config().await);
-    let accounts = AwsAccounts::new(base, &config.fleet, Ec2Budget::new(config.ec2_budget));
-    let ec2 = accounts.ec2("123456789012", "us-east-1").await.expect("ec2");
     let run = ec2.run_instances().image_id("ami-03cf127a").min_count(1).max_count(1).send().await.expect("instance");
     let instance = run.instances()[0].instance_id().expect("id").to_owned();
     let data = ec2.create_volume().availability_zone("us-east-1a").size(4).send().await.expect("volume");
@@ -181,20 +170,10 @@ params = { step = "up", ladder = ["t3.small", "t3.medium", "t3.large"], fallback
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cpu_alarm_resizes_its_instance_one_rung_to_a_fallback_type_and_leaves_it_running() {
-    let fleet = unique_fleet("e2e-resize");
-    let path = write_config(&fleet, RESIZE);
-    let setup = opsfleet(&["setup", "--config", path.to_str().unwrap_or_default()]).output().expect("setup");
-    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
-    let config = Config::parse(&std::fs::read_to_string(&path).expect("config"), Some(&ActionRegistry::builtin()))
-        .expect("config");
-    let emulator = std::env::var("AWS_ENDPOINT_URL").expect("run with tests/run.sh");
     // EC2 on an ordinary day, and no t3.medium to be had.
     let mut plan = Ec2Plan::aws();
     plan.no_capacity_types.insert("t3.medium".into());
-    let layer = Ec2Realism::start(&emulator, plan).await.expect("the EC2 realism layer");
-    let base = layer.sdk_config(&AwsBackend::sdk_config().await);
-    let accounts = AwsAccounts::new(base, &config.fleet, Ec2Budget::new(config.ec2_budget));
-    let ec2 = accounts.ec2("123456789012", "us-east-1").await.expect("ec2");
+    let SetUp { fleet, path, config, layer, ec2 } = set_up("e2e-resize", RESIZE, plan).await;
     let run = ec2
         .run_instances()
         .image_id("ami-03cf127a")
@@ -229,6 +208,31 @@ async fn a_cpu_alarm_resizes_its_instance_one_rung_to_a_fallback_type_and_leaves
     let resized = now.tags().iter().find(|t| t.key() == Some("opsfleet:resize")).and_then(|t| t.value());
     assert!(resized.is_some_and(|r| r.ends_with(" t3.small running")), "the record of the resize: {resized:?}");
     assert!(layer.counts().get("no_capacity_type").copied().unwrap_or(0) > 0, "{:?}", layer.counts());
+}
+
+/// A fleet made by `opsfleet setup` from `text`, and an EC2 client of its account through a
+/// realism layer with `plan`.
+struct SetUp {
+    fleet: String,
+    path: std::path::PathBuf,
+    config: Config,
+    layer: Ec2Realism,
+    ec2: aws_sdk_ec2::Client,
+}
+
+async fn set_up(name: &str, text: &str, plan: Ec2Plan) -> SetUp {
+    let fleet = unique_fleet(name);
+    let path = write_config(&fleet, text);
+    let setup = opsfleet(&["setup", "--config", path.to_str().unwrap_or_default()]).output().expect("setup");
+    assert!(setup.status.success(), "{}", String::from_utf8_lossy(&setup.stderr));
+    let config = Config::parse(&std::fs::read_to_string(&path).expect("config"), Some(&ActionRegistry::builtin()))
+        .expect("config");
+    let emulator = std::env::var("AWS_ENDPOINT_URL").expect("run with tests/run.sh");
+    let layer = Ec2Realism::start(&emulator, plan).await.expect("the EC2 realism layer");
+    let base = layer.sdk_config(&AwsBackend::sdk_config().await);
+    let accounts = AwsAccounts::new(base, &config.fleet, Ec2Budget::new(config.ec2_budget));
+    let ec2 = accounts.ec2("123456789012", "us-east-1").await.expect("ec2");
+    SetUp { fleet, path, config, layer, ec2 }
 }
 
 /// Runs a router and a worker of the fleet set up at `path` with EC2 behind `layer`, sends

@@ -34,6 +34,7 @@
 //! the emulator's own.
 
 mod buckets;
+mod deprecations;
 mod fills;
 mod request;
 mod xml;
@@ -303,7 +304,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
     let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     let direct = Direct { shared, headers: &parts.headers, url: format!("{}{path}", shared.upstream) };
     if request.service == "ec2" && matches!(action.as_str(), "EnableImageDeprecation" | "DisableImageDeprecation") {
-        return Ok(deprecation(shared, &request, &direct).await);
+        return Ok(deprecations::serve(shared, &request, &direct).await);
     }
     let (changed, later) = if request.service == "ec2" {
         fills::before(&request, &direct, &plan.no_capacity_types).await
@@ -380,66 +381,13 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
             seen.tagged.insert(id, now);
         }
     }
-    let text = if action == "DescribeImages" { with_deprecations(shared, &plan, text) } else { text };
+    let text = if action == "DescribeImages" { deprecations::shown(shared, &plan, text) } else { text };
     let text = match DESCRIBES.iter().find(|(a, ..)| *a == action) {
         Some(&(_, set, element, _, _)) => after_describe(shared, &plan, &request, &text, set, element, &count),
         None => text,
     };
     head.headers.remove("content-length");
     Ok(Response::from_parts(head, Full::new(Bytes::from(text))))
-}
-
-/// `EnableImageDeprecation` and `DisableImageDeprecation`, which the emulator does not serve:
-/// the time is kept by the layer and shown in `DescribeImages` as `deprecationTime`.
-async fn deprecation(shared: &Shared, request: &QueryRequest, direct: &Direct<'_>) -> Response<Full<Bytes>> {
-    use fills::Upstream;
-    let action = request.action();
-    let image = request.params.get("ImageId").cloned().unwrap_or_default();
-    let known = direct
-        .call(&[("Action", "DescribeImages"), ("ImageId.1", &image)])
-        .await
-        .is_some_and(|answer| !xml::items(&answer, "imagesSet").is_empty());
-    if !known {
-        return ec2_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidAMIID.NotFound",
-            &format!("The image id '[{image}]' does not exist"),
-        );
-    }
-    let mut seen = lock(&shared.seen);
-    match request.params.get("DeprecateAt") {
-        Some(at) if action == "EnableImageDeprecation" => {
-            seen.deprecations.insert(image, (at.clone(), Instant::now()));
-        }
-        _ => {
-            seen.deprecations.remove(&image);
-        }
-    }
-    answer(
-        StatusCode::OK,
-        format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<{action}Response xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\
-             <requestId>realism</requestId><return>true</return></{action}Response>"
-        ),
-    )
-}
-
-/// A `DescribeImages` answer with each image's deprecation time (once it reads back).
-fn with_deprecations(shared: &Shared, plan: &Ec2Plan, text: String) -> String {
-    let seen = lock(&shared.seen);
-    if seen.deprecations.is_empty() {
-        return text;
-    }
-    xml::edit_items(&text, "imagesSet", |item| {
-        let set = xml::text(item, "imageId").and_then(|id| seen.deprecations.get(id));
-        let at = set.filter(|(_, when)| when.elapsed() >= plan.consistency).map(|(at, _)| at);
-        Some(match at {
-            Some(at) if !item.contains("<deprecationTime>") => {
-                item.replacen("</imageId>", &format!("</imageId><deprecationTime>{at}</deprecationTime>"), 1)
-            }
-            _ => item.to_owned(),
-        })
-    })
 }
 
 /// What the layer answers instead of the service, if anything.

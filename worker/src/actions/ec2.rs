@@ -197,9 +197,29 @@ where
     if let Some(found) = look().await? {
         return Ok(Some(found));
     }
-    if ctx.attempt > 1 {
-        tokio::time::sleep(CONSISTENCY_WINDOW).await;
+    if waited_to_look_again(ctx).await {
         return look().await;
     }
     Ok(None)
+}
+
+/// On a later attempt, waits out [`CONSISTENCY_WINDOW`] and says to look again for what an
+/// earlier attempt may have written and a describe did not show yet.
+pub async fn waited_to_look_again(ctx: &ActionContext<'_>) -> bool {
+    if ctx.attempt > 1 {
+        tokio::time::sleep(CONSISTENCY_WINDOW).await;
+    }
+    ctx.attempt > 1
+}
+
+/// An instance as a describe by id shows it, or the step's failure (one that does not exist
+/// fails for good).
+pub async fn describe_instance(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<aws_sdk_ec2::types::Instance, Step> {
+    let gone = || Step::Failed { retryable: false, error: format!("instance {id} does not exist") };
+    let out = match ec2.describe_instances().instance_ids(id).send().await {
+        Ok(out) => out,
+        Err(e) if not_found(&e) => return Err(gone()),
+        Err(e) => return Err(failed("DescribeInstances", &e)),
+    };
+    out.reservations().iter().flat_map(|r| r.instances()).next().cloned().ok_or_else(gone)
 }

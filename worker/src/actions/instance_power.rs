@@ -11,7 +11,7 @@
 //! A start that falls back to `stopped` (no capacity, a KMS key it may not use) fails
 //! retryably, and the next attempt starts it again; `InsufficientInstanceCapacity` is retried.
 
-use super::ec2::{failed, not_found, opted_out, tag};
+use super::ec2::{describe_instance, failed, opted_out, tag};
 use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::InstanceStateName;
@@ -75,19 +75,7 @@ async fn instance(
     ec2: &aws_sdk_ec2::Client,
     id: &str,
 ) -> Result<(InstanceStateName, Vec<aws_sdk_ec2::types::Tag>), Step> {
-    let out = match ec2.describe_instances().instance_ids(id).send().await {
-        Ok(out) => out,
-        Err(e) if not_found(&e) => {
-            return Err(Step::Failed { retryable: false, error: format!("instance {id} does not exist") })
-        }
-        Err(e) => return Err(failed("DescribeInstances", &e)),
-    };
-    let instance = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .next()
-        .ok_or_else(|| Step::Failed { retryable: false, error: format!("instance {id} does not exist") })?;
+    let instance = describe_instance(ec2, id).await?;
     let state = instance.state().and_then(|s| s.name()).cloned().unwrap_or(InstanceStateName::Pending);
     Ok((state, instance.tags().to_vec()))
 }
@@ -135,25 +123,11 @@ impl Action for InstancePower {
             Operation::Stop => out.push(allow_if(&["ec2:StopInstances"], &[INSTANCES], not_opted_out())),
             Operation::Start => {
                 out.push(allow_if(&["ec2:StartInstances"], &[INSTANCES], not_opted_out()));
-                // Volumes encrypted with a customer-managed key: EC2 takes a grant to attach them.
-                out.push(serde_json::json!({
-                    "Effect": "Allow",
-                    "Action": ["kms:CreateGrant"],
-                    "Resource": "arn:aws:kms:*:*:key/*",
-                    "Condition": { "Bool": { "kms:GrantIsForAWSResource": "true" },
-                                   "StringLike": { "kms:ViaService": "ec2.*.amazonaws.com" } },
-                }));
+                out.push(kms_grant_for_ec2());
             }
             Operation::Reboot => {
                 out.push(allow_if(&["ec2:RebootInstances"], &[INSTANCES], not_opted_out()));
-                out.push(allow_if(
-                    &["ec2:CreateTags"],
-                    &[INSTANCES],
-                    serde_json::json!({
-                        "ForAllValues:StringEquals": { "aws:TagKeys": [REBOOTED_BY] },
-                        "StringNotEquals": { "aws:ResourceTag/opsfleet:skip": "true" },
-                    }),
-                ));
+                out.push(tag_instances_with(REBOOTED_BY));
             }
         }
         out

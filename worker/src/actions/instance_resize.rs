@@ -12,7 +12,7 @@
 //! a job that finds its record and the new type in place is done. Takes a slot of the
 //! `instance-resize` limit, pooled by account and region, since each resize stops an instance.
 
-use super::ec2::{failed, look_before_making, opted_out, tag};
+use super::ec2::{describe_instance, failed, opted_out, tag, waited_to_look_again};
 use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
@@ -97,13 +97,7 @@ struct Seen {
 }
 
 async fn describe(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<Seen, Step> {
-    let gone = || Step::Failed { retryable: false, error: format!("instance {id} does not exist") };
-    let out = match ec2.describe_instances().instance_ids(id).send().await {
-        Ok(out) => out,
-        Err(e) if super::ec2::not_found(&e) => return Err(gone()),
-        Err(e) => return Err(failed("DescribeInstances", &e)),
-    };
-    let instance = out.reservations().iter().flat_map(|r| r.instances()).next().ok_or_else(gone)?;
+    let instance = describe_instance(ec2, id).await?;
     Ok(Seen {
         state: instance.state().and_then(|s| s.name()).cloned().unwrap_or(InstanceStateName::Pending),
         kind: instance.instance_type().map(|t| t.as_str().to_owned()).unwrap_or_default(),
@@ -304,22 +298,8 @@ impl Action for InstanceResize {
                 &[INSTANCES],
                 not_opted_out(),
             ),
-            allow_if(
-                &["ec2:CreateTags"],
-                &[INSTANCES],
-                serde_json::json!({
-                    "ForAllValues:StringEquals": { "aws:TagKeys": [RESIZE_TAG] },
-                    "StringNotEquals": { "aws:ResourceTag/opsfleet:skip": "true" },
-                }),
-            ),
-            // Volumes encrypted with a customer-managed key: EC2 takes a grant to attach them.
-            serde_json::json!({
-                "Effect": "Allow",
-                "Action": ["kms:CreateGrant"],
-                "Resource": "arn:aws:kms:*:*:key/*",
-                "Condition": { "Bool": { "kms:GrantIsForAWSResource": "true" },
-                               "StringLike": { "kms:ViaService": "ec2.*.amazonaws.com" } },
-            }),
+            tag_instances_with(RESIZE_TAG),
+            kms_grant_for_ec2(),
         ]
     }
 
@@ -353,24 +333,18 @@ impl Action for InstanceResize {
         let ec2 = or_step!(ctx.ec2().await);
         let id = ctx.job.resource.id.as_str();
         let job = ctx.job.id.as_str();
-        let now = or_step!(describe(&ec2, id).await);
+        let mut now = or_step!(describe(&ec2, id).await);
         if let Some(skip) = opted_out(id, &now.tags) {
             return skip;
         }
         if matches!(now.state, InstanceStateName::Terminated | InstanceStateName::ShuttingDown) {
             return Step::Failed { retryable: false, error: format!("instance {id} is {}", now.state.as_str()) };
         }
+        // An earlier attempt's record may not show yet: look again after the window.
+        if record(&now.tags, job).is_none() && waited_to_look_again(&ctx).await {
+            now = or_step!(describe(&ec2, id).await);
+        }
         let found = record(&now.tags, job);
-        let found = match found {
-            Some(found) => Some(found),
-            None => or_step!(
-                look_before_making(&ctx, || async {
-                    let again = describe(&ec2, id).await?;
-                    Ok(record(&again.tags, job))
-                })
-                .await
-            ),
-        };
         let (from, was_running) = match &found {
             Some((from, was_running)) => (from.clone(), *was_running),
             None => (now.kind.clone(), running(&now.state)),

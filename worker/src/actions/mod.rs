@@ -264,6 +264,31 @@ pub mod iam {
     pub fn not_opted_out() -> Value {
         json!({ "StringNotEquals": { "aws:ResourceTag/opsfleet:skip": "true" } })
     }
+
+    /// `ec2:CreateTags` of one key only (an action's own record), on instances that have not
+    /// opted out.
+    pub fn tag_instances_with(key: &str) -> Value {
+        allow_if(
+            &["ec2:CreateTags"],
+            &[INSTANCES],
+            json!({
+                "ForAllValues:StringEquals": { "aws:TagKeys": [key] },
+                "StringNotEquals": { "aws:ResourceTag/opsfleet:skip": "true" },
+            }),
+        )
+    }
+
+    /// The grant EC2 takes to attach volumes encrypted with a customer-managed key when it
+    /// starts an instance, through EC2 only.
+    pub fn kms_grant_for_ec2() -> Value {
+        json!({
+            "Effect": "Allow",
+            "Action": ["kms:CreateGrant"],
+            "Resource": "arn:aws:kms:*:*:key/*",
+            "Condition": { "Bool": { "kms:GrantIsForAWSResource": "true" },
+                           "StringLike": { "kms:ViaService": "ec2.*.amazonaws.com" } },
+        })
+    }
 }
 
 /// How long until the first completion check of long-running EC2 work, by default.

@@ -116,9 +116,7 @@ pub async fn snapshot_of(ec2: &aws_sdk_ec2::Client, volume: &str) -> String {
 }
 
 pub async fn instance(ec2: &aws_sdk_ec2::Client) -> String {
-    let out =
-        ec2.run_instances().image_id("ami-03cf127a").min_count(1).max_count(1).send().await.expect("run instance");
-    out.instances()[0].instance_id().expect("instance id").to_owned()
+    instance_of(ec2, "m1.small").await
 }
 
 /// An instance of a type, made by the test.
