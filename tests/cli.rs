@@ -282,12 +282,12 @@ fn match_says_which_tasks_fire_and_why_the_others_do_not() {
     assert_eq!(stopped["field"], "detail.state");
     assert_eq!(stopped["why"], "\"running\" matches none of [\"stopped\"]");
     let tasks = running["unmatched"].as_array().map(Vec::len).unwrap_or_default();
-    assert_eq!(tasks, 11, "every task is accounted for");
-    // The nightly schedule: three discovery tasks match and find their resources later.
+    assert_eq!(tasks, 13, "every task is accounted for");
+    // The nightly schedule: four discovery tasks match and find their resources later.
     let nightly = &events[1];
     assert_eq!(
         nightly["matched"],
-        serde_json::json!(["nightly-volume-backup", "nightly-image", "retire-nightly-images"])
+        serde_json::json!(["nightly-volume-backup", "nightly-image", "retire-nightly-images", "nightly-table-backup"])
     );
     let later: Vec<&str> =
         nightly["no_jobs_from_the_event"].as_array().expect("list").iter().filter_map(|n| n["why"].as_str()).collect();
@@ -296,7 +296,8 @@ fn match_says_which_tasks_fire_and_why_the_others_do_not() {
         [
             "finds ec2:volume by discovery when it runs",
             "finds ec2:instance by discovery when it runs",
-            "finds ec2:image by discovery when it runs"
+            "finds ec2:image by discovery when it runs",
+            "finds dynamodb:table by discovery when it runs"
         ]
     );
     // Not an event: one line naming the input, non-zero exit.

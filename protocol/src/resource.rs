@@ -18,11 +18,31 @@ pub enum ResourceType {
     /// An AMI (`ami-…`).
     #[serde(rename = "ec2:image")]
     Image,
+    /// A DynamoDB table, by name.
+    #[serde(rename = "dynamodb:table")]
+    DynamoTable,
+    /// An RDS DB instance, by identifier.
+    #[serde(rename = "rds:db")]
+    RdsInstance,
+    /// An Aurora or Multi-AZ DB cluster, by identifier.
+    #[serde(rename = "rds:cluster")]
+    RdsCluster,
 }
 
 impl ResourceType {
     /// Every resource type, in a stable order.
-    pub const ALL: [ResourceType; 4] = [Self::Instance, Self::Volume, Self::Snapshot, Self::Image];
+    pub const ALL: [ResourceType; 7] = [
+        Self::Instance,
+        Self::Volume,
+        Self::Snapshot,
+        Self::Image,
+        Self::DynamoTable,
+        Self::RdsInstance,
+        Self::RdsCluster,
+    ];
+
+    /// The EC2 types.
+    pub const EC2: [ResourceType; 4] = [Self::Instance, Self::Volume, Self::Snapshot, Self::Image];
 
     /// The name used in config and job JSON, such as `ec2:instance`.
     pub fn as_str(self) -> &'static str {
@@ -31,6 +51,25 @@ impl ResourceType {
             Self::Volume => "ec2:volume",
             Self::Snapshot => "ec2:snapshot",
             Self::Image => "ec2:image",
+            Self::DynamoTable => "dynamodb:table",
+            Self::RdsInstance => "rds:db",
+            Self::RdsCluster => "rds:cluster",
+        }
+    }
+
+    /// Whether resources of this type live in EC2 (and are found with EC2's describes).
+    pub fn is_ec2(self) -> bool {
+        matches!(self, Self::Instance | Self::Volume | Self::Snapshot | Self::Image)
+    }
+
+    /// The id prefix of an EC2 type (`i-`, `vol-`, `snap-`, `ami-`); other types are named.
+    pub fn id_prefix(self) -> Option<&'static str> {
+        match self {
+            Self::Instance => Some("i-"),
+            Self::Volume => Some("vol-"),
+            Self::Snapshot => Some("snap-"),
+            Self::Image => Some("ami-"),
+            _ => None,
         }
     }
 
@@ -100,11 +139,8 @@ impl Resource {
         if !looks_like_region(&self.region) {
             return Err(format!("resource {shown}: `{}` is not a region", clip(&self.region)));
         }
-        let prefix = match self.kind {
-            ResourceType::Instance => "i-",
-            ResourceType::Volume => "vol-",
-            ResourceType::Snapshot => "snap-",
-            ResourceType::Image => "ami-",
+        let Some(prefix) = self.kind.id_prefix() else {
+            return check_name(self.kind, &self.id);
         };
         let rest = self.id.strip_prefix(prefix).unwrap_or_default();
         if self.id.len() > MAX_ID_LEN || rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_alphanumeric()) {
@@ -117,6 +153,34 @@ impl Resource {
         }
         Ok(())
     }
+}
+
+/// Checks the name of a named resource: a DynamoDB table (3 to 64 of letters, digits, `_`,
+/// `-`, `.`: DynamoDB takes up to 255, opsfleet keys and locks take 64), an RDS instance or
+/// cluster identifier (1 to 63 letters, digits and single hyphens, a letter first, no hyphen
+/// last).
+fn check_name(kind: ResourceType, id: &str) -> Result<(), String> {
+    let ok = match kind {
+        ResourceType::DynamoTable => {
+            (3..=MAX_ID_LEN).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        }
+        _ => {
+            (1..=63).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && id.bytes().next().is_some_and(|b| b.is_ascii_alphabetic())
+                && !id.ends_with('-')
+                && !id.contains("--")
+        }
+    };
+    if ok {
+        return Ok(());
+    }
+    let rule = match kind {
+        ResourceType::DynamoTable => "3 to 64 letters, digits, `_`, `-` and `.`",
+        _ => "1 to 63 letters, digits and single hyphens, starting with a letter",
+    };
+    Err(format!("resource id `{}` is not a {kind} name ({rule})", clip(id)))
 }
 
 /// At most 64 characters of a text from outside, with control characters shown escaped.
@@ -160,6 +224,25 @@ impl<'a> Arn<'a> {
             resource: parts.next()?,
         };
         (!arn.partition.is_empty() && !arn.service.is_empty()).then_some(arn)
+    }
+
+    /// The resource of a type opsfleet acts on that this ARN names: an EC2 resource (see
+    /// [`Arn::ec2_resource`]), a DynamoDB table (`table/NAME`, not its indexes, streams or
+    /// backups), an RDS instance (`db:NAME`) or cluster (`cluster:NAME`).
+    pub fn resource(&self) -> Option<(ResourceType, &'a str, Option<&'a str>, Option<&'a str>)> {
+        let (kind, id) = match self.service {
+            "ec2" => return self.ec2_resource(),
+            "dynamodb" => {
+                (ResourceType::DynamoTable, self.resource.strip_prefix("table/").filter(|n| !n.contains('/'))?)
+            }
+            "rds" => match self.resource.split_once(':')? {
+                ("db", id) => (ResourceType::RdsInstance, id),
+                ("cluster", id) => (ResourceType::RdsCluster, id),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        (!id.is_empty()).then_some((kind, id, non_empty(self.account), non_empty(self.region)))
     }
 
     /// The EC2 resource this ARN names, with account and region filled from the given
@@ -256,6 +339,44 @@ mod tests {
         assert!(bad.check().is_err());
         let bad = Resource { account: "12345".into(), ..good };
         assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn tables_and_databases_are_named_by_their_arns_and_checked_by_their_services_rules() {
+        let table = Arn::parse("arn:aws:dynamodb:eu-west-1:123456789012:table/orders").unwrap();
+        assert_eq!(
+            table.resource(),
+            Some((ResourceType::DynamoTable, "orders", Some("123456789012"), Some("eu-west-1")))
+        );
+        let index = Arn::parse("arn:aws:dynamodb:eu-west-1:123456789012:table/orders/index/by-day").unwrap();
+        assert_eq!(index.resource(), None, "an index is not its table");
+        let db = Arn::parse("arn:aws:rds:us-east-1:123456789012:db:billing-1").unwrap();
+        assert_eq!(db.resource().map(|r| (r.0, r.1)), Some((ResourceType::RdsInstance, "billing-1")));
+        let cluster = Arn::parse("arn:aws:rds:us-east-1:123456789012:cluster:aurora-main").unwrap();
+        assert_eq!(cluster.resource().map(|r| (r.0, r.1)), Some((ResourceType::RdsCluster, "aurora-main")));
+        let snapshot = Arn::parse("arn:aws:rds:us-east-1:123456789012:snapshot:nightly").unwrap();
+        assert_eq!(snapshot.resource(), None);
+
+        let named = |kind, id: &str| Resource {
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+            kind,
+            id: id.into(),
+        };
+        assert_eq!(named(ResourceType::DynamoTable, "orders.v2_eu-1").check(), Ok(()));
+        assert_eq!(named(ResourceType::RdsInstance, "billing-1").check(), Ok(()));
+        for (kind, id) in [
+            (ResourceType::DynamoTable, "ab"),
+            (ResourceType::DynamoTable, "orders/x"),
+            (ResourceType::DynamoTable, &*"t".repeat(65)),
+            (ResourceType::RdsInstance, "1billing"),
+            (ResourceType::RdsInstance, "billing-"),
+            (ResourceType::RdsCluster, "a--b"),
+            (ResourceType::RdsCluster, "a_b"),
+        ] {
+            let err = named(kind, id).check().expect_err(id);
+            assert!(err.contains(&format!("is not a {kind} name")), "{err}");
+        }
     }
 
     #[test]

@@ -58,6 +58,56 @@ pub trait Discover: Send + Sync {
     }
 }
 
+/// Searches every (account, region) of a discovery at once with `find`, and gathers what each
+/// place found or why it failed: one failing place does not hold back the others. The
+/// resources come sorted, without duplicates.
+pub async fn search_places<'a, F, Fut>(discovery: &'a Discovery, find: F) -> Discovered
+where
+    F: Fn(&'a str, &'a str) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Resource>, DiscoveryError>>,
+{
+    let places: Vec<(&str, &str)> = discovery
+        .accounts
+        .iter()
+        .flat_map(|account| discovery.regions.iter().map(move |region| (account.as_str(), region.as_str())))
+        .collect();
+    let searches = places.iter().map(|(account, region)| find(account, region));
+    let mut out = Discovered::default();
+    for ((account, region), found) in places.iter().zip(futures::future::join_all(searches).await) {
+        match found {
+            Ok(resources) => out.resources.extend(resources),
+            Err(e) => out.failed.push(PlaceFailed {
+                account: (*account).to_owned(),
+                region: (*region).to_owned(),
+                error: match e {
+                    DiscoveryError::Failed { message, .. } => message,
+                    other => other.to_string(),
+                },
+            }),
+        }
+    }
+    out.resources.sort();
+    out.resources.dedup();
+    out
+}
+
+/// The result of a whole discovery: what every place found, or the first failure.
+pub fn all_or_first_failure(discovery: &Discovery, found: Discovered) -> Result<Vec<Resource>, DiscoveryError> {
+    match found.failed.first() {
+        None => Ok(found.resources),
+        Some(place) => Err(DiscoveryError::Failed { task: discovery.task_name.clone(), message: place.error.clone() }),
+    }
+}
+
+/// The failure of a search in one place, from an error's first line.
+pub(crate) fn failed(task: &str, place: &str, e: impl std::fmt::Display) -> DiscoveryError {
+    let text = e.to_string();
+    DiscoveryError::Failed {
+        task: task.to_owned(),
+        message: format!("{place}: {}", text.lines().next().unwrap_or_default()),
+    }
+}
+
 /// A discoverer that has no way to find resources: every discovery is refused.
 pub struct NoDiscovery;
 

@@ -2,10 +2,9 @@
 //! `Describe*` paginators and server-side filters in every account and region a task names at
 //! once (member accounts through the fleet's role), within the fleet's describe budget.
 
-use crate::discovery::{Discover, Discovered, DiscoveryError, PlaceFailed};
+use crate::discovery::{all_or_first_failure, failed, search_places, Discover, Discovered, DiscoveryError};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::Filter;
-use futures::future::join_all;
 use opsfleet_backend::aws::AwsClients;
 use opsfleet_protocol::plan::Discovery;
 use opsfleet_protocol::{Resource, ResourceType};
@@ -40,18 +39,12 @@ fn filters(discovery: &Discovery) -> Vec<Filter> {
             ResourceType::Volume => "status",
             ResourceType::Snapshot => "status",
             ResourceType::Image => "state",
+            // Other types take no states (refused when the config is loaded).
+            _ => return out,
         };
         out.push(Filter::builder().name(name).set_values(Some(discovery.query.state.clone())).build());
     }
     out
-}
-
-fn failed(task: &str, where_: &str, e: impl std::fmt::Display) -> DiscoveryError {
-    let text = e.to_string();
-    DiscoveryError::Failed {
-        task: task.to_owned(),
-        message: format!("{where_}: {}", text.lines().next().unwrap_or_default()),
-    }
 }
 
 impl Ec2Discovery {
@@ -99,6 +92,12 @@ impl Ec2Discovery {
                     found.extend(page.images().iter().filter_map(|i| i.image_id()).map(resource));
                 }
             }
+            other => {
+                return Err(DiscoveryError::Failed {
+                    task: task.to_owned(),
+                    message: format!("{other} is not an EC2 type: EC2's describes cannot find it"),
+                })
+            }
         }
         Ok(found)
     }
@@ -107,38 +106,10 @@ impl Ec2Discovery {
 #[async_trait]
 impl Discover for Ec2Discovery {
     async fn discover(&self, discovery: &Discovery) -> Result<Vec<Resource>, DiscoveryError> {
-        let found = self.discover_places(discovery).await?;
-        match found.failed.first() {
-            None => Ok(found.resources),
-            Some(place) => {
-                Err(DiscoveryError::Failed { task: discovery.task_name.clone(), message: place.error.clone() })
-            }
-        }
+        all_or_first_failure(discovery, self.discover_places(discovery).await?)
     }
 
     async fn discover_places(&self, discovery: &Discovery) -> Result<Discovered, DiscoveryError> {
-        let places: Vec<(&String, &String)> = discovery
-            .accounts
-            .iter()
-            .flat_map(|account| discovery.regions.iter().map(move |region| (account, region)))
-            .collect();
-        let searches = places.iter().map(|(account, region)| self.find(discovery, account, region));
-        let mut out = Discovered::default();
-        for ((account, region), found) in places.iter().zip(join_all(searches).await) {
-            match found {
-                Ok(resources) => out.resources.extend(resources),
-                Err(e) => out.failed.push(PlaceFailed {
-                    account: (*account).clone(),
-                    region: (*region).clone(),
-                    error: match e {
-                        DiscoveryError::Failed { message, .. } => message,
-                        other => other.to_string(),
-                    },
-                }),
-            }
-        }
-        out.resources.sort();
-        out.resources.dedup();
-        Ok(out)
+        Ok(search_places(discovery, |account, region| self.find(discovery, account, region)).await)
     }
 }

@@ -8,16 +8,20 @@
 //! after every job of it was accepted. Bodies that are not events, and events the fleet must
 //! not act on, go to `<name>-events-dlq` at once with the reason as a message attribute.
 
+mod aws_discovery;
 mod batcher;
 mod discovery;
 mod discovery_retry;
 mod ec2_discovery;
 mod ingest;
 mod inventory;
+mod tagged_discovery;
 mod telemetry;
 
-pub use discovery::{Discover, Discovered, DiscoveryError, NoDiscovery, PlaceFailed};
+pub use aws_discovery::AwsDiscovery;
+pub use discovery::{search_places, Discover, Discovered, DiscoveryError, NoDiscovery, PlaceFailed};
 pub use discovery_retry::{DiscoveryRetry, DISCOVERY_RETRIES};
 pub use ec2_discovery::Ec2Discovery;
 pub use ingest::{Outcome, Router, RouterError};
 pub use inventory::{InventoryItem, StaticInventory};
+pub use tagged_discovery::TaggedDiscovery;

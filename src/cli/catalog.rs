@@ -69,7 +69,7 @@ pub fn iam_policy(path: &Path, setup: bool, member_of: Option<String>, router: b
     Ok(ExitCode::SUCCESS)
 }
 
-/// The describe a task's discovery makes.
+/// The read a task's discovery makes: EC2's describe of its type, or the Tagging API's.
 fn discovery_statement(task: &opsfleet_protocol::config::Task) -> Option<Value> {
     let Targets::Discover(query) = &task.targets else { return None };
     let describe = match query.kind {
@@ -77,6 +77,8 @@ fn discovery_statement(task: &opsfleet_protocol::config::Task) -> Option<Value> 
         ResourceType::Volume => "ec2:DescribeVolumes",
         ResourceType::Snapshot => "ec2:DescribeSnapshots",
         ResourceType::Image => "ec2:DescribeImages",
+        // The other types are found with the Tagging API.
+        _ => "tag:GetResources",
     };
     Some(json!({ "Effect": "Allow", "Action": [describe], "Resource": ["*"] }))
 }

@@ -7,7 +7,7 @@ use opsfleet_backend::aws::AwsAccounts;
 use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::event::normalize;
 use opsfleet_protocol::{Job, Planner};
-use opsfleet_router::{Discover, Ec2Discovery};
+use opsfleet_router::{AwsDiscovery, Discover};
 use serde_json::json;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -20,9 +20,9 @@ use std::sync::Arc;
 /// nothing.
 pub async fn run(config: &Path, files: &[PathBuf], discover: bool) -> anyhow::Result<ExitCode> {
     let config = super::load_config(config)?;
-    let discovery: Option<Ec2Discovery> = if discover {
+    let discovery: Option<AwsDiscovery> = if discover {
         let sdk = AwsBackend::sdk_config().await;
-        Some(Ec2Discovery::new(Arc::new(AwsAccounts::new(sdk, &config.fleet, Ec2Budget::new(config.ec2_budget)))))
+        Some(AwsDiscovery::new(Arc::new(AwsAccounts::new(sdk, &config.fleet, Ec2Budget::new(config.ec2_budget)))))
     } else {
         None
     };
@@ -57,7 +57,7 @@ pub async fn run(config: &Path, files: &[PathBuf], discover: bool) -> anyhow::Re
 /// Prints the jobs of one body, or its reason on stderr; false when the body was refused.
 async fn plan_one(
     planner: &Planner,
-    discovery: Option<&Ec2Discovery>,
+    discovery: Option<&AwsDiscovery>,
     name: &str,
     body: &str,
     out: &mut dyn Write,
@@ -81,7 +81,7 @@ async fn plan_one(
 
 async fn plan_body(
     planner: &Planner,
-    discovery: Option<&Ec2Discovery>,
+    discovery: Option<&AwsDiscovery>,
     body: &str,
 ) -> Result<(Vec<Job>, Vec<String>), String> {
     let event = normalize(body).map_err(|e| e.to_string())?;

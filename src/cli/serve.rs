@@ -8,7 +8,7 @@ use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, StoreError};
 use opsfleet_protocol::Clock;
 use opsfleet_protocol::{Config, Planner};
-use opsfleet_router::{Ec2Discovery, Router};
+use opsfleet_router::{AwsDiscovery, Router};
 use opsfleet_worker::presence;
 use opsfleet_worker::task_protection::TaskProtection;
 use opsfleet_worker::{ActionRegistry, ConsumeSummary, Consumer, Sampler, Worker};
@@ -138,7 +138,7 @@ pub async fn router(path: &Path, metrics_addr: Option<String>) -> anyhow::Result
 
 async fn open_router(prepared: &Prepared) -> anyhow::Result<Arc<Router>> {
     let planner = Arc::new(Planner::new(prepared.config.clone()));
-    let discovery = Arc::new(Ec2Discovery::new(prepared.accounts.clone()));
+    let discovery = Arc::new(AwsDiscovery::new(prepared.accounts.clone()));
     let router = opened("router", &prepared.shutdown, || {
         Router::open(
             &prepared.backend,

@@ -48,6 +48,13 @@ fn example_events() -> Vec<ExampleEvent> {
         ),
         // An instance and a volume: the reboot acts on the instance only, the page on both.
         example_event!("alarm-io-pressure-metric-math.json", ALARMED, 3, 0),
+        // A table's alarm: its capacity is raised and the page names it; no instance to reboot.
+        example_event!(
+            "alarm-dynamodb-write-throttles.json",
+            Some(&["reboot-alarmed-instance", "page-on-alarm", "scale-throttled-table"]),
+            2,
+            0
+        ),
         example_event!("ebs-snapshot-completed.json", Some(&["copy-completed-snapshot"]), 1, 0),
         // The copy it made, finished in the destination region: copied no further.
         example_event!("ebs-snapshot-copied-eu-west-1.json", Some(&[]), 0, 0),
@@ -58,9 +65,9 @@ fn example_events() -> Vec<ExampleEvent> {
         example_event!("other-account-instance-stopped.json", None, 0, 0),
         example_event!(
             "scheduled-nightly.json",
-            Some(&["nightly-volume-backup", "nightly-image", "retire-nightly-images"]),
+            Some(&["nightly-volume-backup", "nightly-image", "retire-nightly-images", "nightly-table-backup"]),
             0,
-            3
+            4
         ),
         example_event!("sns-classic-alarm-cpu-high.json", ALARMED, 2, 0),
         example_event!("sns-classic-alarm-network-eu-west-1.json", ALARMED, 2, 0),
@@ -83,7 +90,10 @@ fn the_example_fleet_loads_with_the_builtin_actions() {
     assert_eq!(copy.limit.as_deref(), Some("snapshot-copy"), "the copy takes a slot of its limit");
     let discovery: Vec<&Targets> = config.tasks.iter().map(|t| &t.targets).filter(|t| **t != Targets::Event).collect();
     match discovery[..] {
-        [Targets::Discover(volumes), Targets::Discover(instances), Targets::Discover(images)] => {
+        [Targets::Discover(volumes), Targets::Discover(instances), Targets::Discover(images), Targets::Discover(tables)] =>
+        {
+            assert_eq!(tables.kind, ResourceType::DynamoTable);
+            assert_eq!(tables.tags.get("Backup").map(String::as_str), Some("nightly"));
             assert_eq!(images.kind, ResourceType::Image);
             assert_eq!(images.tags.get("opsfleet:task").map(String::as_str), Some("nightly-image"));
             assert_eq!(volumes.kind, ResourceType::Volume);
@@ -92,7 +102,7 @@ fn the_example_fleet_loads_with_the_builtin_actions() {
             assert_eq!(instances.kind, ResourceType::Instance);
             assert_eq!(instances.state, ["running"]);
         }
-        _ => panic!("expected three discovery tasks, got {discovery:?}"),
+        _ => panic!("expected four discovery tasks, got {discovery:?}"),
     }
 }
 

@@ -30,6 +30,9 @@ fn param_sets() -> Vec<(&'static str, Value)> {
         ("tag", json!({ "add": { "Owner": "ops" }, "remove": ["Old"] })),
         ("snapshot-retention", json!({ "keep": 1, "max_age_days": 30 })),
         ("notify", json!({ "topic_arn": "arn:aws:sns:us-east-1:111122223333:ops" })),
+        ("dynamodb-backup", json!({ "retain": 7 })),
+        ("dynamodb-capacity", json!({ "multiply": 2, "max_read": 100 })),
+        ("dynamodb-capacity", json!({ "billing_mode": "PAY_PER_REQUEST" })),
     ]
 }
 
@@ -297,4 +300,38 @@ fn destructive_statements_appear_only_when_a_task_asks_for_them() {
             assert!(found.is_empty(), "{name} without retain or delete_source allows {found:?} on a {kind}");
         }
     }
+}
+
+#[test]
+fn tables_that_opted_out_are_neither_backed_up_nor_resized_and_backups_are_deleted_only_for_retain() {
+    let policy = statements(&param_sets());
+    let table = "arn:aws:dynamodb:us-east-1:111122223333:table/orders";
+    let call = |action, tags, request_tags| Call {
+        action,
+        arn: table.to_owned(),
+        resource_tags: tags,
+        request_tags,
+        create_action: None,
+    };
+    let none = BTreeMap::new();
+    let skip = BTreeMap::from([("opsfleet:skip".to_owned(), "true".to_owned())]);
+    let record = || BTreeMap::from([("opsfleet:capacity".to_owned(), "job 5 5".to_owned())]);
+    for action in ["dynamodb:UpdateTable", "dynamodb:CreateBackup"] {
+        assert!(allowed(&policy, &call(action, &none, BTreeMap::new())), "{action} on a table");
+        assert!(!allowed(&policy, &call(action, &skip, BTreeMap::new())), "{action} on a table that opted out");
+    }
+    assert!(allowed(&policy, &call("dynamodb:TagResource", &none, record())), "the capacity record");
+    assert!(!allowed(&policy, &call("dynamodb:TagResource", &skip, record())), "no record on a table that opted out");
+    let other = BTreeMap::from([("opsfleet:skip".to_owned(), "false".to_owned())]);
+    assert!(!allowed(&policy, &call("dynamodb:TagResource", &none, other)), "no other tag, the opt-out least");
+    for action in ["dynamodb:UntagResource", "dynamodb:DeleteTable"] {
+        assert!(!allowed(&policy, &call(action, &none, BTreeMap::new())), "{action} is never allowed");
+    }
+    let backup = Call {
+        arn: format!("{table}/backup/01718312345678-abcdef12"),
+        ..call("dynamodb:DeleteBackup", &none, BTreeMap::new())
+    };
+    assert!(allowed(&policy, &backup), "retain deletes backups");
+    let without_retain = statements(&[("dynamodb-backup", json!({}))]);
+    assert!(!allowed(&without_retain, &backup), "without retain no backup is deleted");
 }

@@ -39,6 +39,8 @@ pub struct AwsAccounts {
     configs: tokio::sync::Mutex<HashMap<String, SdkConfig>>,
     ec2: Mutex<HashMap<(String, String), aws_sdk_ec2::Client>>,
     sns: Mutex<HashMap<(String, String), aws_sdk_sns::Client>>,
+    dynamodb: Mutex<HashMap<(String, String), aws_sdk_dynamodb::Client>>,
+    tagging: Mutex<HashMap<(String, String), aws_sdk_resourcegroupstagging::Client>>,
 }
 
 impl AwsAccounts {
@@ -57,6 +59,8 @@ impl AwsAccounts {
             configs: tokio::sync::Mutex::default(),
             ec2: Mutex::default(),
             sns: Mutex::default(),
+            dynamodb: Mutex::default(),
+            tagging: Mutex::default(),
         }
     }
 
@@ -139,6 +143,50 @@ impl AwsAccounts {
             .build();
         let client = aws_sdk_sns::Client::from_conf(conf);
         self.sns.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+impl AwsAccounts {
+    /// A DynamoDB client in an account and region for actions on tables, its calls shaped by
+    /// the budget (the fleet's own table is reached through the backend's client, not this).
+    pub async fn dynamodb(&self, account: &str, region: &str) -> Result<aws_sdk_dynamodb::Client, AccountError> {
+        let key = (account.to_owned(), region.to_owned());
+        if let Some(client) = self.dynamodb.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return Ok(client.clone());
+        }
+        let config = self.config(account).await?;
+        let http = Budgeted::new(self.http.clone(), Arc::clone(&self.budget), account, region);
+        let conf = aws_sdk_dynamodb::config::Builder::from(&config)
+            .region(aws_sdk_dynamodb::config::Region::new(region.to_owned()))
+            .http_client(http)
+            .interceptor(super::metrics::AwsMetrics)
+            .build();
+        let client = aws_sdk_dynamodb::Client::from_conf(conf);
+        self.dynamodb.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// A Resource Groups Tagging API client in an account and region (discovery of the types
+    /// EC2's describes do not list), its calls shaped by the budget.
+    pub async fn tagging(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<aws_sdk_resourcegroupstagging::Client, AccountError> {
+        let key = (account.to_owned(), region.to_owned());
+        if let Some(client) = self.tagging.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return Ok(client.clone());
+        }
+        let config = self.config(account).await?;
+        let http = Budgeted::new(self.http.clone(), Arc::clone(&self.budget), account, region);
+        let conf = aws_sdk_resourcegroupstagging::config::Builder::from(&config)
+            .region(aws_sdk_resourcegroupstagging::config::Region::new(region.to_owned()))
+            .http_client(http)
+            .interceptor(super::metrics::AwsMetrics)
+            .build();
+        let client = aws_sdk_resourcegroupstagging::Client::from_conf(conf);
+        self.tagging.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
         Ok(client)
     }
 }

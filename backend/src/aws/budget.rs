@@ -39,6 +39,12 @@ pub enum ApiClass {
     Snapshots,
     /// `CopyImage`.
     CopyImage,
+    /// DynamoDB `CreateBackup`, `DeleteBackup`.
+    DynamodbBackups,
+    /// DynamoDB's other control-plane calls.
+    DynamodbControl,
+    /// The Resource Groups Tagging API.
+    Tagging,
 }
 
 impl ApiClass {
@@ -52,6 +58,22 @@ impl ApiClass {
             a if a.starts_with("Describe") || a.starts_with("Get") || a.starts_with("List") => ApiClass::Describe,
             _ => ApiClass::Mutating,
         }
+    }
+
+    /// The class of a request of a JSON service from its `X-Amz-Target` header
+    /// (`DynamoDB_20120810.CreateBackup`, `ResourceGroupsTaggingAPI_20170126.GetResources`),
+    /// with its API's name; `None` for other targets.
+    pub fn of_target(target: &str) -> Option<(Self, &str)> {
+        let (service, api) = target.split_once('.')?;
+        let class = match service {
+            s if s.starts_with("DynamoDB_") => match api {
+                "CreateBackup" | "DeleteBackup" => ApiClass::DynamodbBackups,
+                _ => ApiClass::DynamodbControl,
+            },
+            s if s.starts_with("ResourceGroupsTaggingAPI_") => ApiClass::Tagging,
+            _ => return None,
+        };
+        Some((class, api))
     }
 
     /// The class of a request from its form body: a read that neither filters nor pages is in
@@ -71,7 +93,7 @@ impl ApiClass {
 
     /// Whether the class is of reads (split among every process, routers too).
     pub fn reads(self) -> bool {
-        matches!(self, ApiClass::Describe | ApiClass::DescribeUnfiltered)
+        matches!(self, ApiClass::Describe | ApiClass::DescribeUnfiltered | ApiClass::Tagging)
     }
 
     /// The class's name in config and metrics.
@@ -84,6 +106,9 @@ impl ApiClass {
             ApiClass::Tags => "tags",
             ApiClass::Snapshots => "snapshots",
             ApiClass::CopyImage => "copy_image",
+            ApiClass::DynamodbBackups => "dynamodb_backups",
+            ApiClass::DynamodbControl => "dynamodb_control",
+            ApiClass::Tagging => "tagging",
         }
     }
 
@@ -96,6 +121,9 @@ impl ApiClass {
             ApiClass::Tags => budget.tags,
             ApiClass::Snapshots => budget.snapshots,
             ApiClass::CopyImage => budget.copy_image,
+            ApiClass::DynamodbBackups => budget.dynamodb_backups,
+            ApiClass::DynamodbControl => budget.dynamodb_control,
+            ApiClass::Tagging => budget.tagging,
         }
     }
 }
@@ -224,9 +252,17 @@ struct BudgetedConnector {
 
 impl HttpConnector for BudgetedConnector {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let body = request.body().bytes().map(String::from_utf8_lossy).unwrap_or_default().into_owned();
-        let action = body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default().to_owned();
-        let class = ApiClass::of_request(&action, &body);
+        let target = request.headers().get("x-amz-target").and_then(ApiClass::of_target);
+        let (action, class) = match target {
+            Some((class, api)) => (api.to_owned(), class),
+            None => {
+                let body = request.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
+                let action =
+                    body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default().to_owned();
+                let class = ApiClass::of_request(&action, &body);
+                (action, class)
+            }
+        };
         let (inner, budget) = (self.inner.clone(), Arc::clone(&self.budget));
         let (account, region) = (self.account.clone(), self.region.clone());
         HttpConnectorFuture::new(async move {
@@ -248,6 +284,19 @@ mod tests {
         assert_eq!(ApiClass::of("DeleteSnapshot"), ApiClass::Snapshots);
         assert_eq!(ApiClass::of("CopyImage"), ApiClass::CopyImage);
         assert_eq!(ApiClass::of("StopInstances"), ApiClass::Mutating);
+        assert_eq!(
+            ApiClass::of_target("DynamoDB_20120810.CreateBackup"),
+            Some((ApiClass::DynamodbBackups, "CreateBackup"))
+        );
+        assert_eq!(
+            ApiClass::of_target("DynamoDB_20120810.UpdateTable"),
+            Some((ApiClass::DynamodbControl, "UpdateTable"))
+        );
+        assert_eq!(
+            ApiClass::of_target("ResourceGroupsTaggingAPI_20170126.GetResources"),
+            Some((ApiClass::Tagging, "GetResources"))
+        );
+        assert_eq!(ApiClass::of_target("AmazonSQS.SendMessage"), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,13 @@ pub trait AwsClients: Send + Sync {
 
     /// An SNS client in an account and region.
     async fn sns(&self, account: &str, region: &str) -> Result<aws_sdk_sns::Client, AccountError>;
+
+    /// A DynamoDB client in an account and region (actions on tables).
+    async fn dynamodb(&self, account: &str, region: &str) -> Result<aws_sdk_dynamodb::Client, AccountError>;
+
+    /// A Resource Groups Tagging API client in an account and region (discovery).
+    async fn tagging(&self, account: &str, region: &str)
+        -> Result<aws_sdk_resourcegroupstagging::Client, AccountError>;
 }
 
 #[async_trait]
@@ -23,5 +30,17 @@ impl AwsClients for AwsAccounts {
 
     async fn sns(&self, account: &str, region: &str) -> Result<aws_sdk_sns::Client, AccountError> {
         AwsAccounts::sns(self, account, region).await
+    }
+
+    async fn dynamodb(&self, account: &str, region: &str) -> Result<aws_sdk_dynamodb::Client, AccountError> {
+        AwsAccounts::dynamodb(self, account, region).await
+    }
+
+    async fn tagging(
+        &self,
+        account: &str,
+        region: &str,
+    ) -> Result<aws_sdk_resourcegroupstagging::Client, AccountError> {
+        AwsAccounts::tagging(self, account, region).await
     }
 }

@@ -236,6 +236,21 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
             }
         }
         if let Targets::Discover(query) = &task.targets {
+            if !query.kind.is_ec2() && !query.state.is_empty() {
+                task_problem(
+                    "targets.state",
+                    format!("{} is found by its tags only (the tagging API knows no states): drop `state`", query.kind),
+                );
+            }
+            if !query.kind.is_ec2() && query.tags.is_empty() {
+                task_problem(
+                    "targets.tags",
+                    format!(
+                        "{} is found by its tags: give at least one (the tagging API lists only tagged resources)",
+                        query.kind
+                    ),
+                );
+            }
             for region in &query.regions {
                 if !looks_like_region(region) {
                     task_problem("targets.regions", format!("`{region}` is not a region name"));

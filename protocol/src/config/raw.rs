@@ -153,7 +153,8 @@ pub struct DiscoveryQuery {
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     /// States the resources must be in (instances: `running`, `stopped`, …; volumes:
-    /// `in-use`, `available`; snapshots: `completed`; images: `available`); empty = any.
+    /// `in-use`, `available`; snapshots: `completed`; images: `available`); empty = any. EC2
+    /// types only: DynamoDB tables and RDS instances and clusters are found by tags alone.
     #[serde(default)]
     pub state: Vec<String>,
     /// Regions to search (default: the event's region).
@@ -323,6 +324,28 @@ pub struct Ec2BudgetSettings {
     /// `CopyImage` (EC2: 100 burst, 1 per s).
     #[serde(default = "copy_image_bucket")]
     pub copy_image: BucketSettings,
+    /// DynamoDB `CreateBackup`, `DeleteBackup` (DynamoDB: 10 per s each).
+    #[serde(default = "dynamodb_backups_bucket")]
+    pub dynamodb_backups: BucketSettings,
+    /// DynamoDB's other control-plane calls on tables: `UpdateTable`, `DescribeTable`,
+    /// `ListBackups` (DynamoDB: 5 per s), `DescribeBackup`, `ListTagsOfResource`.
+    #[serde(default = "dynamodb_control_bucket")]
+    pub dynamodb_control: BucketSettings,
+    /// The Resource Groups Tagging API's `GetResources` (discovery of non-EC2 types).
+    #[serde(default = "tagging_bucket")]
+    pub tagging: BucketSettings,
+}
+
+fn dynamodb_backups_bucket() -> BucketSettings {
+    BucketSettings { rate: 10, burst: 10 }
+}
+
+fn dynamodb_control_bucket() -> BucketSettings {
+    BucketSettings { rate: 5, burst: 10 }
+}
+
+fn tagging_bucket() -> BucketSettings {
+    BucketSettings { rate: 5, burst: 10 }
 }
 
 fn describe_bucket() -> BucketSettings {
@@ -363,6 +386,9 @@ impl Default for Ec2BudgetSettings {
             tags: tags_bucket(),
             snapshots: snapshots_bucket(),
             copy_image: copy_image_bucket(),
+            dynamodb_backups: dynamodb_backups_bucket(),
+            dynamodb_control: dynamodb_control_bucket(),
+            tagging: tagging_bucket(),
         }
     }
 }

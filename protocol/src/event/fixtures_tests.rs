@@ -130,6 +130,26 @@ const VALID: &[Expect] = &[
         resources: &[(ACCOUNT, "us-east-1", ResourceType::Volume, "vol-0123456789abcdef0")],
     },
     Expect {
+        // A table named by its alarm's `TableName` dimension.
+        file: fixture!("cloudwatch-alarm-dynamodb-throttles.json"),
+        id: "0b9e7c4a-51d2-4f0e-9a3b-7d6c5e4f3a21",
+        source: "aws.cloudwatch",
+        detail_type: ALARM,
+        account: ACCOUNT,
+        region: "eu-west-1",
+        resources: &[(ACCOUNT, "eu-west-1", ResourceType::DynamoTable, "orders")],
+    },
+    Expect {
+        // An RDS event notification names its instance by ARN.
+        file: fixture!("rds-db-instance-event.json"),
+        id: "68f6e973-1a0c-d37b-f2f2-94a7f62ffd4e",
+        source: "aws.rds",
+        detail_type: "RDS DB Instance Event",
+        account: ACCOUNT,
+        region: "us-east-1",
+        resources: &[(ACCOUNT, "us-east-1", ResourceType::RdsInstance, "billing-1")],
+    },
+    Expect {
         // The rule ARN is not an EC2 resource.
         file: fixture!("scheduled-event.json"),
         id: "89d1a02d-5ec7-412e-82f5-13505f849b41",

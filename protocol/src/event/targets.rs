@@ -25,9 +25,11 @@ pub enum TargetError {
 }
 
 /// The resources an event names: the instance of an EC2 state-change event; the snapshot of an
-/// EBS snapshot notification; the volume of an EBS volume notification; every `InstanceId` and
-/// `VolumeId` dimension of every metric of a CloudWatch alarm event (composite alarms name
-/// none); the resource of a tag change; otherwise the EC2 ARNs in `resources`. Account and
+/// EBS snapshot notification; the volume of an EBS volume notification; every `InstanceId`,
+/// `VolumeId`, `TableName`, `DBInstanceIdentifier` and `DBClusterIdentifier` dimension of every
+/// metric of a CloudWatch alarm event (composite alarms name none); the resource of a tag
+/// change; otherwise the ARNs in `resources` of EC2 resources, DynamoDB tables and RDS
+/// instances and clusters (RDS event notifications name their source this way). Account and
 /// region come from the ARN when it names them, else from the event. Duplicates are removed;
 /// the order is that of the event.
 pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
@@ -54,6 +56,9 @@ pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
                     let kind = match name.as_str() {
                         "InstanceId" => ResourceType::Instance,
                         "VolumeId" => ResourceType::Volume,
+                        "TableName" => ResourceType::DynamoTable,
+                        "DBInstanceIdentifier" => ResourceType::RdsInstance,
+                        "DBClusterIdentifier" => ResourceType::RdsCluster,
                         _ => continue,
                     };
                     if let Some(id) = value.as_str() {
@@ -91,5 +96,5 @@ fn owned((kind, id, account, region): (ResourceType, &str, Option<&str>, Option<
 }
 
 fn from_resources(event: &Event) -> Vec<Found> {
-    event.resources().filter_map(Arn::parse).filter_map(|arn| arn.ec2_resource()).map(owned).collect()
+    event.resources().filter_map(Arn::parse).filter_map(|arn| arn.resource()).map(owned).collect()
 }

@@ -22,6 +22,10 @@
 //!   not opted in (`OptInRequired`) or an account whose role lacks a permission
 //!   (`UnauthorizedOperation`) does.
 //!
+//! DynamoDB's control plane and the Tagging API get the same treatment (see [`dynamodb`]):
+//! tables `UPDATING` after an update, backups `CREATING` and missing from lists for a while,
+//! a daily allowance of throughput decreases, lost replies and server errors.
+//!
 //! Everything else (STS, SNS, the calls the plan leaves alone) goes through unchanged. The
 //! account of a call is learned from the `AssumeRole` answers that pass through (the access
 //! key it handed out); other keys are the emulator's default account.
@@ -35,6 +39,7 @@
 
 mod buckets;
 mod deprecations;
+pub mod dynamodb;
 mod fills;
 mod request;
 mod xml;
@@ -57,7 +62,7 @@ use std::time::{Duration, Instant};
 /// The account of calls signed with keys the layer did not see handed out.
 pub const DEFAULT_ACCOUNT: &str = "123456789012";
 
-/// An (account, region) whose every EC2 call answers an error.
+/// An (account, region) whose every EC2, DynamoDB and Tagging API call answers an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailingPlace {
     /// The account.
@@ -95,6 +100,8 @@ pub struct Ec2Plan {
     pub erroring_volumes: BTreeSet<String>,
     /// Places that refuse every EC2 call.
     pub failing: Vec<FailingPlace>,
+    /// How many times a day one DynamoDB table's throughput may be lowered (`None`: any).
+    pub decreases_per_day: Option<u32>,
 }
 
 impl Ec2Plan {
@@ -108,6 +115,7 @@ impl Ec2Plan {
             throttle: Some(1.0),
             server_errors: 0.02,
             no_capacity: 0.02,
+            decreases_per_day: Some(4),
             ..Self::default()
         }
     }
@@ -145,6 +153,8 @@ struct Seen {
     /// When each image deprecates (`EnableImageDeprecation`), as EC2 writes it, and when
     /// that was set (describes show it once the consistency window is over).
     deprecations: HashMap<String, (String, Instant)>,
+    /// DynamoDB tables and backups.
+    tables: dynamodb::Tables,
     buckets: Buckets,
 }
 
@@ -287,6 +297,35 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
     let plan = lock(&shared.plan).clone();
     let count = |kind: &'static str| *lock(&shared.counts).entry(kind).or_default() += 1;
     let action = request.action().to_owned();
+
+    let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    if matches!(request.service.as_str(), "dynamodb" | "tagging") && !target.is_empty() {
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let url = format!("{}{path}", shared.upstream);
+        let upstream = |target: String, body: Bytes| {
+            let mut forward = Request::builder().method(hyper::Method::POST).uri(&url);
+            for (name, value) in &parts.headers {
+                if name != hyper::header::CONTENT_LENGTH && name != "x-amz-target" {
+                    forward = forward.header(name, value);
+                }
+            }
+            let forward = forward.header("x-amz-target", target).body(Full::new(body));
+            async move {
+                let answer = shared.client.request(forward.map_err(|_| Broken)?).await.map_err(|_| Broken)?;
+                let status = answer.status();
+                let body = answer.into_body().collect().await.map_err(|_| Broken)?.to_bytes();
+                Ok((status, String::from_utf8_lossy(&body).into_owned()))
+            }
+        };
+        let account = lock(&shared.seen).accounts.get(&request.access_key).cloned();
+        let account = account.unwrap_or_else(|| DEFAULT_ACCOUNT.to_owned());
+        if let Some(place) = plan.failing.iter().find(|p| p.account == account && p.region == request.region) {
+            count("failing_place");
+            let message = format!("{target} in account {account} is refused in {}", request.region);
+            return Ok(dynamodb::error(StatusCode::BAD_REQUEST, &place.code, &message));
+        }
+        return dynamodb::serve(shared, &plan, &target, &body, &count, upstream).await;
+    }
 
     if request.service == "ec2" {
         if let Some(refused) = before(shared, &plan, &request, &count) {

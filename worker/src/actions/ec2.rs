@@ -92,12 +92,22 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
+    failed_unless(what, err, RETRYABLE)
+}
+
+/// A failed step from an SDK error of any service: retryable for the service's `retryable`
+/// codes and for errors that are not the service's answer (transport, timeouts).
+pub fn failed_unless<E, R>(what: &str, err: &SdkError<E, R>, retryable: &[&str]) -> Step
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
     match err {
         SdkError::ServiceError(service) => {
             let e = service.err();
             let code = e.code().unwrap_or("Unknown");
             let message: String = e.message().unwrap_or_default().chars().take(300).collect();
-            Step::Failed { retryable: RETRYABLE.contains(&code), error: format!("{what}: {code}: {message}") }
+            Step::Failed { retryable: retryable.contains(&code), error: format!("{what}: {code}: {message}") }
         }
         other => Step::Failed { retryable: true, error: format!("{what}: {}", one_line(&other.to_string())) },
     }
@@ -159,7 +169,16 @@ where
     E: ProvideErrorMetadata + std::error::Error + 'static,
     R: std::fmt::Debug,
 {
-    match failed(what, err) {
+    in_doubt_unless(what, err, RETRYABLE)
+}
+
+/// [`create_failed`] for a service whose retryable codes are `retryable`.
+pub fn in_doubt_unless<E, R>(what: &str, err: &SdkError<E, R>, retryable: &[&str]) -> Step
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match failed_unless(what, err, retryable) {
         Step::Failed { retryable: true, error } => Step::Failed {
             retryable: true,
             error: format!("{error} (in doubt: the next attempt looks before it makes)"),
@@ -179,9 +198,10 @@ where
     E: ProvideErrorMetadata,
 {
     match err {
-        SdkError::ServiceError(service) => {
-            service.err().code().is_none_or(|c| c == "InternalError" || c == "InternalFailure" || c == "Unavailable")
-        }
+        SdkError::ServiceError(service) => service
+            .err()
+            .code()
+            .is_none_or(|c| matches!(c, "InternalError" | "InternalFailure" | "InternalServerError" | "Unavailable")),
         _ => true,
     }
 }

@@ -15,6 +15,9 @@ macro_rules! or_step {
 
 mod ami_create;
 mod any;
+mod dynamodb;
+mod dynamodb_backup;
+mod dynamodb_capacity;
 mod ebs_snapshot;
 mod ec2;
 mod image_copy;
@@ -31,6 +34,8 @@ mod tag;
 
 pub use ami_create::AmiCreate;
 pub use any::{erased, AnyAction};
+pub use dynamodb_backup::DynamodbBackup;
+pub use dynamodb_capacity::DynamodbCapacity;
 pub use ebs_snapshot::EbsSnapshot;
 pub use image_copy::ImageCopy;
 pub use image_lifecycle::ImageLifecycle;
@@ -153,6 +158,15 @@ impl ActionContext<'_> {
     pub async fn ec2_in(&self, region: &str) -> Result<aws_sdk_ec2::Client, Step> {
         let account = &self.job.resource.account;
         self.aws()?.ec2(account, region).await.map_err(|e| Step::Failed { retryable: true, error: e.to_string() })
+    }
+
+    /// A DynamoDB client in the job's account and region.
+    pub async fn dynamodb(&self) -> Result<aws_sdk_dynamodb::Client, Step> {
+        let resource = &self.job.resource;
+        self.aws()?
+            .dynamodb(&resource.account, &resource.region)
+            .await
+            .map_err(|e| Step::Failed { retryable: true, error: e.to_string() })
     }
 }
 

@@ -2,8 +2,8 @@
 
 use super::any::Typed;
 use super::{
-    Action, AmiCreate, AnyAction, EbsSnapshot, ImageCopy, ImageLifecycle, InstancePower, InstanceResize, Noop, Notify,
-    SnapshotCopy, SnapshotRetention, Tag,
+    Action, AmiCreate, AnyAction, DynamodbBackup, DynamodbCapacity, EbsSnapshot, ImageCopy, ImageLifecycle,
+    InstancePower, InstanceResize, Noop, Notify, SnapshotCopy, SnapshotRetention, Tag,
 };
 use opsfleet_protocol::config::{ActionCatalog, ActionInfo};
 use serde_json::Value;
@@ -33,6 +33,8 @@ impl ActionRegistry {
             .with(Tag)
             .with(SnapshotRetention)
             .with(Notify)
+            .with(DynamodbBackup)
+            .with(DynamodbCapacity)
     }
 
     /// The same registry with an action added (replacing one of the same name).
@@ -79,7 +81,7 @@ mod tests {
         assert!(registry.check("noop", &json!({"sleep_ms": 5})).is_ok());
         let err = registry.check("nop", &json!({})).unwrap_err();
         assert!(
-            err.contains("unknown action `nop`; known: ami-create, ebs-snapshot, image-copy, image-lifecycle, instance-power, instance-resize, noop, notify"),
+            err.contains("unknown action `nop`; known: ami-create, dynamodb-backup, dynamodb-capacity, ebs-snapshot, image-copy, image-lifecycle, instance-power, instance-resize, noop, notify"),
             "{err}"
         );
         let err = registry.check("noop", &json!({"sleep": 5})).unwrap_err();

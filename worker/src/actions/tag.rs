@@ -51,7 +51,7 @@ impl Action for Tag {
     type State = ();
 
     fn targets(&self) -> &'static [ResourceType] {
-        &ResourceType::ALL
+        &ResourceType::EC2
     }
 
     fn examples(&self) -> Vec<TagParams> {

@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod dynamodb;
 pub mod ec2;
 pub mod faulty;
 

@@ -100,6 +100,34 @@ limit = "missing"
 }
 
 #[test]
+fn tables_and_databases_are_discovered_by_tags_alone() {
+    let text = r#"
+[fleet]
+name = "f"
+
+[[tasks]]
+name = "tables"
+pattern = { source = ["aws.events"] }
+targets = { type = "dynamodb:table", state = ["ACTIVE"] }
+action = "noop"
+
+[[tasks]]
+name = "databases"
+pattern = { source = ["aws.events"] }
+targets = { type = "rds:db", tags = { backup = "nightly" } }
+action = "noop"
+"#;
+    let err = super::super::Config::parse(text, None).expect_err("the config is invalid");
+    let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(lines[0].contains("\"tables\".targets.state: dynamodb:table is found by its tags only"), "{lines:#?}");
+    assert!(
+        lines[1].contains("\"tables\".targets.tags: dynamodb:table is found by its tags: give at least one"),
+        "{lines:#?}"
+    );
+}
+
+#[test]
 fn bad_targets_keyword_is_named() {
     let text = CONTRACT_EXAMPLE.replace("targets = \"event\"", "targets = \"events\"");
     let err = super::super::Config::parse(&text, None).expect_err("the config is invalid").to_string();
