@@ -3,9 +3,11 @@
 //! router and worker processes leave exactly one snapshot of each of the instance's volumes,
 //! tagged as opsfleet tags what it makes, and a `SUCCEEDED` job in the ledger; a CPU alarm
 //! naming an instance leaves it one size larger (a fallback type, with no capacity for the
-//! next rung) and running. All on moto,
-//! with EC2 behind the realism layer (eventual consistency, pending snapshots, throttling
-//! buckets, retryable errors) for the fleet's processes.
+//! next rung) and running; a throttling alarm on a DynamoDB table doubles the table's
+//! provisioned capacity within its cap. All on moto,
+//! with EC2 and DynamoDB's control plane behind the realism layer (eventual consistency,
+//! pending snapshots, tables `UPDATING`, throttling buckets, retryable errors) for the fleet's
+//! processes.
 
 mod support;
 
@@ -38,7 +40,7 @@ params = { retain = 7, description = "{task}: {id} stopped", tags = { StoppedAt 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_instance_leaves_one_tagged_snapshot_per_volume_and_a_succeeded_job() {
-    let SetUp { fleet, path, config, layer, ec2 } = set_up("e2e-actions", CONFIG, Ec2Plan::aws()).await;
+    let SetUp { fleet, path, config, layer, ec2, .. } = set_up("e2e-actions", CONFIG, Ec2Plan::aws()).await;
     // An instance with a second volume.
     let run = ec2.run_instances().image_id("ami-03cf127a").min_count(1).max_count(1).send().await.expect("instance");
     let instance = run.instances()[0].instance_id().expect("id").to_owned();
@@ -173,7 +175,7 @@ async fn a_cpu_alarm_resizes_its_instance_one_rung_to_a_fallback_type_and_leaves
     // EC2 on an ordinary day, and no t3.medium to be had.
     let mut plan = Ec2Plan::aws();
     plan.no_capacity_types.insert("t3.medium".into());
-    let SetUp { fleet, path, config, layer, ec2 } = set_up("e2e-resize", RESIZE, plan).await;
+    let SetUp { fleet, path, config, layer, ec2, .. } = set_up("e2e-resize", RESIZE, plan).await;
     let run = ec2
         .run_instances()
         .image_id("ami-03cf127a")
@@ -212,12 +214,77 @@ async fn a_cpu_alarm_resizes_its_instance_one_rung_to_a_fallback_type_and_leaves
 
 /// A fleet made by `opsfleet setup` from `text`, and an EC2 client of its account through a
 /// realism layer with `plan`.
+const TABLE: &str = r#"
+[fleet]
+name = "FLEET"
+partitions = 2
+allowed_accounts = ["123456789012"]
+
+[[tasks]]
+name = "scale-throttled-table"
+pattern = { source = ["aws.cloudwatch"], "detail-type" = ["CloudWatch Alarm State Change"], detail = { configuration = { metrics = { metricStat = { metric = { namespace = ["AWS/DynamoDB"] } } } }, state = { value = ["ALARM"] } } }
+targets = "event"
+action = "dynamodb-capacity"
+params = { multiply = 2, max_write = 8, check_after_secs = 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_alarm_on_a_table_doubles_its_capacity_within_the_cap_and_leaves_a_succeeded_job() {
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, KeySchemaElement, KeyType, ProvisionedThroughput, ScalarAttributeType,
+    };
+    let SetUp { fleet, path, config, layer, dynamodb, .. } = set_up("e2e-table", TABLE, Ec2Plan::aws()).await;
+    let table = format!("{fleet}-orders");
+    dynamodb
+        .create_table()
+        .table_name(&table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("pk")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("attr"),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("pk").key_type(KeyType::Hash).build().expect("key"))
+        .provisioned_throughput(
+            ProvisionedThroughput::builder().read_capacity_units(5).write_capacity_units(5).build().expect("units"),
+        )
+        .send()
+        .await
+        .expect("table");
+
+    // The alarm as EventBridge delivers it: the table is its metric's dimension.
+    let event = serde_json::json!({
+        "version": "0", "id": format!("{fleet}-alarm"), "detail-type": "CloudWatch Alarm State Change",
+        "source": "aws.cloudwatch", "account": "123456789012", "time": "2026-12-05T10:00:00Z", "region": "us-east-1",
+        "resources": ["arn:aws:cloudwatch:us-east-1:123456789012:alarm:orders-write-throttles"],
+        "detail": {
+            "alarmName": "orders-write-throttles",
+            "state": { "value": "ALARM" }, "previousState": { "value": "OK" },
+            "configuration": { "metrics": [{ "id": "m1", "metricStat": { "metric": {
+                "namespace": "AWS/DynamoDB", "name": "WriteThrottleEvents", "dimensions": { "TableName": table }
+            }, "period": 60, "stat": "Sum" }, "returnData": true }] }
+        }
+    });
+    let (_, record) = run_fleet(&fleet, &path, config, &layer, &event).await;
+    assert_eq!(record.status, Status::Succeeded, "{record:?}");
+    let out = dynamodb.describe_table().table_name(&table).send().await.expect("describe");
+    let units = out.table().and_then(|t| t.provisioned_throughput()).expect("units");
+    assert_eq!(
+        (units.read_capacity_units(), units.write_capacity_units()),
+        (Some(10), Some(8)),
+        "doubled, write capped"
+    );
+    assert!(layer.counts().get("table_updating").copied().unwrap_or(0) > 0, "{:?}", layer.counts());
+}
+
 struct SetUp {
     fleet: String,
     path: std::path::PathBuf,
     config: Config,
     layer: Ec2Realism,
     ec2: aws_sdk_ec2::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
 }
 
 async fn set_up(name: &str, text: &str, plan: Ec2Plan) -> SetUp {
@@ -232,7 +299,8 @@ async fn set_up(name: &str, text: &str, plan: Ec2Plan) -> SetUp {
     let base = layer.sdk_config(&AwsBackend::sdk_config().await);
     let accounts = AwsAccounts::new(base, &config.fleet, Ec2Budget::new(config.ec2_budget));
     let ec2 = accounts.ec2("123456789012", "us-east-1").await.expect("ec2");
-    SetUp { fleet, path, config, layer, ec2 }
+    let dynamodb = accounts.dynamodb("123456789012", "us-east-1").await.expect("dynamodb");
+    SetUp { fleet, path, config, layer, ec2, dynamodb }
 }
 
 /// Runs a router and a worker of the fleet set up at `path` with EC2 behind `layer`, sends
