@@ -4,8 +4,9 @@
 //! tagged as opsfleet tags what it makes, and a `SUCCEEDED` job in the ledger; a CPU alarm
 //! naming an instance leaves it one size larger (a fallback type, with no capacity for the
 //! next rung) and running; a throttling alarm on a DynamoDB table doubles the table's
-//! provisioned capacity within its cap. All on moto,
-//! with EC2 and DynamoDB's control plane behind the realism layer (eventual consistency,
+//! provisioned capacity within its cap; an RDS event naming a stopped instance leaves a
+//! snapshot of it and a copy in another region. All on moto,
+//! with EC2, RDS and DynamoDB's control plane behind the realism layer (eventual consistency,
 //! pending snapshots, tables `UPDATING`, throttling buckets, retryable errors) for the fleet's
 //! processes.
 
@@ -278,6 +279,64 @@ async fn a_throttling_alarm_on_a_table_doubles_its_capacity_within_the_cap_and_l
     assert!(layer.counts().get("table_updating").copied().unwrap_or(0) > 0, "{:?}", layer.counts());
 }
 
+const DATABASE: &str = r#"
+[fleet]
+name = "FLEET"
+partitions = 2
+allowed_accounts = ["123456789012"]
+
+[[tasks]]
+name = "snapshot-stopped-database"
+pattern = { source = ["aws.rds"], "detail-type" = ["RDS DB Instance Event"], detail = { EventID = ["RDS-EVENT-0087"] } }
+targets = "event"
+action = "rds-snapshot"
+params = { copy_to = [{ region = "us-west-2" }], retain = 7, check_after_secs = 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rds_event_leaves_a_snapshot_of_its_instance_copied_to_another_region_and_a_succeeded_job() {
+    let SetUp { fleet, path, config, layer, rds, .. } = set_up("e2e-rds", DATABASE, Ec2Plan::aws()).await;
+    let db = fleet.replace(['_', '.'], "-").to_ascii_lowercase();
+    rds.create_db_instance()
+        .db_instance_identifier(&db)
+        .db_instance_class("db.t3.micro")
+        .engine("postgres")
+        .allocated_storage(20)
+        .master_username("opsfleet")
+        .master_user_password("not-a-secret-1")
+        .send()
+        .await
+        .expect("instance");
+
+    // The event as EventBridge delivers RDS's notification: the instance is its ARN.
+    let arn = format!("arn:aws:rds:us-east-1:123456789012:db:{db}");
+    let event = serde_json::json!({
+        "version": "0", "id": format!("{fleet}-rds"), "detail-type": "RDS DB Instance Event",
+        "source": "aws.rds", "account": "123456789012", "time": "2026-12-05T10:00:00Z", "region": "us-east-1",
+        "resources": [arn],
+        "detail": { "EventCategories": ["notification"], "SourceType": "DB_INSTANCE", "SourceArn": arn,
+                    "Message": "DB instance stopped", "SourceIdentifier": db, "EventID": "RDS-EVENT-0087" }
+    });
+    let (job, record) = run_fleet(&fleet, &path, config, &layer, &event).await;
+    assert_eq!(record.status, Status::Succeeded, "{record:?}");
+    for region in ["us-east-1", "us-west-2"] {
+        let conf = aws_sdk_rds::config::Builder::from(&AwsBackend::sdk_config().await)
+            .region(aws_sdk_rds::config::Region::new(region))
+            .build();
+        let out = aws_sdk_rds::Client::from_conf(conf)
+            .describe_db_snapshots()
+            .db_instance_identifier(&db)
+            .snapshot_type("manual")
+            .send()
+            .await
+            .expect("describe");
+        let ids: Vec<&str> = out.db_snapshots().iter().filter_map(|s| s.db_snapshot_identifier()).collect();
+        assert_eq!(ids.len(), 1, "one snapshot in {region}: {ids:?}");
+        assert!(ids[0].ends_with(&job), "named after its job: {ids:?}");
+    }
+    assert!(layer.counts().get("pending").copied().unwrap_or(0) > 0, "{:?}", layer.counts());
+}
+
 struct SetUp {
     fleet: String,
     path: std::path::PathBuf,
@@ -285,6 +344,7 @@ struct SetUp {
     layer: Ec2Realism,
     ec2: aws_sdk_ec2::Client,
     dynamodb: aws_sdk_dynamodb::Client,
+    rds: aws_sdk_rds::Client,
 }
 
 async fn set_up(name: &str, text: &str, plan: Ec2Plan) -> SetUp {
@@ -300,7 +360,8 @@ async fn set_up(name: &str, text: &str, plan: Ec2Plan) -> SetUp {
     let accounts = AwsAccounts::new(base, &config.fleet, Ec2Budget::new(config.ec2_budget));
     let ec2 = accounts.ec2("123456789012", "us-east-1").await.expect("ec2");
     let dynamodb = accounts.dynamodb("123456789012", "us-east-1").await.expect("dynamodb");
-    SetUp { fleet, path, config, layer, ec2, dynamodb }
+    let rds = accounts.rds("123456789012", "us-east-1").await.expect("rds");
+    SetUp { fleet, path, config, layer, ec2, dynamodb, rds }
 }
 
 /// Runs a router and a worker of the fleet set up at `path` with EC2 behind `layer`, sends

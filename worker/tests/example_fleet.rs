@@ -73,6 +73,8 @@ fn example_events() -> Vec<ExampleEvent> {
         example_event!("sns-classic-alarm-network-eu-west-1.json", ALARMED, 2, 0),
         example_event!("sns-ec2-instance-stopped-us-west-2.json", Some(&["snapshot-stopped-instance"]), 1, 0),
         example_event!("tag-change-backup.json", Some(&["backup-tag-changed"]), 1, 0),
+        // An RDS instance stopped: a snapshot of it, named by the event's ARN.
+        example_event!("rds-instance-stopped.json", Some(&["snapshot-stopped-database"]), 1, 0),
     ]
 }
 

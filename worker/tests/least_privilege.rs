@@ -33,6 +33,7 @@ fn param_sets() -> Vec<(&'static str, Value)> {
         ("dynamodb-backup", json!({ "retain": 7 })),
         ("dynamodb-capacity", json!({ "multiply": 2, "max_read": 100 })),
         ("dynamodb-capacity", json!({ "billing_mode": "PAY_PER_REQUEST" })),
+        ("rds-snapshot", json!({ "copy_to": [{ "region": "us-west-2", "kms_key_id": "alias/dr" }], "retain": 7 })),
     ]
 }
 
@@ -334,4 +335,41 @@ fn tables_that_opted_out_are_neither_backed_up_nor_resized_and_backups_are_delet
     assert!(allowed(&policy, &backup), "retain deletes backups");
     let without_retain = statements(&[("dynamodb-backup", json!({}))]);
     assert!(!allowed(&without_retain, &backup), "without retain no backup is deleted");
+}
+
+#[test]
+fn rds_snapshots_are_made_only_of_what_has_not_opted_out_and_deleted_only_when_opsfleet_made_them() {
+    let policy = statements(&param_sets());
+    let db = "arn:aws:rds:us-east-1:111122223333:db:billing-1";
+    let ours = "arn:aws:rds:us-east-1:111122223333:snapshot:opsfleet-nightly-0123";
+    let theirs = "arn:aws:rds:us-east-1:111122223333:snapshot:before-upgrade";
+    let none = BTreeMap::new();
+    let skip = BTreeMap::from([("opsfleet:skip".to_owned(), "true".to_owned())]);
+    let made = BTreeMap::from([("opsfleet:job".to_owned(), "j".to_owned())]);
+    let call = |action, arn: &str, tags, request_tags| Call {
+        action,
+        arn: arn.to_owned(),
+        resource_tags: tags,
+        request_tags,
+        create_action: None,
+    };
+    assert!(allowed(&policy, &call("rds:CreateDBSnapshot", db, &none, BTreeMap::new())), "a snapshot of a database");
+    assert!(!allowed(&policy, &call("rds:CreateDBSnapshot", db, &skip, BTreeMap::new())), "not of one that opted out");
+    assert!(
+        allowed(&policy, &call("rds:CreateDBSnapshot", ours, &none, BTreeMap::new())),
+        "named as opsfleet names them"
+    );
+    assert!(!allowed(&policy, &call("rds:CreateDBSnapshot", theirs, &none, BTreeMap::new())), "not any other name");
+    let job_tag = || BTreeMap::from([("opsfleet:job".to_owned(), "j".to_owned())]);
+    assert!(allowed(&policy, &call("rds:AddTagsToResource", ours, &none, job_tag())), "tagged as made");
+    assert!(!allowed(&policy, &call("rds:AddTagsToResource", theirs, &none, job_tag())), "opsfleet:job onto another's");
+    assert!(!allowed(&policy, &call("rds:AddTagsToResource", db, &skip, BTreeMap::new())), "the opt-out stays");
+    for action in ["rds:RemoveTagsFromResource", "rds:DeleteDBInstance", "rds:StopDBInstance"] {
+        assert!(!allowed(&policy, &call(action, db, &none, BTreeMap::new())), "{action} is never allowed");
+    }
+    assert!(allowed(&policy, &call("rds:DeleteDBSnapshot", ours, &made, BTreeMap::new())), "retain deletes its own");
+    assert!(!allowed(&policy, &call("rds:DeleteDBSnapshot", ours, &none, BTreeMap::new())), "not untagged ones");
+    assert!(!allowed(&policy, &call("rds:DeleteDBSnapshot", theirs, &made, BTreeMap::new())), "not other names");
+    let without_retain = statements(&[("rds-snapshot", json!({}))]);
+    assert!(!allowed(&without_retain, &call("rds:DeleteDBSnapshot", ours, &made, BTreeMap::new())));
 }

@@ -41,6 +41,7 @@ pub struct AwsAccounts {
     sns: Mutex<HashMap<(String, String), aws_sdk_sns::Client>>,
     dynamodb: Mutex<HashMap<(String, String), aws_sdk_dynamodb::Client>>,
     tagging: Mutex<HashMap<(String, String), aws_sdk_resourcegroupstagging::Client>>,
+    rds: Mutex<HashMap<(String, String), aws_sdk_rds::Client>>,
 }
 
 impl AwsAccounts {
@@ -61,6 +62,7 @@ impl AwsAccounts {
             sns: Mutex::default(),
             dynamodb: Mutex::default(),
             tagging: Mutex::default(),
+            rds: Mutex::default(),
         }
     }
 
@@ -164,6 +166,24 @@ impl AwsAccounts {
             .build();
         let client = aws_sdk_dynamodb::Client::from_conf(conf);
         self.dynamodb.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// An RDS client in an account and region, its calls shaped by the budget's RDS classes.
+    pub async fn rds(&self, account: &str, region: &str) -> Result<aws_sdk_rds::Client, AccountError> {
+        let key = (account.to_owned(), region.to_owned());
+        if let Some(client) = self.rds.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return Ok(client.clone());
+        }
+        let config = self.config(account).await?;
+        let http = Budgeted::new(self.http.clone(), Arc::clone(&self.budget), account, region).for_rds();
+        let conf = aws_sdk_rds::config::Builder::from(&config)
+            .region(aws_sdk_rds::config::Region::new(region.to_owned()))
+            .http_client(http)
+            .interceptor(super::metrics::AwsMetrics)
+            .build();
+        let client = aws_sdk_rds::Client::from_conf(conf);
+        self.rds.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
         Ok(client)
     }
 

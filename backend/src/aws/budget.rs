@@ -45,6 +45,10 @@ pub enum ApiClass {
     DynamodbControl,
     /// The Resource Groups Tagging API.
     Tagging,
+    /// RDS `Describe*` and `List*` calls.
+    RdsDescribe,
+    /// Every other RDS call.
+    RdsMutating,
 }
 
 impl ApiClass {
@@ -76,6 +80,15 @@ impl ApiClass {
         Some((class, api))
     }
 
+    /// The class of an RDS request's action.
+    pub fn of_rds(action: &str) -> Self {
+        if action.starts_with("Describe") || action.starts_with("List") {
+            ApiClass::RdsDescribe
+        } else {
+            ApiClass::RdsMutating
+        }
+    }
+
     /// The class of a request from its form body: a read that neither filters nor pages is in
     /// EC2's smaller bucket.
     pub fn of_request(action: &str, body: &str) -> Self {
@@ -93,7 +106,7 @@ impl ApiClass {
 
     /// Whether the class is of reads (split among every process, routers too).
     pub fn reads(self) -> bool {
-        matches!(self, ApiClass::Describe | ApiClass::DescribeUnfiltered | ApiClass::Tagging)
+        matches!(self, ApiClass::Describe | ApiClass::DescribeUnfiltered | ApiClass::Tagging | ApiClass::RdsDescribe)
     }
 
     /// The class's name in config and metrics.
@@ -109,6 +122,8 @@ impl ApiClass {
             ApiClass::DynamodbBackups => "dynamodb_backups",
             ApiClass::DynamodbControl => "dynamodb_control",
             ApiClass::Tagging => "tagging",
+            ApiClass::RdsDescribe => "rds_describe",
+            ApiClass::RdsMutating => "rds_mutating",
         }
     }
 
@@ -124,6 +139,8 @@ impl ApiClass {
             ApiClass::DynamodbBackups => budget.dynamodb_backups,
             ApiClass::DynamodbControl => budget.dynamodb_control,
             ApiClass::Tagging => budget.tagging,
+            ApiClass::RdsDescribe => budget.rds_describe,
+            ApiClass::RdsMutating => budget.rds_mutating,
         }
     }
 }
@@ -214,7 +231,7 @@ impl Ec2Budget {
     }
 }
 
-/// An HTTP client that takes a token of the request's class from a budget before each EC2
+/// An HTTP client that takes a token of the request's class from a budget before each
 /// request it sends.
 #[derive(Debug, Clone)]
 pub struct Budgeted {
@@ -222,12 +239,19 @@ pub struct Budgeted {
     budget: Arc<Ec2Budget>,
     account: String,
     region: String,
+    rds: bool,
 }
 
 impl Budgeted {
-    /// `inner`, shaped by `budget` for the calls of one account and region.
+    /// `inner`, shaped by `budget` for the calls of one account and region (EC2's classes for
+    /// query-protocol requests, the JSON services' by their target).
     pub fn new(inner: SharedHttpClient, budget: Arc<Ec2Budget>, account: &str, region: &str) -> Self {
-        Budgeted { inner, budget, account: account.to_owned(), region: region.to_owned() }
+        Budgeted { inner, budget, account: account.to_owned(), region: region.to_owned(), rds: false }
+    }
+
+    /// The same for an RDS client: its query-protocol requests fall in RDS's classes.
+    pub fn for_rds(self) -> Self {
+        Budgeted { rds: true, ..self }
     }
 }
 
@@ -238,6 +262,7 @@ impl HttpClient for Budgeted {
             budget: Arc::clone(&self.budget),
             account: self.account.clone(),
             region: self.region.clone(),
+            rds: self.rds,
         })
     }
 }
@@ -248,6 +273,7 @@ struct BudgetedConnector {
     budget: Arc<Ec2Budget>,
     account: String,
     region: String,
+    rds: bool,
 }
 
 impl HttpConnector for BudgetedConnector {
@@ -259,7 +285,7 @@ impl HttpConnector for BudgetedConnector {
                 let body = request.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
                 let action =
                     body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default().to_owned();
-                let class = ApiClass::of_request(&action, &body);
+                let class = if self.rds { ApiClass::of_rds(&action) } else { ApiClass::of_request(&action, &body) };
                 (action, class)
             }
         };

@@ -4,6 +4,7 @@
 
 use super::{AccountError, AwsAccounts};
 use async_trait::async_trait;
+use aws_credential_types::provider::SharedCredentialsProvider;
 
 /// SDK clients in any account and region.
 #[async_trait]
@@ -16,6 +17,12 @@ pub trait AwsClients: Send + Sync {
 
     /// A DynamoDB client in an account and region (actions on tables).
     async fn dynamodb(&self, account: &str, region: &str) -> Result<aws_sdk_dynamodb::Client, AccountError>;
+
+    /// An RDS client in an account and region (actions on instances and clusters).
+    async fn rds(&self, account: &str, region: &str) -> Result<aws_sdk_rds::Client, AccountError>;
+
+    /// The credentials that act in an account (to presign a request another service sends).
+    async fn credentials(&self, account: &str) -> Result<SharedCredentialsProvider, AccountError>;
 
     /// A Resource Groups Tagging API client in an account and region (discovery).
     async fn tagging(&self, account: &str, region: &str)
@@ -42,5 +49,14 @@ impl AwsClients for AwsAccounts {
         region: &str,
     ) -> Result<aws_sdk_resourcegroupstagging::Client, AccountError> {
         AwsAccounts::tagging(self, account, region).await
+    }
+
+    async fn rds(&self, account: &str, region: &str) -> Result<aws_sdk_rds::Client, AccountError> {
+        AwsAccounts::rds(self, account, region).await
+    }
+
+    async fn credentials(&self, account: &str) -> Result<SharedCredentialsProvider, AccountError> {
+        let config = self.config(account).await?;
+        config.credentials_provider().ok_or_else(|| AccountError::Identity("the SDK config has no credentials".into()))
     }
 }

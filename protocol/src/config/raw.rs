@@ -334,6 +334,20 @@ pub struct Ec2BudgetSettings {
     /// The Resource Groups Tagging API's `GetResources` (discovery of non-EC2 types).
     #[serde(default = "tagging_bucket")]
     pub tagging: BucketSettings,
+    /// RDS `Describe*` calls of the actions.
+    #[serde(default = "rds_describe_bucket")]
+    pub rds_describe: BucketSettings,
+    /// RDS's other calls: `CreateDBSnapshot`, `CopyDBSnapshot`, `DeleteDBSnapshot`, …
+    #[serde(default = "rds_mutating_bucket")]
+    pub rds_mutating: BucketSettings,
+}
+
+fn rds_describe_bucket() -> BucketSettings {
+    BucketSettings { rate: 10, burst: 40 }
+}
+
+fn rds_mutating_bucket() -> BucketSettings {
+    BucketSettings { rate: 5, burst: 20 }
 }
 
 fn dynamodb_backups_bucket() -> BucketSettings {
@@ -389,6 +403,8 @@ impl Default for Ec2BudgetSettings {
             dynamodb_backups: dynamodb_backups_bucket(),
             dynamodb_control: dynamodb_control_bucket(),
             tagging: tagging_bucket(),
+            rds_describe: rds_describe_bucket(),
+            rds_mutating: rds_mutating_bucket(),
         }
     }
 }

@@ -22,7 +22,9 @@
 //!   not opted in (`OptInRequired`) or an account whose role lacks a permission
 //!   (`UnauthorizedOperation`) does.
 //!
-//! DynamoDB's control plane and the Tagging API get the same treatment (see [`dynamodb`]):
+//! RDS snapshots read `creating` for a while and encrypted cross-region copies must be
+//! presigned (see [`rds`]). DynamoDB's control plane and the Tagging API get the same
+//! treatment (see [`dynamodb`]):
 //! tables `UPDATING` after an update, backups `CREATING` and missing from lists for a while,
 //! a daily allowance of throughput decreases, lost replies and server errors.
 //!
@@ -41,6 +43,7 @@ mod buckets;
 mod deprecations;
 pub mod dynamodb;
 mod fills;
+pub mod rds;
 mod request;
 mod xml;
 
@@ -155,6 +158,8 @@ struct Seen {
     deprecations: HashMap<String, (String, Instant)>,
     /// DynamoDB tables and backups.
     tables: dynamodb::Tables,
+    /// RDS snapshots.
+    rds: rds::Snapshots,
     buckets: Buckets,
 }
 
@@ -327,6 +332,11 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
         return dynamodb::serve(shared, &plan, &target, &body, &count, upstream).await;
     }
 
+    if request.service == "rds" {
+        if let Some(refused) = rds::before(&plan, &request, &count) {
+            return Ok(refused);
+        }
+    }
     if request.service == "ec2" {
         if let Some(refused) = before(shared, &plan, &request, &count) {
             return Ok(refused);
@@ -384,6 +394,13 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
         if let Some(key) = xml::text(&text, "AccessKeyId") {
             lock(&shared.seen).accounts.insert(key.to_owned(), account.to_owned());
         }
+    }
+    if request.service == "rds" && ok {
+        head.headers.remove("content-length");
+        return Ok(match rds::after(shared, &plan, &request, text, &count) {
+            Some(text) => Response::from_parts(head, Full::new(Bytes::from(text))),
+            None => rds::lost(),
+        });
     }
     if request.service != "ec2" || !ok {
         head.headers.remove("content-length");

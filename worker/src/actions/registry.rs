@@ -3,7 +3,7 @@
 use super::any::Typed;
 use super::{
     Action, AmiCreate, AnyAction, DynamodbBackup, DynamodbCapacity, EbsSnapshot, ImageCopy, ImageLifecycle,
-    InstancePower, InstanceResize, Noop, Notify, SnapshotCopy, SnapshotRetention, Tag,
+    InstancePower, InstanceResize, Noop, Notify, RdsSnapshot, SnapshotCopy, SnapshotRetention, Tag,
 };
 use opsfleet_protocol::config::{ActionCatalog, ActionInfo};
 use serde_json::Value;
@@ -35,6 +35,7 @@ impl ActionRegistry {
             .with(Notify)
             .with(DynamodbBackup)
             .with(DynamodbCapacity)
+            .with(RdsSnapshot)
     }
 
     /// The same registry with an action added (replacing one of the same name).
@@ -81,7 +82,7 @@ mod tests {
         assert!(registry.check("noop", &json!({"sleep_ms": 5})).is_ok());
         let err = registry.check("nop", &json!({})).unwrap_err();
         assert!(
-            err.contains("unknown action `nop`; known: ami-create, dynamodb-backup, dynamodb-capacity, ebs-snapshot, image-copy, image-lifecycle, instance-power, instance-resize, noop, notify"),
+            err.contains("unknown action `nop`; known: ami-create, dynamodb-backup, dynamodb-capacity, ebs-snapshot, image-copy, image-lifecycle, instance-power, instance-resize, noop, notify, rds-snapshot"),
             "{err}"
         );
         let err = registry.check("noop", &json!({"sleep": 5})).unwrap_err();

@@ -5,6 +5,7 @@
 pub mod dynamodb;
 pub mod ec2;
 pub mod faulty;
+pub mod rds;
 
 use opsfleet_backend::realism::{Realism, RealisticBackend};
 use opsfleet_backend::EmbeddedBackend;
