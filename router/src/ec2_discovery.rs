@@ -27,7 +27,11 @@ fn filters(discovery: &Discovery) -> Vec<Filter> {
         .query
         .tags
         .iter()
-        .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build())
+        .map(|(k, v)| match v.as_str() {
+            // Any value: the key alone.
+            "*" => Filter::builder().name("tag-key").values(k).build(),
+            _ => Filter::builder().name(format!("tag:{k}")).values(v).build(),
+        })
         .collect();
     if discovery.query.state.is_empty() && discovery.query.kind == ResourceType::Instance {
         // Terminated instances stay listed for an hour; a job on one could only fail.

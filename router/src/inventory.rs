@@ -51,7 +51,7 @@ impl Discover for StaticInventory {
             .filter(|item| item.resource.kind == query.kind)
             .filter(|item| discovery.accounts.contains(&item.resource.account))
             .filter(|item| discovery.regions.contains(&item.resource.region))
-            .filter(|item| query.tags.iter().all(|(k, v)| item.tags.get(k) == Some(v)))
+            .filter(|item| query.tags.iter().all(|(k, v)| item.tags.get(k).is_some_and(|have| v == "*" || have == v)))
             .filter(|item| query.state.is_empty() || item.state.as_ref().is_some_and(|s| query.state.contains(s)))
             .map(|item| item.resource.clone())
             .collect())

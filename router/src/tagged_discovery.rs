@@ -32,8 +32,19 @@ impl TaggedDiscovery {
         let task = discovery.task_name.as_str();
         let place = format!("{account}/{region}");
         let tagging = self.accounts.tagging(account, region).await.map_err(|e| failed(task, &place, e))?;
-        let filters: Vec<TagFilter> =
-            discovery.query.tags.iter().map(|(k, v)| TagFilter::builder().key(k).values(v).build()).collect();
+        // `*` is any value: the tag's key alone.
+        let filters: Vec<TagFilter> = discovery
+            .query
+            .tags
+            .iter()
+            .map(|(k, v)| {
+                if v == "*" {
+                    TagFilter::builder().key(k).build()
+                } else {
+                    TagFilter::builder().key(k).values(v).build()
+                }
+            })
+            .collect();
         let mut pages = tagging
             .get_resources()
             .resource_type_filters(discovery.query.kind.as_str())

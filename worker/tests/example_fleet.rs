@@ -69,6 +69,8 @@ fn example_events() -> Vec<ExampleEvent> {
             0,
             4
         ),
+        // The quarter-hourly schedule: the office-hours task finds its instances later.
+        example_event!("scheduled-every-15-minutes.json", Some(&["office-hours-instances"]), 0, 1),
         example_event!("sns-classic-alarm-cpu-high.json", ALARMED, 2, 0),
         example_event!("sns-classic-alarm-network-eu-west-1.json", ALARMED, 2, 0),
         example_event!("sns-ec2-instance-stopped-us-west-2.json", Some(&["snapshot-stopped-instance"]), 1, 0),
@@ -92,8 +94,10 @@ fn the_example_fleet_loads_with_the_builtin_actions() {
     assert_eq!(copy.limit.as_deref(), Some("snapshot-copy"), "the copy takes a slot of its limit");
     let discovery: Vec<&Targets> = config.tasks.iter().map(|t| &t.targets).filter(|t| **t != Targets::Event).collect();
     match discovery[..] {
-        [Targets::Discover(volumes), Targets::Discover(instances), Targets::Discover(images), Targets::Discover(tables)] =>
+        [Targets::Discover(volumes), Targets::Discover(instances), Targets::Discover(images), Targets::Discover(tables), Targets::Discover(scheduled)] =>
         {
+            assert_eq!(scheduled.kind, ResourceType::Instance);
+            assert_eq!(scheduled.tags.get("Schedule").map(String::as_str), Some("*"), "any value of the tag");
             assert_eq!(tables.kind, ResourceType::DynamoTable);
             assert_eq!(tables.tags.get("Backup").map(String::as_str), Some("nightly"));
             assert_eq!(images.kind, ResourceType::Image);
@@ -104,7 +108,7 @@ fn the_example_fleet_loads_with_the_builtin_actions() {
             assert_eq!(instances.kind, ResourceType::Instance);
             assert_eq!(instances.state, ["running"]);
         }
-        _ => panic!("expected four discovery tasks, got {discovery:?}"),
+        _ => panic!("expected five discovery tasks, got {discovery:?}"),
     }
 }
 

@@ -34,6 +34,7 @@ fn param_sets() -> Vec<(&'static str, Value)> {
         ("dynamodb-capacity", json!({ "multiply": 2, "max_read": 100 })),
         ("dynamodb-capacity", json!({ "billing_mode": "PAY_PER_REQUEST" })),
         ("rds-snapshot", json!({ "copy_to": [{ "region": "us-west-2", "kms_key_id": "alias/dr" }], "retain": 7 })),
+        ("schedule-power", json!({ "periods": { "office": { "begin": "08:00", "end": "18:00" } }, "hibernate": true })),
     ]
 }
 
@@ -237,7 +238,9 @@ fn no_sequence_of_allowed_calls_deletes_or_deregisters_what_opsfleet_did_not_mak
     // the other actions may do (not those that act on any instance that has not opted out).
     let sets: Vec<(&str, Value)> = param_sets()
         .into_iter()
-        .filter(|(name, params)| !name.starts_with("instance-") && params.get("delete_source").is_none())
+        .filter(|(name, params)| {
+            !name.starts_with("instance-") && *name != "schedule-power" && params.get("delete_source").is_none()
+        })
         .collect();
     let policy = statements(&sets);
     for (kind, arn) in KINDS {
@@ -364,9 +367,16 @@ fn rds_snapshots_are_made_only_of_what_has_not_opted_out_and_deleted_only_when_o
     assert!(allowed(&policy, &call("rds:AddTagsToResource", ours, &none, job_tag())), "tagged as made");
     assert!(!allowed(&policy, &call("rds:AddTagsToResource", theirs, &none, job_tag())), "opsfleet:job onto another's");
     assert!(!allowed(&policy, &call("rds:AddTagsToResource", db, &skip, BTreeMap::new())), "the opt-out stays");
-    for action in ["rds:RemoveTagsFromResource", "rds:DeleteDBInstance", "rds:StopDBInstance"] {
+    for action in ["rds:RemoveTagsFromResource", "rds:DeleteDBInstance", "rds:RebootDBInstance"] {
         assert!(!allowed(&policy, &call(action, db, &none, BTreeMap::new())), "{action} is never allowed");
     }
+    // Scheduled power stops and starts databases, never one that opted out, and records only
+    // its own key.
+    assert!(allowed(&policy, &call("rds:StopDBInstance", db, &none, BTreeMap::new())));
+    assert!(!allowed(&policy, &call("rds:StopDBInstance", db, &skip, BTreeMap::new())));
+    let record = || BTreeMap::from([("opsfleet:schedule".to_owned(), "office stopped".to_owned())]);
+    assert!(allowed(&policy, &call("rds:AddTagsToResource", db, &none, record())));
+    assert!(!allowed(&policy, &call("rds:AddTagsToResource", db, &skip, record())));
     assert!(allowed(&policy, &call("rds:DeleteDBSnapshot", ours, &made, BTreeMap::new())), "retain deletes its own");
     assert!(!allowed(&policy, &call("rds:DeleteDBSnapshot", ours, &none, BTreeMap::new())), "not untagged ones");
     assert!(!allowed(&policy, &call("rds:DeleteDBSnapshot", theirs, &made, BTreeMap::new())), "not other names");

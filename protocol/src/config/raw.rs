@@ -149,7 +149,7 @@ pub struct DiscoveryQuery {
     /// The resource type to find.
     #[serde(rename = "type")]
     pub kind: ResourceType,
-    /// Tags the resources must have (key = value).
+    /// Tags the resources must have (key = value; `*` is any value).
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
     /// States the resources must be in (instances: `running`, `stopped`, …; volumes:

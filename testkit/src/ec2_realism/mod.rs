@@ -43,6 +43,7 @@ mod buckets;
 mod deprecations;
 pub mod dynamodb;
 mod fills;
+mod hibernation;
 pub mod rds;
 mod request;
 mod xml;
@@ -153,6 +154,8 @@ struct Seen {
     accounts: HashMap<String, String>,
     /// The image each `CopyImage` client token made: EC2 answers a repeat with it.
     copy_tokens: HashMap<String, String>,
+    /// The instances launched able to hibernate.
+    hibernating: BTreeSet<String>,
     /// When each image deprecates (`EnableImageDeprecation`), as EC2 writes it, and when
     /// that was set (describes show it once the consistency window is over).
     deprecations: HashMap<String, (String, Instant)>,
@@ -421,6 +424,9 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
                 .collect(),
             _ => xml::texts(&text, element).into_iter().map(str::to_owned).collect::<Vec<_>>(),
         };
+        if action == "RunInstances" {
+            hibernation::launched(shared, &request, &made);
+        }
         let mut seen = lock(&shared.seen);
         for id in made {
             seen.created.insert(id, now);
@@ -438,6 +444,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
         }
     }
     let text = if action == "DescribeImages" { deprecations::shown(shared, &plan, text) } else { text };
+    let text = if action == "DescribeInstances" { hibernation::shown(shared, text) } else { text };
     let text = match DESCRIBES.iter().find(|(a, ..)| *a == action) {
         Some(&(_, set, element, _, _)) => after_describe(shared, &plan, &request, &text, set, element, &count),
         None => text,
@@ -480,6 +487,9 @@ fn before(
         count("no_capacity");
         let message = "We currently do not have sufficient capacity in the Availability Zone you requested.";
         return Some(ec2_error(StatusCode::INTERNAL_SERVER_ERROR, "InsufficientInstanceCapacity", message));
+    }
+    if let Some(message) = hibernation::refused(shared, request, count) {
+        return Some(ec2_error(StatusCode::BAD_REQUEST, "UnsupportedHibernationConfiguration", &message));
     }
     if action == "StopInstances" && request.params.get("Force").is_some_and(|f| f == "true") {
         let ids = request.list("InstanceId");

@@ -1,6 +1,8 @@
 //! RDS as AWS serves it, where the emulator is kinder:
 //!
-//! - Snapshots made or copied through the layer read `creating` for [`Ec2Plan::pending`].
+//! - Snapshots made or copied through the layer read `creating` for [`Ec2Plan::pending`];
+//!   instances and clusters stopped or started through it read `stopping` or `starting` as
+//!   long.
 //! - A share of mutating calls answers `InternalFailure` before reaching the emulator
 //!   ([`Ec2Plan::server_errors`]); a share of snapshot creates and copies is applied and then
 //!   answers `InternalFailure` ([`Ec2Plan::lost_creates`]).
@@ -20,7 +22,16 @@ use std::time::Instant;
 #[derive(Default)]
 pub(super) struct Snapshots {
     made: HashMap<(String, String), Instant>,
+    /// When each instance or cluster was last stopped or started, and which.
+    powered: HashMap<(String, String), (Instant, bool)>,
 }
+
+const POWER: &[(&str, &str, bool)] = &[
+    ("StopDBInstance", "DBInstanceIdentifier", false),
+    ("StartDBInstance", "DBInstanceIdentifier", true),
+    ("StopDBCluster", "DBClusterIdentifier", false),
+    ("StartDBCluster", "DBClusterIdentifier", true),
+];
 
 const CREATES: &[(&str, &str)] = &[
     ("CreateDBSnapshot", "DBSnapshotIdentifier"),
@@ -102,6 +113,15 @@ pub(super) fn after(
     if matches!(action, "DescribeDBSnapshots" | "DescribeDBClusterSnapshots") {
         return Some(creating(shared, plan, request, text, count));
     }
+    if let Some((_, param, start)) = POWER.iter().find(|(a, ..)| *a == action) {
+        if let Some(id) = request.params.get(*param) {
+            let key = (request.region.clone(), id.to_ascii_lowercase());
+            lock(&shared.seen).rds.powered.insert(key, (Instant::now(), *start));
+        }
+    }
+    if matches!(action, "DescribeDBInstances" | "DescribeDBClusters") {
+        return Some(changing(shared, plan, request, text, count));
+    }
     Some(text)
 }
 
@@ -132,6 +152,42 @@ fn creating(
             if recent(id) && item.contains("<Status>available</Status>") {
                 count("pending");
                 item.replace("<Status>available</Status>", "<Status>creating</Status>")
+            } else {
+                item.to_owned()
+            }
+        });
+    }
+    text
+}
+
+/// The instances and clusters in an answer stopped or started within the pending time, shown
+/// `stopping` or `starting`.
+fn changing(
+    shared: &Shared,
+    plan: &Ec2Plan,
+    request: &QueryRequest,
+    text: String,
+    count: &impl Fn(&'static str),
+) -> String {
+    let seen = lock(&shared.seen);
+    let mut text = text;
+    for (element, id_tag, status_tag) in
+        [("DBInstance", "DBInstanceIdentifier", "DBInstanceStatus"), ("DBCluster", "DBClusterIdentifier", "Status")]
+    {
+        text = edit_items(&text, element, |item| {
+            let id = super::xml::text(item, id_tag).unwrap_or_default().to_ascii_lowercase();
+            let recent =
+                seen.rds.powered.get(&(request.region.clone(), id)).filter(|(at, _)| at.elapsed() < plan.pending);
+            let (from, to) = match recent {
+                Some((_, true)) => ("available", "starting"),
+                Some((_, false)) => ("stopped", "stopping"),
+                None => return item.to_owned(),
+            };
+            let (old, new) =
+                (format!("<{status_tag}>{from}</{status_tag}>"), format!("<{status_tag}>{to}</{status_tag}>"));
+            if item.contains(&old) {
+                count("changing");
+                item.replacen(&old, &new, 1)
             } else {
                 item.to_owned()
             }

@@ -3,7 +3,7 @@
 use super::any::Typed;
 use super::{
     Action, AmiCreate, AnyAction, DynamodbBackup, DynamodbCapacity, EbsSnapshot, ImageCopy, ImageLifecycle,
-    InstancePower, InstanceResize, Noop, Notify, RdsSnapshot, SnapshotCopy, SnapshotRetention, Tag,
+    InstancePower, InstanceResize, Noop, Notify, RdsSnapshot, SchedulePower, SnapshotCopy, SnapshotRetention, Tag,
 };
 use opsfleet_protocol::config::{ActionCatalog, ActionInfo};
 use serde_json::Value;
@@ -36,6 +36,7 @@ impl ActionRegistry {
             .with(DynamodbBackup)
             .with(DynamodbCapacity)
             .with(RdsSnapshot)
+            .with(SchedulePower)
     }
 
     /// The same registry with an action added (replacing one of the same name).
