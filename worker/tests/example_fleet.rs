@@ -48,6 +48,13 @@ fn example_events() -> Vec<ExampleEvent> {
         ),
         // An instance and a volume: the reboot acts on the instance only, the page on both.
         example_event!("alarm-io-pressure-metric-math.json", ALARMED, 3, 0),
+        // A `restart-app-` alarm: the application is restarted as well as the instance paged on.
+        example_event!(
+            "alarm-restart-app.json",
+            Some(&["reboot-alarmed-instance", "page-on-alarm", "restart-unhealthy-app"]),
+            3,
+            0
+        ),
         // A table's alarm: its capacity is raised and the page names it; no instance to reboot.
         example_event!(
             "alarm-dynamodb-write-throttles.json",

@@ -35,6 +35,7 @@ fn param_sets() -> Vec<(&'static str, Value)> {
         ("dynamodb-capacity", json!({ "billing_mode": "PAY_PER_REQUEST" })),
         ("rds-snapshot", json!({ "copy_to": [{ "region": "us-west-2", "kms_key_id": "alias/dr" }], "retain": 7 })),
         ("schedule-power", json!({ "periods": { "office": { "begin": "08:00", "end": "18:00" } }, "hibernate": true })),
+        ("run-command", json!({ "commands": ["uptime"] })),
     ]
 }
 
@@ -78,6 +79,9 @@ fn strings(v: &Value) -> Vec<String> {
 /// The values of a condition key for a call (none when absent).
 fn values(call: &Call<'_>, key: &str) -> Vec<String> {
     if let Some(tag) = key.strip_prefix("aws:ResourceTag/") {
+        return call.resource_tags.get(tag).cloned().into_iter().collect();
+    }
+    if let Some(tag) = key.strip_prefix("ssm:resourceTag/") {
         return call.resource_tags.get(tag).cloned().into_iter().collect();
     }
     if let Some(tag) = key.strip_prefix("aws:RequestTag/") {
@@ -382,4 +386,21 @@ fn rds_snapshots_are_made_only_of_what_has_not_opted_out_and_deleted_only_when_o
     assert!(!allowed(&policy, &call("rds:DeleteDBSnapshot", theirs, &made, BTreeMap::new())), "not other names");
     let without_retain = statements(&[("rds-snapshot", json!({}))]);
     assert!(!allowed(&without_retain, &call("rds:DeleteDBSnapshot", ours, &made, BTreeMap::new())));
+}
+
+#[test]
+fn commands_are_sent_only_to_instances_that_have_not_opted_out() {
+    let policy = statements(&param_sets());
+    let instance = "arn:aws:ec2:us-east-1:111122223333:instance/i-0theirs";
+    let send = |tags| Call {
+        action: "ssm:SendCommand",
+        arn: instance.to_owned(),
+        resource_tags: tags,
+        request_tags: BTreeMap::new(),
+        create_action: None,
+    };
+    let none = BTreeMap::new();
+    assert!(allowed(&policy, &send(&none)));
+    let skip = BTreeMap::from([("opsfleet:skip".to_owned(), "true".to_owned())]);
+    assert!(!allowed(&policy, &send(&skip)), "an instance that opted out gets no command");
 }

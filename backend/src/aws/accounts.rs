@@ -42,6 +42,8 @@ pub struct AwsAccounts {
     dynamodb: Mutex<HashMap<(String, String), aws_sdk_dynamodb::Client>>,
     tagging: Mutex<HashMap<(String, String), aws_sdk_resourcegroupstagging::Client>>,
     rds: Mutex<HashMap<(String, String), aws_sdk_rds::Client>>,
+    ssm: Mutex<HashMap<(String, String), aws_sdk_ssm::Client>>,
+    autoscaling: Mutex<HashMap<(String, String), aws_sdk_autoscaling::Client>>,
 }
 
 impl AwsAccounts {
@@ -63,6 +65,8 @@ impl AwsAccounts {
             dynamodb: Mutex::default(),
             tagging: Mutex::default(),
             rds: Mutex::default(),
+            ssm: Mutex::default(),
+            autoscaling: Mutex::default(),
         }
     }
 
@@ -184,6 +188,42 @@ impl AwsAccounts {
             .build();
         let client = aws_sdk_rds::Client::from_conf(conf);
         self.rds.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// An SSM client in an account and region (Run Command), its calls shaped by the budget.
+    pub async fn ssm(&self, account: &str, region: &str) -> Result<aws_sdk_ssm::Client, AccountError> {
+        let key = (account.to_owned(), region.to_owned());
+        if let Some(client) = self.ssm.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return Ok(client.clone());
+        }
+        let config = self.config(account).await?;
+        let http = Budgeted::new(self.http.clone(), Arc::clone(&self.budget), account, region);
+        let conf = aws_sdk_ssm::config::Builder::from(&config)
+            .region(aws_sdk_ssm::config::Region::new(region.to_owned()))
+            .http_client(http)
+            .interceptor(super::metrics::AwsMetrics)
+            .build();
+        let client = aws_sdk_ssm::Client::from_conf(conf);
+        self.ssm.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
+        Ok(client)
+    }
+
+    /// An Auto Scaling client in an account and region, its calls shaped by the budget.
+    pub async fn autoscaling(&self, account: &str, region: &str) -> Result<aws_sdk_autoscaling::Client, AccountError> {
+        let key = (account.to_owned(), region.to_owned());
+        if let Some(client) = self.autoscaling.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return Ok(client.clone());
+        }
+        let config = self.config(account).await?;
+        let http = Budgeted::new(self.http.clone(), Arc::clone(&self.budget), account, region).for_autoscaling();
+        let conf = aws_sdk_autoscaling::config::Builder::from(&config)
+            .region(aws_sdk_autoscaling::config::Region::new(region.to_owned()))
+            .http_client(http)
+            .interceptor(super::metrics::AwsMetrics)
+            .build();
+        let client = aws_sdk_autoscaling::Client::from_conf(conf);
+        self.autoscaling.lock().unwrap_or_else(PoisonError::into_inner).insert(key, client.clone());
         Ok(client)
     }
 

@@ -45,6 +45,10 @@ pub enum ApiClass {
     DynamodbControl,
     /// The Resource Groups Tagging API.
     Tagging,
+    /// SSM's Run Command calls (`SendCommand`, `ListCommands`, `GetCommandInvocation`).
+    Ssm,
+    /// Auto Scaling calls.
+    Autoscaling,
     /// RDS `Describe*` and `List*` calls.
     RdsDescribe,
     /// Every other RDS call.
@@ -75,6 +79,7 @@ impl ApiClass {
                 _ => ApiClass::DynamodbControl,
             },
             s if s.starts_with("ResourceGroupsTaggingAPI_") => ApiClass::Tagging,
+            "AmazonSSM" => ApiClass::Ssm,
             _ => return None,
         };
         Some((class, api))
@@ -122,6 +127,8 @@ impl ApiClass {
             ApiClass::DynamodbBackups => "dynamodb_backups",
             ApiClass::DynamodbControl => "dynamodb_control",
             ApiClass::Tagging => "tagging",
+            ApiClass::Ssm => "ssm",
+            ApiClass::Autoscaling => "autoscaling",
             ApiClass::RdsDescribe => "rds_describe",
             ApiClass::RdsMutating => "rds_mutating",
         }
@@ -139,6 +146,8 @@ impl ApiClass {
             ApiClass::DynamodbBackups => budget.dynamodb_backups,
             ApiClass::DynamodbControl => budget.dynamodb_control,
             ApiClass::Tagging => budget.tagging,
+            ApiClass::Ssm => budget.ssm,
+            ApiClass::Autoscaling => budget.autoscaling,
             ApiClass::RdsDescribe => budget.rds_describe,
             ApiClass::RdsMutating => budget.rds_mutating,
         }
@@ -239,19 +248,32 @@ pub struct Budgeted {
     budget: Arc<Ec2Budget>,
     account: String,
     region: String,
-    rds: bool,
+    service: Query,
+}
+
+/// Which classes a query-protocol request falls in: EC2's, RDS's or Auto Scaling's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Query {
+    Ec2,
+    Rds,
+    Autoscaling,
 }
 
 impl Budgeted {
     /// `inner`, shaped by `budget` for the calls of one account and region (EC2's classes for
     /// query-protocol requests, the JSON services' by their target).
     pub fn new(inner: SharedHttpClient, budget: Arc<Ec2Budget>, account: &str, region: &str) -> Self {
-        Budgeted { inner, budget, account: account.to_owned(), region: region.to_owned(), rds: false }
+        Budgeted { inner, budget, account: account.to_owned(), region: region.to_owned(), service: Query::Ec2 }
     }
 
     /// The same for an RDS client: its query-protocol requests fall in RDS's classes.
     pub fn for_rds(self) -> Self {
-        Budgeted { rds: true, ..self }
+        Budgeted { service: Query::Rds, ..self }
+    }
+
+    /// The same for an Auto Scaling client: its requests fall in one class.
+    pub fn for_autoscaling(self) -> Self {
+        Budgeted { service: Query::Autoscaling, ..self }
     }
 }
 
@@ -262,7 +284,7 @@ impl HttpClient for Budgeted {
             budget: Arc::clone(&self.budget),
             account: self.account.clone(),
             region: self.region.clone(),
-            rds: self.rds,
+            service: self.service,
         })
     }
 }
@@ -273,7 +295,7 @@ struct BudgetedConnector {
     budget: Arc<Ec2Budget>,
     account: String,
     region: String,
-    rds: bool,
+    service: Query,
 }
 
 impl HttpConnector for BudgetedConnector {
@@ -285,7 +307,11 @@ impl HttpConnector for BudgetedConnector {
                 let body = request.body().bytes().map(String::from_utf8_lossy).unwrap_or_default();
                 let action =
                     body.split('&').find_map(|pair| pair.strip_prefix("Action=")).unwrap_or_default().to_owned();
-                let class = if self.rds { ApiClass::of_rds(&action) } else { ApiClass::of_request(&action, &body) };
+                let class = match self.service {
+                    Query::Rds => ApiClass::of_rds(&action),
+                    Query::Autoscaling => ApiClass::Autoscaling,
+                    Query::Ec2 => ApiClass::of_request(&action, &body),
+                };
                 (action, class)
             }
         };
@@ -322,6 +348,7 @@ mod tests {
             ApiClass::of_target("ResourceGroupsTaggingAPI_20170126.GetResources"),
             Some((ApiClass::Tagging, "GetResources"))
         );
+        assert_eq!(ApiClass::of_target("AmazonSSM.SendCommand"), Some((ApiClass::Ssm, "SendCommand")));
         assert_eq!(ApiClass::of_target("AmazonSQS.SendMessage"), None);
     }
 

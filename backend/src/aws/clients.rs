@@ -21,6 +21,12 @@ pub trait AwsClients: Send + Sync {
     /// An RDS client in an account and region (actions on instances and clusters).
     async fn rds(&self, account: &str, region: &str) -> Result<aws_sdk_rds::Client, AccountError>;
 
+    /// An SSM client in an account and region (Run Command).
+    async fn ssm(&self, account: &str, region: &str) -> Result<aws_sdk_ssm::Client, AccountError>;
+
+    /// An Auto Scaling client in an account and region.
+    async fn autoscaling(&self, account: &str, region: &str) -> Result<aws_sdk_autoscaling::Client, AccountError>;
+
     /// The credentials that act in an account (to presign a request another service sends).
     async fn credentials(&self, account: &str) -> Result<SharedCredentialsProvider, AccountError>;
 
@@ -53,6 +59,14 @@ impl AwsClients for AwsAccounts {
 
     async fn rds(&self, account: &str, region: &str) -> Result<aws_sdk_rds::Client, AccountError> {
         AwsAccounts::rds(self, account, region).await
+    }
+
+    async fn ssm(&self, account: &str, region: &str) -> Result<aws_sdk_ssm::Client, AccountError> {
+        AwsAccounts::ssm(self, account, region).await
+    }
+
+    async fn autoscaling(&self, account: &str, region: &str) -> Result<aws_sdk_autoscaling::Client, AccountError> {
+        AwsAccounts::autoscaling(self, account, region).await
     }
 
     async fn credentials(&self, account: &str) -> Result<SharedCredentialsProvider, AccountError> {

@@ -334,12 +334,26 @@ pub struct Ec2BudgetSettings {
     /// The Resource Groups Tagging API's `GetResources` (discovery of non-EC2 types).
     #[serde(default = "tagging_bucket")]
     pub tagging: BucketSettings,
+    /// SSM's Run Command calls: `SendCommand`, `ListCommands`, `GetCommandInvocation`.
+    #[serde(default = "ssm_bucket")]
+    pub ssm: BucketSettings,
+    /// Auto Scaling calls of discovery and the actions.
+    #[serde(default = "autoscaling_bucket")]
+    pub autoscaling: BucketSettings,
     /// RDS `Describe*` calls of the actions.
     #[serde(default = "rds_describe_bucket")]
     pub rds_describe: BucketSettings,
     /// RDS's other calls: `CreateDBSnapshot`, `CopyDBSnapshot`, `DeleteDBSnapshot`, …
     #[serde(default = "rds_mutating_bucket")]
     pub rds_mutating: BucketSettings,
+}
+
+fn ssm_bucket() -> BucketSettings {
+    BucketSettings { rate: 5, burst: 20 }
+}
+
+fn autoscaling_bucket() -> BucketSettings {
+    BucketSettings { rate: 5, burst: 20 }
 }
 
 fn rds_describe_bucket() -> BucketSettings {
@@ -403,6 +417,8 @@ impl Default for Ec2BudgetSettings {
             dynamodb_backups: dynamodb_backups_bucket(),
             dynamodb_control: dynamodb_control_bucket(),
             tagging: tagging_bucket(),
+            ssm: ssm_bucket(),
+            autoscaling: autoscaling_bucket(),
             rds_describe: rds_describe_bucket(),
             rds_mutating: rds_mutating_bucket(),
         }

@@ -22,6 +22,7 @@
 //!   not opted in (`OptInRequired`) or an account whose role lacks a permission
 //!   (`UnauthorizedOperation`) does.
 //!
+//! Run Command's invocations are unknown, then in progress, for a while (see [`ssm`]).
 //! RDS snapshots read `creating` for a while and encrypted cross-region copies must be
 //! presigned (see [`rds`]). DynamoDB's control plane and the Tagging API get the same
 //! treatment (see [`dynamodb`]):
@@ -46,6 +47,7 @@ mod fills;
 mod hibernation;
 pub mod rds;
 mod request;
+pub mod ssm;
 mod xml;
 
 pub use request::QueryRequest;
@@ -106,6 +108,8 @@ pub struct Ec2Plan {
     pub failing: Vec<FailingPlace>,
     /// How many times a day one DynamoDB table's throughput may be lowered (`None`: any).
     pub decreases_per_day: Option<u32>,
+    /// Run Command commands containing one of these texts fail (exit code 1).
+    pub failing_commands: BTreeSet<String>,
 }
 
 impl Ec2Plan {
@@ -163,6 +167,8 @@ struct Seen {
     tables: dynamodb::Tables,
     /// RDS snapshots.
     rds: rds::Snapshots,
+    /// Run Command's commands.
+    commands: ssm::Commands,
     buckets: Buckets,
 }
 
@@ -307,7 +313,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
     let action = request.action().to_owned();
 
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    if matches!(request.service.as_str(), "dynamodb" | "tagging") && !target.is_empty() {
+    if matches!(request.service.as_str(), "dynamodb" | "tagging" | "ssm") && !target.is_empty() {
         let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let url = format!("{}{path}", shared.upstream);
         let upstream = |target: String, body: Bytes| {
@@ -331,6 +337,9 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
             count("failing_place");
             let message = format!("{target} in account {account} is refused in {}", request.region);
             return Ok(dynamodb::error(StatusCode::BAD_REQUEST, &place.code, &message));
+        }
+        if request.service == "ssm" {
+            return ssm::serve(shared, &plan, &target, &body, &count, upstream).await;
         }
         return dynamodb::serve(shared, &plan, &target, &body, &count, upstream).await;
     }

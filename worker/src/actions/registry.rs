@@ -3,7 +3,8 @@
 use super::any::Typed;
 use super::{
     Action, AmiCreate, AnyAction, DynamodbBackup, DynamodbCapacity, EbsSnapshot, ImageCopy, ImageLifecycle,
-    InstancePower, InstanceResize, Noop, Notify, RdsSnapshot, SchedulePower, SnapshotCopy, SnapshotRetention, Tag,
+    InstancePower, InstanceResize, Noop, Notify, RdsSnapshot, RunCommand, SchedulePower, SnapshotCopy,
+    SnapshotRetention, Tag,
 };
 use opsfleet_protocol::config::{ActionCatalog, ActionInfo};
 use serde_json::Value;
@@ -37,6 +38,7 @@ impl ActionRegistry {
             .with(DynamodbCapacity)
             .with(RdsSnapshot)
             .with(SchedulePower)
+            .with(RunCommand)
     }
 
     /// The same registry with an action added (replacing one of the same name).
