@@ -27,11 +27,14 @@ pub enum ResourceType {
     /// An Aurora or Multi-AZ DB cluster, by identifier.
     #[serde(rename = "rds:cluster")]
     RdsCluster,
+    /// An EC2 Auto Scaling group, by name.
+    #[serde(rename = "autoscaling:group")]
+    AutoScalingGroup,
 }
 
 impl ResourceType {
     /// Every resource type, in a stable order.
-    pub const ALL: [ResourceType; 7] = [
+    pub const ALL: [ResourceType; 8] = [
         Self::Instance,
         Self::Volume,
         Self::Snapshot,
@@ -39,6 +42,7 @@ impl ResourceType {
         Self::DynamoTable,
         Self::RdsInstance,
         Self::RdsCluster,
+        Self::AutoScalingGroup,
     ];
 
     /// The EC2 types.
@@ -54,6 +58,7 @@ impl ResourceType {
             Self::DynamoTable => "dynamodb:table",
             Self::RdsInstance => "rds:db",
             Self::RdsCluster => "rds:cluster",
+            Self::AutoScalingGroup => "autoscaling:group",
         }
     }
 
@@ -161,6 +166,10 @@ impl Resource {
 /// last).
 fn check_name(kind: ResourceType, id: &str) -> Result<(), String> {
     let ok = match kind {
+        ResourceType::AutoScalingGroup => {
+            (1..=MAX_ID_LEN).contains(&id.len())
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        }
         ResourceType::DynamoTable => {
             (3..=MAX_ID_LEN).contains(&id.len())
                 && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
@@ -178,6 +187,7 @@ fn check_name(kind: ResourceType, id: &str) -> Result<(), String> {
     }
     let rule = match kind {
         ResourceType::DynamoTable => "3 to 64 letters, digits, `_`, `-` and `.`",
+        ResourceType::AutoScalingGroup => "1 to 64 letters, digits, `_`, `-` and `.`",
         _ => "1 to 63 letters, digits and single hyphens, starting with a letter",
     };
     Err(format!("resource id `{}` is not a {kind} name ({rule})", clip(id)))
@@ -235,6 +245,7 @@ impl<'a> Arn<'a> {
             "dynamodb" => {
                 (ResourceType::DynamoTable, self.resource.strip_prefix("table/").filter(|n| !n.contains('/'))?)
             }
+            "autoscaling" => (ResourceType::AutoScalingGroup, self.resource.split_once("autoScalingGroupName/")?.1),
             "rds" => match self.resource.split_once(':')? {
                 ("db", id) => (ResourceType::RdsInstance, id),
                 ("cluster", id) => (ResourceType::RdsCluster, id),
@@ -354,6 +365,11 @@ mod tests {
         assert_eq!(db.resource().map(|r| (r.0, r.1)), Some((ResourceType::RdsInstance, "billing-1")));
         let cluster = Arn::parse("arn:aws:rds:us-east-1:123456789012:cluster:aurora-main").unwrap();
         assert_eq!(cluster.resource().map(|r| (r.0, r.1)), Some((ResourceType::RdsCluster, "aurora-main")));
+        let group = Arn::parse(
+            "arn:aws:autoscaling:us-east-1:123456789012:autoScalingGroup:8e1f2a3b-4c5d-4e6f-8a9b-0c1d2e3f4a5b:autoScalingGroupName/web-asg",
+        )
+        .unwrap();
+        assert_eq!(group.resource().map(|r| (r.0, r.1)), Some((ResourceType::AutoScalingGroup, "web-asg")));
         let snapshot = Arn::parse("arn:aws:rds:us-east-1:123456789012:snapshot:nightly").unwrap();
         assert_eq!(snapshot.resource(), None);
 

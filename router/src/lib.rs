@@ -8,6 +8,7 @@
 //! after every job of it was accepted. Bodies that are not events, and events the fleet must
 //! not act on, go to `<name>-events-dlq` at once with the reason as a message attribute.
 
+mod asg_discovery;
 mod aws_discovery;
 mod batcher;
 mod discovery;
@@ -18,6 +19,7 @@ mod inventory;
 mod tagged_discovery;
 mod telemetry;
 
+pub use asg_discovery::AsgDiscovery;
 pub use aws_discovery::AwsDiscovery;
 pub use discovery::{search_places, Discover, Discovered, DiscoveryError, NoDiscovery, PlaceFailed};
 pub use discovery_retry::{DiscoveryRetry, DISCOVERY_RETRIES};

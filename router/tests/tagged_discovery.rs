@@ -118,3 +118,65 @@ async fn tables_are_found_by_their_tags_in_every_account_and_region_once_the_tag
     assert!(found.failed[0].error.contains("AccessDeniedException"), "{:?}", found.failed);
     assert_eq!(found.resources.len(), 4, "three places' tables and the late one: {:?}", found.resources);
 }
+
+#[tokio::test]
+async fn auto_scaling_groups_are_found_by_a_tags_value_or_by_its_key_alone() {
+    let emulator = std::env::var("AWS_ENDPOINT_URL").expect("run with tests/run.sh: it starts the emulator");
+    let layer = Ec2Realism::start(&emulator, Ec2Plan::aws()).await.expect("the realism layer");
+    let config = Config::parse("[fleet]\nname = \"d\"\n", None).expect("config");
+    let accounts = Arc::new(AwsAccounts::new(
+        layer.sdk_config(&AwsBackend::sdk_config().await),
+        &config.fleet,
+        Ec2Budget::new(config.ec2_budget),
+    ));
+    let asg = accounts.autoscaling(OWN, "us-east-1").await.expect("client");
+    let marker = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+    );
+    asg.create_launch_configuration()
+        .launch_configuration_name(format!("lc-{marker}"))
+        .image_id("ami-03cf127a")
+        .instance_type("t3.micro")
+        .send()
+        .await
+        .expect("launch configuration");
+    for (name, value) in [("office", "office-hours"), ("batch", "nights")] {
+        let name = format!("{name}-{marker}");
+        let tag = aws_sdk_autoscaling::types::Tag::builder()
+            .resource_id(&name)
+            .resource_type("auto-scaling-group")
+            .key(format!("Schedule-{marker}"))
+            .value(value)
+            .build();
+        asg.create_auto_scaling_group()
+            .auto_scaling_group_name(&name)
+            .launch_configuration_name(format!("lc-{marker}"))
+            .min_size(0)
+            .max_size(1)
+            .availability_zones("us-east-1a")
+            .tags(tag)
+            .send()
+            .await
+            .expect("group");
+    }
+    let query = |value: &str| Discovery {
+        task: 0,
+        task_name: "office-hours".into(),
+        query: DiscoveryQuery {
+            kind: ResourceType::AutoScalingGroup,
+            tags: [(format!("Schedule-{marker}"), value.to_owned())].into(),
+            state: vec![],
+            regions: vec![],
+            accounts: vec![],
+        },
+        accounts: vec![OWN.into()],
+        regions: vec!["us-east-1".into()],
+    };
+    let discover = AwsDiscovery::new(accounts);
+    let one = discover.discover(&query("office-hours")).await.expect("discover");
+    assert_eq!(one.iter().map(|r| r.id.clone()).collect::<Vec<_>>(), [format!("office-{marker}")]);
+    let any = discover.discover(&query("*")).await.expect("discover");
+    assert_eq!(any.len(), 2, "both groups carry the key: {any:?}");
+}

@@ -77,6 +77,7 @@ fn discovery_statement(task: &opsfleet_protocol::config::Task) -> Option<Value> 
         ResourceType::Volume => "ec2:DescribeVolumes",
         ResourceType::Snapshot => "ec2:DescribeSnapshots",
         ResourceType::Image => "ec2:DescribeImages",
+        ResourceType::AutoScalingGroup => "autoscaling:DescribeAutoScalingGroups",
         // The other types are found with the Tagging API.
         _ => "tag:GetResources",
     };

@@ -404,3 +404,26 @@ fn commands_are_sent_only_to_instances_that_have_not_opted_out() {
     let skip = BTreeMap::from([("opsfleet:skip".to_owned(), "true".to_owned())]);
     assert!(!allowed(&policy, &send(&skip)), "an instance that opted out gets no command");
 }
+
+#[test]
+fn auto_scaling_groups_are_resized_only_when_not_opted_out_and_tagged_only_with_the_schedules_keys() {
+    let policy = statements(&param_sets());
+    let group = "arn:aws:autoscaling:us-east-1:111122223333:autoScalingGroup:0a1b:autoScalingGroupName/web-asg";
+    let call = |action, tags, request_tags| Call {
+        action,
+        arn: group.to_owned(),
+        resource_tags: tags,
+        request_tags,
+        create_action: None,
+    };
+    let none = BTreeMap::new();
+    let skip = BTreeMap::from([("opsfleet:skip".to_owned(), "true".to_owned())]);
+    assert!(allowed(&policy, &call("autoscaling:UpdateAutoScalingGroup", &none, BTreeMap::new())));
+    assert!(!allowed(&policy, &call("autoscaling:UpdateAutoScalingGroup", &skip, BTreeMap::new())));
+    let saved = || BTreeMap::from([("opsfleet:asg-size".to_owned(), "1 3 2".to_owned())]);
+    assert!(allowed(&policy, &call("autoscaling:CreateOrUpdateTags", &none, saved())));
+    assert!(!allowed(&policy, &call("autoscaling:CreateOrUpdateTags", &skip, saved())));
+    let other = BTreeMap::from([("opsfleet:skip".to_owned(), "false".to_owned())]);
+    assert!(!allowed(&policy, &call("autoscaling:CreateOrUpdateTags", &none, other)), "the opt-out stays");
+    assert!(!allowed(&policy, &call("autoscaling:DeleteAutoScalingGroup", &none, BTreeMap::new())));
+}

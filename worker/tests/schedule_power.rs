@@ -165,3 +165,46 @@ async fn rds_instances_and_clusters_are_stopped_and_started_by_their_periods() {
         layer.counts()
     );
 }
+
+#[tokio::test]
+async fn an_auto_scaling_group_is_stopped_to_size_zero_and_started_again_at_its_saved_sizes() {
+    use aws_sdk_autoscaling::types::Tag;
+    let (aws, _layer) = accounts().await;
+    let asg = aws.autoscaling(ACCOUNT, REGION).await.expect("client");
+    let name = unique("web-asg");
+    asg.create_launch_configuration()
+        .launch_configuration_name(&name)
+        .image_id("ami-03cf127a")
+        .instance_type("t3.micro")
+        .send()
+        .await
+        .expect("launch configuration");
+    let schedule =
+        Tag::builder().resource_id(&name).resource_type("auto-scaling-group").key("Schedule").value("work").build();
+    asg.create_auto_scaling_group()
+        .auto_scaling_group_name(&name)
+        .launch_configuration_name(&name)
+        .min_size(1)
+        .max_size(3)
+        .desired_capacity(2)
+        .availability_zones(format!("{REGION}a"))
+        .tags(schedule)
+        .send()
+        .await
+        .expect("group");
+    let sizes = || async {
+        let out = asg.describe_auto_scaling_groups().auto_scaling_group_names(&name).send().await.expect("describe");
+        let g = &out.auto_scaling_groups()[0];
+        let saved =
+            g.tags().iter().find(|t| t.key() == Some("opsfleet:asg-size")).and_then(|t| t.value()).map(str::to_owned);
+        ((g.min_size(), g.max_size(), g.desired_capacity()), saved)
+    };
+    let task = unique("office");
+    let stop = job(&task, "t1", "schedule-power", &params(false, false), ResourceType::AutoScalingGroup, &name, REGION);
+    let summary = done(&run(&erased(SchedulePower), &stop, &aws).await).to_owned();
+    assert!(summary.contains("is stopped"), "{summary}");
+    assert_eq!(sizes().await, ((Some(0), Some(0), Some(0)), Some("1 3 2".to_owned())), "stopped, its sizes saved");
+    let start = job(&task, "t2", "schedule-power", &params(true, false), ResourceType::AutoScalingGroup, &name, REGION);
+    done(&run(&erased(SchedulePower), &start, &aws).await);
+    assert_eq!(sizes().await.0, (Some(1), Some(3), Some(2)), "started at its saved sizes");
+}

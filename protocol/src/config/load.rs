@@ -239,16 +239,13 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
             if !query.kind.is_ec2() && !query.state.is_empty() {
                 task_problem(
                     "targets.state",
-                    format!("{} is found by its tags only (the tagging API knows no states): drop `state`", query.kind),
+                    format!("{} is found by its tags only (no states): drop `state`", query.kind),
                 );
             }
             if !query.kind.is_ec2() && query.tags.is_empty() {
                 task_problem(
                     "targets.tags",
-                    format!(
-                        "{} is found by its tags: give at least one (the tagging API lists only tagged resources)",
-                        query.kind
-                    ),
+                    format!("{} is found by its tags: give at least one (`*` for any value of a key)", query.kind),
                 );
             }
             for region in &query.regions {

@@ -140,6 +140,19 @@ const VALID: &[Expect] = &[
         resources: &[(ACCOUNT, "eu-west-1", ResourceType::DynamoTable, "orders")],
     },
     Expect {
+        // An Auto Scaling event names its group and the instance it launched, by ARN.
+        file: fixture!("autoscaling-instance-launch.json"),
+        id: "3e3c153a-8339-4e30-8c35-687ebef853fe",
+        source: "aws.autoscaling",
+        detail_type: "EC2 Instance Launch Successful",
+        account: ACCOUNT,
+        region: "us-east-1",
+        resources: &[
+            (ACCOUNT, "us-east-1", ResourceType::AutoScalingGroup, "web-asg"),
+            (ACCOUNT, "us-east-1", ResourceType::Instance, "i-0b2c3d4e5f6a7b8c9"),
+        ],
+    },
+    Expect {
         // An RDS event notification names its instance by ARN.
         file: fixture!("rds-db-instance-event.json"),
         id: "68f6e973-1a0c-d37b-f2f2-94a7f62ffd4e",

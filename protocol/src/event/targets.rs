@@ -26,10 +26,11 @@ pub enum TargetError {
 
 /// The resources an event names: the instance of an EC2 state-change event; the snapshot of an
 /// EBS snapshot notification; the volume of an EBS volume notification; every `InstanceId`,
-/// `VolumeId`, `TableName`, `DBInstanceIdentifier` and `DBClusterIdentifier` dimension of every
+/// `VolumeId`, `TableName`, `DBInstanceIdentifier`, `DBClusterIdentifier` and
+/// `AutoScalingGroupName` dimension of every
 /// metric of a CloudWatch alarm event (composite alarms name none); the resource of a tag
-/// change; otherwise the ARNs in `resources` of EC2 resources, DynamoDB tables and RDS
-/// instances and clusters (RDS event notifications name their source this way). Account and
+/// change; otherwise the ARNs in `resources` of EC2 resources, DynamoDB tables, RDS instances
+/// and clusters and Auto Scaling groups (RDS and Auto Scaling events name theirs this way). Account and
 /// region come from the ARN when it names them, else from the event. Duplicates are removed;
 /// the order is that of the event.
 pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
@@ -59,6 +60,7 @@ pub fn named_resources(event: &Event) -> Result<Vec<Resource>, TargetError> {
                         "TableName" => ResourceType::DynamoTable,
                         "DBInstanceIdentifier" => ResourceType::RdsInstance,
                         "DBClusterIdentifier" => ResourceType::RdsCluster,
+                        "AutoScalingGroupName" => ResourceType::AutoScalingGroup,
                         _ => continue,
                     };
                     if let Some(id) = value.as_str() {

@@ -2,7 +2,8 @@
 //! IANA time zone); a tag on each resource naming its period (`Schedule = office-hours`); a
 //! scheduled task that brings every tagged resource to the state its period wants now,
 //! running or stopped (EC2 instances, hibernated where they were launched for it; RDS
-//! instances and clusters).
+//! instances and clusters; Auto Scaling groups, whose sizes are saved at the stop and restored
+//! at the start).
 //!
 //! Desired state, reconciled: each run decides from the clock, not from the run before, so a
 //! missed run is caught up by the next, and an RDS instance that RDS started again after seven
@@ -130,7 +131,7 @@ impl SchedulePower {
                 summary: format!("{} left {} by hand although {why} (enforce = true to override)", r.id, state(!run)),
             };
         }
-        or_step!(power::set(ctx, run, p.hibernate && seen.hibernates).await);
+        or_step!(power::set(ctx, &seen, run, p.hibernate && seen.hibernates).await);
         pending
     }
 }
@@ -142,7 +143,7 @@ impl Action for SchedulePower {
     type State = Wanted;
 
     fn targets(&self) -> &'static [ResourceType] {
-        &[ResourceType::Instance, ResourceType::RdsInstance, ResourceType::RdsCluster]
+        &[ResourceType::Instance, ResourceType::RdsInstance, ResourceType::RdsCluster, ResourceType::AutoScalingGroup]
     }
 
     fn examples(&self) -> Vec<SchedulePowerParams> {
@@ -170,6 +171,7 @@ impl Action for SchedulePower {
     fn statements(&self, _p: &SchedulePowerParams) -> Vec<Value> {
         use super::iam::*;
         use super::rds::iam::{CLUSTERS, INSTANCES as DATABASES};
+        const GROUPS: &str = "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*";
         vec![
             allow(&["ec2:DescribeInstances", "rds:DescribeDBInstances", "rds:DescribeDBClusters"], &["*"]),
             allow_if(&["ec2:StartInstances", "ec2:StopInstances"], &[INSTANCES], not_opted_out()),
@@ -179,6 +181,16 @@ impl Action for SchedulePower {
                 &["rds:StartDBInstance", "rds:StopDBInstance", "rds:StartDBCluster", "rds:StopDBCluster"],
                 &[DATABASES, CLUSTERS],
                 not_opted_out(),
+            ),
+            allow(&["autoscaling:DescribeAutoScalingGroups"], &["*"]),
+            allow_if(&["autoscaling:UpdateAutoScalingGroup"], &[GROUPS], not_opted_out()),
+            allow_if(
+                &["autoscaling:CreateOrUpdateTags"],
+                &[GROUPS],
+                json!({
+                    "ForAllValues:StringEquals": { "aws:TagKeys": [SCHEDULE_RECORD, power::SAVED_SIZE] },
+                    "StringNotEquals": { "aws:ResourceTag/opsfleet:skip": "true" },
+                }),
             ),
             allow_if(
                 &["rds:AddTagsToResource"],
