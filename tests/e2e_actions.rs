@@ -5,7 +5,9 @@
 //! naming an instance leaves it one size larger (a fallback type, with no capacity for the
 //! next rung) and running; a throttling alarm on a DynamoDB table doubles the table's
 //! provisioned capacity within its cap; an RDS event naming a stopped instance leaves a
-//! snapshot of it and a copy in another region. All on moto,
+//! snapshot of it and a copy in another region, and one naming a cluster a snapshot of the
+//! cluster; a schedule's event stops the Auto Scaling groups its discovery finds by tag. All
+//! on moto,
 //! with EC2, RDS and DynamoDB's control plane behind the realism layer (eventual consistency,
 //! pending snapshots, tables `UPDATING`, throttling buckets, retryable errors) for the fleet's
 //! processes.
@@ -16,9 +18,10 @@ use opsfleet_backend::aws::budget::Ec2Budget;
 use opsfleet_backend::aws::AwsAccounts;
 use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::event::normalize;
+use opsfleet_protocol::job::job_id;
 use opsfleet_protocol::ports::Backend;
 use opsfleet_protocol::Clock;
-use opsfleet_protocol::{Config, Planner};
+use opsfleet_protocol::{Config, Planner, Resource, ResourceType};
 use opsfleet_testkit::{Ec2Plan, Ec2Realism};
 use opsfleet_worker::ledger::{Ledger, Status};
 use opsfleet_worker::ActionRegistry;
@@ -57,7 +60,7 @@ async fn a_stopped_instance_leaves_one_tagged_snapshot_per_volume_and_a_succeede
         "resources": [format!("arn:aws:ec2:us-east-1:123456789012:instance/{instance}")],
         "detail": { "instance-id": instance, "state": "stopped" }
     });
-    let (job, record) = run_fleet(&fleet, &path, config, &layer, &event).await;
+    let (job, record) = run_fleet(&fleet, &path, config, &layer, &event, None).await;
     assert_eq!(record.status, Status::Succeeded, "{record:?}");
     let seen = layer.counts();
     assert!(
@@ -202,7 +205,7 @@ async fn a_cpu_alarm_resizes_its_instance_one_rung_to_a_fallback_type_and_leaves
             }, "period": 300, "stat": "Average" }, "returnData": true }] }
         }
     });
-    let (_, record) = run_fleet(&fleet, &path, config, &layer, &event).await;
+    let (_, record) = run_fleet(&fleet, &path, config, &layer, &event, None).await;
     assert_eq!(record.status, Status::Succeeded, "{record:?}");
     let out = ec2.describe_instances().instance_ids(&instance).send().await.expect("describe");
     let now = &out.reservations()[0].instances()[0];
@@ -267,7 +270,7 @@ async fn a_throttling_alarm_on_a_table_doubles_its_capacity_within_the_cap_and_l
             }, "period": 60, "stat": "Sum" }, "returnData": true }] }
         }
     });
-    let (_, record) = run_fleet(&fleet, &path, config, &layer, &event).await;
+    let (_, record) = run_fleet(&fleet, &path, config, &layer, &event, None).await;
     assert_eq!(record.status, Status::Succeeded, "{record:?}");
     let out = dynamodb.describe_table().table_name(&table).send().await.expect("describe");
     let units = out.table().and_then(|t| t.provisioned_throughput()).expect("units");
@@ -317,7 +320,7 @@ async fn an_rds_event_leaves_a_snapshot_of_its_instance_copied_to_another_region
         "detail": { "EventCategories": ["notification"], "SourceType": "DB_INSTANCE", "SourceArn": arn,
                     "Message": "DB instance stopped", "SourceIdentifier": db, "EventID": "RDS-EVENT-0087" }
     });
-    let (job, record) = run_fleet(&fleet, &path, config, &layer, &event).await;
+    let (job, record) = run_fleet(&fleet, &path, config, &layer, &event, None).await;
     assert_eq!(record.status, Status::Succeeded, "{record:?}");
     for region in ["us-east-1", "us-west-2"] {
         let conf = aws_sdk_rds::config::Builder::from(&AwsBackend::sdk_config().await)
@@ -337,6 +340,123 @@ async fn an_rds_event_leaves_a_snapshot_of_its_instance_copied_to_another_region
     assert!(layer.counts().get("pending").copied().unwrap_or(0) > 0, "{:?}", layer.counts());
 }
 
+const CLUSTER: &str = r#"
+[fleet]
+name = "FLEET"
+partitions = 2
+allowed_accounts = ["123456789012"]
+
+[[tasks]]
+name = "snapshot-stopped-cluster"
+pattern = { source = ["aws.rds"], "detail-type" = ["RDS DB Cluster Event"], detail = { EventID = ["RDS-EVENT-0150"] } }
+targets = "event"
+action = "rds-snapshot"
+params = { retain = 3, check_after_secs = 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rds_cluster_event_leaves_a_snapshot_of_its_cluster_and_a_succeeded_job() {
+    let SetUp { fleet, path, config, layer, rds, .. } = set_up("e2e-cluster", CLUSTER, Ec2Plan::aws()).await;
+    let cluster = fleet.replace(['_', '.'], "-").to_ascii_lowercase();
+    rds.create_db_cluster()
+        .db_cluster_identifier(&cluster)
+        .engine("aurora-postgresql")
+        .master_username("opsfleet")
+        .master_user_password("not-a-secret-1")
+        .send()
+        .await
+        .expect("cluster");
+    let arn = format!("arn:aws:rds:us-east-1:123456789012:cluster:{cluster}");
+    let event = serde_json::json!({
+        "version": "0", "id": format!("{fleet}-cluster"), "detail-type": "RDS DB Cluster Event",
+        "source": "aws.rds", "account": "123456789012", "time": "2026-12-05T10:00:00Z", "region": "us-east-1",
+        "resources": [arn],
+        "detail": { "EventCategories": ["notification"], "SourceType": "CLUSTER", "SourceArn": arn,
+                    "Message": "DB cluster stopped", "SourceIdentifier": cluster, "EventID": "RDS-EVENT-0150" }
+    });
+    let (job, record) = run_fleet(&fleet, &path, config, &layer, &event, None).await;
+    assert_eq!(record.status, Status::Succeeded, "{record:?}");
+    let out = rds
+        .describe_db_cluster_snapshots()
+        .db_cluster_identifier(&cluster)
+        .snapshot_type("manual")
+        .send()
+        .await
+        .expect("describe");
+    let ids: Vec<&str> = out.db_cluster_snapshots().iter().filter_map(|s| s.db_cluster_snapshot_identifier()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(ids[0].ends_with(&job), "named after its job: {ids:?}");
+}
+
+const GROUPS: &str = r#"
+[fleet]
+name = "FLEET"
+partitions = 2
+allowed_accounts = ["123456789012"]
+
+[[tasks]]
+name = "office-hours-groups"
+schedule = { name = "office-hours", expression = "rate(15 minutes)" }
+targets = { type = "autoscaling:group", tags = { "Schedule-FLEET" = "*" } }
+action = "schedule-power"
+params = { tag = "Schedule-FLEET", periods = { later = { days = "daily", begin = "BEGIN", end = "END" } }, check_after_secs = 1 }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_stops_the_auto_scaling_group_its_discovery_finds_by_tag_and_saves_its_sizes() {
+    use aws_sdk_autoscaling::types::Tag;
+    // A period that starts two hours from now (UTC): it wants the group stopped.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let hhmm = |secs: u64| format!("{:02}:{:02}", (secs / 3600) % 24, (secs / 60) % 60);
+    let text = GROUPS.replace("BEGIN", &hhmm(now + 7200)).replace("END", &hhmm(now + 10800));
+    let SetUp { fleet, path, config, layer, autoscaling, .. } = set_up("e2e-asg", &text, Ec2Plan::aws()).await;
+    let name = format!("{fleet}-web");
+    autoscaling
+        .create_launch_configuration()
+        .launch_configuration_name(&name)
+        .image_id("ami-03cf127a")
+        .instance_type("t3.micro")
+        .send()
+        .await
+        .expect("launch configuration");
+    let tag = Tag::builder()
+        .resource_id(&name)
+        .resource_type("auto-scaling-group")
+        .key(format!("Schedule-{fleet}"))
+        .value("later")
+        .build();
+    autoscaling
+        .create_auto_scaling_group()
+        .auto_scaling_group_name(&name)
+        .launch_configuration_name(&name)
+        .min_size(1)
+        .max_size(2)
+        .desired_capacity(1)
+        .availability_zones("us-east-1a")
+        .tags(tag)
+        .send()
+        .await
+        .expect("group");
+
+    // The event the task's schedule sends, as EventBridge delivers it.
+    let schedule = config.tasks[0].schedule.clone().expect("a scheduled task");
+    let event = serde_json::Value::Object(schedule.event("123456789012", "us-east-1"));
+    let group = Resource {
+        account: "123456789012".into(),
+        region: "us-east-1".into(),
+        kind: ResourceType::AutoScalingGroup,
+        id: name.clone(),
+    };
+    let (_, record) = run_fleet(&fleet, &path, config, &layer, &event, Some(&group)).await;
+    assert_eq!(record.status, Status::Succeeded, "{record:?}");
+    let out =
+        autoscaling.describe_auto_scaling_groups().auto_scaling_group_names(&name).send().await.expect("describe");
+    let g = &out.auto_scaling_groups()[0];
+    assert_eq!((g.min_size(), g.max_size(), g.desired_capacity()), (Some(0), Some(0), Some(0)), "stopped");
+    let saved = g.tags().iter().find(|t| t.key() == Some("opsfleet:asg-size")).and_then(|t| t.value());
+    assert_eq!(saved, Some("1 2 1"), "its sizes saved for the start");
+}
+
 struct SetUp {
     fleet: String,
     path: std::path::PathBuf,
@@ -345,6 +465,7 @@ struct SetUp {
     ec2: aws_sdk_ec2::Client,
     dynamodb: aws_sdk_dynamodb::Client,
     rds: aws_sdk_rds::Client,
+    autoscaling: aws_sdk_autoscaling::Client,
 }
 
 async fn set_up(name: &str, text: &str, plan: Ec2Plan) -> SetUp {
@@ -361,18 +482,21 @@ async fn set_up(name: &str, text: &str, plan: Ec2Plan) -> SetUp {
     let ec2 = accounts.ec2("123456789012", "us-east-1").await.expect("ec2");
     let dynamodb = accounts.dynamodb("123456789012", "us-east-1").await.expect("dynamodb");
     let rds = accounts.rds("123456789012", "us-east-1").await.expect("rds");
-    SetUp { fleet, path, config, layer, ec2, dynamodb, rds }
+    let autoscaling = accounts.autoscaling("123456789012", "us-east-1").await.expect("autoscaling");
+    SetUp { fleet, path, config, layer, ec2, dynamodb, rds, autoscaling }
 }
 
 /// Runs a router and a worker of the fleet set up at `path` with EC2 behind `layer`, sends
 /// `event` to the events queue with a real client (boto3), and waits for the one job it plans
-/// to end: its id and ledger record.
+/// (on the resource it names, or on `discovered`, found by its task's discovery) to end: its
+/// id and ledger record.
 async fn run_fleet(
     fleet: &str,
     path: &std::path::Path,
     config: Config,
     layer: &Ec2Realism,
     event: &serde_json::Value,
+    discovered: Option<&Resource>,
 ) -> (String, opsfleet_worker::ledger::JobRecord) {
     let log = |name: &str| {
         std::fs::File::create(support::root().join("target/e2e").join(format!("{fleet}-{name}.log"))).expect("log")
@@ -397,16 +521,21 @@ async fn run_fleet(
     let sent = python_client(&["send-files", &format!("{fleet}-events"), file.to_str().unwrap_or_default()]).status();
     assert!(sent.expect("send").success());
 
-    let plan = Planner::new(config).plan(&normalize(&event).expect("event"), 0).expect("plan");
-    assert_eq!(plan.jobs.len(), 1);
-    let job = &plan.jobs[0];
+    let event = normalize(&event).expect("event");
+    let plan = Planner::new(config).plan(&event, 0).expect("plan");
+    // The event's one job: the resource it names, or the one its task's discovery finds.
+    let id = match (&plan.jobs[..], &plan.discoveries[..], discovered) {
+        ([job], [], None) => job.id.clone(),
+        ([], [discovery], Some(resource)) => job_id(&event.id, &discovery.task_name, &resource.key()),
+        _ => panic!("one job, named by the event or found by one discovery: {plan:?}"),
+    };
     let backend = AwsBackend::from_env().await;
     let ledger = Ledger::new(backend.store(fleet).await.expect("table"), Clock::new(), Duration::from_secs(3600));
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let record = ledger.job(&job.id).await.expect("ledger");
+        let record = ledger.job(&id).await.expect("ledger");
         if record.as_ref().is_some_and(|r| r.status.is_final()) {
-            return (job.id.clone(), record.expect("record"));
+            return (id, record.expect("record"));
         }
         assert!(Instant::now() < deadline, "the job did not finish: {record:?}");
         tokio::time::sleep(Duration::from_millis(300)).await;
