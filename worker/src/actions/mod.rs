@@ -35,6 +35,7 @@ mod run_command;
 mod schedule_power;
 mod snapshot_copy;
 mod snapshot_retention;
+mod ssm;
 mod tag;
 
 pub use ami_create::AmiCreate;

@@ -8,24 +8,17 @@
 //! attempt). An invocation SSM does not know yet right after the send
 //! (`InvocationDoesNotExist`) is waited for, not failed.
 
-use super::ec2::{describe_instance, failed_unless, in_doubt_unless, look_before_making, not_visible, opted_out};
+use super::ec2::{describe_instance, opted_out};
+use super::ssm::{outcome, send_once, Outcome};
 use super::{Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::InstanceStateName;
-use aws_sdk_ssm::types::CommandInvocationStatus;
 use opsfleet_protocol::ResourceType;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// Codes SSM answers when trying again later may pass.
-const RETRYABLE: &[&str] =
-    &["ThrottlingException", "InternalServerError", "ServiceUnavailable", "InvalidInstanceId", "TooManyUpdates"];
-
-/// How much of a command's output a failure or summary quotes.
-const TAIL: usize = 400;
 
 /// The params of `run-command`.
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
@@ -73,40 +66,11 @@ pub struct Sent {
 /// The `run-command` action.
 pub struct RunCommand;
 
-fn failed<E, R>(what: &str, err: &aws_sdk_ssm::error::SdkError<E, R>) -> Step
-where
-    E: aws_sdk_ssm::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
-{
-    failed_unless(what, err, RETRYABLE)
-}
-
-fn comment(ctx: &ActionContext<'_>) -> String {
-    format!("opsfleet job {}", ctx.job.id)
-}
-
-/// The last `TAIL` characters of an output, on one line.
-fn tail(text: &str) -> String {
-    let flat: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    let skip = flat.chars().count().saturating_sub(TAIL);
-    let cut: String = flat.chars().skip(skip).collect();
-    if skip > 0 {
-        format!("…{cut}")
-    } else {
-        cut
-    }
-}
-
 fn shell(document: &str) -> bool {
     matches!(document, "AWS-RunShellScript" | "AWS-RunPowerShellScript")
 }
 
 impl RunCommand {
-    async fn ssm(&self, ctx: &ActionContext<'_>) -> Result<aws_sdk_ssm::Client, Step> {
-        let r = &ctx.job.resource;
-        ctx.aws()?.ssm(&r.account, &r.region).await.map_err(|e| Step::Failed { retryable: true, error: e.to_string() })
-    }
-
     /// The parameters sent: `commands` and `executionTimeout` for the shell documents, the
     /// others rendered.
     fn parameters(&self, ctx: &ActionContext<'_>, p: &RunCommandParams) -> BTreeMap<String, Vec<String>> {
@@ -195,61 +159,15 @@ impl Action for RunCommand {
                 error: format!("instance {id} is {}: Run Command needs it running", state.as_str()),
             };
         }
-        let ssm = or_step!(self.ssm(&ctx).await);
-        let comment = comment(&ctx);
-        let look = || async {
-            let out = ssm.list_commands().instance_id(id).send().await.map_err(|e| failed("ListCommands", &e))?;
-            Ok(out
-                .commands()
-                .iter()
-                .find(|c| c.comment() == Some(comment.as_str()))
-                .and_then(|c| c.command_id())
-                .map(str::to_owned))
-        };
-        if let Some(command) = or_step!(look_before_making(&ctx, look).await) {
-            return Step::pending(Duration::from_secs(p.check_after_secs), &Sent { command, sent_ms: ctx.now_ms });
-        }
-        let once =
-            aws_sdk_ssm::config::Builder::default().retry_config(aws_sdk_ssm::config::retry::RetryConfig::disabled());
-        let send = ssm
-            .send_command()
-            .instance_ids(id)
-            .document_name(&p.document)
-            .comment(&comment)
-            .set_parameters(Some(self.parameters(&ctx, p).into_iter().collect()))
-            .customize()
-            .config_override(once);
-        match send.send().await {
-            Ok(out) => {
-                let command = out.command().and_then(|c| c.command_id()).unwrap_or_default().to_owned();
-                Step::pending(Duration::from_secs(p.check_after_secs), &Sent { command, sent_ms: ctx.now_ms })
-            }
-            Err(e) => in_doubt_unless("SendCommand", &e, RETRYABLE),
-        }
+        let command = or_step!(send_once(&ctx, "", &p.document, self.parameters(&ctx, p)).await);
+        Step::pending(Duration::from_secs(p.check_after_secs), &Sent { command, sent_ms: ctx.now_ms })
     }
 
     async fn check(&self, ctx: ActionContext<'_>, p: &RunCommandParams, sent: Sent) -> Step {
         let id = ctx.job.resource.id.as_str();
-        let ssm = or_step!(self.ssm(&ctx).await);
-        let pending = Step::pending(Duration::from_secs(p.check_after_secs), &sent);
-        let out = match ssm.get_command_invocation().command_id(&sent.command).instance_id(id).send().await {
-            Ok(out) => out,
-            Err(e)
-                if e.as_service_error().and_then(aws_sdk_ssm::error::ProvideErrorMetadata::code)
-                    == Some("InvocationDoesNotExist") =>
-            {
-                return not_visible("command invocation", &sent.command, sent.sent_ms, &ctx, pending);
-            }
-            Err(e) => return failed("GetCommandInvocation", &e),
-        };
-        let status = out.status().cloned().unwrap_or(CommandInvocationStatus::Pending);
-        let output = tail(out.standard_output_content().unwrap_or_default());
-        match status {
-            CommandInvocationStatus::Pending
-            | CommandInvocationStatus::InProgress
-            | CommandInvocationStatus::Delayed
-            | CommandInvocationStatus::Cancelling => pending,
-            CommandInvocationStatus::Success => Step::Done {
+        match or_step!(outcome(&ctx, &sent.command, sent.sent_ms).await) {
+            Outcome::Running => Step::pending(Duration::from_secs(p.check_after_secs), &sent),
+            Outcome::Succeeded(output) => Step::Done {
                 summary: format!(
                     "{} on {id} succeeded (command {}){}",
                     p.document,
@@ -257,33 +175,7 @@ impl Action for RunCommand {
                     if output.is_empty() { String::new() } else { format!(": {output}") }
                 ),
             },
-            other => {
-                let errors = tail(out.standard_error_content().unwrap_or_default());
-                let shown = if errors.is_empty() { output } else { errors };
-                Step::Failed {
-                    retryable: false,
-                    error: format!(
-                        "{} on {id} {} with code {} (command {}): {shown}",
-                        p.document,
-                        other.as_str(),
-                        out.response_code(),
-                        sent.command
-                    ),
-                }
-            }
+            Outcome::Failed(why) => Step::Failed { retryable: false, error: format!("{} on {id} {why}", p.document) },
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::tail;
-
-    #[test]
-    fn a_long_output_is_quoted_by_its_end_on_one_line() {
-        let long = format!("start\n{}\nthe end", "x".repeat(1000));
-        let t = tail(&long);
-        assert!(t.starts_with('…') && t.ends_with("the end") && !t.contains('\n'), "{t}");
-        assert_eq!(tail("ok\n"), "ok");
     }
 }
