@@ -87,3 +87,63 @@ async fn a_stopped_or_opted_out_instance_gets_no_command() {
     let step = run(&erased(RunCommand), &j, &aws).await;
     assert!(matches!(&step, Step::Skipped { .. }), "{step:?}");
 }
+
+/// The purposes of the commands a job sent to an instance, in the order SSM lists them.
+async fn purposes(aws: &opsfleet_backend::aws::AwsAccounts, instance: &str, job: &str) -> Vec<String> {
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let ssm = aws.ssm(ACCOUNT, REGION).await.expect("client");
+    let out = ssm.list_commands().instance_id(instance).send().await.expect("list commands");
+    let prefix = format!("opsfleet job {job} ");
+    let mut found: Vec<String> =
+        out.commands().iter().filter_map(|c| c.comment()?.strip_prefix(&prefix)).map(str::to_owned).collect();
+    found.sort();
+    found
+}
+
+#[tokio::test]
+async fn an_application_consistent_set_is_made_between_its_freeze_and_its_thaw() {
+    use opsfleet_worker::actions::EbsSnapshot;
+    let (aws, layer) = accounts().await;
+    let ec2 = ec2(&aws, REGION).await;
+    let id = instance(&ec2).await;
+    layer.settle().await;
+    let params = json!({
+        "pre_commands": ["fsfreeze --freeze /data"],
+        "post_commands": ["fsfreeze --unfreeze /data"],
+        "check_after_secs": 1,
+    });
+    let j = job(&unique("consistent"), "e1", "ebs-snapshot", &params, ResourceType::Instance, &id, REGION);
+    let summary = done(&run(&erased(EbsSnapshot), &j, &aws).await).to_owned();
+    assert!(summary.contains("completed"), "{summary}");
+    assert_eq!(purposes(&aws, &id, &j.id).await, ["post 1", "pre 1"], "one freeze and its thaw");
+    layer.settle().await;
+    assert_eq!(snapshots(&ec2, "opsfleet:job", &j.id).await.len(), 1, "the instance's one volume");
+    // The same job again (a redelivery): no second set, no second freeze or thaw.
+    done(&run_from(&erased(EbsSnapshot), &j, &aws, 2).await);
+    assert_eq!(purposes(&aws, &id, &j.id).await, ["post 1", "pre 1"]);
+    assert!(layer.counts().get("pending").copied().unwrap_or(0) > 0, "{:?}", layer.counts());
+}
+
+#[tokio::test]
+async fn a_freeze_that_fails_makes_no_snapshot_and_is_thawed() {
+    use opsfleet_worker::actions::EbsSnapshot;
+    let plan = Ec2Plan { failing_commands: ["--freeze".to_owned()].into(), ..Ec2Plan::aws() };
+    let (aws, layer) = accounts_with(plan).await;
+    let ec2 = ec2(&aws, REGION).await;
+    let id = instance(&ec2).await;
+    layer.settle().await;
+    let params = json!({
+        "pre_commands": ["fsfreeze --freeze /data"],
+        "post_commands": ["fsfreeze --unfreeze /data"],
+        "check_after_secs": 1,
+    });
+    let j = job(&unique("consistent"), "e1", "ebs-snapshot", &params, ResourceType::Instance, &id, REGION);
+    let step = run(&erased(EbsSnapshot), &j, &aws).await;
+    assert!(
+        matches!(&step, Step::Failed { retryable: false, error } if error.contains("the freeze (pre_commands) Failed with code 1") && error.contains("the thaw was sent")),
+        "{step:?}"
+    );
+    assert_eq!(purposes(&aws, &id, &j.id).await, ["post 1", "pre 1"], "thawed after the failed freeze");
+    layer.settle().await;
+    assert!(snapshots(&ec2, "opsfleet:job", &j.id).await.is_empty(), "no snapshot of an unfrozen instance");
+}

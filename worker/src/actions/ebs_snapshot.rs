@@ -5,6 +5,14 @@
 //! An instance's volumes are snapshotted together with `CreateSnapshots`: one crash-consistent
 //! set, each snapshot carrying its volume's tags.
 //!
+//! Application-consistent sets: with `pre_commands`, an instance's applications are first
+//! quiesced with Run Command (a file-system freeze, a database flush), the set is made once they
+//! succeed, and `post_commands` (the thaw) run right after the create returns (the point in
+//! time is fixed then), before the snapshots complete. A failed freeze, or a create that fails
+//! after it, still runs the thaw. Each command is sent once per job (its comment names the job
+//! and the attempt that froze), so a retry sends none of them twice; every freeze of the job
+//! without its thaw is thawed before the job goes on.
+//!
 //! Idempotent by job: before creating, it looks for snapshots tagged with the job's id (again
 //! after EC2's consistency window on a later attempt), so a redelivered job or one whose
 //! create lost its reply makes no second set. A snapshot not found right after its create is
@@ -14,6 +22,7 @@ use super::ec2::{
     create_failed, failed, filter, look_before_making, made_tags, not_visible, opted_out, sent_once, spec, JOB_TAG,
     TASK_TAG,
 };
+use super::ssm::{self, Outcome};
 use super::{default_check_after_secs, Action, ActionContext, Step};
 use async_trait::async_trait;
 use aws_sdk_ec2::types::{
@@ -50,6 +59,78 @@ pub struct EbsSnapshotParams {
     /// Of an instance: leave its boot volume out.
     #[serde(default)]
     pub exclude_boot_volume: bool,
+    /// Of an instance: shell commands run with Run Command before the snapshots (a freeze);
+    /// templates.
+    #[serde(default)]
+    pub pre_commands: Vec<String>,
+    /// Of an instance: shell commands run right after the snapshots are made (a thaw), and
+    /// after a failed freeze; templates.
+    #[serde(default)]
+    pub post_commands: Vec<String>,
+    /// The longest each of those commands may run, in seconds.
+    #[serde(default = "default_hook_timeout")]
+    pub hook_timeout_secs: u64,
+}
+
+fn default_hook_timeout() -> u64 {
+    120
+}
+
+/// The shell parameters of hook commands: the commands, rendered, and their timeout.
+fn hook(ctx: &ActionContext<'_>, commands: &[String], timeout: u64) -> BTreeMap<String, Vec<String>> {
+    BTreeMap::from([
+        ("commands".to_owned(), commands.iter().map(|c| ctx.render(c)).collect()),
+        ("executionTimeout".to_owned(), vec![timeout.to_string()]),
+    ])
+}
+
+fn hooked(p: &EbsSnapshotParams) -> bool {
+    !p.pre_commands.is_empty() || !p.post_commands.is_empty()
+}
+
+/// Sends the thaw of every freeze of this job that has none yet (`post N` for each `pre N`);
+/// the last thaw's id, if any.
+async fn thaw_outstanding(
+    ctx: &ActionContext<'_>,
+    p: &EbsSnapshotParams,
+    also: Option<u32>,
+) -> Result<Option<String>, Step> {
+    if p.post_commands.is_empty() {
+        return Ok(None);
+    }
+    let sent = ssm::purposes_sent(ctx).await?;
+    let mut freezes: Vec<String> = sent.iter().filter_map(|s| s.strip_prefix("pre ")).map(str::to_owned).collect();
+    freezes.extend(also.map(|a| a.to_string()));
+    freezes.sort();
+    freezes.dedup();
+    let mut last = None;
+    for attempt in freezes {
+        let purpose = format!("post {attempt}");
+        let id = ssm::send_once(ctx, &purpose, "AWS-RunShellScript", hook(ctx, &p.post_commands, p.hook_timeout_secs))
+            .await?;
+        last = Some(id);
+    }
+    if last.is_none() && p.pre_commands.is_empty() {
+        // A thaw without a freeze: once per job.
+        let id =
+            ssm::send_once(ctx, "post", "AWS-RunShellScript", hook(ctx, &p.post_commands, p.hook_timeout_secs)).await?;
+        last = Some(id);
+    }
+    Ok(last)
+}
+
+/// The commands of an application-consistent set, as far as they went.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct Hooks {
+    /// The freeze command's id, once sent.
+    #[serde(default)]
+    pub pre: Option<String>,
+    /// The thaw command's id, once sent.
+    #[serde(default)]
+    pub post: Option<String>,
+    /// When the last of them was sent, Unix ms.
+    #[serde(default)]
+    pub sent_ms: u64,
 }
 
 /// The snapshots a pending `ebs-snapshot` waits for.
@@ -61,6 +142,9 @@ pub struct Snapshots {
     /// When they were made, Unix ms (0 in states written before it was recorded).
     #[serde(default)]
     pub made_ms: u64,
+    /// The freeze and thaw commands, with `pre_commands`.
+    #[serde(default)]
+    pub hooks: Hooks,
 }
 
 /// A snapshot made of a volume.
@@ -267,6 +351,9 @@ impl Action for EbsSnapshot {
             tags: BTreeMap::from([("Backup".into(), "{task}".into())]),
             check_after_secs: default_check_after_secs(),
             exclude_boot_volume: false,
+            pre_commands: vec!["fsfreeze --freeze /data".into()],
+            post_commands: vec!["fsfreeze --unfreeze /data".into()],
+            hook_timeout_secs: default_hook_timeout(),
         }]
     }
 
@@ -278,13 +365,17 @@ impl Action for EbsSnapshot {
             ResourceType::Instance => format!("every volume of {} as one set", ctx.job.resource.id),
             _ => ctx.job.resource.id.clone(),
         };
+        let hooks = if hooked(p) { ", between its pre_commands and post_commands" } else { "" };
         match p.retain {
-            Some(n) => format!("would snapshot {what} and keep the newest {n} this task made"),
-            None => format!("would snapshot {what}"),
+            Some(n) => format!("would snapshot {what}{hooks} and keep the newest {n} this task made"),
+            None => format!("would snapshot {what}{hooks}"),
         }
     }
 
     fn validate(&self, p: &EbsSnapshotParams) -> Result<(), String> {
+        if !(1..=3600).contains(&p.hook_timeout_secs) {
+            return Err(format!("params: hook_timeout_secs {} is not between 1 and 3600", p.hook_timeout_secs));
+        }
         super::check_after_in_range(p.check_after_secs)
     }
 
@@ -299,29 +390,102 @@ impl Action for EbsSnapshot {
         if p.retain.is_some() {
             out.push(allow_if(&["ec2:DeleteSnapshot"], &[SNAPSHOTS], made_by_opsfleet()));
         }
+        if hooked(p) {
+            out.push(allow(&["ssm:ListCommands", "ssm:GetCommandInvocation"], &["*"]));
+            out.push(allow_if(
+                &["ssm:SendCommand"],
+                &[INSTANCES],
+                serde_json::json!({ "StringNotEquals": { "ssm:resourceTag/opsfleet:skip": "true" } }),
+            ));
+            out.push(allow(&["ssm:SendCommand"], &["arn:aws:ssm:*::document/AWS-RunShellScript"]));
+        }
         out
     }
 
     fn templates(&self, p: &EbsSnapshotParams) -> Vec<(String, String)> {
         let mut out = vec![("description".to_owned(), p.description.clone())];
         out.extend(p.tags.iter().map(|(k, v)| (format!("tags.{k}"), v.clone())));
+        out.extend(p.pre_commands.iter().enumerate().map(|(i, c)| (format!("pre_commands[{i}]"), c.clone())));
+        out.extend(p.post_commands.iter().enumerate().map(|(i, c)| (format!("post_commands[{i}]"), c.clone())));
         out
     }
 
     async fn start(&self, ctx: ActionContext<'_>, p: &EbsSnapshotParams) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
         let source = or_step!(source(&ec2, &ctx).await);
-        let made = match or_step!(look_before_making(&ctx, || made_by_job(&ec2, &ctx)).await) {
-            Some(made) => made,
-            None => or_step!(make(&ec2, &ctx, p, source).await),
-        };
+        if hooked(p) && ctx.job.resource.kind != ResourceType::Instance {
+            let id = &ctx.job.resource.id;
+            return Step::Failed {
+                retryable: false,
+                error: format!("pre_commands and post_commands run on an instance; {id} is a volume"),
+            };
+        }
+        let mut state = Snapshots { snapshots: Vec::new(), made_ms: ctx.now_ms, hooks: Hooks::default() };
+        match or_step!(look_before_making(&ctx, || made_by_job(&ec2, &ctx)).await) {
+            Some(made) => {
+                // Made by an earlier attempt: whatever it froze is thawed.
+                state.snapshots = made;
+                state.hooks.post = or_step!(thaw_outstanding(&ctx, p, None).await);
+            }
+            None if !p.pre_commands.is_empty() => {
+                let purpose = format!("pre {}", ctx.attempt);
+                let freeze = hook(&ctx, &p.pre_commands, p.hook_timeout_secs);
+                state.hooks.pre = Some(or_step!(ssm::send_once(&ctx, &purpose, "AWS-RunShellScript", freeze).await));
+                state.hooks.sent_ms = ctx.now_ms;
+                return Step::pending(Duration::from_secs(p.check_after_secs.min(5)), &state);
+            }
+            None => {
+                state.snapshots = or_step!(make(&ec2, &ctx, p, source).await);
+                state.hooks.post = or_step!(thaw_outstanding(&ctx, p, None).await);
+            }
+        }
+        state.hooks.sent_ms = ctx.now_ms;
         // Snapshots of small volumes may be complete already: check at once.
-        let state = Snapshots { snapshots: made, made_ms: ctx.now_ms };
         self.check(ctx, p, state).await.checked_after(Duration::from_secs(p.check_after_secs))
     }
 
-    async fn check(&self, ctx: ActionContext<'_>, p: &EbsSnapshotParams, state: Snapshots) -> Step {
+    async fn check(&self, ctx: ActionContext<'_>, p: &EbsSnapshotParams, mut state: Snapshots) -> Step {
         let ec2 = or_step!(ctx.ec2().await);
+        if state.snapshots.is_empty() {
+            // Frozen (or freezing): the set is made once the freeze succeeded, then thawed.
+            let Some(pre) = state.hooks.pre.clone() else {
+                return Step::Failed { retryable: false, error: "no snapshots and no freeze to wait for".into() };
+            };
+            let freeze_attempt = ctx.attempt;
+            match or_step!(ssm::outcome(&ctx, &pre, state.hooks.sent_ms).await) {
+                Outcome::Running => return Step::pending(Duration::from_secs(p.check_after_secs.min(5)), &state),
+                Outcome::Failed(why) => {
+                    let thawed = thaw_outstanding(&ctx, p, Some(freeze_attempt)).await;
+                    let note = if thawed.is_ok() { "; the thaw was sent" } else { "; sending the thaw failed" };
+                    return Step::Failed { retryable: false, error: format!("the freeze (pre_commands) {why}{note}") };
+                }
+                Outcome::Succeeded(_) => {
+                    let made = match source(&ec2, &ctx).await {
+                        Ok(source) => make(&ec2, &ctx, p, source).await,
+                        Err(step) => Err(step),
+                    };
+                    let thaw = thaw_outstanding(&ctx, p, Some(freeze_attempt)).await;
+                    state.snapshots = or_step!(made);
+                    state.made_ms = ctx.now_ms;
+                    state.hooks.post = or_step!(thaw);
+                    state.hooks.sent_ms = ctx.now_ms;
+                    return Step::pending(Duration::from_secs(p.check_after_secs), &state);
+                }
+            }
+        }
+        if let Some(post) = state.hooks.post.clone() {
+            match or_step!(ssm::outcome(&ctx, &post, state.hooks.sent_ms).await) {
+                Outcome::Running => return Step::pending(Duration::from_secs(p.check_after_secs.min(5)), &state),
+                Outcome::Failed(why) => {
+                    let ids: Vec<&str> = state.snapshots.iter().map(|m| m.snapshot.as_str()).collect();
+                    return Step::Failed {
+                        retryable: false,
+                        error: format!("snapshots {} were made; the thaw (post_commands) {why}", ids.join(", ")),
+                    };
+                }
+                Outcome::Succeeded(_) => {}
+            }
+        }
         let ids: Vec<String> = state.snapshots.iter().map(|m| m.snapshot.clone()).collect();
         let pending = || Step::pending(Duration::from_secs(p.check_after_secs), &state);
         let out = match ec2.describe_snapshots().set_snapshot_ids(Some(ids.clone())).send().await {

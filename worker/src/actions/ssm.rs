@@ -85,6 +85,20 @@ pub async fn send_once(
     }
 }
 
+/// The purposes of the commands this job sent to its instance that SSM lists now (the part of
+/// their comments after `opsfleet job <id> `).
+pub async fn purposes_sent(ctx: &ActionContext<'_>) -> Result<Vec<String>, Step> {
+    let ssm = client(ctx).await?;
+    let prefix = format!("{} ", comment(ctx, ""));
+    let mut pages = ssm.list_commands().instance_id(&ctx.job.resource.id).into_paginator().send();
+    let mut found = Vec::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| failed("ListCommands", &e))?;
+        found.extend(page.commands().iter().filter_map(|c| c.comment()?.strip_prefix(&prefix)).map(str::to_owned));
+    }
+    Ok(found)
+}
+
 /// How a command's invocation on the job's instance stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
