@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod action_fleet;
 pub mod aws_semantics;
 pub mod fault_proxy;
 pub mod process_fleet;
