@@ -42,6 +42,11 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         Kind::Counter,
         "Places (account, region) a discovery could not search, by task and region; each is retried on its own.",
     ),
+    (
+        "opsfleet_discovery_unusable_total",
+        Kind::Counter,
+        "Resources a discovery found and left out because opsfleet cannot key them (a name over 64 characters), by type.",
+    ),
     ("opsfleet_jobs_emitted_total", Kind::Counter, "Jobs the router sent, by task and action."),
     ("opsfleet_route_duration_seconds", Kind::Histogram, "Time to normalize, match, expand and send one event."),
     ("opsfleet_router_poll_errors_total", Kind::Counter, "Router queue or store calls that failed and were retried."),

@@ -208,3 +208,26 @@ async fn an_auto_scaling_group_is_stopped_to_size_zero_and_started_again_at_its_
     done(&run(&erased(SchedulePower), &start, &aws).await);
     assert_eq!(sizes().await.0, (Some(1), Some(3), Some(2)), "started at its saved sizes");
 }
+
+#[tokio::test]
+async fn a_database_rds_started_again_by_itself_is_stopped_again_without_enforce() {
+    let (aws, _layer) = accounts().await;
+    let rds = aws.rds(ACCOUNT, REGION).await.expect("client");
+    let db = unique("ledger").replace('-', "x");
+    db_instance(&rds, &db, &[("Schedule", "work")]).await;
+    let task = unique("office");
+    let stop = |event: &str| {
+        job(&task, event, "schedule-power", &params(false, false), ResourceType::RdsInstance, &db, REGION)
+    };
+    done(&run(&erased(SchedulePower), &stop("t1"), &aws).await);
+    // Seven days later RDS starts it again (here: a start through the emulator directly).
+    let base = opsfleet_backend::AwsBackend::sdk_config().await;
+    let direct = aws_sdk_rds::Client::from_conf(
+        aws_sdk_rds::config::Builder::from(&base).region(aws_sdk_rds::config::Region::new(REGION)).build(),
+    );
+    direct.start_db_instance().db_instance_identifier(&db).send().await.expect("started by RDS");
+    let summary = done(&run(&erased(SchedulePower), &stop("t2"), &aws).await).to_owned();
+    assert!(summary.contains("is stopped"), "{summary}");
+    let out = direct.describe_db_instances().db_instance_identifier(&db).send().await.expect("describe");
+    assert_eq!(out.db_instances()[0].db_instance_status(), Some("stopped"));
+}

@@ -10,7 +10,7 @@
 //! days stopped is stopped again. The state a period last asked for is recorded on the
 //! resource (`opsfleet:schedule = <period> <running|stopped>`): a resource someone started or
 //! stopped by hand since is left so until its period next changes its mind, unless
-//! `enforce = true`. Idempotent by nature: starting what is starting changes nothing, and the
+//! `enforce = true` (a database is stopped all the same: RDS's own restart looks the same). Idempotent by nature: starting what is starting changes nothing, and the
 //! job is done once the resource reads back in the state wanted.
 
 mod period;
@@ -125,8 +125,12 @@ impl SchedulePower {
             _ => {}
         }
         // The resource is not as the period wants it. Since the period last changed its mind
-        // (the record), someone set it by hand: left so unless enforced.
-        if recorded == Some(record.as_str()) && !p.enforce {
+        // (the record), someone set it by hand: left so unless enforced. A database running when
+        // its period wants it stopped is stopped all the same: RDS starts a stopped database
+        // again by itself after seven days, and that cannot be told from a start by hand.
+        let database = matches!(r.kind, ResourceType::RdsInstance | ResourceType::RdsCluster);
+        let enforce = p.enforce || (database && !run);
+        if recorded == Some(record.as_str()) && !enforce {
             return Step::Done {
                 summary: format!("{} left {} by hand although {why} (enforce = true to override)", r.id, state(!run)),
             };
