@@ -140,6 +140,12 @@ pub fn job_id(event_id: &str, task: &str, resource_key: &str) -> String {
     digest(&[event_id, task, resource_key], 16)
 }
 
+/// The id a runbook's step `step` of job `job_id` runs under: its actions mark what they make
+/// with it, so two steps of one job never take each other's work for their own.
+pub fn step_job_id(job_id: &str, step: &str) -> String {
+    digest(&[job_id, step], 16)
+}
+
 /// The id of the run of `task` for event `event_id`.
 pub fn run_id(event_id: &str, task: &str) -> String {
     digest(&[event_id, task], 12)

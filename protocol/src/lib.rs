@@ -6,6 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod dead_letter;
 pub mod event;
+pub mod halt;
 pub mod job;
 pub mod liveness;
 pub mod names;

@@ -31,6 +31,9 @@ enum Var {
     Date,
     DateTime,
     Event(String),
+    /// `{steps.NAME.FIELD}`: an output of an earlier step of a runbook, put in by the runbook
+    /// before its step runs; anywhere else it renders empty.
+    Step(String),
 }
 
 /// The values a template is rendered with.
@@ -62,8 +65,8 @@ impl<'a> TemplateInput<'a> {
 }
 
 /// The placeholders a template may use, for error messages.
-pub const PLACEHOLDERS: &str =
-    "{resource}, {account}, {region}, {type}, {id}, {task}, {params.NAME}, {date}, {datetime}, {event.FIELD}";
+pub const PLACEHOLDERS: &str = "{resource}, {account}, {region}, {type}, {id}, {task}, {params.NAME}, {date}, \
+     {datetime}, {event.FIELD}, {steps.STEP.FIELD} (in a runbook's steps)";
 
 impl Template {
     /// Parses a template, naming the first unknown placeholder or unbalanced brace.
@@ -86,10 +89,13 @@ impl Template {
                 "task" => Var::Task,
                 "date" => Var::Date,
                 "datetime" => Var::DateTime,
-                _ => match (name.strip_prefix("params."), name.strip_prefix("event.")) {
-                    (Some(p), _) if !p.is_empty() => Var::Param(p.to_owned()),
-                    (_, Some(path)) if !path.is_empty() && path.split('.').all(|s| !s.is_empty()) => {
+                _ => match (name.strip_prefix("params."), name.strip_prefix("event."), name.strip_prefix("steps.")) {
+                    (Some(p), _, _) if !p.is_empty() => Var::Param(p.to_owned()),
+                    (_, Some(path), _) if !path.is_empty() && path.split('.').all(|s| !s.is_empty()) => {
                         Var::Event(path.to_owned())
+                    }
+                    (_, _, Some(path)) if path.split('.').count() == 2 && path.split('.').all(|s| !s.is_empty()) => {
+                        Var::Step(path.to_owned())
                     }
                     _ => return Err(format!("unknown placeholder `{{{name}}}`; use {PLACEHOLDERS}")),
                 },
@@ -136,6 +142,15 @@ impl Template {
         })
     }
 
+    /// The runbook step outputs the template reads, as `STEP.FIELD` paths (`snapshot.ids` for
+    /// `{steps.snapshot.ids}`).
+    pub fn step_outputs(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Var(Var::Step(path)) => Some(path.as_str()),
+            _ => None,
+        })
+    }
+
     /// Renders the template; a missing param or event field renders as an empty string.
     pub fn render(&self, input: TemplateInput<'_>) -> String {
         let mut out = String::new();
@@ -156,6 +171,7 @@ impl Template {
                 Part::Var(Var::Date) => out.push_str(&utc(input.now_ms).0),
                 Part::Var(Var::DateTime) => out.push_str(&utc(input.now_ms).1),
                 Part::Var(Var::Event(path)) => out.push_str(input.event.get(path).map_or("", String::as_str)),
+                Part::Var(Var::Step(_)) => {}
             }
         }
         out
@@ -257,6 +273,14 @@ mod tests {
             ["detail.state"]
         );
         assert!(Template::parse("{event.}").is_err());
+    }
+
+    #[test]
+    fn step_outputs_are_named_by_step_and_field() {
+        let t = Template::parse("made {steps.snapshot.ids} ({steps.snapshot.status})").unwrap();
+        assert_eq!(t.step_outputs().collect::<Vec<_>>(), ["snapshot.ids", "snapshot.status"]);
+        assert!(Template::parse("{steps.snapshot}").is_err());
+        assert!(Template::parse("{steps.a.b.c}").is_err());
     }
 
     #[test]

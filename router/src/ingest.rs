@@ -3,6 +3,7 @@
 use crate::batcher::Batcher;
 use crate::discovery::{Discover, DiscoveryError, PlaceFailed};
 use crate::discovery_retry::{DiscoveryRetry, DISCOVERY_RETRIES};
+use crate::halting::AlarmHalts;
 use crate::telemetry::{
     DiscoveryPlacesFailed, EventDeferred, EventReceived, EventRejected, EventRouted, EventUnmatched, JobsEmitted,
     PollFailed, TaskFoundNothing,
@@ -31,6 +32,9 @@ pub enum RouterError {
     /// A queue is missing or unreachable.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// The fleet's table is missing or unreachable (a fleet with halting alarms).
+    #[error(transparent)]
+    Store(#[from] opsfleet_protocol::ports::StoreError),
 }
 
 impl RouterError {
@@ -38,6 +42,7 @@ impl RouterError {
     pub fn is_transient(&self) -> bool {
         match self {
             RouterError::Queue(e) => e.is_transient(),
+            RouterError::Store(e) => e.is_transient(),
         }
     }
 }
@@ -108,6 +113,8 @@ pub struct Router {
     dead_letter: Arc<dyn Queue>,
     batchers: Vec<Batcher>,
     discover: Arc<dyn Discover>,
+    /// The alarms that halt tasks (none when no task has `halt_on_alarms`).
+    halts: Option<AlarmHalts>,
     /// When events are received (those whose send time SQS does not say) and dead-lettered.
     clock: Clock,
 }
@@ -126,7 +133,8 @@ impl Router {
         for p in 0..planner.config().fleet.partitions.get() {
             batchers.push(Batcher::start(backend.queue(&names::jobs_queue(&fleet, p)).await?));
         }
-        Ok(Router { planner, events, dead_letter, batchers, discover, clock: Clock::new() })
+        let halts = AlarmHalts::open(backend, planner.config()).await?;
+        Ok(Router { planner, events, dead_letter, batchers, discover, halts, clock: Clock::new() })
     }
 
     /// The same router reading time from another clock (tests).
@@ -275,6 +283,11 @@ impl Router {
         };
         if retry.is_none() {
             EventReceived { event: &event }.emit();
+            if let Some(halts) = &self.halts {
+                if let Err(e) = halts.record(&event).await {
+                    return Prepared::Done(self.defer(message, format!("recording an alarm's halt failed: {e}")));
+                }
+            }
         }
         let received_ms = match &retry {
             Some(r) => r.received_ms,

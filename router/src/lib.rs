@@ -14,6 +14,7 @@ mod batcher;
 mod discovery;
 mod discovery_retry;
 mod ec2_discovery;
+mod halting;
 mod ingest;
 mod inventory;
 mod tagged_discovery;

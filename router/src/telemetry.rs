@@ -133,3 +133,24 @@ impl DiscoveryPlacesFailed<'_> {
         }
     }
 }
+
+/// A halting alarm changed state: the tasks it halts are halted (ALARM) or no longer halted by
+/// it (any other state).
+pub(crate) struct AlarmHaltChanged<'a> {
+    pub alarm: &'a str,
+    pub state: &'a str,
+    pub tasks: &'a [&'a str],
+}
+
+impl AlarmHaltChanged<'_> {
+    pub fn emit(self) {
+        let halts = self.state == opsfleet_protocol::halt::ALARM;
+        if halts {
+            tracing::warn!(alarm = %self.alarm, tasks = ?self.tasks, "Alarm in ALARM: its tasks are halted; their jobs wait.");
+        } else {
+            tracing::info!(alarm = %self.alarm, state = %self.state, tasks = ?self.tasks, "Alarm no longer in ALARM: it halts its tasks no more.");
+        }
+        let state = if halts { "alarm" } else { "other" };
+        counter!("opsfleet_alarm_halt_changes_total", "state" => state).increment(1);
+    }
+}

@@ -7,6 +7,7 @@ mod demo;
 mod deployable;
 mod dlq;
 pub mod exporter;
+mod halting;
 mod health;
 mod infra;
 mod matching;
@@ -158,6 +159,28 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         address: String,
     },
+    /// Halt a task by hand: its jobs wait, holding no worker, until `opsfleet resume`.
+    Halt {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The task.
+        task: String,
+    },
+    /// End a task's halt by hand (a halting alarm in ALARM still halts it).
+    Resume {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The task.
+        task: String,
+    },
+    /// List the tasks halted now, by hand or by an alarm.
+    Halts {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// List or redrive dead-lettered messages.
     Dlq {
         /// What to do.
@@ -261,6 +284,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             audit::run(&config, query).await
         }
         Command::Actions => catalog::actions(),
+        Command::Halt { config, task } => halting::set(&config, &task, true).await,
+        Command::Resume { config, task } => halting::set(&config, &task, false).await,
+        Command::Halts { config } => halting::list(&config).await,
         Command::IamPolicy { config, setup, member, fleet_role, router } => {
             catalog::iam_policy(&config, setup, member.then_some(fleet_role).flatten(), router)
         }

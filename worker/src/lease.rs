@@ -189,6 +189,12 @@ pub struct Leases {
 
 impl Leases {
     /// Leases in a store. Record versions are unique per process (`prefix`, a counter).
+    /// The table the leases are kept in.
+    pub(crate) fn store(&self) -> Arc<dyn Store> {
+        Arc::clone(&self.store)
+    }
+
+    /// Leases kept in a fleet's table.
     pub fn new(store: Arc<dyn Store>) -> Self {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -40,6 +40,7 @@ mod checks;
 mod dead_letters;
 mod gate;
 mod guarded;
+mod halted;
 mod held;
 mod job;
 mod pending;

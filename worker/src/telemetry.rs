@@ -63,14 +63,15 @@ impl LockAcquisition<'_> {
 
 /// Why jobs wait, and how many wait for each in this process (kept here so the gauges can be
 /// refreshed: a gauge idle for a minute leaves the exporter).
-const WAIT_REASONS: [&str; 3] = ["lock", "max_concurrency", "limit"];
-static WAITING: [AtomicI64; 3] = [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)];
+const WAIT_REASONS: [&str; 4] = ["lock", "max_concurrency", "limit", "halted"];
+static WAITING: [AtomicI64; 4] = [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)];
 
 fn waiting(reason: &str) -> Option<&'static AtomicI64> {
     WAIT_REASONS.iter().position(|r| *r == reason).map(|i| &WAITING[i])
 }
 
-/// A job began waiting for a lock or a slot (`reason`: `lock`, `max_concurrency`, `limit`).
+/// A job began waiting for a lock or a slot, or for its task's halt to end (`reason`: `lock`,
+/// `max_concurrency`, `limit`, `halted`).
 pub(crate) struct JobWaitStarted {
     pub reason: &'static str,
 }

@@ -36,6 +36,14 @@ fn param_sets() -> Vec<(&'static str, Value)> {
         ("rds-snapshot", json!({ "copy_to": [{ "region": "us-west-2", "kms_key_id": "alias/dr" }], "retain": 7 })),
         ("schedule-power", json!({ "periods": { "office": { "begin": "08:00", "end": "18:00" } }, "hibernate": true })),
         ("run-command", json!({ "commands": ["uptime"] })),
+        // A runbook's statements are its steps'.
+        (
+            "runbook",
+            json!({ "steps": [
+            { "name": "snapshot", "action": "ebs-snapshot", "params": { "retain": 7 } },
+            { "name": "tell", "action": "notify", "params": { "topic_arn": "arn:aws:sns:us-east-1:111122223333:ops" } },
+        ] }),
+        ),
     ]
 }
 

@@ -75,6 +75,18 @@ impl AwsAccounts {
         &self.budget
     }
 
+    /// Who the fleet's credentials are: the ARN STS `GetCallerIdentity` answers (an operator's
+    /// role session, for the audit of what they decided).
+    pub async fn caller_arn(&self) -> Result<String, AccountError> {
+        let conf = aws_sdk_sts::config::Builder::from(&self.base).interceptor(super::metrics::AwsMetrics).build();
+        let identity = aws_sdk_sts::Client::from_conf(conf)
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| AccountError::Identity(aws_sdk_sts::error::DisplayErrorContext(&e).to_string()))?;
+        identity.arn.ok_or_else(|| AccountError::Identity("no ARN in the answer".into()))
+    }
+
     /// The fleet's own account (STS `GetCallerIdentity`, asked once).
     pub async fn own_account(&self) -> Result<String, AccountError> {
         self.own

@@ -223,16 +223,53 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
             .as_ref()
             .map(|p| Pattern::from_value(p).map_err(|e| task_problem("pattern", e.to_string())))
             .and_then(Result::ok);
-        if !task.params.is_object() {
+        let (action, params) = match (&task.action, &task.steps, &task.params) {
+            (Some(action), None, params) => {
+                (action.clone(), params.clone().unwrap_or_else(|| Value::Object(Default::default())))
+            }
+            (None, Some(steps), None) => (RUNBOOK.to_owned(), serde_json::json!({ "steps": steps })),
+            (None, Some(_), Some(_)) => {
+                task_problem("params", "a runbook's params are its steps' own: give them in each step".into());
+                (RUNBOOK.to_owned(), Value::Null)
+            }
+            (Some(_), Some(_), _) => {
+                task_problem("steps", "a task has an action or steps, not both".into());
+                (String::new(), Value::Null)
+            }
+            (None, None, _) => {
+                task_problem("action", "a task needs an action or steps".into());
+                (String::new(), Value::Null)
+            }
+        };
+        if !params.is_object() {
             task_problem("params", "params must be a table".into());
         }
         let info = match catalog {
-            Some(catalog) => catalog.check(&task.action, &task.params).map_err(|e| task_problem("action", e)).ok(),
-            None => None,
+            Some(catalog) if !action.is_empty() => {
+                catalog.check(&action, &params).map_err(|e| task_problem("action", e)).ok()
+            }
+            _ => None,
         };
+        let timeout_secs = u64::from(task.timeout_secs.get()).max(longest_step_timeout(&params));
+        if let Some(percent) = task.max_targets_percent {
+            if percent.get() > 100 {
+                task_problem("max_targets_percent", format!("{percent} is over 100"));
+            }
+            if task.targets == Targets::Event {
+                task_problem(
+                    "max_targets_percent",
+                    "is a share of a discovery's population: the task's targets must be a discovery table".into(),
+                );
+            }
+        }
+        for alarm in &task.halt_on_alarms {
+            if alarm.is_empty() || alarm.len() > 255 {
+                task_problem("halt_on_alarms", format!("`{alarm}` is not an alarm name (1 to 255 characters)"));
+            }
+        }
         if let (Some(info), Targets::Discover(query)) = (&info, &task.targets) {
             if !info.targets.contains(&query.kind) {
-                task_problem("targets", format!("action `{}` does not act on {}", task.action, query.kind));
+                task_problem("targets", format!("action `{action}` does not act on {}", query.kind));
             }
         }
         if let Targets::Discover(query) = &task.targets {
@@ -267,7 +304,7 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
             resolve_limit(task, info.as_ref(), &mut limits).map_err(|e| task_problem("limit", e)).ok().flatten();
         if let Some(limit) = limit.as_ref().and_then(|name| limits.get(name)) {
             for param in limit.pool.params() {
-                if task.params.get(param).is_none() {
+                if params.get(param).is_none() {
                     task_problem(
                         "params",
                         format!("limit `{}` pools by `params.{param}`, which this task does not set", limit.name),
@@ -310,14 +347,19 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 pattern_json,
                 schedule: task_schedules.iter().find(|(t, _)| *t == task.name).map(|(_, s)| s.clone()),
                 targets: task.targets.clone(),
-                action: task.action.clone(),
-                params: task.params.clone(),
+                ramp_up: task.ramp_up.unwrap_or(action == RUNBOOK),
+                action,
+                params,
                 max_concurrency: task.max_concurrency.map(|n| n.get()),
                 max_errors: task.max_errors,
+                max_targets: task.max_targets.map(|n| n.get()),
+                max_targets_percent: task.max_targets_percent.map(|n| n.get()),
+                allow_over_max_targets: task.allow_over_max_targets,
+                halt_on_alarms: fleet.halt_on_alarms.iter().chain(&task.halt_on_alarms).cloned().collect(),
                 lock,
                 limit,
                 retries: task.retries,
-                timeout: std::time::Duration::from_secs(u64::from(task.timeout_secs.get())),
+                timeout: std::time::Duration::from_secs(timeout_secs),
                 delay: std::time::Duration::from_secs(u64::from(task.delay_secs)),
                 deadline: std::time::Duration::from_secs(60 * u64::from(task.deadline_mins.get())),
                 event_fields: event_fields.into_iter().collect(),
@@ -378,6 +420,16 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
         problems.sort_by_key(|p| p.line.unwrap_or(0));
         Err(ConfigError { problems })
     }
+}
+
+/// The action a task with `steps` runs: its params are `{ steps = [...] }`.
+pub const RUNBOOK: &str = "runbook";
+
+/// The longest `timeout_secs` of a runbook's steps (0 for any other params): a task's own
+/// timeout is raised to it, since one call of the runbook runs one step.
+fn longest_step_timeout(params: &Value) -> u64 {
+    let steps = params.get("steps").and_then(Value::as_array).into_iter().flatten();
+    steps.filter_map(|s| s.get("timeout_secs").and_then(Value::as_u64)).max().unwrap_or(0)
 }
 
 /// The longest shutdown grace: with the 10 s a worker needs beyond it, ECS's 120-second

@@ -10,7 +10,7 @@ mod load;
 mod raw;
 mod schedule;
 
-pub use load::{ActionCatalog, ActionInfo, ConfigError, LimitDefault, Problem};
+pub use load::{ActionCatalog, ActionInfo, ConfigError, LimitDefault, Problem, RUNBOOK};
 pub use raw::{
     BucketSettings, DiscoveryQuery, Ec2BudgetSettings, FleetSettings, LimitSettings, MetricsSettings, RouterSettings,
     Targets, WorkerSettings,
@@ -74,6 +74,19 @@ pub struct Task {
     pub max_concurrency: Option<u32>,
     /// The failures of one run after which its remaining jobs are cancelled.
     pub max_errors: Option<u32>,
+    /// Whether a run's concurrency ramps up (1, 2, then doubling up to `max_concurrency`) as
+    /// its jobs succeed: on by default for runbooks.
+    pub ramp_up: bool,
+    /// The most resources one run may act on (`max_targets`).
+    pub max_targets: Option<u32>,
+    /// The largest share of the discovered population, in percent, one run may act on
+    /// (`max_targets_percent`).
+    pub max_targets_percent: Option<u32>,
+    /// Whether a run over `max_targets` or `max_targets_percent` goes ahead anyway (logged and
+    /// counted) instead of being refused.
+    pub allow_over_max_targets: bool,
+    /// CloudWatch alarms that halt the task while in ALARM: its own and the fleet's.
+    pub halt_on_alarms: Vec<String>,
     /// The lock key template.
     pub lock: Template,
     /// The limit this task's jobs take a slot of, if any (the task's own or its action's).

@@ -58,6 +58,10 @@ pub struct FleetSettings {
     /// rendered stack subscribes the queue to them and its policy admits them.
     #[serde(default)]
     pub alarm_topics: Vec<String>,
+    /// CloudWatch alarms that halt every task of the fleet while they are in ALARM (their
+    /// state-change events reach the events queue).
+    #[serde(default)]
+    pub halt_on_alarms: Vec<String>,
 }
 
 fn default_partition() -> String {
@@ -96,9 +100,22 @@ pub(super) struct RawTask {
     #[serde(default)]
     pub schedule: Option<super::schedule::RawSchedule>,
     pub targets: Targets,
-    pub action: String,
-    #[serde(default = "empty_object")]
-    pub params: Value,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub params: Option<Value>,
+    #[serde(default)]
+    pub steps: Option<Vec<Value>>,
+    #[serde(default)]
+    pub halt_on_alarms: Vec<String>,
+    #[serde(default)]
+    pub max_targets: Option<NonZeroU32>,
+    #[serde(default)]
+    pub max_targets_percent: Option<NonZeroU32>,
+    #[serde(default)]
+    pub allow_over_max_targets: bool,
+    #[serde(default)]
+    pub ramp_up: Option<bool>,
     #[serde(default)]
     pub max_concurrency: Option<NonZeroU32>,
     #[serde(default)]
@@ -123,10 +140,6 @@ fn default_deadline() -> std::num::NonZeroU32 {
 
 fn default_timeout() -> std::num::NonZeroU32 {
     std::num::NonZeroU32::new(300).unwrap_or(std::num::NonZeroU32::MIN)
-}
-
-fn empty_object() -> Value {
-    Value::Object(Default::default())
 }
 
 fn default_retries() -> u32 {

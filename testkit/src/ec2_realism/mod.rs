@@ -144,6 +144,8 @@ struct Shared {
     plan: Mutex<Ec2Plan>,
     seen: Mutex<Seen>,
     counts: Mutex<BTreeMap<&'static str, u64>>,
+    /// Requests received so far, by action (`StopInstances`, `CreateSnapshots`, …).
+    calls: Mutex<BTreeMap<String, u64>>,
     client: Upstream,
     upstream: String,
 }
@@ -194,6 +196,7 @@ impl Ec2Realism {
             plan: Mutex::new(plan),
             seen: Mutex::default(),
             counts: Mutex::default(),
+            calls: Mutex::default(),
             client: Client::builder(TokioExecutor::new()).build_http(),
             upstream: upstream.trim_end_matches('/').to_owned(),
         });
@@ -244,6 +247,12 @@ impl Ec2Realism {
     /// `incorrect_state`, `failing_place`, `error`).
     pub fn counts(&self) -> BTreeMap<&'static str, u64> {
         lock(&self.shared.counts).clone()
+    }
+
+    /// The requests received so far, by action (`StopInstances`, `CreateSnapshots`, …), retries
+    /// included.
+    pub fn calls(&self) -> BTreeMap<String, u64> {
+        lock(&self.shared.calls).clone()
     }
 
     /// Waits until everything made or tagged so far is seen by every describe.
@@ -312,6 +321,7 @@ async fn handle(req: Request<Incoming>, shared: &Shared) -> Result<Response<Full
     let plan = lock(&shared.plan).clone();
     let count = |kind: &'static str| *lock(&shared.counts).entry(kind).or_default() += 1;
     let action = request.action().to_owned();
+    *lock(&shared.calls).entry(action.clone()).or_default() += 1;
 
     let target = parts.headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     if matches!(request.service.as_str(), "dynamodb" | "tagging" | "ssm") && !target.is_empty() {

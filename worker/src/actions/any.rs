@@ -20,6 +20,9 @@ pub trait AnyAction: Send + Sync {
     /// The resource types it acts on.
     fn targets(&self) -> &'static [ResourceType];
 
+    /// The resource types it acts on with these params (unparsable params: [`Self::targets`]).
+    fn targets_for(&self, params: &Value) -> Vec<ResourceType>;
+
     /// The fleet-wide limit it takes a slot of, with defaults.
     fn limit(&self) -> Option<LimitDefault>;
 
@@ -80,6 +83,13 @@ impl<A: Action> AnyAction for Typed<A> {
 
     fn targets(&self) -> &'static [ResourceType] {
         self.0.targets()
+    }
+
+    fn targets_for(&self, params: &Value) -> Vec<ResourceType> {
+        match Self::parse(params) {
+            Ok(params) => self.0.targets_of(&params),
+            Err(_) => self.0.targets().to_vec(),
+        }
     }
 
     fn limit(&self) -> Option<LimitDefault> {

@@ -32,6 +32,7 @@ mod rds;
 mod rds_snapshot;
 mod registry;
 mod run_command;
+mod runbook;
 mod schedule_power;
 mod snapshot_copy;
 mod snapshot_retention;
@@ -53,6 +54,7 @@ pub use params::ParamHelp;
 pub use rds_snapshot::RdsSnapshot;
 pub use registry::ActionRegistry;
 pub use run_command::RunCommand;
+pub use runbook::{Runbook, RunbookParams, RunbookStep};
 pub use schedule_power::SchedulePower;
 pub use snapshot_copy::SnapshotCopy;
 pub use snapshot_retention::SnapshotRetention;
@@ -198,6 +200,12 @@ pub trait Action: Send + Sync + 'static {
 
     /// The resource types it acts on.
     fn targets(&self) -> &'static [ResourceType];
+
+    /// The resource types it acts on with these params (a runbook: those all its steps act on).
+    fn targets_of(&self, params: &Self::Params) -> Vec<ResourceType> {
+        let _ = params;
+        self.targets().to_vec()
+    }
 
     /// The fleet-wide limit it takes a slot of, with defaults.
     fn limit(&self) -> Option<LimitDefault> {

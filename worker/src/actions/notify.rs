@@ -19,6 +19,10 @@ pub struct NotifyParams {
     /// The subject, a template (SNS takes up to 100 characters for email).
     #[serde(default = "default_subject")]
     pub subject: String,
+    /// A line for the message's `note`, a template: in a runbook, earlier steps' outputs such
+    /// as `{steps.snapshot.ids}`.
+    #[serde(default)]
+    pub note: Option<String>,
 }
 
 fn default_subject() -> String {
@@ -29,16 +33,20 @@ fn default_subject() -> String {
 pub struct Notify;
 
 /// The message a job publishes.
-pub fn summary(ctx: &ActionContext<'_>) -> Value {
+pub fn summary(ctx: &ActionContext<'_>, note: Option<&str>) -> Value {
     let job = ctx.job;
-    json!({
+    let mut message = json!({
         "source": "opsfleet",
         "task": job.task,
         "job": job.id,
         "event": { "id": job.event_id, "time": job.event_time, "fields": job.event_fields },
         "resource": job.resource,
         "attempt": ctx.attempt,
-    })
+    });
+    if let Some(note) = note {
+        message["note"] = Value::String(ctx.render(note));
+    }
+    message
 }
 
 /// A subject SNS takes: printable ASCII, under 100 characters, not starting with a space.
@@ -64,7 +72,11 @@ impl Action for Notify {
     }
 
     fn examples(&self) -> Vec<NotifyParams> {
-        vec![NotifyParams { topic_arn: "arn:aws:sns:us-east-1:111122223333:ops".into(), subject: default_subject() }]
+        vec![NotifyParams {
+            topic_arn: "arn:aws:sns:us-east-1:111122223333:ops".into(),
+            subject: default_subject(),
+            note: None,
+        }]
     }
 
     fn describe(&self, ctx: ActionContext<'_>, p: &NotifyParams) -> String {
@@ -86,7 +98,9 @@ impl Action for Notify {
     }
 
     fn templates(&self, p: &NotifyParams) -> Vec<(String, String)> {
-        vec![("subject".to_owned(), p.subject.clone())]
+        let mut templates = vec![("subject".to_owned(), p.subject.clone())];
+        templates.extend(p.note.iter().map(|note| ("note".to_owned(), note.clone())));
+        templates
     }
 
     fn validate(&self, p: &NotifyParams) -> Result<(), String> {
@@ -109,7 +123,7 @@ impl Action for Notify {
             .publish()
             .topic_arn(&p.topic_arn)
             .subject(subject(&ctx.render(&p.subject)))
-            .message(summary(&ctx).to_string());
+            .message(summary(&ctx, p.note.as_deref()).to_string());
         if p.topic_arn.ends_with(".fifo") {
             request = request.message_group_id(ctx.job.resource.key()).message_deduplication_id(&ctx.job.id);
         }

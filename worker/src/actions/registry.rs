@@ -3,7 +3,7 @@
 use super::any::Typed;
 use super::{
     Action, AmiCreate, AnyAction, DynamodbBackup, DynamodbCapacity, EbsSnapshot, ImageCopy, ImageLifecycle,
-    InstancePower, InstanceResize, Noop, Notify, RdsSnapshot, RunCommand, SchedulePower, SnapshotCopy,
+    InstancePower, InstanceResize, Noop, Notify, RdsSnapshot, RunCommand, Runbook, SchedulePower, SnapshotCopy,
     SnapshotRetention, Tag,
 };
 use opsfleet_protocol::config::{ActionCatalog, ActionInfo};
@@ -20,8 +20,14 @@ pub struct ActionRegistry {
 }
 
 impl ActionRegistry {
-    /// Every action this build ships.
+    /// Every action this build ships: the single actions, and `runbook`, whose steps run them.
     pub fn builtin() -> Self {
+        let single = Self::single();
+        single.clone().with(Runbook::new(single))
+    }
+
+    /// Every action this build ships but `runbook`.
+    fn single() -> Self {
         ActionRegistry::default()
             .with(Noop)
             .with(EbsSnapshot)
@@ -70,7 +76,7 @@ impl ActionCatalog for ActionRegistry {
             format!("unknown action `{action}`; known: {}", known.join(", "))
         })?;
         let templates = found.check_params(params)?;
-        Ok(ActionInfo { targets: found.targets().to_vec(), limit: found.limit(), templates })
+        Ok(ActionInfo { targets: found.targets_for(params), limit: found.limit(), templates })
     }
 }
 
@@ -85,7 +91,7 @@ mod tests {
         assert!(registry.check("noop", &json!({"sleep_ms": 5})).is_ok());
         let err = registry.check("nop", &json!({})).unwrap_err();
         assert!(
-            err.contains("unknown action `nop`; known: ami-create, dynamodb-backup, dynamodb-capacity, ebs-snapshot, image-copy, image-lifecycle, instance-power, instance-resize, noop, notify, rds-snapshot"),
+            err.contains("unknown action `nop`; known: ami-create, dynamodb-backup, dynamodb-capacity, ebs-snapshot, image-copy, image-lifecycle, instance-power, instance-resize, noop, notify, rds-snapshot, run-command, runbook"),
             "{err}"
         );
         let err = registry.check("noop", &json!({"sleep": 5})).unwrap_err();

@@ -73,6 +73,17 @@ impl Worker {
                 TakeOver::Stopped => return Ok(Disposition::Returned),
             }
         }
+        if !took_over && between_steps(job, &check.state) {
+            if let Some(halt) = self.gate.halted(&task.name).await? {
+                // A halted runbook starts no next step: its check comes back later, keeping its
+                // leases and holding no worker meanwhile.
+                CheckRan { job_id: &job.id, result: "halted" }.emit();
+                tracing::debug!(job_id = %job.id, halt = %halt.line(), "The task is halted: the runbook's next step waits.");
+                self.recorder.send_check(&check, HALTED_RECHECK).await?;
+                held.leave_with_check();
+                return Ok(Disposition::Delete);
+            }
+        }
         let checks = check.checks + 1;
         let token = if check.token.is_empty() { token } else { check.token.as_str() };
         let claim = format!("{}/{:x}", self.id, rand::random::<u64>());
@@ -167,6 +178,14 @@ impl Worker {
             _ => Ok(Disposition::Delete),
         }
     }
+}
+
+/// How long a halted runbook's check waits before it looks again.
+const HALTED_RECHECK: Duration = Duration::from_secs(5);
+
+/// Whether a check is a runbook's between two steps: its next step's start is due.
+fn between_steps(job: &Job, state: &serde_json::Value) -> bool {
+    job.action == opsfleet_protocol::config::RUNBOOK && state.get("started") == Some(&serde_json::Value::Bool(false))
 }
 
 /// The first 200 characters of a text, for a one-line reason.

@@ -14,6 +14,7 @@
 //! Every acquisition has an owner of its own (`worker/job/n`), so a lease this process failed
 //! to release is never mistaken for one it is taking now.
 
+use super::halted::{HaltWatch, HALT_READ_EVERY};
 use super::held::Held;
 use super::permits::{Permits, Running};
 use super::CallError;
@@ -55,6 +56,8 @@ pub(super) struct Gate {
     acquisitions: AtomicU64,
     /// Cancelled at shutdown: jobs waiting for a lock or a slot hand their messages back.
     stop_waiting: CancellationToken,
+    /// Which tasks are halted.
+    halts: HaltWatch,
 }
 
 /// What entering the gate came to.
@@ -101,6 +104,7 @@ impl Gate {
     /// A gate over a fleet's leases.
     pub(super) fn new(leases: Leases, ledger: Ledger, config: Arc<Config>, clock: Clock, worker_id: String) -> Self {
         Gate {
+            halts: HaltWatch::new(leases.store()),
             leases,
             ledger,
             lease: Duration::from_secs(u64::from(config.worker.lease_secs.max(3))),
@@ -172,6 +176,15 @@ impl Gate {
                     None => return Ok(Entered::HandBack),
                 },
             };
+            if let Some(halt) = self.halts.halted(&task.name).await? {
+                // A halted task's jobs wait, holding nothing, until the halt ends.
+                drop(running);
+                if !self.wait_out_halt(&task.name, &halt, &mut waiting).await? {
+                    return Ok(Entered::HandBack);
+                }
+                waited = true;
+                continue;
+            }
             match self.take(job, task, waiting.watch(), entry.check_run, entry.lock).await? {
                 Taken::All(held) => return Ok(Entered::All { held, running, waited }),
                 Taken::Cancelled(held, reason) => return Ok(Entered::Cancelled { held, reason, running }),
@@ -188,6 +201,31 @@ impl Gate {
                     }
                     waited = true;
                 }
+            }
+        }
+    }
+
+    /// The halt of `task` in force, if any.
+    pub(super) async fn halted(&self, task: &str) -> Result<Option<opsfleet_protocol::halt::Halt>, CallError> {
+        Ok(self.halts.halted(task).await?)
+    }
+
+    /// Waits until `task` is halted no more (true), or until the job should hand its message
+    /// back (false): at shutdown, or after [`HAND_BACK_AFTER`].
+    async fn wait_out_halt(
+        &self,
+        task: &str,
+        halt: &opsfleet_protocol::halt::Halt,
+        waiting: &mut Waiting,
+    ) -> Result<bool, CallError> {
+        waiting.begin("halted");
+        tracing::debug!(task, halt = %halt.line(), "The task is halted: the job waits.");
+        loop {
+            if waiting.received.elapsed() >= HAND_BACK_AFTER || !self.pause(HALT_READ_EVERY).await {
+                return Ok(false);
+            }
+            if self.halts.halted(task).await?.is_none() {
+                return Ok(true);
             }
         }
     }
@@ -287,14 +325,7 @@ impl Waiting {
     /// Waits until what is wanted looks free (true), or until the job should hand its message
     /// back (false): at shutdown, or after [`HAND_BACK_AFTER`].
     async fn wait(&mut self, gate: &Gate, wanted: &Wanted, reason: &'static str) -> Result<bool, CallError> {
-        match self.since {
-            Some((_, current)) if current == reason => {}
-            _ => {
-                self.finish();
-                JobWaitStarted { reason }.emit();
-                self.since = Some((Instant::now(), reason));
-            }
-        }
+        self.begin(reason);
         loop {
             if self.received.elapsed() >= HAND_BACK_AFTER {
                 return Ok(false);
@@ -317,6 +348,18 @@ impl Waiting {
             self.interval = if woken { FIRST_POLL } else { (self.interval * 2).min(MAX_POLL) };
             if gate.leases.looks_free(wanted, &mut self.watch).await? {
                 return Ok(true);
+            }
+        }
+    }
+
+    /// Counts the job as waiting for `reason` from now, unless it already was.
+    fn begin(&mut self, reason: &'static str) {
+        match self.since {
+            Some((_, current)) if current == reason => {}
+            _ => {
+                self.finish();
+                JobWaitStarted { reason }.emit();
+                self.since = Some((Instant::now(), reason));
             }
         }
     }

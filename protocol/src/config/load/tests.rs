@@ -387,3 +387,52 @@ fn a_member_role_may_name_its_fleet() {
     let config = super::super::Config::parse(text, None).expect("valid");
     assert_eq!(config.fleet.member_role.as_deref(), Some("arn:aws:iam::{account}:role/opsfleet-ops-prod-member"));
 }
+
+#[test]
+fn a_task_with_steps_runs_a_runbook_and_its_rate_controls_are_checked() {
+    let text = r#"
+[fleet]
+name = "f"
+halt_on_alarms = ["fleet-wide"]
+
+[[tasks]]
+name = "r"
+pattern = { source = ["x"] }
+targets = { type = "ec2:instance", tags = { Patch = "*" } }
+steps = [{ name = "a", action = "noop", timeout_secs = 900 }]
+halt_on_alarms = ["api-5xx"]
+max_targets = 20
+max_targets_percent = 25
+"#;
+    let config = super::super::Config::parse(text, None).expect("valid");
+    let task = &config.tasks[0];
+    assert_eq!(task.action, RUNBOOK);
+    assert_eq!(task.params["steps"][0]["name"], "a");
+    assert!(task.ramp_up, "runbooks ramp up by default");
+    assert_eq!(task.timeout.as_secs(), 900, "the task's timeout is raised to its longest step's");
+    assert_eq!(task.halt_on_alarms, ["fleet-wide", "api-5xx"]);
+    assert_eq!((task.max_targets, task.max_targets_percent), (Some(20), Some(25)));
+
+    let bad = r#"
+[fleet]
+name = "f"
+
+[[tasks]]
+name = "both"
+pattern = { source = ["x"] }
+targets = "event"
+action = "noop"
+steps = [{ name = "a", action = "noop" }]
+max_targets_percent = 120
+
+[[tasks]]
+name = "neither"
+pattern = { source = ["x"] }
+targets = "event"
+"#;
+    let problems = super::super::Config::parse(bad, None).unwrap_err().to_string();
+    assert!(problems.contains("tasks[0] \"both\".steps: a task has an action or steps, not both"), "{problems}");
+    assert!(problems.contains("max_targets_percent: 120 is over 100"), "{problems}");
+    assert!(problems.contains("the task's targets must be a discovery table"), "{problems}");
+    assert!(problems.contains("tasks[1] \"neither\".action: a task needs an action or steps"), "{problems}");
+}
