@@ -1,6 +1,7 @@
 //! The ingest loop: receive, route, acknowledge.
 
 use crate::batcher::Batcher;
+use crate::blast_radius::{self, Refusal};
 use crate::discovery::{Discover, DiscoveryError, PlaceFailed};
 use crate::discovery_retry::{DiscoveryRetry, DISCOVERY_RETRIES};
 use crate::halting::AlarmHalts;
@@ -90,6 +91,8 @@ struct Ready {
     failed_discovery: Option<String>,
     /// Places of discoveries that failed, by task, to retry on their own.
     failed_places: Vec<(String, Vec<PlaceFailed>)>,
+    /// Runs refused for their size.
+    refused: Vec<Refusal>,
     /// The message is itself a retry of failed places.
     retry: Option<DiscoveryRetry>,
     /// The event's body, for the retries.
@@ -302,6 +305,18 @@ impl Router {
             retry.narrow(&mut plan);
         }
         let mut jobs = plan.jobs;
+        // Runs over their blast-radius limits send no jobs; the event is dead-lettered for them.
+        let mut refused: Vec<Refusal> = Vec::new();
+        let mut named: BTreeMap<&str, usize> = BTreeMap::new();
+        for job in &jobs {
+            *named.entry(job.task.as_str()).or_default() += 1;
+        }
+        for (task, count) in named {
+            if let Some(Err(refusal)) = self.planner.config().task(task).map(|t| blast_radius::check_named(t, count)) {
+                refused.push(refusal);
+            }
+        }
+        jobs.retain(|j| !refused.iter().any(|r| r.task == j.task));
         // A discovery that fails does not hold back the jobs of the other tasks: they go out,
         // and the event comes again for the failed discovery (its jobs' ids are the same, so
         // what went out already is deduplicated), until its last receive, when it goes to the
@@ -324,6 +339,19 @@ impl Router {
                     continue;
                 }
             };
+            if let Some(task) = self.planner.config().task(&discovery.task_name) {
+                match blast_radius::check_discovered(self.discover.as_ref(), discovery, task, resources.len()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(refusal)) => {
+                        refused.push(refusal);
+                        continue;
+                    }
+                    Err(e) => {
+                        failed_discovery = Some(format!("counting the population for max_targets_percent: {e}"));
+                        continue;
+                    }
+                }
+            }
             if let Err(e) = self.planner.check_cap(jobs.len() + resources.len()) {
                 return Prepared::Done(self.reject(message, plan_error_kind(&e), e.to_string()).await);
             }
@@ -338,7 +366,7 @@ impl Router {
         }
         // A task that matched and found nothing to act on is reported, not silently done.
         for task in plan.matched.iter().filter(|_| retry.is_none()) {
-            let failed = failed_places.iter().any(|(t, _)| t == task);
+            let failed = failed_places.iter().any(|(t, _)| t == task) || refused.iter().any(|r| &r.task == task);
             if !failed && !jobs.iter().any(|j| &j.task == task) {
                 TaskFoundNothing { event_id: &event.id, task }.emit();
             }
@@ -348,6 +376,7 @@ impl Router {
             jobs,
             failed_discovery,
             failed_places,
+            refused,
             retry,
             body,
             received_ms,
@@ -357,7 +386,8 @@ impl Router {
 
     /// What became of a message whose jobs were sent (or not).
     async fn complete(&self, message: &ReceivedMessage, ready: Ready, sent: Result<(), SendError>) -> Outcome {
-        let Ready { event_id, jobs, failed_discovery, failed_places, retry, body, received_ms, started } = ready;
+        let Ready { event_id, jobs, failed_discovery, failed_places, refused, retry, body, received_ms, started } =
+            ready;
         match sent {
             Ok(()) => {}
             Err(SendError::TooLarge(e)) => return self.reject(message, "job_too_large", e.to_string()).await,
@@ -389,6 +419,13 @@ impl Router {
                 .collect();
             if let Err(e) = send_all(self.events.as_ref(), retries).await {
                 return self.defer(message, format!("sending the retry of a discovery's failed places failed: {e}"));
+            }
+        }
+        for refusal in &refused {
+            // The event, with the reason, for each refused run: redriven once the task is
+            // fixed, it runs the refused task's jobs (the others' are done and deduplicated).
+            if let Err(e) = self.dead_letter(message, &refusal.reason).await {
+                return self.defer(message, format!("dead-lettering a refused run failed: {e}"));
             }
         }
         let mut per_task: BTreeMap<(&str, &str), usize> = BTreeMap::new();
@@ -431,13 +468,18 @@ impl Router {
     }
 
     async fn reject(&self, message: &ReceivedMessage, kind: &'static str, reason: String) -> Outcome {
-        let letter = DeadLetter::of_received(message, &reason, self.events.name(), self.clock.now_ms());
-        let dead = letter.message(self.dead_letter.name(), &format!("message/{}", message.message_id));
-        if let Err(e) = send_all(self.dead_letter.as_ref(), vec![dead]).await {
+        if let Err(e) = self.dead_letter(message, &reason).await {
             return self.defer(message, format!("dead-lettering failed: {e}"));
         }
         EventRejected { message_id: &message.message_id, reason: kind, error: &reason }.emit();
         Outcome::DeadLettered { kind, reason }
+    }
+
+    /// Sends a copy of the message to the events DLQ with the reason.
+    async fn dead_letter(&self, message: &ReceivedMessage, reason: &str) -> Result<(), SendError> {
+        let letter = DeadLetter::of_received(message, reason, self.events.name(), self.clock.now_ms());
+        let dead = letter.message(self.dead_letter.name(), &format!("message/{}", message.message_id));
+        send_all(self.dead_letter.as_ref(), vec![dead]).await
     }
 
     fn defer(&self, message: &ReceivedMessage, error: String) -> Outcome {

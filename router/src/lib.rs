@@ -11,6 +11,7 @@
 mod asg_discovery;
 mod aws_discovery;
 mod batcher;
+mod blast_radius;
 mod discovery;
 mod discovery_retry;
 mod ec2_discovery;

@@ -154,3 +154,23 @@ impl AlarmHaltChanged<'_> {
         counter!("opsfleet_alarm_halt_changes_total", "state" => state).increment(1);
     }
 }
+
+/// A run was over its task's `max_targets` or `max_targets_percent`: refused, or let go ahead
+/// (`allow_over_max_targets`).
+pub(crate) struct RunOverLimits<'a> {
+    pub task: &'a str,
+    pub reason: &'a str,
+    pub allowed: bool,
+}
+
+impl RunOverLimits<'_> {
+    pub fn emit(self) {
+        if self.allowed {
+            tracing::warn!(task = %self.task, reason = %self.reason, "Run over its blast-radius limits goes ahead (allow_over_max_targets).");
+        } else {
+            tracing::error!(task = %self.task, reason = %self.reason, "Run refused: over its blast-radius limits; the event goes to the DLQ.");
+        }
+        let outcome = if self.allowed { "allowed" } else { "refused" };
+        counter!("opsfleet_runs_over_limits_total", "task" => self.task.to_owned(), "outcome" => outcome).increment(1);
+    }
+}

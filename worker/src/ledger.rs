@@ -580,6 +580,7 @@ mod tests;
 
 pub(crate) use attempts::{attempt_attribute, attempt_json, remembered, remembered_json};
 pub use checks::{CheckLink, Checked};
+pub use runs::ramped;
 
 /// Sets a job's status, and its [`OPEN_STATUS`] (the sparse `by-status` index's key) while it
 /// is not done well.

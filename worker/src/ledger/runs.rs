@@ -71,6 +71,19 @@ impl Ledger {
         Ok(self.store.get(&run_key(run)).await?.and_then(|i| i.str("cancelled_because").map(str::to_owned)))
     }
 
+    /// Counts a job of a ramping run that finished well (succeeded or skipped): its run's
+    /// concurrency grows with these ([`ramped`]).
+    pub async fn run_finished_well(&self, run: &str) -> Result<(), StoreError> {
+        let update = Update::default().add("finished_well", 1).set("expires_at", self.expires_at());
+        self.store.update(&run_key(run), update, Cond::Always).await.map(|_| ())
+    }
+
+    /// The jobs of a run that finished well so far, as counted by [`Ledger::run_finished_well`]
+    /// (eventually consistent: a ramp may lag a job behind for a second).
+    pub async fn run_finished_well_count(&self, run: &str) -> Result<u32, StoreError> {
+        Ok(self.store.peek(&run_key(run)).await?.and_then(|i| i.int("finished_well")).unwrap_or(0).max(0) as u32)
+    }
+
     /// Cancels a run (once) with a reason.
     pub async fn cancel_run(&self, run: &str, reason: &str) -> Result<(), StoreError> {
         let update = Update::default().set("cancelled_because", reason).set("expires_at", self.expires_at());
@@ -78,5 +91,26 @@ impl Ledger {
             Ok(_) | Err(StoreError::ConditionFailed { .. }) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// The concurrency a ramping run of at most `max` jobs at once may have after `done` of its
+/// jobs finished well: 1, then 2 after one, 4 after three, 8 after seven (doubling each time
+/// the jobs run so far all finished well), up to `max`.
+pub fn ramped(max: u32, done: u32) -> u32 {
+    let allowed = 1u32 << (u32::BITS - 1 - (done.saturating_add(1)).leading_zeros()).min(31);
+    allowed.min(max).max(1)
+}
+
+#[cfg(test)]
+mod ramp_tests {
+    use super::ramped;
+
+    #[test]
+    fn ramps_one_two_then_doubling_up_to_max() {
+        let seq: Vec<u32> = (0..16).map(|done| ramped(10, done)).collect();
+        assert_eq!(seq, [1, 2, 2, 4, 4, 4, 4, 8, 8, 8, 8, 8, 8, 8, 8, 10]);
+        assert_eq!(ramped(1, 100), 1);
+        assert_eq!(ramped(u32::MAX, u32::MAX), 1 << 31);
     }
 }

@@ -269,6 +269,10 @@ impl Gate {
         let ttl = (now / 1000 + RUN_SLOT_TTL.as_secs()) as i64;
         let mut pools: Vec<Pool<'_>> = Vec::new();
         if let Some(max) = task.max_concurrency {
+            let max = match task.ramp_up {
+                true => crate::ledger::ramped(max, self.ledger.run_finished_well_count(&job.run_id()).await?),
+                false => max,
+            };
             let key = pool_key("run", &job.run_id());
             pools.push(Pool { key, max, ttl: Some(ttl), reason: "max_concurrency", label: "max_concurrency" });
         }

@@ -118,6 +118,12 @@ impl Recorder {
         if matches!(finished, Ok(true)) {
             held.recorded = true;
             job_finished(s, outcome, took, text);
+            if s.task.ramp_up && s.task.max_concurrency.is_some() {
+                // A count that fails to go up only slows the run's ramp.
+                if let Err(e) = self.ledger.run_finished_well(&s.job.run_id()).await {
+                    WorkerCallFailed { what: "ramp", error: &e.to_string() }.emit();
+                }
+            }
         }
         let released = held.release().await;
         Ok(released.then(if finished? { Disposition::Delete } else { Disposition::Retry(Duration::ZERO) }))
