@@ -2,6 +2,7 @@
 //! pattern matching, the resources an event names, jobs out, partitioning, and the ports
 //! (traits) through which the router and workers reach queues and the store.
 
+pub mod approval;
 pub mod clock;
 pub mod config;
 pub mod dead_letter;
