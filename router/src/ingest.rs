@@ -1,5 +1,6 @@
 //! The ingest loop: receive, route, acknowledge.
 
+use crate::approving::RunApprovals;
 use crate::batcher::Batcher;
 use crate::blast_radius::{self, Refusal};
 use crate::discovery::{Discover, DiscoveryError, PlaceFailed};
@@ -118,6 +119,8 @@ pub struct Router {
     discover: Arc<dyn Discover>,
     /// The alarms that halt tasks (none when no task has `halt_on_alarms`).
     halts: Option<AlarmHalts>,
+    /// Where runs of tasks with `approve` ask for it (none when no task has it).
+    approvals: Option<RunApprovals>,
     /// When events are received (those whose send time SQS does not say) and dead-lettered.
     clock: Clock,
 }
@@ -137,7 +140,8 @@ impl Router {
             batchers.push(Batcher::start(backend.queue(&names::jobs_queue(&fleet, p)).await?));
         }
         let halts = AlarmHalts::open(backend, planner.config()).await?;
-        Ok(Router { planner, events, dead_letter, batchers, discover, halts, clock: Clock::new() })
+        let approvals = RunApprovals::open(backend, planner.config()).await?;
+        Ok(Router { planner, events, dead_letter, batchers, discover, halts, approvals, clock: Clock::new() })
     }
 
     /// The same router reading time from another clock (tests).
@@ -369,6 +373,12 @@ impl Router {
             let failed = failed_places.iter().any(|(t, _)| t == task) || refused.iter().any(|r| &r.task == task);
             if !failed && !jobs.iter().any(|j| &j.task == task) {
                 TaskFoundNothing { event_id: &event.id, task }.emit();
+            }
+        }
+        if let Some(approvals) = &self.approvals {
+            // Before any job of the run goes out: its jobs find it when they reach a worker.
+            if let Err(e) = approvals.request(self.planner.config(), &jobs, self.clock.now_ms()).await {
+                return Prepared::Done(self.defer(message, format!("asking for a run's approval failed: {e}")));
             }
         }
         Prepared::Ready(Box::new(Ready {

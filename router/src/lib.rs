@@ -8,6 +8,7 @@
 //! after every job of it was accepted. Bodies that are not events, and events the fleet must
 //! not act on, go to `<name>-events-dlq` at once with the reason as a message attribute.
 
+mod approving;
 mod asg_discovery;
 mod aws_discovery;
 mod batcher;

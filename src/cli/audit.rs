@@ -55,8 +55,9 @@ pub fn parse_duration(text: &str) -> anyhow::Result<Duration> {
 pub async fn run(path: &Path, query: Query) -> anyhow::Result<ExitCode> {
     let config = super::load_config(path)?;
     let backend = AwsBackend::from_env().await;
-    let ledger =
-        Ledger::new(backend.store(&names::table(&config.fleet.name)).await?, Clock::new(), Duration::from_secs(86_400));
+    let store = backend.store(&names::table(&config.fleet.name)).await?;
+    let approvals = opsfleet_protocol::approval::Approvals::new(std::sync::Arc::clone(&store));
+    let ledger = Ledger::new(store, Clock::new(), Duration::from_secs(86_400));
     let since_ms = match &query.since {
         Some(text) => Some(Clock::new().now_ms().saturating_sub(parse_duration(text)?.as_millis() as u64)),
         None => None,
@@ -73,10 +74,15 @@ pub async fn run(path: &Path, query: Query) -> anyhow::Result<ExitCode> {
             if jobs.is_empty() && counts == Default::default() {
                 continue;
             }
+            let approval = approvals.get(&run, true).await?;
+            let decided = approval.as_ref().map(|a| {
+                json!({ "decision": a.decision_at(Clock::new().now_ms()).as_str(), "by": a.decided_by,
+                        "at": a.decided_ms.map(|ms| utc(ms as i64)) })
+            });
             let line = json!({
                 "run": run, "task": task.name, "event_id": event, "succeeded": counts.succeeded,
                 "failed": counts.failed, "cancelled": counts.cancelled, "skipped": counts.skipped,
-                "cancelled_because": counts.cancelled_because,
+                "cancelled_because": counts.cancelled_because, "approval": decided,
             });
             if query.json {
                 println!("{line}");
@@ -90,6 +96,16 @@ pub async fn run(path: &Path, query: Query) -> anyhow::Result<ExitCode> {
                     counts.skipped,
                     counts.cancelled_because.map(|w| format!("; cancelled: {w}")).unwrap_or_default()
                 );
+                if let Some(a) = &approval {
+                    println!(
+                        "    approval: {}{}",
+                        a.decision_at(Clock::new().now_ms()).as_str(),
+                        match (&a.decided_by, a.decided_ms) {
+                            (Some(by), Some(at)) => format!(" by {by} at {}", utc(at as i64)),
+                            _ => format!(" (times out {})", utc(a.expires_ms as i64)),
+                        }
+                    );
+                }
             }
             for id in jobs {
                 let record = ledger.job(&id).await?;
@@ -209,6 +225,23 @@ async fn print_job(ledger: &Ledger, id: &str, record: Option<&JobRecord>, as_jso
     }
     if record.checks > 0 {
         println!("    completion checks: {}", record.checks);
+    }
+    if attr("action") == opsfleet_protocol::config::RUNBOOK && !record.status.is_final() {
+        // A runbook under way: its finished steps' outputs, and the step at hand.
+        let state: Value = serde_json::from_str(&attr("state")).unwrap_or_default();
+        for step in state["done"].as_array().into_iter().flatten() {
+            println!(
+                "    step {} ({}): {} after {} tries: {}",
+                step["step"].as_str().unwrap_or("?"),
+                step["action"].as_str().unwrap_or("?"),
+                step["status"].as_str().unwrap_or("?"),
+                step["tries"],
+                step["summary"].as_str().unwrap_or_default()
+            );
+        }
+        if let Some(at) = state["at"].as_u64() {
+            println!("    step at hand: #{} ({} failures so far)", at + 1, state["failures"]);
+        }
     }
     for (n, a) in attempts.iter().enumerate() {
         println!(

@@ -48,6 +48,22 @@ pub const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
         "Resources a discovery found and left out because opsfleet cannot key them (a name over 64 characters), by type.",
     ),
     ("opsfleet_jobs_emitted_total", Kind::Counter, "Jobs the router sent, by task and action."),
+    (
+        "opsfleet_alarm_halt_changes_total",
+        Kind::Counter,
+        "State changes of halting alarms the router recorded: `alarm` halts their tasks, `other` ends that.",
+    ),
+    (
+        "opsfleet_runs_over_limits_total",
+        Kind::Counter,
+        "Runs over max_targets or max_targets_percent, by task and outcome (`refused`, `allowed`).",
+    ),
+    (
+        "opsfleet_approval_notices_total",
+        Kind::Counter,
+        "Notices of runs waiting for approval: `published`, `failed` (tried again), `logged` (no AWS clients).",
+    ),
+    ("opsfleet_task_halted", Kind::Gauge, "Halts in force on each task (0: it runs); sampled by one router or worker."),
     ("opsfleet_route_duration_seconds", Kind::Histogram, "Time to normalize, match, expand and send one event."),
     ("opsfleet_router_poll_errors_total", Kind::Counter, "Router queue or store calls that failed and were retried."),
     ("opsfleet_jobs_finished_total", Kind::Counter, "Jobs finished, by task, action and outcome."),

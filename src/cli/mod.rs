@@ -1,6 +1,7 @@
 //! The command line: subcommands and what they share (config loading, tracing, metrics,
 //! signals).
 
+mod approving;
 mod audit;
 mod catalog;
 mod demo;
@@ -159,6 +160,28 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         address: String,
     },
+    /// Approve a run that waits for approval: its jobs go ahead.
+    Approve {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The run's id (in its notice, `opsfleet approvals` and `opsfleet audit --event`).
+        run: String,
+    },
+    /// Deny a run that waits for approval: its jobs are cancelled (redrivable from the DLQ).
+    Deny {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The run's id.
+        run: String,
+    },
+    /// List the runs that wait for approval, and those decided in the last week.
+    Approvals {
+        /// The fleet config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Halt a task by hand: its jobs wait, holding no worker, until `opsfleet resume`.
     Halt {
         /// The fleet config.
@@ -284,6 +307,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             audit::run(&config, query).await
         }
         Command::Actions => catalog::actions(),
+        Command::Approve { config, run } => approving::decide(&config, &run, true).await,
+        Command::Deny { config, run } => approving::decide(&config, &run, false).await,
+        Command::Approvals { config } => approving::list(&config).await,
         Command::Halt { config, task } => halting::set(&config, &task, true).await,
         Command::Resume { config, task } => halting::set(&config, &task, false).await,
         Command::Halts { config } => halting::list(&config).await,

@@ -36,6 +36,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+mod awaiting;
 mod checks;
 mod dead_letters;
 mod gate;
@@ -140,6 +141,7 @@ impl Worker {
 
     /// The same worker with AWS clients for its actions.
     pub fn with_aws(mut self, aws: Arc<dyn opsfleet_backend::aws::AwsClients>) -> Self {
+        self.gate.set_aws(Arc::clone(&aws));
         self.aws = Some(aws);
         self
     }

@@ -2,7 +2,8 @@
 //! `queue-sampler` lease reads every queue's depth (`GetQueueAttributes`) every [`EVERY`] and
 //! exports `opsfleet_queue_messages{queue,state}`, `opsfleet_jobs_backlog` (the job messages
 //! of every partition, visible or in flight: the autoscaling signal) and
-//! `opsfleet_backlog_per_worker` (visible job messages ÷ live workers, for dashboards). With
+//! `opsfleet_backlog_per_worker` (visible job messages ÷ live workers, for dashboards), and
+//! `opsfleet_task_halted{task}` (the halts in force on each task: alarms in ALARM, by hand). With
 //! `OPSFLEET_EMF_NAMESPACE` set it also writes the backlog to stdout as a CloudWatch embedded
 //! metric, which CloudWatch Logs turns into the metric ECS scales on.
 //!
@@ -14,7 +15,10 @@
 
 use crate::lease::{lock_key, Acquire, Lease, Leases, Watch};
 use crate::presence;
-use crate::telemetry::{backlog_per_worker, jobs_backlog, queue_messages, refresh_gauges, WorkerCallFailed};
+use crate::telemetry::{
+    backlog_per_worker, jobs_backlog, queue_messages, refresh_gauges, task_halted, WorkerCallFailed,
+};
+use opsfleet_protocol::halt::Halts;
 use opsfleet_protocol::names;
 use opsfleet_protocol::ports::{Backend, Queue, QueueError, Store};
 use std::sync::Arc;
@@ -40,6 +44,8 @@ pub struct Sampler {
     partitions: Vec<Arc<dyn Queue>>,
     others: Vec<Arc<dyn Queue>>,
     owner: String,
+    /// The fleet's tasks, each with a halt gauge.
+    tasks: Vec<String>,
 }
 
 impl Sampler {
@@ -70,6 +76,7 @@ impl Sampler {
             partitions,
             others,
             owner,
+            tasks: config.tasks.iter().map(|t| t.name.clone()).collect(),
         })
     }
 
@@ -137,6 +144,14 @@ impl Sampler {
             if let Some(namespace) = &self.emf_namespace {
                 println!("{}", emf_line(namespace, &self.fleet, backlog, now_ms()));
             }
+        }
+        match Halts::new(Arc::clone(&self.store)).all().await {
+            Ok(halts) => {
+                for task in &self.tasks {
+                    task_halted(task, halts.iter().filter(|h| &h.task == task).count());
+                }
+            }
+            Err(e) => WorkerCallFailed { what: "sampler", error: &e.to_string() }.emit(),
         }
         match presence::live(self.store.as_ref()).await {
             Ok(live) => backlog_per_worker(visible_jobs as f64 / f64::from(live.workers.max(1))),

@@ -63,15 +63,16 @@ impl LockAcquisition<'_> {
 
 /// Why jobs wait, and how many wait for each in this process (kept here so the gauges can be
 /// refreshed: a gauge idle for a minute leaves the exporter).
-const WAIT_REASONS: [&str; 4] = ["lock", "max_concurrency", "limit", "halted"];
-static WAITING: [AtomicI64; 4] = [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)];
+const WAIT_REASONS: [&str; 5] = ["lock", "max_concurrency", "limit", "halted", "approval"];
+static WAITING: [AtomicI64; 5] =
+    [AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0), AtomicI64::new(0)];
 
 fn waiting(reason: &str) -> Option<&'static AtomicI64> {
     WAIT_REASONS.iter().position(|r| *r == reason).map(|i| &WAITING[i])
 }
 
 /// A job began waiting for a lock or a slot, or for its task's halt to end (`reason`: `lock`,
-/// `max_concurrency`, `limit`, `halted`).
+/// `max_concurrency`, `limit`, `halted`, `approval`).
 pub(crate) struct JobWaitStarted {
     pub reason: &'static str,
 }
@@ -242,6 +243,11 @@ pub(crate) fn jobs_backlog(n: u64) {
     gauge!("opsfleet_jobs_backlog").set(n as f64);
 }
 
+/// The halts in force on a task (0: it runs).
+pub(crate) fn task_halted(task: &str, halts: usize) {
+    gauge!("opsfleet_task_halted", "task" => task.to_owned()).set(halts as f64);
+}
+
 /// Visible job messages per live worker (for dashboards; autoscaling reads the backlog).
 pub(crate) fn backlog_per_worker(value: f64) {
     gauge!("opsfleet_backlog_per_worker").set(value);
@@ -253,5 +259,30 @@ pub(crate) fn refresh_gauges(in_flight: usize) {
     jobs_in_flight(in_flight);
     for (reason, n) in WAIT_REASONS.iter().zip(&WAITING) {
         gauge!("opsfleet_jobs_waiting", "reason" => *reason).set(n.load(Ordering::SeqCst) as f64);
+    }
+}
+
+/// The notice of a run waiting for approval was published, logged (no AWS clients), or failed
+/// to publish (another worker tries again).
+pub(crate) struct ApprovalNotice<'a> {
+    pub run: &'a str,
+    pub outcome: &'static str,
+    pub detail: &'a str,
+}
+
+impl ApprovalNotice<'_> {
+    pub fn emit(self) {
+        match self.outcome {
+            "failed" => {
+                tracing::warn!(run = %self.run, error = %self.detail, "Publishing a run's approval notice failed; it is tried again.")
+            }
+            "logged" => {
+                tracing::info!(run = %self.run, notice = %self.detail, "A run waits for approval (no AWS clients: the notice is logged, not published).")
+            }
+            _ => {
+                tracing::info!(run = %self.run, topic = %self.detail, "A run waits for approval: its notice is published.")
+            }
+        }
+        counter!("opsfleet_approval_notices_total", "outcome" => self.outcome).increment(1);
     }
 }

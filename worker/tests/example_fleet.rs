@@ -78,6 +78,8 @@ fn example_events() -> Vec<ExampleEvent> {
         ),
         // The quarter-hourly schedule: the office-hours task finds its instances later.
         example_event!("scheduled-every-15-minutes.json", Some(&["office-hours-instances"]), 0, 1),
+        // The weekly patch window: the runbook task finds its instances later.
+        example_event!("scheduled-patch-window.json", Some(&["weekly-patch-window"]), 0, 1),
         example_event!("sns-classic-alarm-cpu-high.json", ALARMED, 2, 0),
         example_event!("sns-classic-alarm-network-eu-west-1.json", ALARMED, 2, 0),
         example_event!("sns-ec2-instance-stopped-us-west-2.json", Some(&["snapshot-stopped-instance"]), 1, 0),
@@ -99,10 +101,15 @@ fn the_example_fleet_loads_with_the_builtin_actions() {
     assert_eq!(config.fleet.allowed_accounts, ["123456789012"]);
     let copy = config.tasks.iter().find(|t| t.action == "snapshot-copy").expect("a copy task");
     assert_eq!(copy.limit.as_deref(), Some("snapshot-copy"), "the copy takes a slot of its limit");
+    let runbook = config.task("weekly-patch-window").expect("the runbook");
+    assert_eq!(runbook.action, "runbook");
+    assert!(runbook.ramp_up && runbook.max_targets_percent == Some(50));
+    assert_eq!(runbook.halt_on_alarms, ["api-5xx-rate"]);
     let discovery: Vec<&Targets> = config.tasks.iter().map(|t| &t.targets).filter(|t| **t != Targets::Event).collect();
     match discovery[..] {
-        [Targets::Discover(volumes), Targets::Discover(instances), Targets::Discover(images), Targets::Discover(tables), Targets::Discover(scheduled)] =>
+        [Targets::Discover(volumes), Targets::Discover(instances), Targets::Discover(images), Targets::Discover(tables), Targets::Discover(scheduled), Targets::Discover(patched)] =>
         {
+            assert_eq!(patched.tags.get("Patch").map(String::as_str), Some("weekly"));
             assert_eq!(scheduled.kind, ResourceType::Instance);
             assert_eq!(scheduled.tags.get("Schedule").map(String::as_str), Some("*"), "any value of the tag");
             assert_eq!(tables.kind, ResourceType::DynamoTable);
@@ -115,7 +122,7 @@ fn the_example_fleet_loads_with_the_builtin_actions() {
             assert_eq!(instances.kind, ResourceType::Instance);
             assert_eq!(instances.state, ["running"]);
         }
-        _ => panic!("expected five discovery tasks, got {discovery:?}"),
+        _ => panic!("expected six discovery tasks, got {discovery:?}"),
     }
 }
 

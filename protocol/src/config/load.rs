@@ -262,6 +262,14 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 );
             }
         }
+        if let Some(approve) = &task.approve {
+            if !is_topic_arn(&approve.topic_arn) {
+                task_problem("approve.topic_arn", format!("`{}` is not an SNS topic ARN", approve.topic_arn));
+            }
+            if approve.timeout_mins.get() > 7 * 24 * 60 {
+                task_problem("approve.timeout_mins", format!("{} min is over 7 days", approve.timeout_mins));
+            }
+        }
         for alarm in &task.halt_on_alarms {
             if alarm.is_empty() || alarm.len() > 255 {
                 task_problem("halt_on_alarms", format!("`{alarm}` is not an alarm name (1 to 255 characters)"));
@@ -355,6 +363,7 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 max_targets: task.max_targets.map(|n| n.get()),
                 max_targets_percent: task.max_targets_percent.map(|n| n.get()),
                 allow_over_max_targets: task.allow_over_max_targets,
+                approve: task.approve.clone(),
                 halt_on_alarms: fleet.halt_on_alarms.iter().chain(&task.halt_on_alarms).cloned().collect(),
                 lock,
                 limit,

@@ -12,8 +12,8 @@ mod schedule;
 
 pub use load::{ActionCatalog, ActionInfo, ConfigError, LimitDefault, Problem, RUNBOOK};
 pub use raw::{
-    BucketSettings, DiscoveryQuery, Ec2BudgetSettings, FleetSettings, LimitSettings, MetricsSettings, RouterSettings,
-    Targets, WorkerSettings,
+    ApproveSettings, BucketSettings, DiscoveryQuery, Ec2BudgetSettings, FleetSettings, LimitSettings, MetricsSettings,
+    RouterSettings, Targets, WorkerSettings,
 };
 pub use schedule::{schedules, unscheduled_patterns, Schedule, SCHEDULE_GROUP};
 
@@ -87,6 +87,8 @@ pub struct Task {
     pub allow_over_max_targets: bool,
     /// CloudWatch alarms that halt the task while in ALARM: its own and the fleet's.
     pub halt_on_alarms: Vec<String>,
+    /// Whether each run waits for an operator's approval (`approve`).
+    pub approve: Option<ApproveSettings>,
     /// The lock key template.
     pub lock: Template,
     /// The limit this task's jobs take a slot of, if any (the task's own or its action's).

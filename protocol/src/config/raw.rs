@@ -117,6 +117,8 @@ pub(super) struct RawTask {
     #[serde(default)]
     pub ramp_up: Option<bool>,
     #[serde(default)]
+    pub approve: Option<ApproveSettings>,
+    #[serde(default)]
     pub max_concurrency: Option<NonZeroU32>,
     #[serde(default)]
     pub max_errors: Option<u32>,
@@ -144,6 +146,22 @@ fn default_timeout() -> std::num::NonZeroU32 {
 
 fn default_retries() -> u32 {
     3
+}
+
+/// `approve = { topic_arn, timeout_mins }`: a run of the task waits for an operator's approval.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveSettings {
+    /// The SNS topic the notice goes to: what the run will do, to which resources, and how to
+    /// approve or deny it.
+    pub topic_arn: String,
+    /// How long the run waits for a decision, in minutes; past it, its jobs are cancelled.
+    #[serde(default = "default_approval_timeout")]
+    pub timeout_mins: NonZeroU32,
+}
+
+fn default_approval_timeout() -> NonZeroU32 {
+    NonZeroU32::new(60).unwrap_or(NonZeroU32::MIN)
 }
 
 /// What a task acts on.

@@ -14,6 +14,7 @@
 //! Every acquisition has an owner of its own (`worker/job/n`), so a lease this process failed
 //! to release is never mistaken for one it is taking now.
 
+use super::awaiting::{ApprovalWatch, Standing};
 use super::halted::{HaltWatch, HALT_READ_EVERY};
 use super::held::Held;
 use super::permits::{Permits, Running};
@@ -58,6 +59,8 @@ pub(super) struct Gate {
     stop_waiting: CancellationToken,
     /// Which tasks are halted.
     halts: HaltWatch,
+    /// Which runs are approved.
+    approvals: ApprovalWatch,
 }
 
 /// What entering the gate came to.
@@ -105,6 +108,7 @@ impl Gate {
     pub(super) fn new(leases: Leases, ledger: Ledger, config: Arc<Config>, clock: Clock, worker_id: String) -> Self {
         Gate {
             halts: HaltWatch::new(leases.store()),
+            approvals: ApprovalWatch::new(leases.store(), &config.fleet.name),
             leases,
             ledger,
             lease: Duration::from_secs(u64::from(config.worker.lease_secs.max(3))),
@@ -140,6 +144,11 @@ impl Gate {
     /// Whether the worker is shutting down.
     pub(super) fn stopping(&self) -> bool {
         self.stop_waiting.is_cancelled()
+    }
+
+    /// The same gate publishing approval notices with these clients.
+    pub(super) fn set_aws(&mut self, aws: Arc<dyn opsfleet_backend::aws::AwsClients>) {
+        self.approvals.set_aws(aws);
     }
 
     /// Sleeps for `pause`; false when the worker began shutting down meanwhile.
@@ -184,6 +193,21 @@ impl Gate {
                 }
                 waited = true;
                 continue;
+            }
+            if entry.check_run && task.approve.is_some() {
+                match self.approvals.standing(job, self.clock.now_ms()).await? {
+                    Standing::Go => {}
+                    // Taking the lock below finds the run cancelled, and cancels the job.
+                    Standing::Cancel(reason) => self.ledger.cancel_run(&job.run_id(), &reason).await?,
+                    Standing::Wait => {
+                        drop(running);
+                        if !self.wait_for_approval(job, &mut waiting).await? {
+                            return Ok(Entered::HandBack);
+                        }
+                        waited = true;
+                        continue;
+                    }
+                }
             }
             match self.take(job, task, waiting.watch(), entry.check_run, entry.lock).await? {
                 Taken::All(held) => return Ok(Entered::All { held, running, waited }),
@@ -230,6 +254,20 @@ impl Gate {
         }
     }
 
+    /// Waits until the run of `job` is decided (true), or until the job should hand its message
+    /// back (false): at shutdown, or after [`HAND_BACK_AFTER`].
+    async fn wait_for_approval(&self, job: &Job, waiting: &mut Waiting) -> Result<bool, CallError> {
+        waiting.begin("approval");
+        loop {
+            if waiting.received.elapsed() >= HAND_BACK_AFTER || !self.pause(HALT_READ_EVERY).await {
+                return Ok(false);
+            }
+            if self.approvals.standing(job, self.clock.now_ms()).await? != Standing::Wait {
+                return Ok(true);
+            }
+        }
+    }
+
     /// A lease owner unique to one acquisition: `worker/job/n`.
     fn owner(&self, job: &Job) -> String {
         format!("{}/{}/{}", self.worker_id, job.id, self.acquisitions.fetch_add(1, Ordering::Relaxed))
@@ -261,9 +299,13 @@ impl Gate {
             }
         };
         let mut held = Held::taken(self.leases.clone(), lock, self.lease, self.clock, asked);
-        if check_run && task.max_errors.is_some() {
+        if check_run && (task.max_errors.is_some() || task.approve.is_some()) {
             if let Some(reason) = self.ledger.run_cancelled(&job.run_id()).await? {
-                return Ok(Taken::Cancelled(held, reason));
+                // A redriven job runs although its run was cancelled: a stale read may have shown
+                // it as new, so its record says for sure before it is cancelled again.
+                if !self.ledger.job(&job.id).await?.is_some_and(|r| r.redriven) {
+                    return Ok(Taken::Cancelled(held, reason));
+                }
             }
         }
         let ttl = (now / 1000 + RUN_SLOT_TTL.as_secs()) as i64;

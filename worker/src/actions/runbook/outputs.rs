@@ -40,9 +40,10 @@ impl StepOutput {
 
     /// The step as one line of the runbook's summary.
     pub(super) fn line(&self) -> String {
+        let tries = if self.tries > 1 { format!(" ({} tries)", self.tries) } else { String::new() };
         match self.status.as_str() {
-            "succeeded" => format!("{}: {}", self.step, self.summary),
-            status => format!("{} {status}: {}", self.step, self.summary),
+            "succeeded" => format!("{}{tries}: {}", self.step, self.summary),
+            status => format!("{} {status}{tries}: {}", self.step, self.summary),
         }
     }
 

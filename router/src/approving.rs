@@ -1,0 +1,68 @@
+//! Runs that wait for approval: for each run of a task with `approve`, the router asks for its
+//! approval (what it does, to which resources, until when) before any of its jobs go out.
+
+use opsfleet_protocol::approval::{Approval, Approvals, Decision, MAX_NAMED_TARGETS};
+use opsfleet_protocol::config::{Task, RUNBOOK};
+use opsfleet_protocol::ports::{Backend, StoreError};
+use opsfleet_protocol::{names, Config, Job};
+use serde_json::Value;
+use std::collections::BTreeMap;
+
+/// Where the router asks for approvals.
+pub(crate) struct RunApprovals {
+    approvals: Approvals,
+}
+
+impl RunApprovals {
+    /// The fleet's approvals; none when no task asks for any.
+    pub(crate) async fn open(backend: &dyn Backend, config: &Config) -> Result<Option<Self>, StoreError> {
+        if config.tasks.iter().all(|t| t.approve.is_none()) {
+            return Ok(None);
+        }
+        let store = backend.store(&names::table(&config.fleet.name)).await?;
+        Ok(Some(RunApprovals { approvals: Approvals::new(store) }))
+    }
+
+    /// Asks for the approval of every run among `jobs` whose task wants one (once per run).
+    pub(crate) async fn request(&self, config: &Config, jobs: &[Job], now_ms: u64) -> Result<(), StoreError> {
+        let mut runs: BTreeMap<String, (&Task, Vec<&Job>)> = BTreeMap::new();
+        for job in jobs {
+            if let Some(task) = config.task(&job.task).filter(|t| t.approve.is_some()) {
+                runs.entry(job.run_id()).or_insert_with(|| (task, Vec::new())).1.push(job);
+            }
+        }
+        for (run, (task, jobs)) in runs {
+            let Some(approve) = &task.approve else { continue };
+            let approval = Approval {
+                run,
+                task: task.name.clone(),
+                event_id: jobs[0].event_id.clone(),
+                what: what(task),
+                targets: jobs.iter().take(MAX_NAMED_TARGETS).map(|j| j.resource.key()).collect(),
+                count: jobs.len() as u32,
+                topic_arn: approve.topic_arn.clone(),
+                requested_ms: now_ms,
+                expires_ms: now_ms + u64::from(approve.timeout_mins.get()) * 60_000,
+                decision: Decision::Waiting,
+                decided_by: None,
+                decided_ms: None,
+                noticed: false,
+            };
+            self.approvals.request(&approval).await?;
+            tracing::info!(run = %approval.run, task = %task.name, targets = approval.count, "Run waits for approval.");
+        }
+        Ok(())
+    }
+}
+
+/// What a task does to each resource, in a few words: its action and params, or its steps.
+fn what(task: &Task) -> String {
+    if task.action == RUNBOOK {
+        let steps = task.params.get("steps").and_then(Value::as_array).into_iter().flatten();
+        let named: Vec<String> = steps
+            .map(|s| format!("{} ({})", s["name"].as_str().unwrap_or("?"), s["action"].as_str().unwrap_or("?")))
+            .collect();
+        return format!("run the steps {}", named.join(" → "));
+    }
+    format!("run {} with params {}", task.action, task.params)
+}
