@@ -172,7 +172,7 @@ pub enum Decided {
     /// No run of that id waits for approval.
     Unknown,
     /// It was decided before (or timed out): as it stands.
-    Already(Approval),
+    Already(Box<Approval>),
 }
 
 /// The approvals of one fleet, in its table.
@@ -219,14 +219,14 @@ impl Approvals {
         match self.get(run, true).await? {
             None => return Ok(Decided::Unknown),
             Some(found) if found.decision_at(now_ms) != Decision::Waiting => {
-                return Ok(Decided::Already(Approval { decision: found.decision_at(now_ms), ..found }))
+                return Ok(Decided::Already(Box::new(Approval { decision: found.decision_at(now_ms), ..found })))
             }
             Some(_) => {}
         }
         match self.store.update(&key(run), update, Cond::eq("decision", Decision::Waiting.as_str())).await {
             Ok(_) => Ok(Decided::Recorded),
             Err(StoreError::ConditionFailed { current, .. }) => Ok(match current.as_deref().and_then(Approval::of) {
-                Some(found) => Decided::Already(found),
+                Some(found) => Decided::Already(Box::new(found)),
                 None => Decided::Unknown,
             }),
             Err(e) => Err(e),

@@ -143,6 +143,42 @@ async fn a_run_past_max_errors_cancels_its_remaining_jobs() {
 }
 
 #[tokio::test]
+async fn a_location_past_max_errors_per_location_is_cancelled_and_the_run_goes_on_elsewhere() {
+    let task = noop_task("spread", "fail_in_regions = [\"us-east-1\"]").with("max_errors_per_location = 1");
+    let fleet = Fleet::new(&tasks(&[task.with("max_concurrency_per_location = 1")])).await;
+    let in_region = |i: usize, region: &str| {
+        let mut job = fleet.job("spread", "e", &format!("i-{i}"));
+        job.resource.region = region.to_owned();
+        job.id = opsfleet_protocol::job::job_id("e", "spread", &job.resource.key());
+        job
+    };
+    let failing: Vec<Job> = (0..5).map(|i| in_region(i, "us-east-1")).collect();
+    let healthy: Vec<Job> = (5..9).map(|i| in_region(i, "eu-west-1")).collect();
+    for job in failing.iter().chain(&healthy) {
+        fleet.send(job, &job.id).await;
+    }
+    let all: Vec<Job> = failing.iter().chain(&healthy).cloned().collect();
+    fleet.run_until_final(&all, Some(4), Duration::from_secs(20)).await;
+    for job in &healthy {
+        assert_eq!(fleet.status(job).await, Status::Succeeded, "the run went on in eu-west-1");
+    }
+    let mut cancelled = 0;
+    for job in &failing {
+        match fleet.status(job).await {
+            Status::Failed => {}
+            Status::Cancelled => {
+                cancelled += 1;
+                let record = fleet.ledger.job(&job.id).await.expect("ledger").expect("record");
+                let error = record.error.unwrap_or_default();
+                assert!(error.contains("in 123456789012/us-east-1, over max_errors_per_location = 1"), "{error}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(cancelled >= 2, "the failing location's remaining jobs were cancelled ({cancelled})");
+}
+
+#[tokio::test]
 async fn shutdown_lets_running_jobs_finish_and_leaves_the_rest_queued() {
     let fleet = Fleet::new(&tasks(&[noop_task("steady", "sleep_ms = 400")])).await;
     let jobs: Vec<Job> = (0..10).map(|i| fleet.job("steady", "e", &format!("i-{i}"))).collect();

@@ -364,6 +364,8 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 max_targets_percent: task.max_targets_percent.map(|n| n.get()),
                 allow_over_max_targets: task.allow_over_max_targets,
                 approve: task.approve.clone(),
+                max_concurrency_per_location: task.max_concurrency_per_location.map(|n| n.get()),
+                max_errors_per_location: task.max_errors_per_location,
                 halt_on_alarms: fleet.halt_on_alarms.iter().chain(&task.halt_on_alarms).cloned().collect(),
                 lock,
                 limit,

@@ -89,6 +89,11 @@ pub struct Task {
     pub halt_on_alarms: Vec<String>,
     /// Whether each run waits for an operator's approval (`approve`).
     pub approve: Option<ApproveSettings>,
+    /// The most jobs of one run running at once in one (account, region).
+    pub max_concurrency_per_location: Option<u32>,
+    /// The failures of one run in one (account, region) after which its remaining jobs there
+    /// are cancelled (the run goes on elsewhere).
+    pub max_errors_per_location: Option<u32>,
     /// The lock key template.
     pub lock: Template,
     /// The limit this task's jobs take a slot of, if any (the task's own or its action's).

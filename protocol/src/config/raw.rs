@@ -119,6 +119,10 @@ pub(super) struct RawTask {
     #[serde(default)]
     pub approve: Option<ApproveSettings>,
     #[serde(default)]
+    pub max_concurrency_per_location: Option<NonZeroU32>,
+    #[serde(default)]
+    pub max_errors_per_location: Option<u32>,
+    #[serde(default)]
     pub max_concurrency: Option<NonZeroU32>,
     #[serde(default)]
     pub max_errors: Option<u32>,

@@ -21,6 +21,9 @@ pub struct NoopParams {
     /// The share of starts that fail, 0..1: 1 fails for good, less fails retryably.
     #[serde(default)]
     pub fail_rate: f64,
+    /// Fail for good on resources in these regions (a region in trouble).
+    #[serde(default)]
+    pub fail_in_regions: Vec<String>,
     /// Fail (retryably) the first N attempts, then succeed: deterministic retries.
     #[serde(default)]
     pub fail_attempts: u32,
@@ -122,6 +125,9 @@ impl Action for Noop {
         }
         if p.fail_rate >= 1.0 {
             return Step::Failed { retryable: false, error: "noop: fail_rate = 1".into() };
+        }
+        if p.fail_in_regions.contains(&ctx.job.resource.region) {
+            return Step::Failed { retryable: false, error: format!("noop: failing in {}", ctx.job.resource.region) };
         }
         if p.fail_rate > 0.0 && rand::thread_rng().gen_bool(p.fail_rate) {
             return Step::Failed { retryable: true, error: "noop: random failure".into() };

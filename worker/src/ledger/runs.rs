@@ -84,6 +84,32 @@ impl Ledger {
         Ok(self.store.peek(&run_key(run)).await?.and_then(|i| i.int("finished_well")).unwrap_or(0).max(0) as u32)
     }
 
+    /// Why a run was cancelled in one location (`account/region`), or as a whole.
+    pub async fn run_cancelled_in(&self, run: &str, location: &str) -> Result<Option<String>, StoreError> {
+        let item = self.store.get(&run_key(run)).await?;
+        Ok(item.and_then(|i| {
+            i.str("cancelled_because").or_else(|| i.str(&format!("cancelled_in@{location}"))).map(str::to_owned)
+        }))
+    }
+
+    /// Counts a failed job of a run in a location; past `max` there, cancels the run's jobs in
+    /// that location (once) and returns the reason.
+    pub async fn location_failed(&self, run: &str, location: &str, max: u32) -> Result<Option<String>, StoreError> {
+        let update = Update::default().add(&format!("failed_in@{location}"), 1).set("expires_at", self.expires_at());
+        let item = self.store.update(&run_key(run), update, Cond::Always).await?;
+        let failed = item.int(&format!("failed_in@{location}")).unwrap_or(0);
+        if failed <= i64::from(max) {
+            return Ok(None);
+        }
+        let reason = format!("run failed {failed} jobs in {location}, over max_errors_per_location = {max}");
+        let cancel = Update::default().set(&format!("cancelled_in@{location}"), reason.as_str());
+        match self.store.update(&run_key(run), cancel, Cond::Lacks(format!("cancelled_in@{location}"))).await {
+            Ok(_) => Ok(Some(reason)),
+            Err(StoreError::ConditionFailed { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Cancels a run (once) with a reason.
     pub async fn cancel_run(&self, run: &str, reason: &str) -> Result<(), StoreError> {
         let update = Update::default().set("cancelled_because", reason).set("expires_at", self.expires_at());

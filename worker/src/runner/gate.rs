@@ -299,8 +299,10 @@ impl Gate {
             }
         };
         let mut held = Held::taken(self.leases.clone(), lock, self.lease, self.clock, asked);
-        if check_run && (task.max_errors.is_some() || task.approve.is_some()) {
-            if let Some(reason) = self.ledger.run_cancelled(&job.run_id()).await? {
+        if check_run && (task.max_errors.is_some() || task.approve.is_some() || task.max_errors_per_location.is_some())
+        {
+            let location = location(job);
+            if let Some(reason) = self.ledger.run_cancelled_in(&job.run_id(), &location).await? {
                 // A redriven job runs although its run was cancelled: a stale read may have shown
                 // it as new, so its record says for sure before it is cancelled again.
                 if !self.ledger.job(&job.id).await?.is_some_and(|r| r.redriven) {
@@ -317,6 +319,11 @@ impl Gate {
             };
             let key = pool_key("run", &job.run_id());
             pools.push(Pool { key, max, ttl: Some(ttl), reason: "max_concurrency", label: "max_concurrency" });
+        }
+        if let Some(max) = task.max_concurrency_per_location {
+            let key = pool_key("run-location", &format!("{}/{}", job.run_id(), location(job)));
+            let label = "max_concurrency_per_location";
+            pools.push(Pool { key, max, ttl: Some(ttl), reason: "max_concurrency", label });
         }
         if let Some(limit) = task.limit.as_ref().and_then(|name| self.config.limits.get(name)) {
             let key = pool_key(&limit.name, &limit.pool.render(input));
@@ -338,6 +345,11 @@ impl Gate {
         }
         Ok(Taken::All(held))
     }
+}
+
+/// The (account, region) a job acts in, as `account/region`.
+pub(super) fn location(job: &Job) -> String {
+    format!("{}/{}", job.resource.account, job.resource.region)
 }
 
 /// A pool of slots a job takes one of.

@@ -193,6 +193,12 @@ impl Recorder {
             // its dead letter, and the next try checks the run again before dead-lettering it.
             self.check_max_errors(s.job, max).await?;
         }
+        if let Some(max) = s.task.max_errors_per_location {
+            let location = super::gate::location(s.job);
+            if self.ledger.location_failed(&s.job.run_id(), &location, max).await?.is_some() {
+                RunCancelled { run: &s.job.run_id(), task: &s.job.task, failed: max + 1 }.emit();
+            }
+        }
         Ok(self.dead_letters.job(s.job, reason, fence, Status::Failed).await)
     }
 
