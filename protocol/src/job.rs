@@ -41,6 +41,9 @@ pub struct Job {
     /// The event's fields the task's templates read (`{event.detail.state}`), by path.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub event_fields: BTreeMap<String, String>,
+    /// How many jobs the job's run has (set for a task whose `max_errors` is a percentage).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_size: Option<u32>,
 }
 
 /// Why a job cannot be made or read.
@@ -95,6 +98,7 @@ impl Job {
             partition: partition_of(&key, partitions),
             resource,
             event_fields: BTreeMap::new(),
+            run_size: None,
         }
     }
 
@@ -205,6 +209,7 @@ mod tests {
             resource,
             partition: 0,
             event_fields: BTreeMap::new(),
+            run_size: None,
         }
     }
 

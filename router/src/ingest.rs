@@ -375,6 +375,16 @@ impl Router {
                 TaskFoundNothing { event_id: &event.id, task }.emit();
             }
         }
+        // A run whose max_errors is a percentage counts it of the run's size.
+        let mut sizes: BTreeMap<String, u32> = BTreeMap::new();
+        for job in &jobs {
+            *sizes.entry(job.task.clone()).or_default() += 1;
+        }
+        for job in &mut jobs {
+            if self.planner.config().task(&job.task).is_some_and(|t| t.max_errors_percent.is_some()) {
+                job.run_size = sizes.get(&job.task).copied();
+            }
+        }
         if let Some(approvals) = &self.approvals {
             // Before any job of the run goes out: its jobs find it when they reach a worker.
             if let Err(e) = approvals.request(self.planner.config(), &jobs, self.clock.now_ms()).await {

@@ -143,6 +143,20 @@ async fn a_run_past_max_errors_cancels_its_remaining_jobs() {
 }
 
 #[tokio::test]
+async fn max_errors_as_a_percentage_counts_the_share_of_the_runs_jobs() {
+    let fleet = Fleet::new(&tasks(&[noop_task("doomed", "fail_rate = 1.0").with("max_errors = \"20%\"")])).await;
+    let jobs: Vec<Job> =
+        (0..10).map(|i| Job { run_size: Some(10), ..fleet.job("doomed", "e", &format!("i-{i}")) }).collect();
+    for job in &jobs {
+        fleet.send(job, &job.id).await;
+    }
+    fleet.run_until_final(&jobs, Some(1), Duration::from_secs(20)).await;
+    let run = fleet.ledger.run(&jobs[0].run_id()).await.expect("run");
+    assert_eq!((run.failed, run.cancelled), (3, 7), "20 % of 10 jobs is 2 failures allowed: {run:?}");
+    assert_eq!(run.cancelled_because.as_deref(), Some("run failed 3 jobs, over max_errors = 2"));
+}
+
+#[tokio::test]
 async fn a_location_past_max_errors_per_location_is_cancelled_and_the_run_goes_on_elsewhere() {
     let task = noop_task("spread", "fail_in_regions = [\"us-east-1\"]").with("max_errors_per_location = 1");
     let fleet = Fleet::new(&tasks(&[task.with("max_concurrency_per_location = 1")])).await;

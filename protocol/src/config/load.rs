@@ -359,7 +359,14 @@ pub(super) fn parse(text: &str, catalog: Option<&dyn ActionCatalog>) -> Result<C
                 action,
                 params,
                 max_concurrency: task.max_concurrency.map(|n| n.get()),
-                max_errors: task.max_errors,
+                max_errors: match task.max_errors {
+                    Some(super::raw::MaxErrors::Count(n)) => Some(n),
+                    _ => None,
+                },
+                max_errors_percent: match task.max_errors {
+                    Some(super::raw::MaxErrors::Percent(p)) => Some(p),
+                    _ => None,
+                },
                 max_targets: task.max_targets.map(|n| n.get()),
                 max_targets_percent: task.max_targets_percent.map(|n| n.get()),
                 allow_over_max_targets: task.allow_over_max_targets,

@@ -12,8 +12,8 @@ mod schedule;
 
 pub use load::{ActionCatalog, ActionInfo, ConfigError, LimitDefault, Problem, RUNBOOK};
 pub use raw::{
-    ApproveSettings, BucketSettings, DiscoveryQuery, Ec2BudgetSettings, FleetSettings, LimitSettings, MetricsSettings,
-    RouterSettings, Targets, WorkerSettings,
+    ApproveSettings, BucketSettings, DiscoveryQuery, Ec2BudgetSettings, FleetSettings, LimitSettings, MaxErrors,
+    MetricsSettings, RouterSettings, Targets, WorkerSettings,
 };
 pub use schedule::{schedules, unscheduled_patterns, Schedule, SCHEDULE_GROUP};
 
@@ -74,6 +74,9 @@ pub struct Task {
     pub max_concurrency: Option<u32>,
     /// The failures of one run after which its remaining jobs are cancelled.
     pub max_errors: Option<u32>,
+    /// The same as a percentage of the run's jobs (`max_errors = "10%"`): the router writes
+    /// each job's run size, and the failures allowed are that share of it, rounded down.
+    pub max_errors_percent: Option<u32>,
     /// Whether a run's concurrency ramps up (1, 2, then doubling up to `max_concurrency`) as
     /// its jobs succeed: on by default for runbooks.
     pub ramp_up: bool,
@@ -118,6 +121,27 @@ pub struct Task {
     pub acts_on: Vec<crate::ResourceType>,
     /// The line of the task in the file.
     pub line: usize,
+}
+
+impl Task {
+    /// The failures a run of `run_size` jobs may have before its remaining jobs are cancelled:
+    /// `max_errors` as a count, or its percentage of the run's jobs (rounded down; unknown
+    /// without the run's size).
+    pub fn max_errors_for(&self, run_size: Option<u32>) -> Option<u32> {
+        match (self.max_errors, self.max_errors_percent, run_size) {
+            (Some(n), _, _) => Some(n),
+            (None, Some(percent), Some(size)) => Some((u64::from(size) * u64::from(percent) / 100) as u32),
+            _ => None,
+        }
+    }
+
+    /// Whether a job of the task checks its run's cancellation before it starts.
+    pub fn cancellable(&self) -> bool {
+        self.max_errors.is_some()
+            || self.max_errors_percent.is_some()
+            || self.approve.is_some()
+            || self.max_errors_per_location.is_some()
+    }
 }
 
 impl Config {

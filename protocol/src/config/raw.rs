@@ -125,7 +125,7 @@ pub(super) struct RawTask {
     #[serde(default)]
     pub max_concurrency: Option<NonZeroU32>,
     #[serde(default)]
-    pub max_errors: Option<u32>,
+    pub max_errors: Option<MaxErrors>,
     #[serde(default)]
     pub lock: Option<String>,
     #[serde(default)]
@@ -150,6 +150,37 @@ fn default_timeout() -> std::num::NonZeroU32 {
 
 fn default_retries() -> u32 {
     3
+}
+
+/// `max_errors`: a number of failed jobs, or a percentage of the run's jobs (`"10%"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaxErrors {
+    /// Failures.
+    Count(u32),
+    /// A percentage of the run's jobs, 0 to 100.
+    Percent(u32),
+}
+
+impl<'de> Deserialize<'de> for MaxErrors {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match Value::deserialize(deserializer)? {
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(MaxErrors::Count)
+                .ok_or_else(|| D::Error::custom(format!("max_errors {n} is not a count of jobs"))),
+            Value::String(s) => s
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse::<u32>().ok())
+                .filter(|p| *p <= 100)
+                .map(MaxErrors::Percent)
+                .ok_or_else(|| {
+                    D::Error::custom(format!("max_errors \"{s}\" is not a percentage from \"0%\" to \"100%\""))
+                }),
+            _ => Err(D::Error::custom("max_errors must be a number of jobs or a percentage such as \"10%\"")),
+        }
+    }
 }
 
 /// `approve = { topic_arn, timeout_mins }`: a run of the task waits for an operator's approval.

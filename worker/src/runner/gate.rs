@@ -299,8 +299,7 @@ impl Gate {
             }
         };
         let mut held = Held::taken(self.leases.clone(), lock, self.lease, self.clock, asked);
-        if check_run && (task.max_errors.is_some() || task.approve.is_some() || task.max_errors_per_location.is_some())
-        {
+        if check_run && task.cancellable() {
             let location = location(job);
             if let Some(reason) = self.ledger.run_cancelled_in(&job.run_id(), &location).await? {
                 // A redriven job runs although its run was cancelled: a stale read may have shown

@@ -38,7 +38,9 @@ impl Worker {
         }
         if let Some(record) = &record {
             if record.status == Status::Failed || record.status == Status::Cancelled {
-                if let (Status::Failed, false, Some(max)) = (record.status, record.dead_lettered, task.max_errors) {
+                if let (Status::Failed, false, Some(max)) =
+                    (record.status, record.dead_lettered, task.max_errors_for(job.run_size))
+                {
                     // Its failure may not have been counted against its run yet.
                     self.recorder.check_max_errors(job, max).await?;
                 }

@@ -188,7 +188,7 @@ impl Recorder {
             return Ok(released.then(Disposition::Retry(Duration::ZERO)));
         }
         job_finished(s, "failed", took, reason);
-        if let Some(max) = s.task.max_errors {
+        if let Some(max) = s.task.max_errors_for(s.job.run_size) {
             // When this fails, the message is tried again: the job's record says FAILED without
             // its dead letter, and the next try checks the run again before dead-lettering it.
             self.check_max_errors(s.job, max).await?;

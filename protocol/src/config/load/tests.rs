@@ -403,6 +403,7 @@ steps = [{ name = "a", action = "noop", timeout_secs = 900 }]
 halt_on_alarms = ["api-5xx"]
 max_targets = 20
 max_targets_percent = 25
+max_errors = "10%"
 "#;
     let config = super::super::Config::parse(text, None).expect("valid");
     let task = &config.tasks[0];
@@ -412,6 +413,9 @@ max_targets_percent = 25
     assert_eq!(task.timeout.as_secs(), 900, "the task's timeout is raised to its longest step's");
     assert_eq!(task.halt_on_alarms, ["fleet-wide", "api-5xx"]);
     assert_eq!((task.max_targets, task.max_targets_percent), (Some(20), Some(25)));
+    assert_eq!((task.max_errors, task.max_errors_percent), (None, Some(10)));
+    assert_eq!(task.max_errors_for(Some(35)), Some(3));
+    assert_eq!(task.max_errors_for(None), None);
 
     let bad = r#"
 [fleet]
@@ -435,4 +439,7 @@ targets = "event"
     assert!(problems.contains("max_targets_percent: 120 is over 100"), "{problems}");
     assert!(problems.contains("the task's targets must be a discovery table"), "{problems}");
     assert!(problems.contains("tasks[1] \"neither\".action: a task needs an action or steps"), "{problems}");
+    let percent = "[fleet]\nname = \"f\"\n[[tasks]]\nname = \"t\"\npattern = { source = [\"x\"] }\ntargets = \"event\"\naction = \"noop\"\nmax_errors = \"120%\"\n";
+    let problems = super::super::Config::parse(percent, None).unwrap_err().to_string();
+    assert!(problems.contains("max_errors \"120%\" is not a percentage"), "{problems}");
 }

@@ -23,6 +23,7 @@ fn job(steps: Value) -> Job {
         resource,
         partition: 0,
         event_fields: BTreeMap::new(),
+        run_size: None,
     }
 }
 
