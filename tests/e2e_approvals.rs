@@ -8,6 +8,7 @@
 mod support;
 
 use opsfleet_backend::AwsBackend;
+use opsfleet_protocol::job::step_job_id;
 use opsfleet_protocol::ports::Backend;
 use opsfleet_worker::ledger::Status;
 use serde_json::json;
@@ -35,6 +36,16 @@ targets = "event"
 action = "noop"
 params = { sleep_ms = 50, effects_dir = "EFFECTS" }
 approve = { topic_arn = "arn:aws:sns:us-east-1:123456789012:FLEET-approvals", timeout_mins = 1 }
+
+[[tasks]]
+name = "staged"
+pattern = { source = ["ops.staged"] }
+targets = "event"
+steps = [
+  { name = "before", action = "noop", params = { effects_dir = "EFFECTS" } },
+  { name = "go", action = "approve", params = { topic_arn = "arn:aws:sns:us-east-1:123456789012:FLEET-approvals", timeout_mins = 30 } },
+  { name = "after", action = "noop", params = { effects_dir = "EFFECTS" } },
+]
 "#;
 
 fn event(id: &str, source: &str, count: usize) -> String {
@@ -154,4 +165,38 @@ async fn a_run_nobody_approves_in_time_is_cancelled_and_its_redriven_jobs_run() 
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     fleet.assert_succeeded_exactly_once(&jobs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runbooks_approval_step_holds_the_steps_after_it_until_approved() {
+    let mut fleet = ProcessFleet::new("e2e-step-approve", CONFIG).await;
+    let _notices = topic(&fleet.name).await;
+    fleet.start("router", None);
+    fleet.start("worker", None);
+    let jobs = fleet.send(&[event("staged", "ops.staged", 2)]).await;
+    let gate = format!("{}.go", jobs[0].run_id());
+    listed(&fleet, &gate, "WAITING").await;
+    let ran = |step: &str| {
+        let ids: Vec<String> = jobs.iter().map(|j| step_job_id(&j.id, step)).collect();
+        fleet.effects().iter().filter(|e| ids.iter().any(|id| e["job"] == id.as_str())).count()
+    };
+    // Both resources reach the approval step: the step before it ran, the one after did not.
+    for _ in 0..100 {
+        if ran("before") == jobs.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!((ran("before"), ran("after")), (jobs.len(), 0));
+    for job in &jobs {
+        assert_eq!(fleet.record(job).await.map(|r| r.status), Some(Status::Pending), "it waits holding no worker");
+    }
+    let out = fleet.command(&["approve", &gate], None);
+    assert!(out.contains("approved by arn:aws:"), "{out}");
+    fleet.wait_final(&jobs, Duration::from_secs(60)).await;
+    fleet.assert_succeeded_exactly_once(&jobs).await;
+    assert_eq!(ran("after"), jobs.len());
+    let summary = fleet.record(&jobs[0]).await.and_then(|r| r.summary).unwrap_or_default();
+    assert!(summary.contains("go: approved"), "{summary}");
 }

@@ -5,11 +5,13 @@
 //! |---|---|---|
 //! | `job#<job id>` | `job` | a job's record: status, fence, attempts (`ledger`) |
 //! | `job#<job id>` | `attempt#…` | an attempt of the older layout, read by the audit (`ledger`) |
-//! | `run#<run id>` | `run` | a run's cancellation (`ledger`) |
+//! | `run#<run id>` | `run` | a run's cancellation, and its per-location failures and the jobs that finished well (`ledger`) |
 //! | `run#<run id>` | `job#<job id>` | a failed or cancelled job of the run, which `max_errors` counts (`ledger`) |
 //! | `lock#<lock key>` | `lease` | a resource lock (`lease`) |
 //! | `slot#<limit>#<pool>` | `<index>` | a slot of a limit's pool, or of a run's `max_concurrency` (`lease`) |
 //! | `fleet` | `<role>#<id>` | a process's heartbeat (`presence`) |
+//! | `halts` | `<task>#alarm#<alarm>`, `<task>#hand` | a task's halt by an alarm or by hand (`opsfleet_protocol::halt`) |
+//! | `approvals` | `<run id>`, `<run id>.<step>` | a run's approval request and decision (`opsfleet_protocol::approval`) |
 //!
 //! The secondary indexes over job records (`by-resource`, `by-task`, `by-status`, `by-run`) are
 //! declared with the store port (`opsfleet_protocol::ports::INDEXES`).

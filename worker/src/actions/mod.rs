@@ -54,7 +54,7 @@ pub use params::ParamHelp;
 pub use rds_snapshot::RdsSnapshot;
 pub use registry::ActionRegistry;
 pub use run_command::RunCommand;
-pub use runbook::{Runbook, RunbookParams, RunbookStep};
+pub use runbook::{approval_params, Runbook, RunbookParams, RunbookStep, APPROVE};
 pub use schedule_power::SchedulePower;
 pub use snapshot_copy::SnapshotCopy;
 pub use snapshot_retention::SnapshotRetention;

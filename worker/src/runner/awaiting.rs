@@ -6,6 +6,7 @@
 use crate::telemetry::ApprovalNotice;
 use opsfleet_backend::aws::AwsClients;
 use opsfleet_protocol::approval::{Approval, Approvals, Decision};
+use opsfleet_protocol::config::ApproveSettings;
 use opsfleet_protocol::ports::{Store, StoreError};
 use opsfleet_protocol::resource::Arn;
 use opsfleet_protocol::Job;
@@ -52,19 +53,65 @@ impl ApprovalWatch {
     /// Where the run of `job` stands at `now_ms`.
     pub(super) async fn standing(&self, job: &Job, now_ms: u64) -> Result<Standing, StoreError> {
         let run = job.run_id();
-        let mut approval = self.read(&run).await?;
-        if approval.is_none() {
-            // The router asks before the run's jobs go out: a read that misses it is stale,
-            // unless a strong read misses it too.
-            approval = self.approvals.get(&run, true).await?;
-        }
-        let Some(approval) = approval else {
+        let Some(approval) = self.fresh(&run).await? else {
             return Ok(Standing::Cancel(format!(
                 "run {run} of task {} has no approval request: its jobs were routed before the task asked for \
                  approval",
                 job.task
             )));
         };
+        self.decided(approval, now_ms).await
+    }
+
+    /// Where a runbook's approval step `step` stands for the run of `job`: the first job of the
+    /// run to reach the step asks for it.
+    pub(super) async fn step_standing(
+        &self,
+        job: &Job,
+        step: &str,
+        settings: &ApproveSettings,
+        now_ms: u64,
+    ) -> Result<Standing, StoreError> {
+        let id = format!("{}.{step}", job.run_id());
+        let approval = match self.fresh(&id).await? {
+            Some(approval) => approval,
+            None => {
+                let asked = Approval {
+                    run: id.clone(),
+                    task: job.task.clone(),
+                    event_id: job.event_id.clone(),
+                    what: format!("continue its runbook past the approval step `{step}`"),
+                    targets: vec![job.resource.key()],
+                    count: job.run_size.unwrap_or(1),
+                    topic_arn: settings.topic_arn.clone(),
+                    requested_ms: now_ms,
+                    expires_ms: now_ms + u64::from(settings.timeout_mins.get()) * 60_000,
+                    decision: Decision::Waiting,
+                    decided_by: None,
+                    decided_ms: None,
+                    noticed: false,
+                };
+                self.approvals.request(&asked).await?;
+                match self.approvals.get(&id, true).await? {
+                    Some(approval) => approval,
+                    None => return Ok(Standing::Wait),
+                }
+            }
+        };
+        self.decided(approval, now_ms).await
+    }
+
+    /// An approval, read eventually consistently and, when that misses it, strongly.
+    async fn fresh(&self, id: &str) -> Result<Option<Approval>, StoreError> {
+        match self.read(id).await? {
+            Some(approval) => Ok(Some(approval)),
+            None => self.approvals.get(id, true).await,
+        }
+    }
+
+    /// What an approval's decision means for a job at `now_ms`.
+    async fn decided(&self, approval: Approval, now_ms: u64) -> Result<Standing, StoreError> {
+        let run = approval.run.clone();
         match approval.decision_at(now_ms) {
             Decision::Approved => Ok(Standing::Go),
             Decision::Waiting => {

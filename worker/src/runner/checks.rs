@@ -2,6 +2,7 @@
 //! check and records what it came to (done, failed, or pending again with the next check on
 //! its way); a check that came after its leases lapsed takes the job over under new ones.
 
+use super::awaiting::Standing;
 use super::gate::{Entered, Entry};
 use super::held::Held;
 use super::permits::Running;
@@ -84,6 +85,22 @@ impl Worker {
                 return Ok(Disposition::Delete);
             }
         }
+        let mut refused = None;
+        if let Some((step, settings)) = approval_step(job, &check.state).filter(|_| !took_over) {
+            match self.gate.step_approval(job, &step, &settings).await? {
+                Standing::Go => {}
+                Standing::Wait => {
+                    // Waits for the decision holding its leases, not a worker.
+                    CheckRan { job_id: &job.id, result: "awaiting_approval" }.emit();
+                    self.recorder.send_check(&check, HALTED_RECHECK).await?;
+                    held.leave_with_check();
+                    return Ok(Disposition::Delete);
+                }
+                // A redriven job goes on: someone chose to run it.
+                Standing::Cancel(_) if self.ledger.job(&job.id).await?.is_some_and(|r| r.redriven) => {}
+                Standing::Cancel(reason) => refused = Some(format!("step `{step}`: {reason}")),
+            }
+        }
         let checks = check.checks + 1;
         let token = if check.token.is_empty() { token } else { check.token.as_str() };
         let claim = format!("{}/{:x}", self.id, rand::random::<u64>());
@@ -112,7 +129,9 @@ impl Worker {
         let started = tokio::time::Instant::now();
         let ctx = self.context(job, check.attempt, checks);
         let pending_for = Duration::from_millis(self.clock.now_ms().saturating_sub(check.started_ms));
-        let step = if check.started_ms > 0 && pending_for > task.deadline {
+        let step = if let Some(error) = refused {
+            Guarded::Step(Step::Failed { retryable: false, error })
+        } else if check.started_ms > 0 && pending_for > task.deadline {
             // Work that never completes (a start that fell back, a copy whose source failed,
             // a state the action does not know) must not hold the lock and the slot forever.
             Guarded::Step(Step::Failed {
@@ -182,6 +201,20 @@ impl Worker {
 
 /// How long a halted runbook's check waits before it looks again.
 const HALTED_RECHECK: Duration = Duration::from_secs(5);
+
+/// The approval step a runbook's check waits at, if it does: its name and settings.
+fn approval_step(job: &Job, state: &serde_json::Value) -> Option<(String, opsfleet_protocol::config::ApproveSettings)> {
+    if job.action != opsfleet_protocol::config::RUNBOOK || state.get("started") != Some(&serde_json::Value::Bool(true))
+    {
+        return None;
+    }
+    let step = job.params.get("steps")?.get(usize::try_from(state.get("at")?.as_u64()?).ok()?)?;
+    if step.get("action")?.as_str()? != crate::actions::APPROVE {
+        return None;
+    }
+    let settings = crate::actions::approval_params(step.get("params")?).ok()?;
+    Some((step.get("name")?.as_str()?.to_owned(), settings))
+}
 
 /// Whether a check is a runbook's between two steps: its next step's start is due.
 fn between_steps(job: &Job, state: &serde_json::Value) -> bool {

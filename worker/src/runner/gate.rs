@@ -254,6 +254,16 @@ impl Gate {
         }
     }
 
+    /// Where a runbook's approval step stands for the run of `job`.
+    pub(super) async fn step_approval(
+        &self,
+        job: &Job,
+        step: &str,
+        settings: &opsfleet_protocol::config::ApproveSettings,
+    ) -> Result<Standing, CallError> {
+        Ok(self.approvals.step_standing(job, step, settings, self.clock.now_ms()).await?)
+    }
+
     /// Waits until the run of `job` is decided (true), or until the job should hand its message
     /// back (false): at shutdown, or after [`HAND_BACK_AFTER`].
     async fn wait_for_approval(&self, job: &Job, waiting: &mut Waiting) -> Result<bool, CallError> {

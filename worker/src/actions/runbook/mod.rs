@@ -129,6 +129,14 @@ impl Runbook {
         let Some(spec) = p.steps.get(progress.at) else {
             return progress.finished();
         };
+        if spec.action == APPROVE {
+            // The worker lets the check of an approval step run only once the run's approval of
+            // it is given (and fails the job when it is denied or times out).
+            return match progress.started {
+                false => progress.awaiting_approval(),
+                true => progress.after(p, Step::Done { summary: "approved".into() }),
+            };
+        }
         let action = match self.action(&spec.action) {
             Ok(action) => action,
             Err(error) => return Step::Failed { retryable: false, error: format!("step `{}`: {error}", spec.name) },
@@ -211,6 +219,9 @@ impl Action for Runbook {
             let job = Progress::default().step_job(ctx.job, spec);
             let what = match self.action(&spec.action) {
                 Ok(action) => action.describe(ActionContext { job: &job, ..ctx }),
+                Err(_) if spec.action == APPROVE => {
+                    "would wait for the run's approval of the steps after it (a notice to its topic)".to_owned()
+                }
                 Err(e) => e,
             };
             lines.push(format!("{}. {} ({}): {what}", i + 1, spec.name, spec.action));
@@ -257,6 +268,10 @@ impl Action for Runbook {
                 return Err(format!("{place}: timeout_secs must be at least 1"));
             }
             p.on_failure(i)?;
+            if step.action == APPROVE {
+                approval_params(&step.params).map_err(|e| format!("{place}: {e}"))?;
+                continue;
+            }
             let action = self.action(&step.action).map_err(|e| format!("{place}: {e}"))?;
             let templates = action.check_params(&step.params).map_err(|e| format!("{place}: {e}"))?;
             for (param, text) in templates {
@@ -287,6 +302,21 @@ impl Action for Runbook {
     async fn check(&self, ctx: ActionContext<'_>, p: &RunbookParams, progress: Progress) -> Step {
         self.run(ctx, p, progress).await
     }
+}
+
+/// The action of a step that waits for an operator's approval of the run before the steps
+/// after it: `{ name, action = "approve", params = { topic_arn, timeout_mins } }`.
+pub const APPROVE: &str = "approve";
+
+/// The params of an approval step.
+pub fn approval_params(params: &Value) -> Result<opsfleet_protocol::config::ApproveSettings, String> {
+    let settings: opsfleet_protocol::config::ApproveSettings =
+        serde_json::from_value(params.clone()).map_err(|e| format!("params: {e}"))?;
+    let arn = opsfleet_protocol::resource::Arn::parse(&settings.topic_arn);
+    if !arn.is_some_and(|a| a.service == "sns" && !a.region.is_empty() && !a.account.is_empty()) {
+        return Err(format!("params: topic_arn `{}` is not an SNS topic ARN", settings.topic_arn));
+    }
+    Ok(settings)
 }
 
 /// The job one step runs as: the runbook's job with the step's action, its params with the

@@ -88,6 +88,14 @@ impl Progress {
         }
     }
 
+    /// An approval step reached: handed on to the worker, whose check of it waits for the
+    /// run's approval.
+    pub(super) fn awaiting_approval(mut self) -> Step {
+        self.started = true;
+        self.state = Value::Null;
+        Step::pending(Duration::ZERO, &self)
+    }
+
     /// Records the step at hand as finished with `status` and what it said.
     fn record(&mut self, spec: &RunbookStep, status: &'static str, text: String) {
         let tries = self.failures + u32::from(status != "failed");

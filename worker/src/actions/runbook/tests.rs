@@ -55,7 +55,10 @@ async fn steps_run_in_order_each_handed_on_before_the_next_starts() {
     ]));
     let (states, end) = drive(&job).await;
     let Step::Done { summary } = end else { panic!("{end:?}") };
-    assert!(summary.starts_with("a: ") && summary.contains("; b: ") && summary.contains("; c: "), "{summary}");
+    assert!(
+        summary.starts_with("a: ") && summary.contains("; b (3 tries): ") && summary.contains("; c: "),
+        "{summary}"
+    );
     // a pending, a checked done, b failed twice, b done, then c is done in the same call.
     let at: Vec<(usize, usize)> = states.iter().map(|p| (p.at, p.done.len())).collect();
     assert_eq!(at, [(0, 0), (1, 1), (1, 1), (1, 1), (2, 2)]);
@@ -175,4 +178,23 @@ fn a_step_whose_check_state_is_null_stays_at_its_checks() {
     let progress = Progress { started: true, state: Value::Null, checks: 1, ..Progress::default() };
     let read: Progress = serde_json::from_value(serde_json::to_value(&progress).expect("json")).expect("progress");
     assert_eq!(read, progress);
+}
+
+#[tokio::test]
+async fn an_approval_step_hands_the_job_to_the_worker_then_counts_as_approved() {
+    let topic = "arn:aws:sns:us-east-1:111122223333:ops";
+    let job = job(json!([
+        { "name": "a", "action": "noop" },
+        { "name": "go", "action": "approve", "params": { "topic_arn": topic, "timeout_mins": 30 } },
+        { "name": "b", "action": "noop" },
+    ]));
+    let (states, end) = drive(&job).await;
+    // a done; the approval step reached (started: the worker's check of it waits); approved.
+    let at: Vec<(usize, bool)> = states.iter().map(|p| (p.at, p.started)).collect();
+    assert_eq!(at, [(1, false), (1, true), (2, false)]);
+    assert!(matches!(&end, Step::Done { summary } if summary.contains("go: approved")), "{end:?}");
+    let e = runbook()
+        .check_params(&json!({ "steps": [{ "name": "go", "action": "approve", "params": { "topic_arn": "nope" } }] }))
+        .unwrap_err();
+    assert!(e.contains("steps[0] `go`: params: topic_arn `nope` is not an SNS topic ARN"), "{e}");
 }
