@@ -146,7 +146,7 @@ fn every_whole_config_in_the_docs_validates_and_every_task_fragment_loads() {
     let dir = support::root().join("target").join("cli-tests").join("docs");
     std::fs::create_dir_all(&dir).expect("dir");
     let mut checked = 0;
-    for doc in ["README.md", "docs/configuration.md", "docs/actions.md"] {
+    for doc in ["README.md", "docs/configuration.md", "docs/actions.md", "docs/automation.md"] {
         let text = std::fs::read_to_string(support::root().join(doc)).expect(doc);
         for (n, block) in text.split("```toml\n").skip(1).filter_map(|b| b.split("```").next()).enumerate() {
             // A whole config as printed; a `[[tasks]]` fragment inside a minimal fleet.
@@ -165,6 +165,8 @@ fn every_whole_config_in_the_docs_validates_and_every_task_fragment_loads() {
         }
     }
     assert!(checked >= 8, "{checked} blocks");
+    let out = opsfleet(&["validate", "--config", "examples/runbooks.toml"]).output().expect("validate");
+    assert!(out.status.success(), "examples/runbooks.toml: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
