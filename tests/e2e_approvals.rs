@@ -11,9 +11,8 @@ use opsfleet_backend::AwsBackend;
 use opsfleet_protocol::job::step_job_id;
 use opsfleet_protocol::ports::Backend;
 use opsfleet_worker::ledger::Status;
-use serde_json::json;
 use std::time::Duration;
-use support::process_fleet::ProcessFleet;
+use support::process_fleet::{instances_event, ProcessFleet};
 
 const CONFIG: &str = r#"
 [fleet]
@@ -47,14 +46,6 @@ steps = [
   { name = "after", action = "noop", params = { effects_dir = "EFFECTS" } },
 ]
 "#;
-
-fn event(id: &str, source: &str, count: usize) -> String {
-    let resources: Vec<String> =
-        (0..count).map(|i| format!("arn:aws:ec2:us-east-1:123456789012:instance/i-{id}{i:04}")).collect();
-    json!({ "version": "0", "id": id, "detail-type": "Change", "source": source, "account": "123456789012",
-            "time": "2026-12-05T10:00:00Z", "region": "us-east-1", "resources": resources, "detail": {} })
-    .to_string()
-}
 
 /// An SNS topic on moto for the fleet's notices, with a moto SQS queue subscribed to read them.
 async fn topic(fleet: &str) -> (aws_sdk_sqs::Client, String) {
@@ -96,7 +87,7 @@ async fn a_run_waits_for_its_approval_and_approve_or_deny_decide_it_with_the_cal
     let (sqs, notices) = topic(&fleet.name).await;
     fleet.start("router", None);
     fleet.start("worker", None);
-    let jobs = fleet.send(&[event("ok", "ops.change", 3)]).await;
+    let jobs = fleet.send(&[instances_event("ok", "ops.change", 3)]).await;
     let run = jobs[0].run_id();
     let out = listed(&fleet, &run, "WAITING").await;
     assert!(out.contains("it will run noop with params"), "{out}");
@@ -125,7 +116,7 @@ async fn a_run_waits_for_its_approval_and_approve_or_deny_decide_it_with_the_cal
     let audit = fleet.command(&["audit", "--event", "ok"], None);
     assert!(audit.contains("approval: APPROVED by arn:aws:"), "{audit}");
 
-    let denied = fleet.send(&[event("no", "ops.change", 2)]).await;
+    let denied = fleet.send(&[instances_event("no", "ops.change", 2)]).await;
     let run = denied[0].run_id();
     listed(&fleet, &run, "WAITING").await;
     let out = fleet.command(&["deny", &run], None);
@@ -145,7 +136,7 @@ async fn a_run_nobody_approves_in_time_is_cancelled_and_its_redriven_jobs_run() 
     let _notices = topic(&fleet.name).await;
     fleet.start("router", None);
     fleet.start("worker", None);
-    let jobs = fleet.send(&[event("late", "ops.expiring", 2)]).await;
+    let jobs = fleet.send(&[instances_event("late", "ops.expiring", 2)]).await;
     fleet.wait_final(&jobs, Duration::from_secs(120)).await;
     for job in &jobs {
         let record = fleet.record(job).await.expect("record");
@@ -173,7 +164,7 @@ async fn a_runbooks_approval_step_holds_the_steps_after_it_until_approved() {
     let _notices = topic(&fleet.name).await;
     fleet.start("router", None);
     fleet.start("worker", None);
-    let jobs = fleet.send(&[event("staged", "ops.staged", 2)]).await;
+    let jobs = fleet.send(&[instances_event("staged", "ops.staged", 2)]).await;
     let gate = format!("{}.go", jobs[0].run_id());
     listed(&fleet, &gate, "WAITING").await;
     let ran = |step: &str| {

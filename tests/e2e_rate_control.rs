@@ -9,7 +9,7 @@ mod support;
 use opsfleet_worker::ledger::ramped;
 use serde_json::{json, Value};
 use std::time::Duration;
-use support::process_fleet::ProcessFleet;
+use support::process_fleet::{instances_event, ProcessFleet};
 
 const CONFIG: &str = r#"
 [fleet]
@@ -35,15 +35,6 @@ params = { sleep_ms = 300, effects_dir = "EFFECTS" }
 max_concurrency = 1
 halt_on_alarms = ["api-errors"]
 "#;
-
-/// An event of `source` naming `count` instances.
-fn event(id: &str, source: &str, count: usize) -> String {
-    let resources: Vec<String> =
-        (0..count).map(|i| format!("arn:aws:ec2:us-east-1:123456789012:instance/i-{id}{i:04}")).collect();
-    json!({ "version": "0", "id": id, "detail-type": "Rollout", "source": source, "account": "123456789012",
-            "time": "2026-12-05T10:00:00Z", "region": "us-east-1", "resources": resources, "detail": {} })
-    .to_string()
-}
 
 /// A state change of the alarm `api-errors` at `at`.
 fn alarm(id: &str, state: &str, at: &str) -> String {
@@ -71,7 +62,7 @@ async fn a_ramping_run_starts_one_job_then_two_then_doubles_up_to_max_concurrenc
     let mut fleet = ProcessFleet::new("e2e-ramp", CONFIG).await;
     fleet.start("router", None);
     fleet.start("worker", None);
-    let jobs = fleet.send(&[event("ramp", "ops.rollout", 20)]).await;
+    let jobs = fleet.send(&[instances_event("ramp", "ops.rollout", 20)]).await;
     assert_eq!(jobs.len(), 20);
     fleet.wait_final(&jobs, Duration::from_secs(120)).await;
     fleet.assert_succeeded_exactly_once(&jobs).await;
@@ -99,7 +90,7 @@ async fn an_alarm_halts_a_run_mid_way_and_its_ok_resumes_it_and_so_do_halt_and_r
     let mut fleet = ProcessFleet::new("e2e-halt", CONFIG).await;
     fleet.start("router", None);
     fleet.start("worker", None);
-    let jobs = fleet.send(&[event("halt", "ops.guarded", 12)]).await;
+    let jobs = fleet.send(&[instances_event("halt", "ops.guarded", 12)]).await;
     let wait_for = |n: usize| {
         let fleet = &fleet;
         async move {
@@ -132,7 +123,7 @@ async fn an_alarm_halts_a_run_mid_way_and_its_ok_resumes_it_and_so_do_halt_and_r
     let out = fleet.command(&["halt", "guarded"], None);
     assert!(out.contains("guarded halted by arn:aws:"), "{out}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let more = fleet.send(&[event("hand", "ops.guarded", 3)]).await;
+    let more = fleet.send(&[instances_event("hand", "ops.guarded", 3)]).await;
     tokio::time::sleep(Duration::from_secs(6)).await;
     let before = runs_of(&fleet, "guarded").len();
     assert_eq!(before, jobs.len(), "no job of the new run started while halted by hand");

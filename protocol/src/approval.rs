@@ -80,7 +80,44 @@ pub struct Approval {
     pub noticed: bool,
 }
 
+/// What an approval request asks: which run, of which task and event, to do what, on which
+/// resources.
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    /// The run (or `RUN.STEP` for a runbook's approval step).
+    pub run: String,
+    /// Its task.
+    pub task: &'a str,
+    /// Its event.
+    pub event_id: &'a str,
+    /// What it will do to each resource.
+    pub what: String,
+    /// The resources (the first [`MAX_NAMED_TARGETS`] are named).
+    pub targets: Vec<String>,
+    /// How many resources.
+    pub count: u32,
+}
+
 impl Approval {
+    /// The request waiting for a decision from `now_ms`, with the task's `approve` settings.
+    pub fn waiting(request: Request<'_>, settings: &crate::config::ApproveSettings, now_ms: u64) -> Self {
+        Approval {
+            run: request.run,
+            task: request.task.to_owned(),
+            event_id: request.event_id.to_owned(),
+            what: request.what,
+            targets: request.targets.into_iter().take(MAX_NAMED_TARGETS).collect(),
+            count: request.count,
+            topic_arn: settings.topic_arn.clone(),
+            requested_ms: now_ms,
+            expires_ms: now_ms + u64::from(settings.timeout_mins.get()) * 60_000,
+            decision: Decision::Waiting,
+            decided_by: None,
+            decided_ms: None,
+            noticed: false,
+        }
+    }
+
     /// The decision at `now_ms`: a waiting approval past its timeout has timed out.
     pub fn decision_at(&self, now_ms: u64) -> Decision {
         match self.decision {

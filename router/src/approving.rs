@@ -1,7 +1,7 @@
 //! Runs that wait for approval: for each run of a task with `approve`, the router asks for its
 //! approval (what it does, to which resources, until when) before any of its jobs go out.
 
-use opsfleet_protocol::approval::{Approval, Approvals, Decision, MAX_NAMED_TARGETS};
+use opsfleet_protocol::approval::{Approval, Approvals, Request};
 use opsfleet_protocol::config::{Task, RUNBOOK};
 use opsfleet_protocol::ports::{Backend, StoreError};
 use opsfleet_protocol::{names, Config, Job};
@@ -33,21 +33,15 @@ impl RunApprovals {
         }
         for (run, (task, jobs)) in runs {
             let Some(approve) = &task.approve else { continue };
-            let approval = Approval {
+            let request = Request {
                 run,
-                task: task.name.clone(),
-                event_id: jobs[0].event_id.clone(),
+                task: &task.name,
+                event_id: &jobs[0].event_id,
                 what: what(task),
-                targets: jobs.iter().take(MAX_NAMED_TARGETS).map(|j| j.resource.key()).collect(),
+                targets: jobs.iter().map(|j| j.resource.key()).collect(),
                 count: jobs.len() as u32,
-                topic_arn: approve.topic_arn.clone(),
-                requested_ms: now_ms,
-                expires_ms: now_ms + u64::from(approve.timeout_mins.get()) * 60_000,
-                decision: Decision::Waiting,
-                decided_by: None,
-                decided_ms: None,
-                noticed: false,
             };
+            let approval = Approval::waiting(request, approve, now_ms);
             self.approvals.request(&approval).await?;
             tracing::info!(run = %approval.run, task = %task.name, targets = approval.count, "Run waits for approval.");
         }

@@ -463,6 +463,15 @@ pub fn alarm(id: &str, region: &str, instances: &[String]) -> String {
     .to_string()
 }
 
+/// An event of `source` naming `count` instances (`i-<id>0000`, …) in us-east-1.
+pub fn instances_event(id: &str, source: &str, count: usize) -> String {
+    let resources: Vec<String> =
+        (0..count).map(|i| format!("arn:aws:ec2:us-east-1:123456789012:instance/i-{id}{i:04}")).collect();
+    serde_json::json!({ "version": "0", "id": id, "detail-type": "Ops", "source": source, "account": "123456789012",
+            "time": "2026-12-05T10:00:00Z", "region": "us-east-1", "resources": resources, "detail": {} })
+    .to_string()
+}
+
 /// An EC2 state-change event (stopped) of one instance.
 pub fn stopped(id: &str, region: &str, instance: &str) -> String {
     serde_json::json!({

@@ -5,7 +5,7 @@
 
 use crate::telemetry::ApprovalNotice;
 use opsfleet_backend::aws::AwsClients;
-use opsfleet_protocol::approval::{Approval, Approvals, Decision};
+use opsfleet_protocol::approval::{Approval, Approvals, Decision, Request};
 use opsfleet_protocol::config::ApproveSettings;
 use opsfleet_protocol::ports::{Store, StoreError};
 use opsfleet_protocol::resource::Arn;
@@ -76,21 +76,15 @@ impl ApprovalWatch {
         let approval = match self.fresh(&id).await? {
             Some(approval) => approval,
             None => {
-                let asked = Approval {
+                let request = Request {
                     run: id.clone(),
-                    task: job.task.clone(),
-                    event_id: job.event_id.clone(),
+                    task: &job.task,
+                    event_id: &job.event_id,
                     what: format!("continue its runbook past the approval step `{step}`"),
                     targets: vec![job.resource.key()],
                     count: job.run_size.unwrap_or(1),
-                    topic_arn: settings.topic_arn.clone(),
-                    requested_ms: now_ms,
-                    expires_ms: now_ms + u64::from(settings.timeout_mins.get()) * 60_000,
-                    decision: Decision::Waiting,
-                    decided_by: None,
-                    decided_ms: None,
-                    noticed: false,
                 };
+                let asked = Approval::waiting(request, settings, now_ms);
                 self.approvals.request(&asked).await?;
                 match self.approvals.get(&id, true).await? {
                     Some(approval) => approval,
