@@ -283,6 +283,7 @@ fn match_says_which_tasks_fire_and_why_the_others_do_not() {
         .expect("the task");
     assert_eq!(stopped["field"], "detail.state");
     assert_eq!(stopped["why"], "\"running\" matches none of [\"stopped\"]");
+    assert!(running.get("runbooks").is_none(), "no runbook matched");
     let tasks = running["unmatched"].as_array().map(Vec::len).unwrap_or_default();
     assert_eq!(tasks, 17, "every task is accounted for");
     // The nightly schedule: four discovery tasks match and find their resources later.
@@ -366,4 +367,18 @@ fn every_registered_action_is_in_the_catalog_the_policy_and_the_docs() {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn match_shows_the_steps_a_matched_runbook_would_run() {
+    let out =
+        opsfleet(&["match", "--config", FLEET, "examples/events/scheduled-patch-window.json"]).output().expect("match");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line: Value = serde_json::from_str(&lines(&out.stdout)[0]).expect("JSON");
+    assert_eq!(line["matched"], serde_json::json!(["weekly-patch-window"]));
+    assert_eq!(
+        line["runbooks"],
+        serde_json::json!([{ "task": "weekly-patch-window",
+            "steps": ["stop (instance-power)", "snapshot (ebs-snapshot)", "start (instance-power)", "report (notify)"] }])
+    );
 }

@@ -469,6 +469,14 @@ async fn a_deploy_that_renames_a_task_with_checks_pending_then_rolls_back() {
     let jobs = fleet.send(&events).await;
     let pending: Vec<_> = jobs.iter().filter(|j| j.task == "pending").cloned().collect();
     until_pending(&fleet, &pending, 10).await;
+    // Every job of the task must have begun under the first release: a job message the renamed
+    // release meets before its job began names a task it does not know, and goes to its DLQ
+    // without a record (the rename's other case, not this test's).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while fleet.statuses(&pending).await.values().any(Option::is_none) {
+        assert!(Instant::now() < deadline, "jobs never began: {:?}", fleet.statuses(&pending).await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The release that renamed the task replaces every worker: the checks of the jobs still
     // pending find no task, and each job fails in the ledger and goes to its DLQ.
     let workers = fleet.live_workers();

@@ -64,6 +64,24 @@ fn explain(planner: &Planner, name: &str, body: &str) -> Result<Value, String> {
         }
     }
     let mut line = json!({ "event": name, "matched": matched, "unmatched": unmatched });
+    // The steps each matched runbook would run on every resource.
+    let runbooks: Vec<Value> = planner
+        .config()
+        .tasks
+        .iter()
+        .filter(|t| matched.contains(&t.name) && t.action == opsfleet_protocol::config::RUNBOOK)
+        .map(|t| {
+            let steps = t.params["steps"].as_array().cloned().unwrap_or_default();
+            let named: Vec<String> = steps
+                .iter()
+                .map(|s| format!("{} ({})", s["name"].as_str().unwrap_or("?"), s["action"].as_str().unwrap_or("?")))
+                .collect();
+            json!({ "task": t.name, "steps": named })
+        })
+        .collect();
+    if !runbooks.is_empty() {
+        line["runbooks"] = json!(runbooks);
+    }
     // What the matched tasks find in the event: nothing, or resources by discovery later.
     match planner.plan(&event, 0) {
         Ok(plan) => {
