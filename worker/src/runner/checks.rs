@@ -58,6 +58,16 @@ impl Worker {
                 return Ok(self.recorder.dead_letters().job(job, &reason, fence, Status::Failed).await);
             }
         };
+        if let Some(why) = self.held_back(job, task, &check.state).await? {
+            // A runbook halted between two steps, or waiting at an approval step, starts
+            // nothing: its check comes back later, holding no worker and writing nothing (its
+            // leases stay as its last pending renewed them; should they lapse meanwhile, the
+            // check that goes on takes the job over).
+            CheckRan { job_id: &job.id, result: why }.emit();
+            self.recorder.send_check(&check, HELD_BACK_RECHECK).await?;
+            held.leave_with_check();
+            return Ok(Disposition::Delete);
+        }
         let mut running = running;
         let mut took_over = false;
         if !held.renew(&job.id, self.gate.lease(), false).await? {
@@ -74,32 +84,30 @@ impl Worker {
                 TakeOver::Stopped => return Ok(Disposition::Returned),
             }
         }
-        if !took_over && between_steps(job, &check.state) {
-            if let Some(halt) = self.gate.halted(&task.name).await? {
-                // A halted runbook starts no next step: its check comes back later, keeping its
-                // leases and holding no worker meanwhile.
-                CheckRan { job_id: &job.id, result: "halted" }.emit();
-                tracing::debug!(job_id = %job.id, halt = %halt.line(), "The task is halted: the runbook's next step waits.");
-                self.recorder.send_check(&check, HALTED_RECHECK).await?;
-                held.leave_with_check();
-                return Ok(Disposition::Delete);
-            }
+        // Held back since the look above (a halt that began just now): the check comes back with
+        // the leases it holds now (new ones, when it took the job over).
+        let mut why = None;
+        if between_steps(job, &check.state) && self.gate.halted(&task.name).await?.is_some() {
+            why = Some("halted");
         }
         let mut refused = None;
-        if let Some((step, settings)) = approval_step(job, &check.state).filter(|_| !took_over) {
+        if let Some((step, settings)) = approval_step(job, &check.state).filter(|_| why.is_none()) {
             match self.gate.step_approval(job, &step, &settings).await? {
                 Standing::Go => {}
-                Standing::Wait => {
-                    // Waits for the decision holding its leases, not a worker.
-                    CheckRan { job_id: &job.id, result: "awaiting_approval" }.emit();
-                    self.recorder.send_check(&check, HALTED_RECHECK).await?;
-                    held.leave_with_check();
-                    return Ok(Disposition::Delete);
-                }
+                Standing::Wait => why = Some("awaiting_approval"),
                 // A redriven job goes on: someone chose to run it.
                 Standing::Cancel(_) if self.ledger.job(&job.id).await?.is_some_and(|r| r.redriven) => {}
                 Standing::Cancel(reason) => refused = Some(format!("step `{step}`: {reason}")),
             }
+        }
+        if let Some(why) = why {
+            CheckRan { job_id: &job.id, result: why }.emit();
+            let mut next = check.clone();
+            next.lock = held.lock().clone();
+            next.slots = held.slots().to_vec();
+            self.recorder.send_check(&next, HELD_BACK_RECHECK).await?;
+            held.leave_with_check();
+            return Ok(Disposition::Delete);
         }
         let checks = check.checks + 1;
         let token = if check.token.is_empty() { token } else { check.token.as_str() };
@@ -154,6 +162,29 @@ impl Worker {
         settled
     }
 
+    /// Why a runbook's check must not go on now, if it must not: its task is halted and its
+    /// next step's start is due (`halted`), or it waits at an approval step nobody decided yet
+    /// (`awaiting_approval`).
+    async fn held_back(
+        &self,
+        job: &Job,
+        task: &Task,
+        state: &serde_json::Value,
+    ) -> Result<Option<&'static str>, CallError> {
+        if between_steps(job, state) {
+            if let Some(halt) = self.gate.halted(&task.name).await? {
+                tracing::debug!(job_id = %job.id, halt = %halt.line(), "The task is halted: the runbook's next step waits.");
+                return Ok(Some("halted"));
+            }
+        }
+        if let Some((step, settings)) = approval_step(job, state) {
+            if self.gate.step_approval(job, &step, &settings).await? == Standing::Wait {
+                return Ok(Some("awaiting_approval"));
+            }
+        }
+        Ok(None)
+    }
+
     /// Takes over a pending job whose check found its leases taken: when the ledger still
     /// shows it pending under the lapsed fence, takes the leases anew (waiting for them like
     /// any job) and moves the job to the new fence.
@@ -199,8 +230,9 @@ impl Worker {
     }
 }
 
-/// How long a halted runbook's check waits before it looks again.
-const HALTED_RECHECK: Duration = Duration::from_secs(5);
+/// How long a held-back runbook's check waits before it looks again: one SQS round trip per
+/// waiting job this often, and no write.
+const HELD_BACK_RECHECK: Duration = Duration::from_secs(15);
 
 /// The approval step a runbook's check waits at, if it does: its name and settings.
 fn approval_step(job: &Job, state: &serde_json::Value) -> Option<(String, opsfleet_protocol::config::ApproveSettings)> {
