@@ -102,9 +102,9 @@ impl Halts {
         Ok(items.iter().filter_map(in_force).collect())
     }
 
-    /// Every halt in force now, of every task.
+    /// Every halt in force now, of every task (eventually consistent, as [`Halts::of_task`]).
     pub async fn all(&self) -> Result<Vec<Halt>, StoreError> {
-        let items = self.store.query_prefix(HALTS_PK, "").await?;
+        let items = self.store.peek_prefix(HALTS_PK, "").await?;
         Ok(items.iter().filter_map(in_force).collect())
     }
 }
