@@ -3,10 +3,11 @@
 
 use opsfleet_protocol::approval::{Approval, Approvals, Request};
 use opsfleet_protocol::config::{Task, RUNBOOK};
-use opsfleet_protocol::ports::{Backend, StoreError};
-use opsfleet_protocol::{names, Config, Job};
+use opsfleet_protocol::ports::{Store, StoreError};
+use opsfleet_protocol::{Config, Job};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// Where the router asks for approvals.
 pub(crate) struct RunApprovals {
@@ -14,13 +15,10 @@ pub(crate) struct RunApprovals {
 }
 
 impl RunApprovals {
-    /// The fleet's approvals; none when no task asks for any.
-    pub(crate) async fn open(backend: &dyn Backend, config: &Config) -> Result<Option<Self>, StoreError> {
-        if config.tasks.iter().all(|t| t.approve.is_none()) {
-            return Ok(None);
-        }
-        let store = backend.store(&names::table(&config.fleet.name)).await?;
-        Ok(Some(RunApprovals { approvals: Approvals::new(store) }))
+    /// The fleet's approvals, kept in its table; none when no task asks for any.
+    pub(crate) fn of(store: &Arc<dyn Store>, config: &Config) -> Option<Self> {
+        let asks = config.tasks.iter().any(|t| t.approve.is_some());
+        asks.then(|| RunApprovals { approvals: Approvals::new(Arc::clone(store)) })
     }
 
     /// Asks for the approval of every run among `jobs` whose task wants one (once per run).

@@ -5,10 +5,11 @@
 
 use crate::telemetry::AlarmHaltChanged;
 use opsfleet_protocol::halt::{parse_utc_ms, Halts};
-use opsfleet_protocol::ports::{Backend, StoreError};
-use opsfleet_protocol::{names, Config, Event};
+use opsfleet_protocol::ports::{Store, StoreError};
+use opsfleet_protocol::{Config, Event};
 use serde_json::Value;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The detail type of an alarm's state change.
 const ALARM_STATE_CHANGE: &str = "CloudWatch Alarm State Change";
@@ -21,19 +22,15 @@ pub(crate) struct AlarmHalts {
 }
 
 impl AlarmHalts {
-    /// The halting alarms of a config, with the fleet's table; none when no task has any.
-    pub(crate) async fn open(backend: &dyn Backend, config: &Config) -> Result<Option<Self>, StoreError> {
+    /// The halting alarms of a config, kept in the fleet's table; none when no task has any.
+    pub(crate) fn of(store: &Arc<dyn Store>, config: &Config) -> Option<Self> {
         let mut by_alarm: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for task in &config.tasks {
             for alarm in &task.halt_on_alarms {
                 by_alarm.entry(alarm.clone()).or_default().push(task.name.clone());
             }
         }
-        if by_alarm.is_empty() {
-            return Ok(None);
-        }
-        let store = backend.store(&names::table(&config.fleet.name)).await?;
-        Ok(Some(AlarmHalts { halts: Halts::new(store), by_alarm }))
+        (!by_alarm.is_empty()).then(|| AlarmHalts { halts: Halts::new(Arc::clone(store)), by_alarm })
     }
 
     /// Records the state change `event` tells of, when it is one of a halting alarm.

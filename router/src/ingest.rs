@@ -139,8 +139,14 @@ impl Router {
         for p in 0..planner.config().fleet.partitions.get() {
             batchers.push(Batcher::start(backend.queue(&names::jobs_queue(&fleet, p)).await?));
         }
-        let halts = AlarmHalts::open(backend, planner.config()).await?;
-        let approvals = RunApprovals::open(backend, planner.config()).await?;
+        // The table, once, when a task's halting alarms or approvals are kept in it.
+        let config = planner.config();
+        let (mut halts, mut approvals) = (None, None);
+        if config.tasks.iter().any(|t| !t.halt_on_alarms.is_empty() || t.approve.is_some()) {
+            let store = backend.store(&names::table(&fleet)).await?;
+            halts = AlarmHalts::of(&store, config);
+            approvals = RunApprovals::of(&store, config);
+        }
         Ok(Router { planner, events, dead_letter, batchers, discover, halts, approvals, clock: Clock::new() })
     }
 

@@ -92,12 +92,27 @@ impl Ledger {
         }))
     }
 
-    /// Counts a failed job of a run in a location; past `max` there, cancels the run's jobs in
-    /// that location (once) and returns the reason.
-    pub async fn location_failed(&self, run: &str, location: &str, max: u32) -> Result<Option<String>, StoreError> {
-        let update = Update::default().add(&format!("failed_in@{location}"), 1).set("expires_at", self.expires_at());
-        let item = self.store.update(&run_key(run), update, Cond::Always).await?;
-        let failed = item.int(&format!("failed_in@{location}")).unwrap_or(0);
+    /// Counts job `job` of a run as failed in a location, once: the count goes up in the same
+    /// conditional write that marks the job counted, so a write the SDK sends again after it was
+    /// applied, or a second delivery, counts nothing twice. Past `max` there, cancels the run's
+    /// jobs in that location (once) and returns the reason.
+    pub async fn location_failed(
+        &self,
+        run: &str,
+        job: &str,
+        location: &str,
+        max: u32,
+    ) -> Result<Option<String>, StoreError> {
+        let counter = format!("failed_in@{location}");
+        let marker = format!("failed_job@{job}");
+        let update = Update::default().add(&counter, 1).set(&marker, true).set("expires_at", self.expires_at());
+        let item = match self.store.update(&run_key(run), update, Cond::Lacks(marker)).await {
+            Ok(item) => item,
+            Err(StoreError::ConditionFailed { current: Some(item), .. }) => *item,
+            Err(StoreError::ConditionFailed { current: None, .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let failed = item.int(&counter).unwrap_or(0);
         if failed <= i64::from(max) {
             return Ok(None);
         }

@@ -195,7 +195,7 @@ impl Recorder {
         }
         if let Some(max) = s.task.max_errors_per_location {
             let location = super::gate::location(s.job);
-            if self.ledger.location_failed(&s.job.run_id(), &location, max).await?.is_some() {
+            if self.ledger.location_failed(&s.job.run_id(), &s.job.id, &location, max).await?.is_some() {
                 RunCancelled { run: &s.job.run_id(), task: &s.job.task, failed: max + 1 }.emit();
             }
         }
